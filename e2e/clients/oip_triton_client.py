@@ -1,0 +1,57 @@
+"""Talks to a Sightline recognize server with NVIDIA Triton's stock HTTP client.
+
+Usage: oip_triton_client.py HOST:PORT MODEL_NAME
+
+Checks nothing itself: it prints one JSON object with what the client saw (liveness,
+readiness, metadata, scores and classification labels, in binary and JSON tensor
+encodings), and the Rust test asserts on it. The input is a batch of two images for a
+3-channel model: the first all red, the second all blue, already normalised to [0, 1].
+"""
+
+import json
+import sys
+
+import numpy as np
+import tritonclient.http as httpclient
+
+
+def main() -> None:
+    url, model = sys.argv[1], sys.argv[2]
+    client = httpclient.InferenceServerClient(url=url)
+    seen = {
+        "live": client.is_server_live(),
+        "ready": client.is_server_ready(),
+        "model_ready": client.is_model_ready(model),
+        "server": client.get_server_metadata(),
+        "metadata": client.get_model_metadata(model),
+    }
+    meta = seen["metadata"]
+    input_name = meta["inputs"][0]["name"]
+    output_name = meta["outputs"][0]["name"]
+    shape = [2] + meta["inputs"][0]["shape"][1:]
+    x = np.zeros(shape, dtype=np.float32)
+    x[0, 0] = 1.0  # red
+    x[1, 2] = 1.0  # blue
+    for binary in (True, False):
+        tensor = httpclient.InferInput(input_name, shape, "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        scores = httpclient.InferRequestedOutput(output_name, binary_data=binary)
+        result = client.infer(model, [tensor], outputs=[scores], request_id=f"scores-{binary}")
+        seen[f"scores_binary_{binary}"] = result.as_numpy(output_name).tolist()
+        seen[f"id_binary_{binary}"] = result.get_response().get("id")
+        labels = httpclient.InferRequestedOutput(output_name, binary_data=binary, class_count=2)
+        result = client.infer(model, [tensor], outputs=[labels])
+        seen[f"classes_binary_{binary}"] = [
+            [s.decode() if isinstance(s, bytes) else str(s) for s in row]
+            for row in result.as_numpy(output_name)
+        ]
+    try:
+        client.get_model_metadata("no-such-model")
+        seen["unknown_model_error"] = None
+    except Exception as e:  # the client raises InferenceServerException
+        seen["unknown_model_error"] = str(e)
+    print(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    main()

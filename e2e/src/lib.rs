@@ -1,0 +1,185 @@
+//! Helpers shared by the end-to-end tests and the benchmark: repository paths, a
+//! `sightline-server` listening on a real loopback port, and the Python venv's tools.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sightline_server::cli::{Command, ServeArgs};
+use sightline_server::server::Server;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn models() -> PathBuf {
+    repo_root().join("models/build")
+}
+
+pub fn ort_lib() -> PathBuf {
+    repo_root().join(".ort/libonnxruntime.so")
+}
+
+pub fn venv_python() -> PathBuf {
+    repo_root().join(".venv/bin/python")
+}
+
+/// True when every path exists. Otherwise: under CI a failure, locally a loud skip.
+pub fn require(paths: &[PathBuf]) -> bool {
+    let missing: Vec<&PathBuf> = paths.iter().filter(|p| !p.exists()).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!("missing {missing:?}: run `make deps models` from the repository root");
+    if std::env::var_os("CI").is_some() {
+        panic!("{message}");
+    }
+    eprintln!("\n*** SKIPPED (not in CI): {message} ***\n");
+    false
+}
+
+/// Serving flags: `recognize` on an ephemeral loopback port with `model` from models/build.
+pub fn serve_args(model: &str, extra: &[&str]) -> anyhow::Result<ServeArgs> {
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        "sightline-server".into(),
+        "recognize".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--model".into(),
+        models().join(model).into(),
+        "--ort-lib".into(),
+        ort_lib().into(),
+    ];
+    argv.extend(extra.iter().map(Into::into));
+    match sightline_server::cli::parse(argv)?.command {
+        Command::All(a) | Command::Recognize(a) => Ok(a),
+    }
+}
+
+/// A server running on its own runtime thread; stopped when dropped.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Binds, starts serving on a dedicated multi-threaded runtime with `workers` threads,
+    /// and waits until `/readyz` says ready (or fails after `timeout`).
+    pub fn start(
+        args: ServeArgs,
+        workers: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<RunningServer> {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = addr_tx.send(Err(anyhow::anyhow!("runtime: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match Server::bind(&args).await {
+                    Ok(server) => {
+                        let addr = server
+                            .local_addr()
+                            .ok_or_else(|| anyhow::anyhow!("no local address"));
+                        let _ = addr_tx.send(addr);
+                        let _ = server
+                            .serve(async move {
+                                let _ = stopped.await;
+                            })
+                            .await;
+                    }
+                    Err(e) => {
+                        let _ = addr_tx.send(Err(e.into()));
+                    }
+                }
+            });
+        });
+        let addr = addr_rx.recv()??;
+        let server = RunningServer {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        server.wait_ready(timeout)?;
+        Ok(server)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = plain_http::get(&self.url("/readyz"))?;
+            if status == 200 {
+                return Ok(());
+            }
+            if body.contains("\"reason\"") && !body.contains("ModelLoading") {
+                anyhow::bail!("the server will not become ready: {body}");
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("not ready after {timeout:?}: {body}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A minimal blocking GET over std (no runtime needed), for readiness polling.
+pub mod plain_http {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    /// `(status, body)` of `GET url` (plain `http://host:port/path` only).
+    pub fn get(url: &str) -> anyhow::Result<(u16, String)> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| anyhow::anyhow!("http:// URLs only"))?;
+        let (host, path) = match rest.split_once('/') {
+            Some((host, path)) => (host, format!("/{path}")),
+            None => (rest, "/".to_string()),
+        };
+        let mut stream = TcpStream::connect(host)?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+}

@@ -1,0 +1,461 @@
+//! Dynamic batching: requests queue, one worker thread owns the session and runs them in
+//! batches of up to `max_batch_size` rows.
+//!
+//! The policy is a pure function ([`decide`]): a batch is flushed when it is full, when its
+//! oldest request has waited `max_delay`, or at once when no other request is on its way
+//! (being decoded right now). So a lone request never waits for company, and under load the
+//! requests that arrive while the model is busy share the next run.
+//!
+//! The queue is bounded (`queue_capacity` jobs); a full queue is an immediate
+//! [`InferError::QueueFull`] (HTTP 503 with `Retry-After`), never unbounded memory. The
+//! worker is a dedicated OS thread, not a task on the async reactor.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::metrics::InferenceMetrics;
+
+/// Batching settings (the `ImageModel` `spec.runtime.batching` fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    pub max_batch_size: usize,
+    pub max_delay: Duration,
+    pub queue_capacity: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_batch_size: 8,
+            max_delay: Duration::from_millis(2),
+            queue_capacity: 64,
+        }
+    }
+}
+
+/// What the worker does next with a partly formed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Flush,
+    /// Wait for more requests, at most until this instant.
+    WaitUntil(Instant),
+}
+
+/// The batching policy. `rows` are in the batch, `oldest` is when its first request was
+/// enqueued, `incoming` requests are admitted and still being preprocessed.
+pub fn decide(
+    rows: usize,
+    max_batch_size: usize,
+    oldest: Instant,
+    now: Instant,
+    max_delay: Duration,
+    incoming: usize,
+) -> Decision {
+    let deadline = oldest + max_delay;
+    if rows >= max_batch_size || incoming == 0 || now >= deadline {
+        Decision::Flush
+    } else {
+        Decision::WaitUntil(deadline)
+    }
+}
+
+/// Something that runs a batch: the ONNX Runtime engine in production.
+pub trait BatchRunner: Send + 'static {
+    /// Runs `rows` inputs laid out back to back; returns `rows` output rows back to back.
+    fn run(&mut self, input: &[f32], rows: usize) -> Result<Vec<f32>, String>;
+}
+
+impl BatchRunner for crate::engine::Engine {
+    fn run(&mut self, input: &[f32], rows: usize) -> Result<Vec<f32>, String> {
+        crate::engine::Engine::run(self, input, rows)
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum InferError {
+    #[error("the inference queue is full ({capacity} requests waiting); retry shortly")]
+    QueueFull { capacity: usize },
+    #[error("a request of {rows} images exceeds the maximum batch size of {max}")]
+    TooManyRows { rows: usize, max: usize },
+    #[error("the inference worker has stopped")]
+    Stopped,
+    #[error("inference failed: {0}")]
+    Failed(String),
+}
+
+struct Job {
+    input: Vec<f32>,
+    rows: usize,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Vec<f32>, InferError>>,
+}
+
+/// Handle to the queue; cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: SyncSender<Job>,
+    cfg: BatchConfig,
+    depth: Arc<AtomicUsize>,
+    incoming: Arc<AtomicUsize>,
+    metrics: InferenceMetrics,
+}
+
+/// Marks a request as on its way to the queue while it is decoded; the worker waits for
+/// such requests (up to `max_delay`) instead of flushing a batch early.
+pub struct Incoming(Arc<AtomicUsize>);
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Batcher {
+    /// Starts the worker thread, which owns `runner` until every handle is dropped.
+    pub fn start<R: BatchRunner>(
+        runner: R,
+        cfg: BatchConfig,
+        row_len: usize,
+        metrics: InferenceMetrics,
+    ) -> std::io::Result<Batcher> {
+        let cfg = BatchConfig {
+            max_batch_size: cfg.max_batch_size.max(1),
+            queue_capacity: cfg.queue_capacity.max(1),
+            ..cfg
+        };
+        let (tx, rx) = sync_channel(cfg.queue_capacity);
+        let depth = Arc::new(AtomicUsize::new(0));
+        let incoming = Arc::new(AtomicUsize::new(0));
+        let worker = Worker {
+            rx,
+            runner,
+            cfg,
+            row_len,
+            depth: depth.clone(),
+            incoming: incoming.clone(),
+            metrics: metrics.clone(),
+        };
+        std::thread::Builder::new()
+            .name("sightline-batcher".into())
+            .spawn(move || worker.run())?;
+        Ok(Batcher {
+            tx,
+            cfg,
+            depth,
+            incoming,
+            metrics,
+        })
+    }
+
+    pub fn config(&self) -> BatchConfig {
+        self.cfg
+    }
+
+    /// Jobs waiting in the queue now.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::SeqCst)
+    }
+
+    /// Call before decoding a request's image; drop the guard once it is enqueued or failed.
+    pub fn incoming(&self) -> Incoming {
+        self.incoming.fetch_add(1, Ordering::SeqCst);
+        Incoming(self.incoming.clone())
+    }
+
+    /// Queues `rows` preprocessed inputs and waits for their output rows.
+    pub async fn infer(&self, input: Vec<f32>, rows: usize) -> Result<Vec<f32>, InferError> {
+        self.submit(input, rows)?.await
+    }
+
+    /// Queues `rows` preprocessed inputs now; the returned future yields their output rows.
+    pub fn submit(
+        &self,
+        input: Vec<f32>,
+        rows: usize,
+    ) -> Result<impl Future<Output = Result<Vec<f32>, InferError>> + use<>, InferError> {
+        if rows == 0 || rows > self.cfg.max_batch_size {
+            return Err(InferError::TooManyRows {
+                rows,
+                max: self.cfg.max_batch_size,
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            input,
+            rows,
+            enqueued: Instant::now(),
+            reply,
+        };
+        self.depth.fetch_add(1, Ordering::SeqCst);
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.depth.fetch_sub(1, Ordering::SeqCst);
+                self.metrics.rejected("queue_full");
+                return Err(InferError::QueueFull {
+                    capacity: self.cfg.queue_capacity,
+                });
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.depth.fetch_sub(1, Ordering::SeqCst);
+                return Err(InferError::Stopped);
+            }
+        }
+        self.metrics.queue_depth(self.depth());
+        Ok(async move { answer.await.unwrap_or(Err(InferError::Stopped)) })
+    }
+}
+
+struct Worker<R> {
+    rx: Receiver<Job>,
+    runner: R,
+    cfg: BatchConfig,
+    row_len: usize,
+    depth: Arc<AtomicUsize>,
+    incoming: Arc<AtomicUsize>,
+    metrics: InferenceMetrics,
+}
+
+/// How long one wait lasts before the policy is asked again (so a request that fails
+/// decoding does not hold a batch back for the whole `max_delay`).
+const POLL: Duration = Duration::from_micros(250);
+
+impl<R: BatchRunner> Worker<R> {
+    fn run(mut self) {
+        let mut carry: Option<Job> = None;
+        loop {
+            let first = match carry.take() {
+                Some(job) => job,
+                None => match self.rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return, // every handle dropped: shut down
+                },
+            };
+            self.taken();
+            let mut rows = first.rows;
+            let oldest = first.enqueued;
+            let mut jobs = vec![first];
+            loop {
+                // Take what is already queued, as far as it fits.
+                while carry.is_none() && rows < self.cfg.max_batch_size {
+                    match self.rx.try_recv() {
+                        Ok(job) => {
+                            self.taken();
+                            if rows + job.rows > self.cfg.max_batch_size {
+                                carry = Some(job);
+                            } else {
+                                rows += job.rows;
+                                jobs.push(job);
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let incoming = self.incoming.load(Ordering::SeqCst);
+                let now = Instant::now();
+                let full = carry.is_some();
+                match decide(
+                    rows,
+                    self.cfg.max_batch_size,
+                    oldest,
+                    now,
+                    self.cfg.max_delay,
+                    incoming,
+                ) {
+                    Decision::Flush => break,
+                    _ if full => break,
+                    Decision::WaitUntil(deadline) => {
+                        let wait = deadline.saturating_duration_since(now).min(POLL);
+                        match self.rx.recv_timeout(wait) {
+                            Ok(job) => {
+                                self.taken();
+                                if rows + job.rows > self.cfg.max_batch_size {
+                                    carry = Some(job);
+                                } else {
+                                    rows += job.rows;
+                                    jobs.push(job);
+                                }
+                            }
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
+                }
+            }
+            self.run_batch(jobs, rows);
+        }
+    }
+
+    fn taken(&self) {
+        let left = self.depth.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+        self.metrics.queue_depth(left);
+    }
+
+    fn run_batch(&mut self, jobs: Vec<Job>, rows: usize) {
+        let started = Instant::now();
+        for job in &jobs {
+            self.metrics
+                .queue_wait(started.duration_since(job.enqueued));
+        }
+        let mut input = Vec::with_capacity(rows * self.row_len);
+        for job in &jobs {
+            input.extend_from_slice(&job.input);
+        }
+        let runner = &mut self.runner;
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.run(&input, rows)))
+                .unwrap_or_else(|_| Err("the model runner panicked".to_string()));
+        self.metrics.batch(rows, started.elapsed());
+        match result {
+            Ok(output) if rows > 0 && output.len() % rows == 0 => {
+                let per_row = output.len() / rows;
+                let mut offset = 0;
+                for job in jobs {
+                    let end = offset + job.rows * per_row;
+                    let _ = job.reply.send(Ok(output[offset..end].to_vec()));
+                    offset = end;
+                }
+            }
+            Ok(output) => {
+                let err =
+                    InferError::Failed(format!("{} output values for {rows} rows", output.len()));
+                for job in jobs {
+                    let _ = job.reply.send(Err(err.clone()));
+                }
+            }
+            Err(message) => {
+                tracing::error!(error = %message, rows, "inference failed");
+                self.metrics.failed();
+                for job in jobs {
+                    let _ = job.reply.send(Err(InferError::Failed(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_flushes_when_full_alone_or_late() {
+        let t0 = Instant::now();
+        let d = Duration::from_millis(5);
+        assert_eq!(decide(8, 8, t0, t0, d, 3), Decision::Flush);
+        assert_eq!(
+            decide(1, 8, t0, t0, d, 0),
+            Decision::Flush,
+            "nobody else coming"
+        );
+        assert_eq!(
+            decide(1, 8, t0, t0 + d, d, 3),
+            Decision::Flush,
+            "deadline reached"
+        );
+        assert_eq!(decide(1, 8, t0, t0, d, 2), Decision::WaitUntil(t0 + d));
+        assert_eq!(decide(1, 8, t0, t0, Duration::ZERO, 2), Decision::Flush);
+    }
+
+    /// Output row i = [sum of input row i, batch size it ran in].
+    struct SumRunner {
+        row_len: usize,
+        delay: Duration,
+    }
+
+    impl BatchRunner for SumRunner {
+        fn run(&mut self, input: &[f32], rows: usize) -> Result<Vec<f32>, String> {
+            std::thread::sleep(self.delay);
+            Ok(input
+                .chunks_exact(self.row_len)
+                .flat_map(|r| [r.iter().sum::<f32>(), rows as f32])
+                .collect())
+        }
+    }
+
+    fn batcher(cfg: BatchConfig, delay: Duration) -> Batcher {
+        Batcher::start(
+            SumRunner { row_len: 4, delay },
+            cfg,
+            4,
+            InferenceMetrics::unregistered(),
+        )
+        .expect("start")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn each_request_gets_its_own_rows_and_batches_form_under_load() {
+        let b = batcher(
+            BatchConfig {
+                max_batch_size: 4,
+                max_delay: Duration::from_millis(20),
+                queue_capacity: 64,
+            },
+            Duration::from_millis(10),
+        );
+        let mut tasks = Vec::new();
+        for i in 0..32u32 {
+            let b = b.clone();
+            tasks.push(tokio::spawn(async move {
+                let rows = 1 + (i as usize % 2);
+                let input: Vec<f32> = (0..rows * 4).map(|k| (i * 100 + k as u32) as f32).collect();
+                let out = b.infer(input.clone(), rows).await.expect("inference");
+                (input, rows, out)
+            }));
+        }
+        let mut largest = 0.0f32;
+        for t in tasks {
+            let (input, rows, out) = t.await.expect("join");
+            assert_eq!(out.len(), rows * 2);
+            for (r, chunk) in input.chunks_exact(4).enumerate() {
+                assert_eq!(
+                    out[r * 2],
+                    chunk.iter().sum::<f32>(),
+                    "request got someone else's row"
+                );
+                assert!(out[r * 2 + 1] <= 4.0);
+                largest = largest.max(out[r * 2 + 1]);
+            }
+        }
+        assert!(largest > 1.0, "32 concurrent requests never shared a batch");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_rejected_not_buffered() {
+        let b = batcher(
+            BatchConfig {
+                max_batch_size: 1,
+                max_delay: Duration::ZERO,
+                queue_capacity: 2,
+            },
+            Duration::from_millis(200),
+        );
+        let mut pending = Vec::new();
+        for _ in 0..6 {
+            let b = b.clone();
+            pending.push(tokio::spawn(async move { b.infer(vec![1.0; 4], 1).await }));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut full = 0;
+        for p in pending {
+            if let Err(InferError::QueueFull { capacity: 2 }) = p.await.expect("join") {
+                full += 1;
+            }
+        }
+        assert!(
+            full >= 2,
+            "expected rejections once 1 running + 2 queued, got {full}"
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_requests_are_refused() {
+        let b = batcher(BatchConfig::default(), Duration::ZERO);
+        let err = b.infer(vec![0.0; 4 * 9], 9).await.expect_err("too many");
+        assert_eq!(err, InferError::TooManyRows { rows: 9, max: 8 });
+    }
+}

@@ -1,0 +1,413 @@
+//! Command line: roles, flags, `SIGHTLINE_*` environment variables and the config file.
+//!
+//! Precedence: a flag on the command line, then its `SIGHTLINE_*` environment variable,
+//! then the config file (`--config`, TOML, keys are the flag names), then the default.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::engine::Device;
+use crate::model_config::{Channels, Layout, ResizePolicy, parse_triple};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sightline-server",
+    version,
+    about = "Sightline image recognition services",
+    long_about = "Sightline image recognition services. Every flag can also be set with a \
+                  SIGHTLINE_<FLAG> environment variable (e.g. SIGHTLINE_LISTEN) or in the \
+                  TOML file given by --config (keys are the flag names); flags win over the \
+                  environment, which wins over the file."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything in one process, for one machine: recognition, with the pretrained model
+    /// and local defaults. Listens on 127.0.0.1:8080.
+    All(ServeArgs),
+    /// The recognition service: ONNX Runtime inference with dynamic batching, the seed's
+    /// recognition endpoint, /api/v1/recognize and the Open Inference Protocol (v2).
+    Recognize(ServeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(args_override_self = true)]
+pub struct ServeArgs {
+    /// TOML file with defaults for any of these flags (keys are flag names, e.g.
+    /// `listen = "0.0.0.0:8080"`, `max-batch-size = 16`).
+    #[arg(long, env = "SIGHTLINE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address and port to listen on.
+    #[arg(long, env = "SIGHTLINE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Directory for local state (image store, SQLite database).
+    #[arg(long, env = "SIGHTLINE_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Results database URL (sqlite://, postgres://, mysql://); SQLite in --data-dir by
+    /// default.
+    #[arg(long, env = "SIGHTLINE_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Base URL of the upload service whose images recognition may fetch by URL (for
+    /// example http://upload:8080/api/v1/images). Nothing else is fetched unless listed in
+    /// --fetch-allowlist.
+    #[arg(long, env = "SIGHTLINE_UPLOAD_URL")]
+    pub upload_url: Option<String>,
+
+    /// More URL prefixes recognition may fetch images from, comma-separated.
+    #[arg(long, env = "SIGHTLINE_FETCH_ALLOWLIST", value_delimiter = ',')]
+    pub fetch_allowlist: Vec<String>,
+
+    /// Largest request body (an image or an inference request) in bytes.
+    #[arg(long, env = "SIGHTLINE_MAX_UPLOAD_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+
+    /// Largest decoded image, in pixels (width × height); bigger images are refused from
+    /// their header, before decoding.
+    #[arg(long, env = "SIGHTLINE_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
+
+    /// Requests handled at once; more get 503 with Retry-After at once.
+    #[arg(long, env = "SIGHTLINE_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
+
+    /// Seconds a request may take before it is answered 503.
+    #[arg(long, env = "SIGHTLINE_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+
+    /// Seconds to let in-flight requests finish after SIGTERM / Ctrl-C.
+    #[arg(long, env = "SIGHTLINE_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
+    pub shutdown_grace_secs: u64,
+
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, env = "SIGHTLINE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// The ONNX classifier to serve.
+    #[arg(
+        long,
+        env = "SIGHTLINE_MODEL",
+        default_value = "models/build/efficientnet-lite0.onnx"
+    )]
+    pub model: PathBuf,
+
+    /// Labels file, one class per line in output order [default: <model>.labels.txt].
+    #[arg(long, env = "SIGHTLINE_LABELS")]
+    pub labels: Option<PathBuf>,
+
+    /// Preprocessing sidecar (JSON) [default: <model>.json when it exists, else ImageNet
+    /// defaults].
+    #[arg(long, env = "SIGHTLINE_MODEL_CONFIG")]
+    pub model_config: Option<PathBuf>,
+
+    /// Name of the model in URLs and metrics [default: the sidecar's name, else the file
+    /// name without extension].
+    #[arg(long, env = "SIGHTLINE_MODEL_NAME")]
+    pub model_name: Option<String>,
+
+    /// Expected SHA-256 of the model file; the server stays not-ready on a mismatch.
+    #[arg(long, env = "SIGHTLINE_MODEL_SHA256")]
+    pub model_sha256: Option<String>,
+
+    /// Input side in pixels (overrides the sidecar).
+    #[arg(long, env = "SIGHTLINE_INPUT_SIZE")]
+    pub input_size: Option<u32>,
+
+    /// Input tensor layout (overrides the sidecar).
+    #[arg(long, env = "SIGHTLINE_LAYOUT", value_enum)]
+    pub layout: Option<Layout>,
+
+    /// Resize policy (overrides the sidecar).
+    #[arg(long, env = "SIGHTLINE_RESIZE", value_enum)]
+    pub resize: Option<ResizePolicy>,
+
+    /// Share of the shorter side kept by the centre crop (overrides the sidecar).
+    #[arg(long, env = "SIGHTLINE_CROP_FRACTION")]
+    pub crop_fraction: Option<f32>,
+
+    /// Channel order (overrides the sidecar).
+    #[arg(long, env = "SIGHTLINE_CHANNELS", value_enum)]
+    pub channels: Option<Channels>,
+
+    /// Factor applied to 8-bit samples before normalisation (overrides the sidecar).
+    #[arg(long, env = "SIGHTLINE_SCALE")]
+    pub scale: Option<f32>,
+
+    /// Per-channel mean, `r,g,b` (overrides the sidecar).
+    #[arg(long, env = "SIGHTLINE_MEAN", value_parser = parse_triple)]
+    pub mean: Option<[f32; 3]>,
+
+    /// Per-channel standard deviation, `r,g,b` (overrides the sidecar).
+    #[arg(long, env = "SIGHTLINE_STD", value_parser = parse_triple)]
+    pub std: Option<[f32; 3]>,
+
+    /// Where inference runs. `gpu` registers the ONNX Runtime CUDA execution provider.
+    #[arg(long, env = "SIGHTLINE_DEVICE", value_enum, default_value = "cpu")]
+    pub device: Device,
+
+    /// With --device gpu: serve on the CPU if CUDA cannot be registered, instead of
+    /// staying not-ready.
+    #[arg(long, env = "SIGHTLINE_ALLOW_CPU_FALLBACK")]
+    pub allow_cpu_fallback: bool,
+
+    /// Threads ONNX Runtime uses inside one operator (0 = one per CPU core).
+    #[arg(long, env = "SIGHTLINE_INTRA_THREADS", default_value_t = 0)]
+    pub intra_threads: usize,
+
+    /// Most images in one model run.
+    #[arg(long, env = "SIGHTLINE_MAX_BATCH_SIZE", default_value_t = 8)]
+    pub max_batch_size: usize,
+
+    /// Most milliseconds a request waits for others to share its batch (only while more
+    /// requests are being decoded; a lone request never waits).
+    #[arg(long, env = "SIGHTLINE_MAX_DELAY_MS", default_value_t = 2)]
+    pub max_delay_ms: u64,
+
+    /// Requests waiting for the model; when full, new ones get 503 with Retry-After.
+    #[arg(long, env = "SIGHTLINE_QUEUE_CAPACITY", default_value_t = 64)]
+    pub queue_capacity: usize,
+
+    /// The ONNX Runtime shared library (from the onnxruntime wheel; `make deps` puts it in
+    /// .ort/).
+    #[arg(long, env = "SIGHTLINE_ORT_LIB", default_value = crate::ort_runtime::DEFAULT_LIB)]
+    pub ort_lib: PathBuf,
+}
+
+impl ModelArgs {
+    /// `<model>.<suffix>` beside the model file (`models/x.onnx` → `models/x.labels.txt`).
+    pub fn beside_model(&self, suffix: &str) -> PathBuf {
+        self.model.with_extension(suffix)
+    }
+}
+
+/// Subcommands that take the serving flags (and so a config file).
+const SERVE_COMMANDS: &[&str] = &["all", "recognize"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadConfig {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {source}")]
+    ParseConfig {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config file {path}: key {key:?} must be a string, number, boolean or list")]
+    ConfigValue { path: String, key: String },
+}
+
+/// Parses the command line after merging the config file into it.
+pub fn parse(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    match with_config_file(args, |name| std::env::var_os(name)) {
+        Ok(args) => Cli::try_parse_from(args),
+        Err(e) => Err(clap::Error::raw(
+            clap::error::ErrorKind::ValueValidation,
+            format!("{e}\n"),
+        )),
+    }
+}
+
+/// Inserts the config file's settings as flags right after the subcommand, so that the
+/// flags given on the command line (which come later) override them. Settings whose
+/// `SIGHTLINE_*` variable is set are skipped, so the environment also wins over the file.
+pub fn with_config_file(
+    mut args: Vec<OsString>,
+    env: impl Fn(&str) -> Option<OsString>,
+) -> Result<Vec<OsString>, CliError> {
+    let is_serve = args
+        .get(1)
+        .and_then(|a| a.to_str())
+        .is_some_and(|a| SERVE_COMMANDS.contains(&a));
+    if !is_serve {
+        return Ok(args);
+    }
+    let path = config_path(&args[2..]).or_else(|| env("SIGHTLINE_CONFIG").map(PathBuf::from));
+    let Some(path) = path else {
+        return Ok(args);
+    };
+    let injected = config_flags(&path, &env)?;
+    args.splice(2..2, injected);
+    Ok(args)
+}
+
+fn config_path(args: &[OsString]) -> Option<PathBuf> {
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let text = arg.to_string_lossy();
+        if text == "--config" {
+            return iter.next().map(PathBuf::from);
+        }
+        if let Some(value) = text.strip_prefix("--config=") {
+            return Some(PathBuf::from(value));
+        }
+    }
+    None
+}
+
+fn config_flags(
+    path: &Path,
+    env: &impl Fn(&str) -> Option<OsString>,
+) -> Result<Vec<OsString>, CliError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| CliError::ReadConfig {
+        path: shown.clone(),
+        source,
+    })?;
+    let table: toml::Table = text.parse().map_err(|source| CliError::ParseConfig {
+        path: shown.clone(),
+        source: Box::new(source),
+    })?;
+    let mut flags = Vec::new();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        if flag == "config" {
+            continue;
+        }
+        let env_name = format!("SIGHTLINE_{}", flag.replace('-', "_").to_ascii_uppercase());
+        if env(&env_name).is_some() {
+            continue;
+        }
+        let rendered = match value {
+            toml::Value::String(s) => Some(s),
+            toml::Value::Integer(i) => Some(i.to_string()),
+            toml::Value::Float(f) => Some(f.to_string()),
+            toml::Value::Boolean(true) => None,
+            toml::Value::Boolean(false) => continue,
+            toml::Value::Array(items) => Some(
+                items
+                    .iter()
+                    .map(|item| match item {
+                        toml::Value::String(s) => Ok(s.clone()),
+                        toml::Value::Integer(i) => Ok(i.to_string()),
+                        toml::Value::Float(f) => Ok(f.to_string()),
+                        _ => Err(CliError::ConfigValue {
+                            path: shown.clone(),
+                            key: key.clone(),
+                        }),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join(","),
+            ),
+            _ => return Err(CliError::ConfigValue { path: shown, key }),
+        };
+        flags.push(OsString::from(format!("--{flag}")));
+        if let Some(value) = rendered {
+            flags.push(OsString::from(value));
+        }
+    }
+    Ok(flags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    fn serve(cli: Cli) -> ServeArgs {
+        match cli.command {
+            Command::All(a) | Command::Recognize(a) => a,
+        }
+    }
+
+    #[test]
+    fn defaults_serve_the_pretrained_model_on_loopback() {
+        let a = serve(Cli::try_parse_from(args(&["sightline-server", "all"])).expect("parses"));
+        assert_eq!(a.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            a.model.model,
+            PathBuf::from("models/build/efficientnet-lite0.onnx")
+        );
+        assert_eq!(
+            a.model.beside_model("labels.txt"),
+            PathBuf::from("models/build/efficientnet-lite0.labels.txt")
+        );
+        assert_eq!(a.model.device, Device::Cpu);
+    }
+
+    #[test]
+    fn config_file_fills_in_and_flags_and_env_win() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("s.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:9000\"\nmax_batch_size = 16\nfetch-allowlist = [\"http://a/\", \"http://b/\"]\nallow-cpu-fallback = true\nmax-delay-ms = 7\n",
+        )
+        .expect("write");
+        let cfg = file.to_string_lossy().to_string();
+        let no_env = |_: &str| None;
+        let merged = with_config_file(
+            args(&["s", "recognize", "--config", &cfg, "--max-batch-size", "4"]),
+            no_env,
+        )
+        .expect("merge");
+        let a = serve(Cli::try_parse_from(merged).expect("parses"));
+        assert_eq!(a.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(a.model.max_batch_size, 4, "the flag wins over the file");
+        assert_eq!(a.fetch_allowlist, vec!["http://a/", "http://b/"]);
+        assert!(a.model.allow_cpu_fallback);
+        let env = |name: &str| (name == "SIGHTLINE_MAX_DELAY_MS").then(|| OsString::from("1"));
+        let merged =
+            with_config_file(args(&["s", "recognize", "--config", &cfg]), env).expect("merge");
+        assert!(
+            !merged.iter().any(|a| a == "--max-delay-ms"),
+            "the environment wins over the file"
+        );
+    }
+
+    #[test]
+    fn bad_config_files_are_clear_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "listen = [").expect("write");
+        let err = with_config_file(
+            args(&["s", "all", "--config", &file.to_string_lossy()]),
+            |_| None,
+        )
+        .expect_err("bad toml");
+        assert!(err.to_string().contains("not valid TOML"), "{err}");
+        let err = with_config_file(args(&["s", "all", "--config=/nonexistent.toml"]), |_| None)
+            .expect_err("missing");
+        assert!(err.to_string().contains("/nonexistent.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_clap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("typo.toml");
+        std::fs::write(&file, "lissen = \"x\"").expect("write");
+        let merged = with_config_file(
+            args(&["s", "all", "--config", &file.to_string_lossy()]),
+            |_| None,
+        )
+        .expect("merge");
+        assert!(Cli::try_parse_from(merged).is_err());
+    }
+}

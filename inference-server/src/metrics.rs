@@ -1,0 +1,312 @@
+//! Prometheus metrics: one registry per process, each component registers its own
+//! families. Labels are bounded: route templates, method, status class, model name,
+//! device, reason — never ids, URLs or error text.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+fn model_latency_histogram() -> Histogram {
+    // 1 ms … ~16 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+fn batch_size_histogram() -> Histogram {
+    // 1, 2, 4, … 256 rows
+    Histogram::new(exponential_buckets(1.0, 2.0, 9))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub status_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelReasonLabels {
+    pub model: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelInfoLabels {
+    pub model: String,
+    pub sha256: String,
+    pub device: String,
+}
+
+/// The process-wide registry plus the families every role shares.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub http: HttpMetrics,
+    pub inference: InferenceMetrics,
+}
+
+impl Metrics {
+    /// Builds the registry for a process serving `model` (empty for roles without one).
+    pub fn new(model: &str) -> Metrics {
+        let mut registry = Registry::with_prefix("sightline");
+        let http = HttpMetrics::register(&mut registry);
+        let inference = InferenceMetrics::register(&mut registry, model);
+        Metrics {
+            registry: Arc::new(registry),
+            http,
+            inference,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Requests and latency per route template.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: Family<HttpLabels, Counter>,
+    duration: HistogramFamily<RouteLabels>,
+}
+
+impl HttpMetrics {
+    fn register(registry: &mut Registry) -> HttpMetrics {
+        let requests = Family::<HttpLabels, Counter>::default();
+        let duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route template, method and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request received to response headers sent, by route template",
+            duration.clone(),
+        );
+        HttpMetrics { requests, duration }
+    }
+
+    pub fn observe(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        let status_class = format!("{}xx", status / 100);
+        self.requests
+            .get_or_create(&HttpLabels {
+                route: route.to_string(),
+                method: method.to_string(),
+                status_class,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+                method: method.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Inference: batches, queue, model load and identity.
+#[derive(Clone)]
+pub struct InferenceMetrics {
+    model: ModelLabels,
+    batch_size: HistogramFamily<ModelLabels>,
+    duration: HistogramFamily<ModelLabels>,
+    queue_depth: Family<ModelLabels, Gauge>,
+    queue_wait: HistogramFamily<ModelLabels>,
+    preprocess: HistogramFamily<ModelLabels>,
+    rejected: Family<ModelReasonLabels, Counter>,
+    failures: Family<ModelLabels, Counter>,
+    load_seconds: Family<ModelLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    ready: Family<ModelLabels, Gauge>,
+    info: Family<ModelInfoLabels, Gauge>,
+}
+
+impl InferenceMetrics {
+    fn families(model: &str) -> InferenceMetrics {
+        InferenceMetrics {
+            model: ModelLabels {
+                model: model.to_string(),
+            },
+            batch_size: Family::new_with_constructor(batch_size_histogram),
+            duration: Family::new_with_constructor(model_latency_histogram),
+            queue_depth: Family::default(),
+            queue_wait: Family::new_with_constructor(model_latency_histogram),
+            preprocess: Family::new_with_constructor(model_latency_histogram),
+            rejected: Family::default(),
+            failures: Family::default(),
+            load_seconds: Family::default(),
+            ready: Family::default(),
+            info: Family::default(),
+        }
+    }
+
+    fn register(registry: &mut Registry, model: &str) -> InferenceMetrics {
+        let m = Self::families(model);
+        registry.register(
+            "inference_batch_size",
+            "Images per model run",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "inference_duration_seconds",
+            "Wall time of one model run (a whole batch)",
+            m.duration.clone(),
+        );
+        registry.register(
+            "inference_queue_depth",
+            "Requests waiting for the model",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "inference_queue_wait_seconds",
+            "Time a request waited in the queue before its batch ran",
+            m.queue_wait.clone(),
+        );
+        registry.register(
+            "preprocess_duration_seconds",
+            "Time to decode, resize and normalise one image",
+            m.preprocess.clone(),
+        );
+        registry.register(
+            "inference_rejected",
+            "Requests refused before inference, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "inference_failures",
+            "Model runs that returned an error",
+            m.failures.clone(),
+        );
+        registry.register(
+            "model_load_duration_seconds",
+            "Time to read, verify, load and warm up the model",
+            m.load_seconds.clone(),
+        );
+        registry.register(
+            "model_ready",
+            "1 when the model is loaded, validated and warmed up",
+            m.ready.clone(),
+        );
+        registry.register(
+            "model_info",
+            "The model being served (value is always 1)",
+            m.info.clone(),
+        );
+        m
+    }
+
+    /// Families that belong to no registry (for tests of components that record metrics).
+    pub fn unregistered() -> InferenceMetrics {
+        Self::families("test")
+    }
+
+    pub fn batch(&self, rows: usize, elapsed: Duration) {
+        self.batch_size
+            .get_or_create(&self.model)
+            .observe(rows as f64);
+        self.duration
+            .get_or_create(&self.model)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn queue_depth(&self, depth: usize) {
+        self.queue_depth
+            .get_or_create(&self.model)
+            .set(depth as i64);
+    }
+
+    pub fn queue_wait(&self, waited: Duration) {
+        self.queue_wait
+            .get_or_create(&self.model)
+            .observe(waited.as_secs_f64());
+    }
+
+    pub fn preprocessed(&self, elapsed: Duration) {
+        self.preprocess
+            .get_or_create(&self.model)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        let labels = ModelReasonLabels {
+            model: self.model.model.clone(),
+            reason: reason.to_string(),
+        };
+        self.rejected.get_or_create(&labels).inc();
+    }
+
+    pub fn failed(&self) {
+        self.failures.get_or_create(&self.model).inc();
+    }
+
+    pub fn loaded(&self, sha256: &str, device: &str, seconds: f64) {
+        self.load_seconds.get_or_create(&self.model).set(seconds);
+        self.ready.get_or_create(&self.model).set(1);
+        let info = ModelInfoLabels {
+            model: self.model.model.clone(),
+            sha256: sha256.to_string(),
+            device: device.to_string(),
+        };
+        self.info.get_or_create(&info).set(1);
+    }
+
+    pub fn not_ready(&self) {
+        self.ready.get_or_create(&self.model).set(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_prefixed_names_units_and_bounded_labels() {
+        let m = Metrics::new("resnet");
+        m.http
+            .observe("/api/v1/recognize", "POST", 200, Duration::from_millis(3));
+        m.inference.batch(4, Duration::from_millis(20));
+        m.inference.loaded("abc", "cpu", 1.5);
+        let text = m.encode();
+        assert!(text.contains("sightline_http_requests_total{route=\"/api/v1/recognize\",method=\"POST\",status_class=\"2xx\"} 1"), "{text}");
+        assert!(
+            text.contains("sightline_inference_batch_size_bucket{le=\"4.0\",model=\"resnet\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sightline_model_info{model=\"resnet\",sha256=\"abc\",device=\"cpu\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sightline_model_load_duration_seconds{model=\"resnet\"} 1.5"),
+            "{text}"
+        );
+    }
+}

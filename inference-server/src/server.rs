@@ -1,0 +1,243 @@
+//! Wiring: flags → model setup, state, router; bind, serve, shut down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::batching::BatchConfig;
+use crate::cli::ServeArgs;
+use crate::engine::EngineConfig;
+use crate::http::{AppState, HttpSettings, app};
+use crate::image_source::ImageSource;
+use crate::metrics::Metrics;
+use crate::model_config::{ModelSidecar, Preprocess};
+use crate::preprocess::DecodeLimits;
+use crate::serving::{ModelSetup, ModelSlot, ModelStatus, load_into};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] crate::model_config::ConfigError),
+    #[error(transparent)]
+    Labels(#[from] crate::labels::LabelsError),
+    #[error("invalid --upload-url or --fetch-allowlist: {0}")]
+    Source(#[from] crate::image_source::SourceError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// The model setup the flags describe: sidecar, then flag overrides.
+pub fn model_setup(args: &ServeArgs) -> Result<ModelSetup, ServerError> {
+    let m = &args.model;
+    let sidecar_path = m.model_config.clone().or_else(|| {
+        let beside = m.beside_model("json");
+        beside.is_file().then_some(beside)
+    });
+    let sidecar = match &sidecar_path {
+        Some(path) => ModelSidecar::load(path)?,
+        None => ModelSidecar {
+            preprocess: Preprocess::default(),
+            ..ModelSidecar::default()
+        },
+    };
+    let mut p = sidecar.preprocess.clone();
+    if let Some(v) = m.input_size {
+        p.size = v;
+    }
+    if let Some(v) = m.layout {
+        p.layout = v;
+    }
+    if let Some(v) = m.resize {
+        p.resize = v;
+    }
+    if let Some(v) = m.crop_fraction {
+        p.crop_fraction = v;
+    }
+    if let Some(v) = m.channels {
+        p.channels = v;
+    }
+    if let Some(v) = m.scale {
+        p.scale = v;
+    }
+    if let Some(v) = m.mean {
+        p.mean = v;
+    }
+    if let Some(v) = m.std {
+        p.std = v;
+    }
+    p.validate()?;
+    let labels_path = m
+        .labels
+        .clone()
+        .unwrap_or_else(|| m.beside_model("labels.txt"));
+    let labels = crate::labels::load(&labels_path)?;
+    let name = m
+        .model_name
+        .clone()
+        .or_else(|| sidecar.name.clone())
+        .or_else(|| {
+            m.model
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "model".to_string());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    Ok(ModelSetup {
+        name,
+        ort_lib: m.ort_lib.clone(),
+        engine: EngineConfig {
+            model_path: m.model.clone(),
+            labels,
+            preprocess: p,
+            input_name: sidecar.input.clone(),
+            output_name: sidecar.output.clone(),
+            output_kind: sidecar.output_kind(),
+            expected_sha256: m.model_sha256.clone(),
+            device: m.device,
+            allow_cpu_fallback: m.allow_cpu_fallback,
+            intra_threads: if m.intra_threads == 0 {
+                cores
+            } else {
+                m.intra_threads
+            },
+            max_batch_size: m.max_batch_size.max(1),
+        },
+        batching: BatchConfig {
+            max_batch_size: m.max_batch_size.max(1),
+            max_delay: Duration::from_millis(m.max_delay_ms),
+            queue_capacity: m.queue_capacity.max(1),
+        },
+        limits: DecodeLimits {
+            max_pixels: args.max_image_pixels,
+            ..DecodeLimits::default()
+        },
+        preprocess_workers: cores,
+    })
+}
+
+/// State for the router, with the model slot still loading.
+pub fn state(args: &ServeArgs, model_name: &str) -> Result<AppState, ServerError> {
+    let mut allowed: Vec<String> = args.upload_url.iter().cloned().collect();
+    allowed.extend(
+        args.fetch_allowlist
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned(),
+    );
+    let images = ImageSource::new(&allowed, args.max_upload_bytes, Duration::from_secs(10))?;
+    Ok(AppState {
+        model: ModelSlot::new(ModelStatus::Loading),
+        metrics: Metrics::new(model_name),
+        images,
+        settings: Arc::new(HttpSettings {
+            model_name: model_name.to_string(),
+            max_body_bytes: args.max_upload_bytes,
+            max_in_flight: args.max_in_flight.max(1),
+            request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
+        }),
+        in_flight: Default::default(),
+    })
+}
+
+/// A bound, not yet serving, recognize server.
+pub struct Server {
+    pub listener: TcpListener,
+    pub state: AppState,
+    setup: ModelSetup,
+    grace: Duration,
+}
+
+impl Server {
+    /// Reads the model configuration and binds the port (the model loads once serving).
+    pub async fn bind(args: &ServeArgs) -> Result<Server, ServerError> {
+        let setup = model_setup(args)?;
+        let state = state(args, &setup.name)?;
+        let listener =
+            TcpListener::bind(args.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: args.listen,
+                    source,
+                })?;
+        Ok(Server {
+            listener,
+            state,
+            setup,
+            grace: Duration::from_secs(args.shutdown_grace_secs),
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Loads the model in the background and serves until `shutdown` resolves, then lets
+    /// in-flight requests finish (up to the grace period).
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Server {
+            listener,
+            state,
+            setup,
+            grace,
+        } = self;
+        tokio::spawn(load_into(
+            state.model.clone(),
+            setup,
+            state.metrics.inference.clone(),
+        ));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let router = app(state);
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = stop_tx.send(true);
+        });
+        let mut stop_rx = stop_rx;
+        let guard = async move {
+            let _ = stop_rx.wait_for(|stopped| *stopped).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = server => result.map_err(ServerError::Serve),
+            () = guard => {
+                tracing::warn!(?grace, "grace period over; dropping the requests still running");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

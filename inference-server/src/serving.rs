@@ -1,0 +1,203 @@
+//! The model a recognize role serves, and its lifecycle: loading → ready | failed.
+//!
+//! The HTTP server starts before the model is loaded so that `/healthz` answers at once and
+//! `/readyz` can say *why* the model is not ready (loading, digest mismatch, CUDA missing…).
+//! Recognition requests get `503` until the model is ready.
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+
+use crate::batching::{BatchConfig, Batcher, InferError};
+use crate::engine::{Engine, EngineConfig, LoadError, ModelInfo};
+use crate::metrics::InferenceMetrics;
+use crate::model_config::Preprocess;
+use crate::postprocess::{Prediction, top_k};
+use crate::preprocess::{DecodeLimits, PreprocessError, preprocess};
+
+/// A loaded model behind its batcher.
+pub struct ServingModel {
+    pub name: String,
+    pub info: ModelInfo,
+    pub labels: Arc<Vec<String>>,
+    pub preprocess: Preprocess,
+    pub limits: DecodeLimits,
+    batcher: Batcher,
+    /// Bounds concurrent decode+resize work to the CPU count (the blocking pool itself is
+    /// large; this keeps image work from crowding out inference).
+    cpu: Arc<Semaphore>,
+    metrics: InferenceMetrics,
+}
+
+/// Why a recognition did not produce predictions.
+#[derive(Debug, thiserror::Error)]
+pub enum RecognizeError {
+    #[error(transparent)]
+    Image(#[from] PreprocessError),
+    #[error(transparent)]
+    Infer(#[from] InferError),
+}
+
+impl ServingModel {
+    pub fn batch_config(&self) -> BatchConfig {
+        self.batcher.config()
+    }
+
+    /// Decodes and classifies one image; returns the top `k` predictions.
+    pub async fn classify(
+        &self,
+        bytes: bytes::Bytes,
+        k: usize,
+    ) -> Result<Vec<Prediction>, RecognizeError> {
+        let incoming = self.batcher.incoming();
+        let tensor = self.preprocess_bytes(bytes).await?;
+        let answer = self.batcher.submit(tensor, 1)?;
+        drop(incoming); // queued: the batcher no longer waits for it
+        let row = answer.await?;
+        Ok(top_k(
+            &row,
+            self.info.outputs_probabilities,
+            &self.labels,
+            k,
+        ))
+    }
+
+    /// Runs already-preprocessed rows (the Open Inference Protocol path).
+    pub async fn infer_rows(&self, input: Vec<f32>, rows: usize) -> Result<Vec<f32>, InferError> {
+        self.batcher.infer(input, rows).await
+    }
+
+    async fn preprocess_bytes(&self, bytes: bytes::Bytes) -> Result<Vec<f32>, RecognizeError> {
+        let _permit = self
+            .cpu
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| InferError::Stopped)?;
+        let p = self.preprocess.clone();
+        let limits = self.limits;
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || preprocess(&bytes, &limits, &p))
+            .await
+            .map_err(|_| InferError::Failed("image worker panicked".into()))?;
+        match &result {
+            Ok(_) => self.metrics.preprocessed(started.elapsed()),
+            Err(e) => self.metrics.rejected(e.reason()),
+        }
+        Ok(result?)
+    }
+}
+
+/// Where the model is in its life.
+#[derive(Clone)]
+pub enum ModelStatus {
+    Loading,
+    Ready(Arc<ServingModel>),
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
+    /// This role serves no model.
+    None,
+}
+
+/// Shared, swappable model status.
+#[derive(Clone)]
+pub struct ModelSlot(Arc<RwLock<ModelStatus>>);
+
+impl ModelSlot {
+    pub fn new(status: ModelStatus) -> ModelSlot {
+        ModelSlot(Arc::new(RwLock::new(status)))
+    }
+
+    pub fn get(&self) -> ModelStatus {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, status: ModelStatus) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    /// The ready model, or why there is none.
+    pub fn ready(&self) -> Result<Arc<ServingModel>, String> {
+        match self.get() {
+            ModelStatus::Ready(model) => Ok(model),
+            ModelStatus::Loading => Err("the model is still loading".into()),
+            ModelStatus::Failed { reason, message } => {
+                Err(format!("the model is not ready ({reason}): {message}"))
+            }
+            ModelStatus::None => Err("this role serves no model".into()),
+        }
+    }
+}
+
+/// Everything needed to bring a model up.
+pub struct ModelSetup {
+    pub name: String,
+    pub ort_lib: std::path::PathBuf,
+    pub engine: EngineConfig,
+    pub batching: BatchConfig,
+    pub limits: DecodeLimits,
+    pub preprocess_workers: usize,
+}
+
+/// Loads the model on a blocking thread and publishes the outcome into `slot`.
+pub async fn load_into(slot: ModelSlot, setup: ModelSetup, metrics: InferenceMetrics) {
+    let name = setup.name.clone();
+    let outcome =
+        tokio::task::spawn_blocking(move || load(setup, metrics.clone()).map(|m| (m, metrics)))
+            .await
+            .unwrap_or_else(|_| Err(("LoadPanicked", "model loading panicked".to_string())));
+    match outcome {
+        Ok((model, metrics)) => {
+            tracing::info!(
+                model = %name,
+                sha256 = %model.info.sha256,
+                device = model.info.device.as_str(),
+                classes = model.info.classes,
+                load_seconds = model.info.load_seconds,
+                "model ready"
+            );
+            metrics.loaded(
+                &model.info.sha256,
+                model.info.device.as_str(),
+                model.info.load_seconds,
+            );
+            slot.set(ModelStatus::Ready(Arc::new(model)));
+        }
+        Err((reason, message)) => {
+            tracing::error!(model = %name, reason, error = %message, "model failed to load");
+            slot.set(ModelStatus::Failed { reason, message });
+        }
+    }
+}
+
+fn load(
+    setup: ModelSetup,
+    metrics: InferenceMetrics,
+) -> Result<ServingModel, (&'static str, String)> {
+    let env = crate::ort_runtime::init(&setup.ort_lib)
+        .map_err(|e| ("RuntimeUnavailable", e.to_string()))?;
+    let engine =
+        Engine::load(env, &setup.engine).map_err(|e: LoadError| (e.reason(), e.to_string()))?;
+    let info = engine.info().clone();
+    let row_len = engine.row_len();
+    let batcher =
+        Batcher::start(engine, setup.batching, row_len, metrics.clone()).map_err(|e| {
+            (
+                "WorkerFailed",
+                format!("cannot start the inference thread: {e}"),
+            )
+        })?;
+    Ok(ServingModel {
+        name: setup.name,
+        info,
+        labels: Arc::new(setup.engine.labels),
+        preprocess: setup.engine.preprocess,
+        limits: setup.limits,
+        batcher,
+        cpu: Arc::new(Semaphore::new(setup.preprocess_workers.max(1))),
+        metrics,
+    })
+}

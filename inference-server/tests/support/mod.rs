@@ -1,0 +1,160 @@
+//! Shared set-up for the integration tests: paths to the built models and the ONNX Runtime
+//! library, a fully loaded router for a model, and request helpers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use sightline_server::cli::{Command, ServeArgs};
+use sightline_server::http::{AppState, app};
+use sightline_server::serving::load_into;
+use tower::ServiceExt;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn models() -> PathBuf {
+    repo_root().join("models/build")
+}
+
+pub fn ort_lib() -> PathBuf {
+    repo_root().join(".ort/libonnxruntime.so")
+}
+
+/// True when every path exists. Otherwise: under CI a failure, locally a loud skip.
+pub fn require(paths: &[PathBuf]) -> bool {
+    let missing: Vec<&PathBuf> = paths.iter().filter(|p| !p.exists()).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!("missing {missing:?}: run `make deps models` from the repository root");
+    if std::env::var_os("CI").is_some() {
+        panic!("{message}");
+    }
+    eprintln!("\n*** SKIPPED (not in CI): {message} ***\n");
+    false
+}
+
+pub fn test_classifier_ready() -> bool {
+    require(&[ort_lib(), models().join("test-classifier.onnx")])
+}
+
+pub fn pretrained_ready() -> bool {
+    require(&[
+        ort_lib(),
+        models().join("efficientnet-lite0.onnx"),
+        models().join("photos/expected.json"),
+    ])
+}
+
+/// Serving flags for `model` (a file name in models/build) plus `extra` flags.
+pub fn args(model: &str, extra: &[&str]) -> ServeArgs {
+    let model = models().join(model);
+    let ort = ort_lib();
+    let mut argv = vec![
+        "sightline-server".to_string(),
+        "recognize".into(),
+        "--model".into(),
+        model.display().to_string(),
+        "--ort-lib".into(),
+        ort.display().to_string(),
+        "--intra-threads".into(),
+        "1".into(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let argv = argv.into_iter().map(std::ffi::OsString::from).collect();
+    match sightline_server::cli::parse(argv)
+        .expect("valid flags")
+        .command
+    {
+        Command::All(a) | Command::Recognize(a) => a,
+    }
+}
+
+/// A router whose model load has finished (ready or failed).
+pub async fn loaded_app(args: &ServeArgs) -> (Router, AppState) {
+    let setup = sightline_server::server::model_setup(args).expect("model setup");
+    let state = sightline_server::server::state(args, &setup.name).expect("state");
+    load_into(state.model.clone(), setup, state.metrics.inference.clone()).await;
+    (app(state.clone()), state)
+}
+
+pub async fn send(app: &Router, request: Request<Body>) -> (StatusCode, Response<Body>) {
+    let response = app
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("infallible router");
+    (response.status(), response)
+}
+
+pub async fn body_json(response: Response<Body>) -> serde_json::Value {
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
+}
+
+pub async fn body_bytes(response: Response<Body>) -> bytes::Bytes {
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+}
+
+pub fn post(uri: &str, content_type: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(uri)
+        .header("content-type", content_type)
+        .body(body.into())
+        .expect("request")
+}
+
+pub fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).expect("request")
+}
+
+/// A `w×h` image of one colour, encoded as `format`.
+pub fn solid(w: u32, h: u32, rgb: [u8; 3], format: image::ImageFormat) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut out, format)
+        .expect("encode");
+    out.into_inner()
+}
+
+/// A multipart body with one file field.
+pub fn multipart(field: &str, filename: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "sightline-test-boundary-7f3a";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// Peak resident memory of this process so far, in bytes (Linux `VmHWM`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
