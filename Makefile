@@ -16,7 +16,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so
 MODELS := models/build/efficientnet-lite0.onnx models/build/test-classifier.onnx
 CARGO ?= cargo
 
-.PHONY: run test bench lint deps models clean-models
+.PHONY: run test bench lint deps deps-gpu models clean-models
 
 run: deps models
 	$(CARGO) build --release -p sightline-server
@@ -25,7 +25,7 @@ run: deps models
 test: deps models
 	$(CARGO) test --workspace --no-fail-fast
 
-bench: deps models models/build/resnet50-random.onnx
+bench: deps models
 	$(CARGO) run --release -p sightline-e2e --bin sightline-bench -- --out target/bench.md
 
 lint:
@@ -47,11 +47,21 @@ $(ORT_LIB): $(VENV)/.installed
 	  cp $$capi/libonnxruntime_providers_shared.so $(ORT_DIR)/
 	@echo "ONNX Runtime library: $(ORT_LIB)"
 
+# The GPU runtime, only when a GPU is asked for: onnxruntime-gpu and the NVIDIA CUDA and
+# cuDNN library wheels it depends on, all from PyPI. Run the server with
+#   LD_LIBRARY_PATH=.ort-gpu sightline-server all --ort-lib .ort-gpu/libonnxruntime.so --device gpu
+deps-gpu:
+	$(PYTHON) -m venv .venv-gpu
+	.venv-gpu/bin/pip install --quiet --disable-pip-version-check "onnxruntime-gpu[cuda,cudnn]==1.31.1"
+	mkdir -p .ort-gpu
+	capi=$$(.venv-gpu/bin/python -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))') && \
+	  cp "$$(ls $$capi/libonnxruntime.so* | head -n1)" .ort-gpu/libonnxruntime.so && \
+	  cp $$capi/libonnxruntime_providers_*.so .ort-gpu/
+	find .venv-gpu/lib -path '*/nvidia/*/lib/*.so*' -exec ln -sf "$$PWD/{}" .ort-gpu/ \;
+	@echo "GPU runtime in .ort-gpu/ (use LD_LIBRARY_PATH=.ort-gpu)"
+
 models: deps
 	$(PY) models/build.py --out models/build
-
-models/build/resnet50-random.onnx: deps
-	$(PY) models/build.py --out models/build --only resnet50-random
 
 clean-models:
 	rm -rf models/build

@@ -243,15 +243,7 @@ impl<R: BatchRunner> Worker<R> {
                 // Take what is already queued, as far as it fits.
                 while carry.is_none() && rows < self.cfg.max_batch_size {
                     match self.rx.try_recv() {
-                        Ok(job) => {
-                            self.taken();
-                            if rows + job.rows > self.cfg.max_batch_size {
-                                carry = Some(job);
-                            } else {
-                                rows += job.rows;
-                                jobs.push(job);
-                            }
-                        }
+                        Ok(job) => carry = self.add(job, &mut jobs, &mut rows),
                         Err(_) => break,
                     }
                 }
@@ -271,15 +263,7 @@ impl<R: BatchRunner> Worker<R> {
                     Decision::WaitUntil(deadline) => {
                         let wait = deadline.saturating_duration_since(now).min(POLL);
                         match self.rx.recv_timeout(wait) {
-                            Ok(job) => {
-                                self.taken();
-                                if rows + job.rows > self.cfg.max_batch_size {
-                                    carry = Some(job);
-                                } else {
-                                    rows += job.rows;
-                                    jobs.push(job);
-                                }
-                            }
+                            Ok(job) => carry = self.add(job, &mut jobs, &mut rows),
                             Err(RecvTimeoutError::Timeout) => {}
                             Err(RecvTimeoutError::Disconnected) => break,
                         }
@@ -288,6 +272,18 @@ impl<R: BatchRunner> Worker<R> {
             }
             self.run_batch(jobs, rows);
         }
+    }
+
+    /// Adds a job taken from the queue to the batch, or hands it back when it does not fit
+    /// (it then starts the next batch).
+    fn add(&self, job: Job, jobs: &mut Vec<Job>, rows: &mut usize) -> Option<Job> {
+        self.taken();
+        if *rows + job.rows > self.cfg.max_batch_size {
+            return Some(job);
+        }
+        *rows += job.rows;
+        jobs.push(job);
+        None
     }
 
     fn taken(&self) {

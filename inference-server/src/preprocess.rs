@@ -153,7 +153,7 @@ fn map_image_error(error: image::ImageError, limits: &DecodeLimits) -> Preproces
 ///
 /// For `shorter-side-crop` this follows torchvision's `Resize(round(size / crop_fraction))`
 /// + `CenterCrop(size)` on PIL images: the shorter side is scaled to `s`, the longer to
-///   `floor(long × s / short)`, and the crop starts at `round((resized - size) / 2)`; the
+///   `floor(long × s / short)`, and the crop starts at `round((resized - size) / 2)` (ties to even, as Python rounds); the
 ///   rectangle is that crop mapped back into source pixels.
 pub fn source_rect(width: u32, height: u32, p: &Preprocess) -> (f64, f64, f64, f64) {
     let (w, h) = (f64::from(width), f64::from(height));
@@ -161,14 +161,16 @@ pub fn source_rect(width: u32, height: u32, p: &Preprocess) -> (f64, f64, f64, f
         ResizePolicy::Stretch => (0.0, 0.0, w, h),
         ResizePolicy::ShorterSideCrop => {
             let size = f64::from(p.size);
-            let short_target = (size / f64::from(p.crop_fraction)).round().max(size);
+            let short_target = (size / f64::from(p.crop_fraction))
+                .round_ties_even()
+                .max(size);
             let (rw, rh) = if width <= height {
                 (short_target, (short_target * h / w).floor())
             } else {
                 ((short_target * w / h).floor(), short_target)
             };
-            let left = ((rw - size) / 2.0).round().max(0.0);
-            let top = ((rh - size) / 2.0).round().max(0.0);
+            let left = ((rw - size) / 2.0).round_ties_even().max(0.0);
+            let top = ((rh - size) / 2.0).round_ties_even().max(0.0);
             let (sx, sy) = (w / rw, h / rh);
             (left * sx, top * sy, size.min(rw) * sx, size.min(rh) * sy)
         }
