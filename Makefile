@@ -19,10 +19,10 @@ CARGO ?= cargo
 .PHONY: run test bench lint deps deps-gpu models clean-models
 
 run: deps models
-	$(CARGO) build --release -p sightline-server
-	./target/release/sightline-server all
+	$(CARGO) run --release -p sightline-server -- all
 
 test: deps models
+	$(CARGO) build -p sightline-server
 	$(CARGO) test --workspace --no-fail-fast
 
 bench: deps models
