@@ -114,10 +114,7 @@ pub async fn image_from_body(state: &AppState, request: Request) -> Result<Bytes
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
     if is_multipart {
         let mut multipart = Multipart::from_request(request, state).await.map_err(|e| {
-            AppError::bad_request(format!(
-                "invalid multipart body: {}",
-                axum::response::IntoResponse::into_response(e).status()
-            ))
+            AppError::bad_request(format!("invalid multipart request: {}", e.body_text()))
         })?;
         while let Some(field) = multipart.next_field().await? {
             if field.name() == Some("image") {
