@@ -48,6 +48,13 @@ struct Args {
     /// Also write the table here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// `gpu`: both sides use the CUDA execution provider (needs `make deps-gpu` and
+    /// `LD_LIBRARY_PATH=.ort-gpu`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// The ONNX Runtime library for both sides [default: .ort/libonnxruntime.so].
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -87,21 +94,33 @@ fn find_jpeg() -> anyhow::Result<PathBuf> {
         .with_context(|| format!("no JPEG in {}", dir.display()))
 }
 
+/// The ONNX Runtime side both measurements share.
+struct Side<'a> {
+    lib: &'a std::path::Path,
+    gpu: bool,
+    threads: usize,
+}
+
 fn raw(
+    side: &Side,
     model: &str,
     tensor: &[f32],
     shape: [usize; 4],
-    threads: usize,
     concurrency: usize,
     n: usize,
 ) -> anyhow::Result<Stats> {
-    let env = sightline_server::ort_runtime::init(&ort_lib())?;
-    let session = Session::builder(env)?
+    let env = sightline_server::ort_runtime::init(side.lib)?;
+    let mut builder = Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| anyhow::anyhow!("{e}"))?
-        .with_intra_threads(threads)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .commit_from_file(models().join(format!("{model}.onnx")))?;
+        .with_intra_threads(side.threads)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if side.gpu {
+        builder = builder
+            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            .map_err(|e| anyhow::anyhow!("CUDA: {e}"))?;
+    }
+    let session = builder.commit_from_file(models().join(format!("{model}.onnx")))?;
     let session = Arc::new(Mutex::new(session));
     let shape = shape.map(|d| d as i64);
     let run_once = |session: &Mutex<Session>| -> anyhow::Result<()> {
@@ -216,11 +235,22 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    anyhow::ensure!(
+        args.device == "cpu" || args.device == "gpu",
+        "--device is cpu or gpu"
+    );
+    let lib = args.ort_lib.clone().unwrap_or_else(ort_lib);
+    let side = Side {
+        lib: &lib,
+        gpu: args.device == "gpu",
+        threads,
+    };
 
     let mut table = String::new();
     table.push_str(&format!(
-        "Machine: {cores} cores; ONNX Runtime intra-op threads {threads} on both sides; server max batch {}; \
+        "Machine: {cores} cores; device {}; ONNX Runtime intra-op threads {threads} on both sides; server max batch {}; \
          {} requests per cell; image {} ({} bytes).\n\n",
+        args.device,
         args.max_batch_size,
         args.requests,
         image_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -241,9 +271,10 @@ fn main() -> anyhow::Result<()> {
         let shape = p.batch_shape(1);
         let mut raw_rows = Vec::new();
         for &c in &args.concurrency {
-            raw_rows.push(raw(model, &tensor, shape, threads, c, args.requests)?);
+            raw_rows.push(raw(&side, model, &tensor, shape, c, args.requests)?);
             eprintln!("{model}: raw c={c} done");
         }
+        let lib_flag = lib.display().to_string();
         let serve = serve_args(
             &format!("{model}.onnx"),
             &[
@@ -253,6 +284,10 @@ fn main() -> anyhow::Result<()> {
                 &args.max_batch_size.to_string(),
                 "--queue-capacity",
                 "256",
+                "--device",
+                &args.device,
+                "--ort-lib",
+                &lib_flag,
             ],
         )?;
         let server = RunningServer::start(serve, 2, Duration::from_secs(120))?;
