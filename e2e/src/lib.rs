@@ -1,11 +1,13 @@
 //! Helpers shared by the end-to-end tests and the benchmark: repository paths, a
 //! `sightline-server` listening on a real loopback port, and the Python venv's tools.
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sightline_server::cli::{Command, ServeArgs};
+use sightline_server::cli::ServeArgs;
 use sightline_server::server::Server;
 
 pub fn repo_root() -> PathBuf {
@@ -54,9 +56,9 @@ pub fn serve_args(model: &str, extra: &[&str]) -> anyhow::Result<ServeArgs> {
         ort_lib().into(),
     ];
     argv.extend(extra.iter().map(Into::into));
-    match sightline_server::cli::parse(argv)?.command {
-        Command::All(a) | Command::Recognize(a) => Ok(a),
-    }
+    Ok(sightline_server::cli::parse(argv)?
+        .command
+        .into_serve_args())
 }
 
 /// A server running on its own runtime thread; stopped when dropped.

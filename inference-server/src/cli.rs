@@ -29,12 +29,68 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Everything in one process, for one machine: recognition, with the pretrained model
-    /// and local defaults. Listens on 127.0.0.1:8080.
+    /// Everything in one process, for one machine: upload, recognition (with the pretrained
+    /// model) and result storage, plus the one-call pipeline, with local defaults (images
+    /// and SQLite under --data-dir). Listens on 127.0.0.1:8080.
     All(ServeArgs),
     /// The recognition service: ONNX Runtime inference with dynamic batching, the seed's
     /// recognition endpoint, /api/v1/recognize and the Open Inference Protocol (v2).
     Recognize(ServeArgs),
+    /// The upload service: checks images and stores them content-addressed; with
+    /// --recognize-url and --store-url it also runs the pipeline across the services.
+    Upload(ServeArgs),
+    /// The storage service: recognition results in SQLite, PostgreSQL or MySQL.
+    Store(ServeArgs),
+}
+
+/// Which services one process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    All,
+    #[default]
+    Recognize,
+    Upload,
+    Store,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Recognize => "recognize",
+            Role::Upload => "upload",
+            Role::Store => "store",
+        }
+    }
+
+    /// Serves a model (and so needs one).
+    pub fn recognizes(self) -> bool {
+        matches!(self, Role::All | Role::Recognize)
+    }
+
+    /// Keeps images.
+    pub fn uploads(self) -> bool {
+        matches!(self, Role::All | Role::Upload)
+    }
+
+    /// Keeps results in a database.
+    pub fn stores(self) -> bool {
+        matches!(self, Role::All | Role::Store)
+    }
+}
+
+impl Command {
+    /// The flags, with [`ServeArgs::role`] set from the subcommand.
+    pub fn into_serve_args(self) -> ServeArgs {
+        let (role, mut args) = match self {
+            Command::All(a) => (Role::All, a),
+            Command::Recognize(a) => (Role::Recognize, a),
+            Command::Upload(a) => (Role::Upload, a),
+            Command::Store(a) => (Role::Store, a),
+        };
+        args.role = role;
+        args
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -46,6 +102,11 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 #[command(args_override_self = true)]
 pub struct ServeArgs {
+    /// The role these flags are for (set from the subcommand by
+    /// [`Command::into_serve_args`]).
+    #[arg(skip)]
+    pub role: Role,
+
     /// TOML file with defaults for any of these flags (keys are flag names, e.g.
     /// `listen = "0.0.0.0:8080"`, `max-batch-size = 16`).
     #[arg(long, env = "SIGHTLINE_CONFIG")]
@@ -72,6 +133,74 @@ pub struct ServeArgs {
     /// --fetch-allowlist.
     #[arg(long, env = "SIGHTLINE_UPLOAD_URL")]
     pub upload_url: Option<String>,
+
+    /// Upload role: the recognize service the pipeline calls (for example
+    /// http://recognize:8080).
+    #[arg(long, env = "SIGHTLINE_RECOGNIZE_URL")]
+    pub recognize_url: Option<String>,
+
+    /// Upload role: the store service the pipeline saves results to (for example
+    /// http://store:8080).
+    #[arg(long, env = "SIGHTLINE_STORE_URL")]
+    pub store_url: Option<String>,
+
+    /// Upload role: the base of the image URLs it hands out (for example
+    /// http://upload:8080) [default: http://<the request's Host>].
+    #[arg(long, env = "SIGHTLINE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Where the upload role keeps images: a directory, or an S3-compatible bucket
+    /// `s3://bucket[/prefix]` [default: <data-dir>/images].
+    #[arg(long, env = "SIGHTLINE_IMAGE_STORE")]
+    pub image_store: Option<String>,
+
+    /// S3-compatible endpoint for an s3:// image store (MinIO, Ceph, …) [default: AWS, or
+    /// AWS_ENDPOINT].
+    #[arg(long, env = "SIGHTLINE_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// Region of the s3:// image store [default: AWS_REGION, else us-east-1].
+    #[arg(long, env = "SIGHTLINE_S3_REGION")]
+    pub s3_region: Option<String>,
+
+    /// Access key id for the s3:// image store [default: AWS_ACCESS_KEY_ID].
+    #[arg(long, env = "SIGHTLINE_S3_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+
+    /// Secret access key for the s3:// image store [default: AWS_SECRET_ACCESS_KEY]. Prefer
+    /// the environment variable to the flag.
+    #[arg(long, env = "SIGHTLINE_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+
+    /// Seconds a call to another service may take, retries included.
+    #[arg(long, env = "SIGHTLINE_DOWNSTREAM_TIMEOUT_SECS", default_value_t = 10)]
+    pub downstream_timeout_secs: u64,
+
+    /// Retries of a failed call to another service (with exponential backoff and jitter).
+    #[arg(long, env = "SIGHTLINE_DOWNSTREAM_RETRIES", default_value_t = 3)]
+    pub downstream_retries: u32,
+
+    /// File of API keys, one a line (`key` or `name:key`; `#` comments). When any key is
+    /// configured, every API call needs one (health, metrics and image downloads stay open).
+    #[arg(long, env = "SIGHTLINE_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// API keys, comma-separated (`key` or `name:key`), in addition to --api-keys-file.
+    #[arg(
+        long,
+        env = "SIGHTLINE_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// Requests a second per API key (one shared bucket without keys); 0 = no limit.
+    #[arg(long, env = "SIGHTLINE_RATE_LIMIT_RPS", default_value_t = 0.0)]
+    pub rate_limit_rps: f64,
+
+    /// Largest burst per API key [default: the rate, at least 1].
+    #[arg(long, env = "SIGHTLINE_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
 
     /// More URL prefixes recognition may fetch images from, comma-separated.
     #[arg(long, env = "SIGHTLINE_FETCH_ALLOWLIST", value_delimiter = ',')]
@@ -203,7 +332,7 @@ impl ModelArgs {
 }
 
 /// Subcommands that take the serving flags (and so a config file).
-const SERVE_COMMANDS: &[&str] = &["all", "recognize"];
+const SERVE_COMMANDS: &[&str] = &["all", "recognize", "upload", "store"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -332,9 +461,36 @@ mod tests {
     }
 
     fn serve(cli: Cli) -> ServeArgs {
-        match cli.command {
-            Command::All(a) | Command::Recognize(a) => a,
+        cli.command.into_serve_args()
+    }
+
+    #[test]
+    fn every_role_parses_and_knows_its_parts() {
+        for (name, role) in [
+            ("all", Role::All),
+            ("recognize", Role::Recognize),
+            ("upload", Role::Upload),
+            ("store", Role::Store),
+        ] {
+            let a = serve(
+                Cli::try_parse_from(args(&[
+                    "s",
+                    name,
+                    "--database-url",
+                    "postgres://u@h/d",
+                    "--recognize-url",
+                    "http://r:8080",
+                    "--rate-limit-rps",
+                    "5",
+                ]))
+                .expect("parses"),
+            );
+            assert_eq!(a.role, role);
+            assert_eq!(a.role.as_str(), name);
+            assert_eq!(a.rate_limit_rps, 5.0);
         }
+        assert!(Role::All.recognizes() && Role::All.uploads() && Role::All.stores());
+        assert!(!Role::Store.recognizes() && !Role::Upload.stores());
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Sightline's services in one crate: the `recognize` role (ONNX Runtime inference with
-//! dynamic batching) and the pieces the other roles share.
+//! dynamic batching), the `upload` role (checked, content-addressed images), the `store`
+//! role (results in SQLite, PostgreSQL or MySQL), the pipeline across them, and the pieces
+//! they share.
 //!
 //! Where to look: `preprocess` (bytes → tensor), `engine` (the ONNX Runtime session),
 //! `batching` (the queue and its policy), `serving` (model lifecycle), `http` (routes),
-//! `cli` (flags, config file, environment).
+//! `cli` (flags, config file, environment), `upload`, `store`, `pipeline`, `auth`.
 
+pub mod auth;
 pub mod batching;
 pub mod cli;
 pub mod engine;
@@ -14,7 +17,10 @@ pub mod labels;
 pub mod metrics;
 pub mod model_config;
 pub mod ort_runtime;
+pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
 pub mod server;
 pub mod serving;
+pub mod store;
+pub mod upload;

@@ -1,20 +1,23 @@
 use anyhow::Context;
-use sightline_server::cli::{self, Command, LogFormat};
+use sightline_server::cli::{self, LogFormat};
 use sightline_server::server::{Server, shutdown_signal};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
+    // One TLS crypto provider for every client in the process (database, object store,
+    // image fetches), whatever features other crates in a build unify on rustls.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match cli::parse(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let (Command::All(args) | Command::Recognize(args)) = cli.command;
+    let args = cli.command.into_serve_args();
     init_logging(args.log_format);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let server = Server::bind(&args).await?;
         if let Some(addr) = server.local_addr() {
-            tracing::info!(%addr, model = %server.state.model_name(), "listening; the model is loading (see /readyz)");
+            tracing::info!(%addr, role = args.role.as_str(), "listening (see /readyz)");
         }
         server.serve(shutdown_signal()).await?;
         anyhow::Ok(())

@@ -66,6 +66,7 @@ pub struct Metrics {
     registry: Arc<Registry>,
     pub http: HttpMetrics,
     pub inference: InferenceMetrics,
+    pub pipeline: PipelineMetrics,
 }
 
 impl Metrics {
@@ -74,10 +75,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("sightline");
         let http = HttpMetrics::register(&mut registry);
         let inference = InferenceMetrics::register(&mut registry, model);
+        let pipeline = PipelineMetrics::register(&mut registry);
         Metrics {
             registry: Arc::new(registry),
             http,
             inference,
+            pipeline,
         }
     }
 
@@ -280,6 +283,124 @@ impl InferenceMetrics {
 
     pub fn not_ready(&self) {
         self.ready.get_or_create(&self.model).set(0);
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DownstreamLabels {
+    pub downstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DownstreamOutcomeLabels {
+    pub downstream: String,
+    pub outcome: String,
+}
+
+/// The upload and store roles and the calls between services.
+#[derive(Clone)]
+pub struct PipelineMetrics {
+    images: Family<OutcomeLabels, Counter>,
+    results: Family<OutcomeLabels, Counter>,
+    calls: Family<DownstreamOutcomeLabels, Counter>,
+    call_duration: HistogramFamily<DownstreamLabels>,
+    breaker_open: Family<DownstreamLabels, Gauge>,
+    auth_rejected: Family<OutcomeLabels, Counter>,
+}
+
+impl PipelineMetrics {
+    fn register(registry: &mut Registry) -> PipelineMetrics {
+        let m = PipelineMetrics {
+            images: Family::default(),
+            results: Family::default(),
+            calls: Family::default(),
+            call_duration: Family::new_with_constructor(latency_histogram),
+            breaker_open: Family::default(),
+            auth_rejected: Family::default(),
+        };
+        registry.register(
+            "images_stored",
+            "Images accepted by the upload role, by outcome (new, existing)",
+            m.images.clone(),
+        );
+        registry.register(
+            "results_saved",
+            "Results saved by the store role, by outcome (new, existing)",
+            m.results.clone(),
+        );
+        registry.register(
+            "downstream_calls",
+            "Calls to other services, by downstream and outcome (ok, refused, retry, unavailable, circuit_open)",
+            m.calls.clone(),
+        );
+        registry.register(
+            "downstream_call_duration_seconds",
+            "Time of one attempt of a call to another service",
+            m.call_duration.clone(),
+        );
+        registry.register(
+            "circuit_breaker_open",
+            "1 while the circuit breaker to a downstream is open",
+            m.breaker_open.clone(),
+        );
+        registry.register(
+            "requests_refused",
+            "Requests refused by authentication or rate limiting, by reason",
+            m.auth_rejected.clone(),
+        );
+        m
+    }
+
+    fn outcome(new: bool) -> OutcomeLabels {
+        OutcomeLabels {
+            outcome: if new { "new" } else { "existing" }.to_string(),
+        }
+    }
+
+    pub fn image_stored(&self, new: bool) {
+        self.images.get_or_create(&Self::outcome(new)).inc();
+    }
+
+    pub fn result_saved(&self, new: bool) {
+        self.results.get_or_create(&Self::outcome(new)).inc();
+    }
+
+    pub fn downstream_call(&self, downstream: &'static str, outcome: &'static str) {
+        self.calls
+            .get_or_create(&DownstreamOutcomeLabels {
+                downstream: downstream.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn downstream_latency(&self, downstream: &'static str, elapsed: Duration) {
+        self.call_duration
+            .get_or_create(&DownstreamLabels {
+                downstream: downstream.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn breaker_open(&self, downstream: &'static str, open: bool) {
+        self.breaker_open
+            .get_or_create(&DownstreamLabels {
+                downstream: downstream.to_string(),
+            })
+            .set(i64::from(open));
+    }
+
+    pub fn auth_rejected(&self, reason: &'static str) {
+        self.auth_rejected
+            .get_or_create(&OutcomeLabels {
+                outcome: reason.to_string(),
+            })
+            .inc();
     }
 }
 

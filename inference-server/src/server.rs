@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::batching::BatchConfig;
-use crate::cli::ServeArgs;
+use crate::cli::{Role, ServeArgs};
 use crate::engine::EngineConfig;
 use crate::http::{AppState, HttpSettings, app};
 use crate::image_source::ImageSource;
@@ -32,6 +32,18 @@ pub enum ServerError {
     },
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Upload(#[from] crate::upload::UploadError),
+    #[error("invalid --{flag} {value:?}: {source}")]
+    DownstreamUrl {
+        flag: &'static str,
+        value: String,
+        source: crate::pipeline::DownstreamConfigError,
+    },
 }
 
 /// The model setup the flags describe: sidecar, then flag overrides.
@@ -125,9 +137,18 @@ pub fn model_setup(args: &ServeArgs) -> Result<ModelSetup, ServerError> {
     })
 }
 
-/// State for the router, with the model slot still loading.
+/// State for the recognize role's router, with the model slot still loading.
 pub fn state(args: &ServeArgs, model_name: &str) -> Result<AppState, ServerError> {
+    state_with_sources(args, model_name, &[])
+}
+
+fn state_with_sources(
+    args: &ServeArgs,
+    model_name: &str,
+    own_images: &[String],
+) -> Result<AppState, ServerError> {
     let mut allowed: Vec<String> = args.upload_url.iter().cloned().collect();
+    allowed.extend(own_images.iter().cloned());
     allowed.extend(
         args.fetch_allowlist
             .iter()
@@ -146,22 +167,132 @@ pub fn state(args: &ServeArgs, model_name: &str) -> Result<AppState, ServerError
             request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
         }),
         in_flight: Default::default(),
+        recognizes: true,
+        uploads: None,
+        results: None,
+        pipeline: None,
+        auth: Arc::new(crate::auth::Auth::new(
+            args.api_keys_file.as_deref(),
+            &args.api_keys,
+            args.rate_limit_rps,
+            args.rate_limit_burst,
+        )?),
     })
 }
 
-/// A bound, not yet serving, recognize server.
+/// State for `args.role`: the image store, the results database (connected and migrated),
+/// the downstream services. `local` is the bound address: in `all`, recognition may fetch
+/// this process's own images by URL.
+pub async fn role_state(
+    args: &ServeArgs,
+    model_name: &str,
+    local: Option<SocketAddr>,
+) -> Result<AppState, ServerError> {
+    let role = args.role;
+    let mut own_images = Vec::new();
+    if role == Role::All {
+        if let Some(addr) = local {
+            let port = addr.port();
+            own_images.push(format!("http://127.0.0.1:{port}/api/v1/images"));
+            own_images.push(format!("http://localhost:{port}/api/v1/images"));
+            if !addr.ip().is_unspecified() {
+                own_images.push(format!("http://{addr}/api/v1/images"));
+            }
+        }
+        if let Some(public) = &args.public_url {
+            own_images.push(format!("{}/api/v1/images", public.trim_end_matches('/')));
+        }
+    }
+    let mut state = state_with_sources(args, model_name, &own_images)?;
+    state.recognizes = role.recognizes();
+    if !role.recognizes() {
+        state.model = ModelSlot::new(ModelStatus::None);
+    }
+    if role.uploads() {
+        let limits = DecodeLimits {
+            max_pixels: args.max_image_pixels,
+            ..DecodeLimits::default()
+        };
+        let store = match args.image_store.as_deref().filter(|s| !s.is_empty()) {
+            Some(url) if url.starts_with("s3://") => crate::upload::ImageStore::s3(
+                &crate::upload::S3Config {
+                    url: url.to_string(),
+                    endpoint: args.s3_endpoint.clone(),
+                    region: args.s3_region.clone(),
+                    access_key_id: args.s3_access_key_id.clone(),
+                    secret_access_key: args.s3_secret_access_key.clone(),
+                },
+                limits,
+            )?,
+            Some(dir) => crate::upload::ImageStore::open(std::path::Path::new(dir), limits)?,
+            None => crate::upload::ImageStore::open(&args.data_dir.join("images"), limits)?,
+        };
+        store.sweep_temporary();
+        state.uploads = Some(crate::upload::http::Uploads {
+            store,
+            public_url: args.public_url.clone(),
+        });
+    }
+    if role.stores() {
+        let url = match &args.database_url {
+            Some(url) => url.clone(),
+            None => crate::store::ResultStore::default_url(&args.data_dir)?,
+        };
+        let store = crate::store::ResultStore::connect(&url).await?;
+        tracing::info!(database = %crate::store::redact(&url), "results database ready");
+        state.results = Some(store);
+    }
+    if role == Role::Upload {
+        let policy = crate::pipeline::CallPolicy {
+            timeout: Duration::from_secs(args.downstream_timeout_secs.max(1)),
+            retries: args.downstream_retries,
+            ..Default::default()
+        };
+        let downstream = |component: &'static str, flag: &'static str, url: &Option<String>| {
+            url.as_deref()
+                .filter(|u| !u.is_empty())
+                .map(|u| {
+                    crate::pipeline::Downstream::new(
+                        component,
+                        u,
+                        policy,
+                        state.metrics.pipeline.clone(),
+                    )
+                    .map_err(|source| ServerError::DownstreamUrl {
+                        flag,
+                        value: u.to_string(),
+                        source,
+                    })
+                })
+                .transpose()
+        };
+        let pipeline = crate::pipeline::http::Pipeline {
+            recognize: downstream("recognize", "recognize-url", &args.recognize_url)?,
+            store: downstream("store", "store-url", &args.store_url)?,
+        };
+        state.pipeline = Some(Arc::new(pipeline));
+    }
+    Ok(state)
+}
+
+/// A bound, not yet serving, server for one role.
 pub struct Server {
     pub listener: TcpListener,
     pub state: AppState,
-    setup: ModelSetup,
+    setup: Option<ModelSetup>,
     grace: Duration,
 }
 
 impl Server {
-    /// Reads the model configuration and binds the port (the model loads once serving).
+    /// Reads the model configuration (for roles that recognize), binds the port, opens the
+    /// image store and the database (for roles that keep them); the model loads once
+    /// serving.
     pub async fn bind(args: &ServeArgs) -> Result<Server, ServerError> {
-        let setup = model_setup(args)?;
-        let state = state(args, &setup.name)?;
+        let setup = if args.role.recognizes() {
+            Some(model_setup(args)?)
+        } else {
+            None
+        };
         let listener =
             TcpListener::bind(args.listen)
                 .await
@@ -169,6 +300,8 @@ impl Server {
                     addr: args.listen,
                     source,
                 })?;
+        let name = setup.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        let state = role_state(args, &name, listener.local_addr().ok()).await?;
         Ok(Server {
             listener,
             state,
@@ -193,11 +326,13 @@ impl Server {
             setup,
             grace,
         } = self;
-        tokio::spawn(load_into(
-            state.model.clone(),
-            setup,
-            state.metrics.inference.clone(),
-        ));
+        if let Some(setup) = setup {
+            tokio::spawn(load_into(
+                state.model.clone(),
+                setup,
+                state.metrics.inference.clone(),
+            ));
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let router = app(state);
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {

@@ -23,7 +23,22 @@ async fn healthz() -> Response {
     axum::Json(json!({ "status": "ok" })).into_response()
 }
 
+/// Ready when every part this role serves can serve: the model loaded, validated and
+/// warmed up (recognize, all) and the results database answering (store, all). A 503
+/// names the first part that cannot, with a stable reason.
 async fn readyz(State(state): State<AppState>) -> Response {
+    if let Some(results) = &state.results {
+        match tokio::time::timeout(DATABASE_CHECK, results.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return not_ready("DatabaseUnreachable", &e.to_string()),
+            Err(_) => {
+                return not_ready(
+                    "DatabaseUnreachable",
+                    "the database did not answer within 2 s",
+                );
+            }
+        }
+    }
     match state.model.get() {
         ModelStatus::Ready(model) => axum::Json(json!({
             "status": "ready",
@@ -37,17 +52,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
         }))
         .into_response(),
         ModelStatus::None => axum::Json(json!({ "status": "ready" })).into_response(),
-        ModelStatus::Loading => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "not ready", "reason": "ModelLoading", "message": "the model is loading" })),
-        )
-            .into_response(),
-        ModelStatus::Failed { reason, message } => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "not ready", "reason": reason, "message": message })),
-        )
-            .into_response(),
+        ModelStatus::Loading => not_ready("ModelLoading", "the model is loading"),
+        ModelStatus::Failed { reason, message } => not_ready(reason, &message),
     }
+}
+
+/// How long readiness waits for the database (probes have short timeouts).
+const DATABASE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn not_ready(reason: &str, message: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({ "status": "not ready", "reason": reason, "message": message })),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

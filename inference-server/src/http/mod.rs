@@ -16,9 +16,13 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 
+use crate::auth::Auth;
 use crate::image_source::ImageSource;
 use crate::metrics::Metrics;
+use crate::pipeline::http::Pipeline;
 use crate::serving::{ModelSlot, ServingModel};
+use crate::store::ResultStore;
+use crate::upload::http::Uploads;
 use error::AppError;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -45,6 +49,16 @@ pub struct AppState {
     pub settings: Arc<HttpSettings>,
     /// Requests being handled now (for load shedding).
     pub in_flight: Arc<AtomicUsize>,
+    /// Whether this process serves recognition (the recognize routes and the v2 API).
+    pub recognizes: bool,
+    /// The image store (upload role, `all`).
+    pub uploads: Option<Uploads>,
+    /// The results database (store role, `all`).
+    pub results: Option<ResultStore>,
+    /// The other services the pipeline calls (upload role).
+    pub pipeline: Option<Arc<Pipeline>>,
+    /// API keys and rate limits.
+    pub auth: Arc<Auth>,
 }
 
 impl AppState {
@@ -58,15 +72,28 @@ impl AppState {
     }
 }
 
-/// The whole router for the recognize role.
+/// The whole router for the roles this state serves.
 pub fn app(state: AppState) -> Router {
     let settings = state.settings.clone();
-    Router::new()
-        .merge(recognize::router())
-        .merge(oip::router())
-        .merge(health::router())
+    let mut router = Router::new().merge(health::router());
+    if state.recognizes {
+        router = router.merge(recognize::router()).merge(oip::router());
+    }
+    if state.uploads.is_some() {
+        router = router
+            .merge(crate::upload::http::router())
+            .merge(crate::pipeline::http::router());
+    }
+    if state.results.is_some() {
+        router = router.merge(crate::store::http::router());
+    }
+    router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::enforce,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

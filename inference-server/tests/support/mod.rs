@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use sightline_server::cli::{Command, ServeArgs};
+use sightline_server::cli::ServeArgs;
 use sightline_server::http::{AppState, app};
 use sightline_server::serving::load_into;
 use tower::ServiceExt;
@@ -70,12 +70,10 @@ pub fn args(model: &str, extra: &[&str]) -> ServeArgs {
     ];
     argv.extend(extra.iter().map(|s| s.to_string()));
     let argv = argv.into_iter().map(std::ffi::OsString::from).collect();
-    match sightline_server::cli::parse(argv)
+    sightline_server::cli::parse(argv)
         .expect("valid flags")
         .command
-    {
-        Command::All(a) | Command::Recognize(a) => a,
-    }
+        .into_serve_args()
 }
 
 /// A router whose model load has finished (ready or failed).

@@ -1,0 +1,244 @@
+//! `sightline-server` roles as separate processes on loopback ports, as they run as three
+//! Deployments in a cluster: start, wait for `/readyz`, `kill -9`, restart on the same port.
+//!
+//! The binary is the one Cargo built next to the test executables (`target/debug/
+//! sightline-server`, found from this test's own path, so `CARGO_TARGET_DIR` is honoured),
+//! or `SIGHTLINE_SERVER_BIN`. Tests do not build it: `make test` runs
+//! `cargo build -p sightline-server` before `cargo test`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+/// The server binary to run, when it exists.
+pub fn server_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("SIGHTLINE_SERVER_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    // target/<profile>/deps/<test> → target/<profile>/sightline-server
+    let exe = std::env::current_exe().ok()?;
+    let profile_dir = exe.parent()?.parent()?;
+    let candidate = profile_dir.join(format!("sightline-server{}", std::env::consts::EXE_SUFFIX));
+    candidate.is_file().then_some(candidate)
+}
+
+/// The binary, or `None` after a loud notice (a failure under CI).
+pub fn require_server_binary() -> Option<PathBuf> {
+    match server_binary() {
+        Some(path) => {
+            warn_if_stale(&path);
+            Some(path)
+        }
+        None => {
+            let message = "no sightline-server binary next to the tests: run `cargo build -p \
+                           sightline-server` first (`make test` does)";
+            if std::env::var_os("CI").is_some() {
+                panic!("{message}");
+            }
+            eprintln!("\n*** SKIPPED (not in CI): {message} ***\n");
+            None
+        }
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(free_ports(1)?[0])
+}
+
+/// `n` distinct loopback ports that were free a moment ago (all held until all are found).
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").context("bind an ephemeral port"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// Warns when the server binary is older than the library the tests were built against
+/// (`cargo test -p sightline-e2e` alone does not rebuild it; `make test` does).
+fn warn_if_stale(binary: &Path) {
+    let Some(deps) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    else {
+        return;
+    };
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let newest_lib = std::fs::read_dir(&deps)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("libsightline_server-") && name.ends_with(".rlib")
+        })
+        .filter_map(|e| modified(&e.path()))
+        .max();
+    if let (Some(lib), Some(bin)) = (newest_lib, modified(binary))
+        && lib > bin
+    {
+        eprintln!(
+            "\n*** WARNING: {} is older than the sightline-server library: run `cargo build -p \
+             sightline-server` (or `make test`) so the process tests run the current code ***\n",
+            binary.display()
+        );
+    }
+}
+
+/// A directory removed when dropped.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn new(tag: &str) -> anyhow::Result<ScratchDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path =
+            std::env::temp_dir().join(format!("sightline-{tag}-{}-{nanos:x}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok(ScratchDir(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One `sightline-server <role>` process.
+pub struct ServerProcess {
+    pub role: String,
+    pub addr: SocketAddr,
+    binary: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl ServerProcess {
+    /// Starts `role` with `args` on a free loopback port, logging to `<log_dir>/<role>.log`,
+    /// and waits until `/readyz` answers 200.
+    pub fn start(
+        binary: &Path,
+        role: &str,
+        args: &[String],
+        log_dir: &Path,
+    ) -> anyhow::Result<ServerProcess> {
+        Self::start_on(binary, role, free_port()?, args, log_dir)
+    }
+
+    /// Like [`ServerProcess::start`] on a given port (to know the URLs of services that
+    /// call each other before they run).
+    pub fn start_on(
+        binary: &Path,
+        role: &str,
+        port: u16,
+        args: &[String],
+        log_dir: &Path,
+    ) -> anyhow::Result<ServerProcess> {
+        let mut process = ServerProcess {
+            role: role.to_string(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            binary: binary.to_path_buf(),
+            args: args.to_vec(),
+            log: log_dir.join(format!("{role}.log")),
+            child: None,
+        };
+        process.spawn()?;
+        Ok(process)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("open {}", self.log.display()))?;
+        let child = Command::new(&self.binary)
+            .arg(&self.role)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .args(&self.args)
+            .env_remove("SIGHTLINE_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", self.binary.display()))?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(60))
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                anyhow::bail!(
+                    "{} exited with {status} before it was ready:\n{}",
+                    self.role,
+                    self.log_tail()
+                );
+            }
+            if let Ok((200, _)) = crate::plain_http::get(&self.url("/readyz")) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "{} not ready after {timeout:?}:\n{}",
+                    self.role,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The end of this process's log (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let start = text.len().saturating_sub(4000);
+        let start = (start..text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(text.len());
+        text[start..].to_string()
+    }
+
+    /// SIGKILL: no shutdown, no flushing, like a node dying.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the same role again with the same flags on the same port.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

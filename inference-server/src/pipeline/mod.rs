@@ -1,0 +1,334 @@
+//! The pipeline: upload → recognize → store, in one call.
+//!
+//! In `all` every step runs in-process. With split roles the upload role calls the
+//! recognize and store services by URL (`--recognize-url`, `--store-url`) through a
+//! [`Downstream`]: a timeout per attempt and a deadline per call, bounded retries with
+//! exponential backoff and jitter (both calls are idempotent: recognition is a pure
+//! function, saving is keyed by (image, model)), and a circuit breaker per downstream that
+//! fails fast while it is open. When a step cannot be done the caller gets a `503` naming
+//! the component, and the image stays stored so `POST /api/v1/images/{id}/recognize` can
+//! re-run it later: nothing is dropped silently.
+
+pub mod http;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderName, StatusCode};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::metrics::PipelineMetrics;
+
+/// Consecutive failures that open a breaker.
+const BREAKER_THRESHOLD: u32 = 5;
+/// How long an open breaker fails fast before letting a call through again.
+const BREAKER_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// A downstream that cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DownstreamConfigError {
+    #[error("not a valid http(s) URL: {0}")]
+    Url(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownstreamError {
+    /// Cannot be reached, timed out, answered 5xx or 429, or its breaker is open.
+    #[error("the {component} service is unavailable: {message}")]
+    Unavailable {
+        component: &'static str,
+        message: String,
+        /// Seconds before a new try may succeed (the breaker's cooldown when it is open).
+        retry_after: u64,
+    },
+    /// It refused the request (4xx); the status and its error message are passed on.
+    #[error("the {component} service refused the request: {message}")]
+    Refused {
+        component: &'static str,
+        status: StatusCode,
+        message: String,
+    },
+    #[error("the {component} service answered something unexpected: {message}")]
+    BadAnswer {
+        component: &'static str,
+        message: String,
+    },
+}
+
+impl DownstreamError {
+    pub fn component(&self) -> &'static str {
+        match self {
+            DownstreamError::Unavailable { component, .. }
+            | DownstreamError::Refused { component, .. }
+            | DownstreamError::BadAnswer { component, .. } => component,
+        }
+    }
+}
+
+/// Per-downstream circuit breaker: closed → open after [`BREAKER_THRESHOLD`] failed calls
+/// (each after its retries) in a row → after [`BREAKER_COOLDOWN`] calls are let through again; one success closes it,
+/// a failure re-opens it at once.
+#[derive(Debug, Default)]
+pub struct Breaker {
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+impl Breaker {
+    /// `Err(seconds until it may close)` while open.
+    pub fn allow(&self) -> Result<(), Duration> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match state.open_until {
+            Some(until) if until > Instant::now() => Err(until - Instant::now()),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn success(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.failures = 0;
+        state.open_until = None;
+    }
+
+    /// Records a failure; true when the breaker is open now.
+    pub fn failure(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.failures = state.failures.saturating_add(1);
+        if state.failures >= BREAKER_THRESHOLD {
+            state.open_until = Some(Instant::now() + BREAKER_COOLDOWN);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Timeouts and retries for calls to other services.
+#[derive(Debug, Clone, Copy)]
+pub struct CallPolicy {
+    /// The most one call may take, all attempts together (each attempt too).
+    pub timeout: Duration,
+    /// Attempts after the first.
+    pub retries: u32,
+    /// First backoff; doubles each retry, plus up to as much again of jitter.
+    pub backoff: Duration,
+}
+
+impl Default for CallPolicy {
+    fn default() -> Self {
+        CallPolicy {
+            timeout: Duration::from_secs(10),
+            retries: 3,
+            backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Headers a call forwards from the request that caused it (the caller's credentials and
+/// request id).
+pub const FORWARDED: [HeaderName; 3] = [
+    axum::http::header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    crate::http::REQUEST_ID,
+];
+
+/// Another Sightline service, called over HTTP.
+pub struct Downstream {
+    pub component: &'static str,
+    base: String,
+    client: reqwest::Client,
+    policy: CallPolicy,
+    breaker: Breaker,
+    metrics: PipelineMetrics,
+}
+
+impl Downstream {
+    pub fn new(
+        component: &'static str,
+        base: &str,
+        policy: CallPolicy,
+        metrics: PipelineMetrics,
+    ) -> Result<Downstream, DownstreamConfigError> {
+        let parsed =
+            url::Url::parse(base).map_err(|e| DownstreamConfigError::Url(e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(DownstreamConfigError::Url(format!(
+                "{base:?} is not an http(s) URL with a host"
+            )));
+        }
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(policy.timeout.min(Duration::from_secs(3)))
+            .timeout(policy.timeout)
+            .build()
+            .map_err(|e| DownstreamConfigError::Client(e.to_string()))?;
+        Ok(Downstream {
+            component,
+            base: parsed.as_str().trim_end_matches('/').to_string(),
+            client,
+            policy,
+            breaker: Breaker::default(),
+            metrics,
+        })
+    }
+
+    /// POSTs `body` to `path` and decodes a 2xx JSON answer, retrying what is safe to retry.
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+        forward: &HeaderMap,
+    ) -> Result<(StatusCode, T), DownstreamError> {
+        let component = self.component;
+        let unavailable = |message: String| DownstreamError::Unavailable {
+            component,
+            message,
+            retry_after: 1,
+        };
+        let deadline = Instant::now() + self.policy.timeout;
+        let url = format!("{}{path}", self.base);
+        let mut attempt = 0u32;
+        loop {
+            if let Err(wait) = self.breaker.allow() {
+                self.metrics.downstream_call(component, "circuit_open");
+                let seconds = wait.as_secs() + 1;
+                return Err(DownstreamError::Unavailable {
+                    component,
+                    message: format!(
+                        "circuit open after repeated failures; next try in {seconds}s"
+                    ),
+                    retry_after: seconds,
+                });
+            }
+            let mut request = self
+                .client
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body.clone());
+            for name in &FORWARDED {
+                if let Some(value) = forward.get(name) {
+                    request = request.header(name.as_str(), value.as_bytes());
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let started = Instant::now();
+            let outcome = match tokio::time::timeout(remaining, request.send()).await {
+                Err(_) => Err(format!("no answer within {:?}", self.policy.timeout)),
+                Ok(Err(e)) => Err(e.without_url().to_string()),
+                Ok(Ok(response)) => Ok(response),
+            };
+            self.metrics
+                .downstream_latency(component, started.elapsed());
+            let retryable_message = match outcome {
+                Ok(response) => {
+                    let status = response.status();
+                    let retryable =
+                        status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+                    if !retryable {
+                        self.record_success();
+                        let bytes = response.bytes().await.map_err(|e| {
+                            unavailable(format!("the answer was cut off: {}", e.without_url()))
+                        })?;
+                        if status.is_success() {
+                            self.metrics.downstream_call(component, "ok");
+                            let value = serde_json::from_slice(&bytes).map_err(|e| {
+                                DownstreamError::BadAnswer {
+                                    component,
+                                    message: e.to_string(),
+                                }
+                            })?;
+                            return Ok((status, value));
+                        }
+                        self.metrics.downstream_call(component, "refused");
+                        return Err(DownstreamError::Refused {
+                            component,
+                            status,
+                            message: error_message(&bytes),
+                        });
+                    }
+                    let bytes = response.bytes().await.unwrap_or_default();
+                    format!("it answered {status}: {}", error_message(&bytes))
+                }
+                Err(message) => message,
+            };
+            attempt += 1;
+            let backoff = self.policy.backoff * 2u32.saturating_pow(attempt - 1);
+            let sleep = backoff + jitter(backoff);
+            if attempt > self.policy.retries || Instant::now() + sleep >= deadline {
+                // The breaker counts calls that failed after their retries, not attempts:
+                // a restart the retries ride out does not open it.
+                if self.breaker.failure() {
+                    self.metrics.breaker_open(component, true);
+                }
+                self.metrics.downstream_call(component, "unavailable");
+                return Err(unavailable(format!(
+                    "{retryable_message} (after {attempt} attempt{})",
+                    if attempt == 1 { "" } else { "s" }
+                )));
+            }
+            self.metrics.downstream_call(component, "retry");
+            tracing::warn!(component, attempt, error = %retryable_message, "downstream call failed; retrying");
+            tokio::time::sleep(sleep).await;
+        }
+    }
+
+    fn record_success(&self) {
+        self.breaker.success();
+        self.metrics.breaker_open(self.component, false);
+    }
+}
+
+/// The `error` of a JSON error body, else the start of the text.
+fn error_message(bytes: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned())
+}
+
+/// Up to `max` of random delay (from the clock's low bits and a counter).
+fn jitter(max: Duration) -> Duration {
+    let random = crate::store::random_hex();
+    let n = u64::from_str_radix(&random[..8], 16).unwrap_or(0);
+    let nanos = max.as_nanos() as u64;
+    if nanos == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_nanos(n % nanos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_after_repeated_failures_and_closes_on_success() {
+        let b = Breaker::default();
+        for _ in 0..BREAKER_THRESHOLD - 1 {
+            assert!(!b.failure());
+        }
+        assert!(b.allow().is_ok());
+        assert!(b.failure(), "the threshold opens it");
+        assert!(b.allow().is_err());
+        b.success();
+        assert!(b.allow().is_ok());
+    }
+
+    #[test]
+    fn jitter_is_bounded() {
+        for _ in 0..100 {
+            assert!(jitter(Duration::from_millis(10)) < Duration::from_millis(10));
+        }
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+    }
+}

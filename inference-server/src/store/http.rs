@@ -1,0 +1,235 @@
+//! The `store` role's endpoints: the seed's `POST /api/results/save`, the native
+//! `POST /api/v1/results` (idempotent), `GET /api/v1/results` (cursor paging, filters),
+//! `GET /api/v1/results/{id}` and `GET /api/v1/images/{id}/results`.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{DEFAULT_PAGE, ListQuery, MAX_PAGE, ModelRef, NewResult, ResultStore, StoreError};
+use crate::http::AppState;
+use crate::http::error::{AppError, Json, Query};
+use crate::postprocess::Prediction;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/results/save", post(seed_save))
+        .route("/api/v1/results", post(save).get(list))
+        .route("/api/v1/results/{id}", get(by_id))
+        .route("/api/v1/images/{id}/results", get(by_image))
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            AppError::Unavailable {
+                message: format!("the results database is unavailable: {e}"),
+                retry_after: Some(1),
+            }
+        } else {
+            AppError::Internal(e.to_string())
+        }
+    }
+}
+
+fn results(state: &AppState) -> Result<&ResultStore, AppError> {
+    state
+        .results
+        .as_ref()
+        .ok_or_else(|| AppError::NotFound("this server has no results store".into()))
+}
+
+/// Seed contract: `{"url": "...", "result": [...]}` → `201 {"message": ...}`.
+async fn seed_save(
+    State(state): State<AppState>,
+    Json(body): Json<Value>,
+) -> Result<Response, AppError> {
+    let store = results(&state)?;
+    let (Some(url), Some(result)) = (body.get("url"), body.get("result")) else {
+        return Err(AppError::bad_request("Missing parameters"));
+    };
+    let url = url
+        .as_str()
+        .filter(|u| !u.trim().is_empty())
+        .ok_or_else(|| AppError::bad_request("'url' must be a non-empty string"))?;
+    let predictions = predictions(result)?;
+    let new = NewResult {
+        image_id: image_id_of(url),
+        image_url: url.to_string(),
+        model: ModelRef {
+            name: String::new(),
+            sha256: String::new(),
+        },
+        predictions,
+        latency_ms: None,
+    };
+    check(&new)?;
+    let (record, created) = store.save(&new).await?;
+    state.metrics.pipeline.result_saved(created);
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"message": "Result saved successfully", "id": record.id})),
+    )
+        .into_response())
+}
+
+/// The seed's result: the recognition answer, a list of `{label, probability}`.
+fn predictions(value: &Value) -> Result<Vec<Prediction>, AppError> {
+    serde_json::from_value::<Vec<Prediction>>(value.clone()).map_err(|e| {
+        AppError::bad_request(format!(
+            "'result' must be a list of {{\"label\": string, \"probability\": number}}: {e}"
+        ))
+    })
+}
+
+/// The content id inside one of our image URLs (`.../images/<sha256>` or
+/// `.../uploads/<sha256>[.ext]`), so seed records link to their image.
+pub fn image_id_of(url: &str) -> Option<String> {
+    let last = url.trim_end_matches('/').rsplit('/').next()?;
+    let stem = last.split('.').next()?;
+    crate::upload::is_image_id(stem).then(|| stem.to_string())
+}
+
+fn check(new: &NewResult) -> Result<(), AppError> {
+    if new.image_url.len() > 4096 {
+        return Err(AppError::bad_request(
+            "the image URL is longer than 4096 bytes",
+        ));
+    }
+    if new.model.name.len() > 255 || new.model.sha256.len() > 64 {
+        return Err(AppError::bad_request(
+            "model name must be at most 255 bytes and its sha256 at most 64",
+        ));
+    }
+    if new.predictions.len() > 10_000 {
+        return Err(AppError::bad_request("at most 10000 predictions"));
+    }
+    if let Some(p) = new
+        .predictions
+        .iter()
+        .find(|p| p.label.len() > 255 || !p.probability.is_finite())
+    {
+        return Err(AppError::bad_request(format!(
+            "bad prediction {:?}: labels are at most 255 bytes and probabilities finite",
+            p.label
+        )));
+    }
+    if let Some(id) = &new.image_id
+        && !crate::upload::is_image_id(id)
+    {
+        return Err(AppError::bad_request(
+            "image_id must be the image's SHA-256 (64 lowercase hex digits)",
+        ));
+    }
+    Ok(())
+}
+
+/// Native save: a [`NewResult`] → `201` with the record, or `200` with the one that
+/// already holds this (image, model).
+async fn save(
+    State(state): State<AppState>,
+    Json(new): Json<NewResult>,
+) -> Result<Response, AppError> {
+    let store = results(&state)?;
+    if new.image_url.trim().is_empty() {
+        return Err(AppError::bad_request("'image_url' must not be empty"));
+    }
+    check(&new)?;
+    let (record, created) = store.save(&new).await?;
+    state.metrics.pipeline.result_saved(created);
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(record)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    label: Option<String>,
+    model: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+fn list_query(p: ListParams) -> Result<ListQuery, AppError> {
+    let limit = p.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(AppError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}, got {limit}"
+        )));
+    }
+    if let Some(c) = &p.cursor
+        && !super::is_record_id(c)
+    {
+        return Err(AppError::bad_request(
+            "invalid cursor: pass the next_cursor of the previous page",
+        ));
+    }
+    let time = |name: &str, v: Option<String>| -> Result<Option<i64>, AppError> {
+        v.map(|t| {
+            super::parse_time(&t).ok_or_else(|| {
+                AppError::bad_request(format!(
+                    "{name} must be an RFC 3339 time (2026-01-31T12:00:00Z) or milliseconds since the epoch"
+                ))
+            })
+        })
+        .transpose()
+    };
+    Ok(ListQuery {
+        limit,
+        cursor: p.cursor,
+        label: p.label.filter(|s| !s.is_empty()),
+        model: p.model.filter(|s| !s.is_empty()),
+        image_id: None,
+        since_ms: time("since", p.since)?,
+        until_ms: time("until", p.until)?,
+    })
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Response, AppError> {
+    let store = results(&state)?;
+    let query = list_query(params)?;
+    Ok(axum::Json(store.list(&query).await?).into_response())
+}
+
+async fn by_id(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let store = results(&state)?;
+    let not_found = || AppError::NotFound(format!("no result with id {id:?}"));
+    if !super::is_record_id(&id) {
+        return Err(not_found());
+    }
+    match store.get(&id).await? {
+        Some(record) => Ok(axum::Json(record).into_response()),
+        None => Err(not_found()),
+    }
+}
+
+async fn by_image(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<ListParams>,
+) -> Result<Response, AppError> {
+    let store = results(&state)?;
+    if !crate::upload::is_image_id(&id) {
+        return Err(AppError::NotFound(format!(
+            "no image with id {id:?} (ids are 64 lowercase hex digits)"
+        )));
+    }
+    let mut query = list_query(params)?;
+    query.image_id = Some(id);
+    Ok(axum::Json(store.list(&query).await?).into_response())
+}
