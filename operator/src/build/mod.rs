@@ -1,0 +1,8 @@
+//! Pure builders: a custom resource (and what it references) in, typed child objects out.
+//! No I/O here; this is where most of the operator's tests live.
+
+pub mod meta;
+pub mod model;
+pub mod network;
+pub mod pipeline;
+pub mod pod;

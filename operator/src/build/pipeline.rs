@@ -1,0 +1,539 @@
+//! Children of a `RecognitionPipeline`: the upload and store Deployments and Services,
+//! their volumes, the ConfigMap that wires them to each other and to the model, the route
+//! (Gateway API `HTTPRoute`, or an `Ingress`) and the NetworkPolicies.
+
+use std::collections::BTreeMap;
+
+use gateway_api::apis::standard::httproutes::{
+    HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
+    HttpRouteRulesMatches, HttpRouteRulesMatchesPath, HttpRouteRulesMatchesPathType, HttpRouteSpec,
+};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapEnvSource, EnvFromSource, EnvVar, EnvVarSource, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, SecretEnvSource,
+    SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::meta::{object_meta, selector_labels};
+use super::pod::{Images, PORT, PORT_NAME, default_resources, pod_template, server_container};
+use crate::crd::{DatabaseKind, RecognitionPipeline};
+
+pub const UPLOAD: &str = "upload";
+pub const STORE: &str = "store";
+pub const ROUTE: &str = "route";
+pub const CONFIG: &str = "config";
+const DATA_DIR: &str = "/data";
+const KEYS_DIR: &str = "/etc/sightline/keys";
+
+pub fn upload_name(p: &RecognitionPipeline) -> String {
+    format!("{}-upload", p.name_any())
+}
+
+pub fn store_name(p: &RecognitionPipeline) -> String {
+    format!("{}-store", p.name_any())
+}
+
+pub fn config_name(p: &RecognitionPipeline) -> String {
+    format!("{}-config", p.name_any())
+}
+
+pub fn images_claim(p: &RecognitionPipeline) -> String {
+    format!("{}-images", p.name_any())
+}
+
+pub fn results_claim(p: &RecognitionPipeline) -> String {
+    format!("{}-results", p.name_any())
+}
+
+fn namespace(p: &RecognitionPipeline) -> String {
+    p.namespace().unwrap_or_else(|| "default".into())
+}
+
+/// In-cluster URL of a service of this pipeline.
+fn service_url(p: &RecognitionPipeline, name: &str) -> String {
+    format!("http://{name}.{}.svc:{PORT}", namespace(p))
+}
+
+/// Where users reach the pipeline: the first hostname through the route, else the upload
+/// Service inside the cluster.
+pub fn public_url(p: &RecognitionPipeline) -> String {
+    let g = &p.spec.gateway;
+    let prefix = g.path_prefix.clone().unwrap_or_else(|| "/".into());
+    let prefix = prefix.trim_end_matches('/');
+    match g.hostnames.first() {
+        Some(host) if !g.parent_refs.is_empty() || g.ingress.is_some() => {
+            let scheme = if g.ingress.as_ref().is_some_and(|i| i.tls_secret.is_some()) {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{host}{prefix}")
+        }
+        _ => service_url(p, &upload_name(p)),
+    }
+}
+
+/// The URL prefix of this pipeline's images (what the model may fetch by URL).
+pub fn image_prefix(p: &RecognitionPipeline) -> String {
+    format!("{}/api/v1/images", public_url(p))
+}
+
+/// Settings shared by the upload and store roles, as `SIGHTLINE_*` variables.
+pub fn config_map(p: &RecognitionPipeline, model_endpoint: &str) -> ConfigMap {
+    let spec = &p.spec;
+    let mut data = BTreeMap::from([
+        (
+            "SIGHTLINE_RECOGNIZE_URL".to_string(),
+            model_endpoint.to_string(),
+        ),
+        (
+            "SIGHTLINE_STORE_URL".to_string(),
+            service_url(p, &store_name(p)),
+        ),
+        ("SIGHTLINE_PUBLIC_URL".to_string(), public_url(p)),
+        ("SIGHTLINE_DATA_DIR".to_string(), DATA_DIR.to_string()),
+        ("SIGHTLINE_LOG_FORMAT".to_string(), "json".to_string()),
+        (
+            "SIGHTLINE_MAX_UPLOAD_BYTES".to_string(),
+            spec.upload
+                .max_bytes
+                .unwrap_or(20 * 1024 * 1024)
+                .to_string(),
+        ),
+    ]);
+    if let Some(s3) = &spec.upload.s3 {
+        let prefix = s3.prefix.clone().unwrap_or_default();
+        data.insert(
+            "SIGHTLINE_IMAGE_STORE".into(),
+            format!("s3://{}/{}", s3.bucket, prefix.trim_start_matches('/')),
+        );
+        if let Some(endpoint) = &s3.endpoint {
+            data.insert("SIGHTLINE_S3_ENDPOINT".into(), endpoint.clone());
+        }
+        data.insert(
+            "SIGHTLINE_S3_REGION".into(),
+            s3.region.clone().unwrap_or_else(|| "us-east-1".into()),
+        );
+    }
+    if let Some(limit) = &spec.gateway.rate_limit {
+        data.insert(
+            "SIGHTLINE_RATE_LIMIT_RPS".into(),
+            limit.requests_per_second.to_string(),
+        );
+        data.insert(
+            "SIGHTLINE_RATE_LIMIT_BURST".into(),
+            limit.burst.unwrap_or(limit.requests_per_second).to_string(),
+        );
+    }
+    if let Some(keys) = &spec.gateway.api_keys_secret {
+        data.insert(
+            "SIGHTLINE_API_KEYS_FILE".into(),
+            format!("{KEYS_DIR}/{}", keys.key),
+        );
+    }
+    ConfigMap {
+        metadata: object_meta(p, &config_name(p), CONFIG),
+        data: Some(data),
+        ..ConfigMap::default()
+    }
+}
+
+fn config_env(p: &RecognitionPipeline) -> Vec<EnvFromSource> {
+    vec![EnvFromSource {
+        config_map_ref: Some(ConfigMapEnvSource {
+            name: config_name(p),
+            optional: Some(false),
+        }),
+        ..EnvFromSource::default()
+    }]
+}
+
+fn claim(
+    p: &RecognitionPipeline,
+    name: String,
+    volume: Option<&crate::crd::Volume>,
+    default_size: &str,
+) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: object_meta(
+            p,
+            &name,
+            if name.ends_with("-images") {
+                UPLOAD
+            } else {
+                STORE
+            },
+        ),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: volume.and_then(|v| v.storage_class_name.clone()),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(
+                        volume
+                            .and_then(|v| v.size.clone())
+                            .unwrap_or_else(|| default_size.into()),
+                    ),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The PVCs: images (unless S3) and the SQLite database (unless PostgreSQL/MySQL).
+pub fn claims(p: &RecognitionPipeline) -> Vec<PersistentVolumeClaim> {
+    let mut out = Vec::new();
+    if p.spec.upload.s3.is_none() {
+        out.push(claim(
+            p,
+            images_claim(p),
+            p.spec.upload.volume.as_ref(),
+            "10Gi",
+        ));
+    }
+    if p.spec.storage.database == DatabaseKind::Sqlite {
+        out.push(claim(
+            p,
+            results_claim(p),
+            p.spec.storage.volume.as_ref(),
+            "1Gi",
+        ));
+    }
+    out
+}
+
+fn data_volume(name: &str, claim: Option<String>) -> (Volume, VolumeMount) {
+    let volume = match claim {
+        Some(claim_name) => Volume {
+            name: name.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name,
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        },
+        None => Volume {
+            name: name.into(),
+            empty_dir: Some(Default::default()),
+            ..Volume::default()
+        },
+    };
+    (
+        volume,
+        VolumeMount {
+            name: name.into(),
+            mount_path: DATA_DIR.into(),
+            ..VolumeMount::default()
+        },
+    )
+}
+
+fn deployment(
+    p: &RecognitionPipeline,
+    name: String,
+    component: &str,
+    replicas: i32,
+    template: k8s_openapi::api::core::v1::PodTemplateSpec,
+    single_writer: bool,
+) -> Deployment {
+    Deployment {
+        metadata: object_meta(p, &name, component),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&p.name_any(), component)),
+                ..LabelSelector::default()
+            },
+            // A ReadWriteOnce volume can be attached to one pod: replace, don't surge.
+            strategy: single_writer.then(|| DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                rolling_update: None,
+            }),
+            template,
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The upload Deployment.
+pub fn upload_deployment(p: &RecognitionPipeline, images: &Images) -> Deployment {
+    let spec = &p.spec.upload;
+    let local = spec.s3.is_none();
+    let (volume, mount) = data_volume("data", local.then(|| images_claim(p)));
+    let mut volumes = vec![volume];
+    let mut mounts = vec![mount];
+    let mut env_from = config_env(p);
+    if let Some(s3) = &spec.s3 {
+        env_from.push(EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: s3.credentials_secret.clone(),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        });
+    }
+    add_keys(p, &mut volumes, &mut mounts);
+    let container = server_container(
+        images,
+        "server",
+        vec![
+            "upload".into(),
+            "--listen".into(),
+            format!("0.0.0.0:{PORT}"),
+        ],
+        spec.resources
+            .clone()
+            .unwrap_or_else(|| default_resources("100m", "128Mi")),
+        Some(env_from),
+        mounts,
+    );
+    let template = pod_template(
+        selector_labels(&p.name_any(), UPLOAD),
+        vec![],
+        vec![container],
+        volumes,
+    );
+    deployment(
+        p,
+        upload_name(p),
+        UPLOAD,
+        spec.replicas.unwrap_or(1),
+        template,
+        local,
+    )
+}
+
+fn add_keys(p: &RecognitionPipeline, volumes: &mut Vec<Volume>, mounts: &mut Vec<VolumeMount>) {
+    if let Some(keys) = &p.spec.gateway.api_keys_secret {
+        volumes.push(Volume {
+            name: "api-keys".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(keys.name.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "api-keys".into(),
+            mount_path: KEYS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+}
+
+/// The store Deployment.
+pub fn store_deployment(p: &RecognitionPipeline, images: &Images) -> Deployment {
+    let spec = &p.spec.storage;
+    let sqlite = spec.database == DatabaseKind::Sqlite;
+    let (volume, mount) = data_volume("data", sqlite.then(|| results_claim(p)));
+    let mut volumes = vec![volume];
+    let mut mounts = vec![mount];
+    add_keys(p, &mut volumes, &mut mounts);
+    let mut container = server_container(
+        images,
+        "server",
+        vec!["store".into(), "--listen".into(), format!("0.0.0.0:{PORT}")],
+        spec.resources
+            .clone()
+            .unwrap_or_else(|| default_resources("100m", "128Mi")),
+        Some(config_env(p)),
+        mounts,
+    );
+    if let Some(url) = &spec.url_secret {
+        container.env = Some(vec![EnvVar {
+            name: "SIGHTLINE_DATABASE_URL".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: url.name.clone(),
+                    key: url.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]);
+    }
+    let template = pod_template(
+        selector_labels(&p.name_any(), STORE),
+        vec![],
+        vec![container],
+        volumes,
+    );
+    deployment(
+        p,
+        store_name(p),
+        STORE,
+        spec.replicas.unwrap_or(1),
+        template,
+        sqlite,
+    )
+}
+
+fn service(p: &RecognitionPipeline, name: String, component: &str) -> Service {
+    Service {
+        metadata: object_meta(p, &name, component),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(&p.name_any(), component)),
+            ports: Some(vec![ServicePort {
+                name: Some(PORT_NAME.into()),
+                port: PORT,
+                target_port: Some(IntOrString::String(PORT_NAME.into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+pub fn upload_service(p: &RecognitionPipeline) -> Service {
+    service(p, upload_name(p), UPLOAD)
+}
+
+pub fn store_service(p: &RecognitionPipeline) -> Service {
+    service(p, store_name(p), STORE)
+}
+
+/// Which Service answers which path (below the prefix). The seed's recognition endpoint
+/// goes to the model; result reads and the seed's save go to the store; everything else
+/// (uploads, images, the pipeline, the page) to the upload service.
+pub fn routes(p: &RecognitionPipeline, model_service: &str) -> Vec<(String, String)> {
+    let prefix = p
+        .spec
+        .gateway
+        .path_prefix
+        .clone()
+        .unwrap_or_else(|| "/".into());
+    let prefix = prefix.trim_end_matches('/');
+    let at = |path: &str| format!("{prefix}{path}");
+    vec![
+        (at("/api/images/recognition"), model_service.to_string()),
+        (at("/api/v1/recognize"), model_service.to_string()),
+        (at("/api/results"), store_name(p)),
+        (at("/api/v1/results"), store_name(p)),
+        (
+            if prefix.is_empty() {
+                "/".to_string()
+            } else {
+                prefix.to_string()
+            },
+            upload_name(p),
+        ),
+    ]
+}
+
+/// The Gateway API route, when the spec names parent Gateways.
+pub fn http_route(p: &RecognitionPipeline, model_service: &str) -> Option<HttpRoute> {
+    let g = &p.spec.gateway;
+    if g.parent_refs.is_empty() {
+        return None;
+    }
+    let rules = routes(p, model_service)
+        .into_iter()
+        .map(|(path, backend)| HttpRouteRules {
+            matches: Some(vec![HttpRouteRulesMatches {
+                path: Some(HttpRouteRulesMatchesPath {
+                    r#type: Some(HttpRouteRulesMatchesPathType::PathPrefix),
+                    value: Some(path),
+                }),
+                ..HttpRouteRulesMatches::default()
+            }]),
+            backend_refs: Some(vec![HttpRouteRulesBackendRefs {
+                name: backend,
+                port: Some(PORT),
+                ..HttpRouteRulesBackendRefs::default()
+            }]),
+            ..HttpRouteRules::default()
+        })
+        .collect();
+    let mut route = HttpRoute::new(
+        &p.name_any(),
+        HttpRouteSpec {
+            parent_refs: Some(
+                g.parent_refs
+                    .iter()
+                    .map(|r| HttpRouteParentRefs {
+                        name: r.name.clone(),
+                        namespace: r.namespace.clone(),
+                        section_name: r.section_name.clone(),
+                        ..HttpRouteParentRefs::default()
+                    })
+                    .collect(),
+            ),
+            hostnames: (!g.hostnames.is_empty()).then(|| g.hostnames.clone()),
+            rules: Some(rules),
+        },
+    );
+    route.metadata = object_meta(p, &p.name_any(), ROUTE);
+    Some(route)
+}
+
+/// The Ingress, when the spec asks for one instead of an HTTPRoute.
+pub fn ingress(p: &RecognitionPipeline, model_service: &str) -> Option<Ingress> {
+    let g = &p.spec.gateway;
+    let spec = g.ingress.as_ref()?;
+    let paths: Vec<HTTPIngressPath> = routes(p, model_service)
+        .into_iter()
+        .map(|(path, backend)| HTTPIngressPath {
+            path: Some(path),
+            path_type: "Prefix".into(),
+            backend: IngressBackend {
+                service: Some(IngressServiceBackend {
+                    name: backend,
+                    port: Some(ServiceBackendPort {
+                        number: Some(PORT),
+                        name: None,
+                    }),
+                }),
+                resource: None,
+            },
+        })
+        .collect();
+    let hosts: Vec<Option<String>> = if g.hostnames.is_empty() {
+        vec![None]
+    } else {
+        g.hostnames.iter().cloned().map(Some).collect()
+    };
+    Some(Ingress {
+        metadata: object_meta(p, &p.name_any(), ROUTE),
+        spec: Some(IngressSpec {
+            ingress_class_name: spec.class_name.clone(),
+            rules: Some(
+                hosts
+                    .into_iter()
+                    .map(|host| IngressRule {
+                        host,
+                        http: Some(HTTPIngressRuleValue {
+                            paths: paths.clone(),
+                        }),
+                    })
+                    .collect(),
+            ),
+            tls: spec.tls_secret.as_ref().map(|secret| {
+                vec![IngressTLS {
+                    hosts: Some(g.hostnames.clone()),
+                    secret_name: Some(secret.clone()),
+                }]
+            }),
+            ..IngressSpec::default()
+        }),
+        status: None,
+    })
+}

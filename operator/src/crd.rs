@@ -1,0 +1,507 @@
+//! The two custom resources, `ImageModel` and `RecognitionPipeline` (group `sightline.io`,
+//! version `v1alpha1`). Every field's doc comment becomes its `kubectl explain` text; CEL
+//! rules reject specs the operator could not honour.
+
+// kube's `printcolumn(name = …, type_ = …)` repeats keys by design; clippy reads them as
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "sightline.io";
+pub const VERSION: &str = "v1alpha1";
+
+// ---------------------------------------------------------------------------------------
+// ImageModel
+// ---------------------------------------------------------------------------------------
+
+/// One servable ONNX image classifier: where it comes from, how images are prepared for
+/// it, and how it runs. The operator turns it into the recognize Deployment and Service.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sightline.io",
+    version = "v1alpha1",
+    kind = "ImageModel",
+    namespaced,
+    status = "ImageModelStatus",
+    shortname = "imodel",
+    category = "sightline",
+    derive = "PartialEq",
+    printcolumn(name = "Device", type_ = "string", json_path = ".spec.runtime.device"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.readyReplicas"
+    ),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageModelSpec {
+    /// Where the ONNX model file and its labels come from.
+    pub source: ModelSource,
+    /// How an image becomes the model's input tensor. Defaults suit ImageNet models.
+    #[serde(default)]
+    pub preprocess: Preprocess,
+    /// Device, threads, batching, replicas and scheduling of the inference pods.
+    #[serde(default)]
+    pub runtime: Runtime,
+}
+
+/// A file the pods fetch before serving.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FileSource {
+    /// `https://host/path`, `s3://bucket/key`, or `pvc://claim/path/in/claim`.
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') || self.startsWith('s3://') || self.startsWith('pvc://')").message("uri must start with https://, s3:// or pvc://"))]
+    pub uri: String,
+    /// Lower-case hex SHA-256 of the file. When set, the file is verified before serving
+    /// and a mismatch keeps the model not ready (reason `DigestMismatch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-f0-9]{64}$"))]
+    pub sha256: Option<String>,
+}
+
+/// The model file, its labels, and credentials to fetch them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSource {
+    /// The ONNX model file.
+    #[serde(flatten)]
+    pub model: FileSource,
+    /// The labels file: one class name per line, in output order.
+    pub labels: FileSource,
+    /// Secret with `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and optionally
+    /// `AWS_REGION`, `AWS_ENDPOINT_URL`) for `s3://` sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+}
+
+/// Input tensor layout.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Layout {
+    #[default]
+    #[serde(rename = "NCHW")]
+    Nchw,
+    #[serde(rename = "NHWC")]
+    Nhwc,
+}
+
+/// How an image of any shape becomes the square input.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResizePolicy {
+    /// Shorter side to `size / cropFraction`, then the centred square.
+    #[default]
+    ShorterSideCrop,
+    /// Both sides to `size`, ignoring the aspect ratio.
+    Stretch,
+}
+
+/// Channel order.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Channels {
+    #[default]
+    #[serde(rename = "RGB")]
+    Rgb,
+    #[serde(rename = "BGR")]
+    Bgr,
+}
+
+/// Preprocessing. Unset fields take the ImageNet defaults shown.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Preprocess {
+    /// Side of the square input in pixels (default 224).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub size: Option<u32>,
+    /// `NCHW` (default) or `NHWC`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
+    /// `shorter-side-crop` (default) or `stretch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<ResizePolicy>,
+    /// Share of the shorter side the centre crop keeps (default 0.875).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self > 0.0 && self <= 1.0").message("cropFraction must be in (0, 1]"))]
+    pub crop_fraction: Option<f64>,
+    /// `RGB` (default) or `BGR`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Channels>,
+    /// Factor applied to 8-bit samples before normalisation (default 1/255).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f64>,
+    /// Per-channel mean, three numbers (default ImageNet's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 3))]
+    pub mean: Option<Vec<f64>>,
+    /// Per-channel standard deviation, three positive numbers (default ImageNet's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 3))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(s, s > 0.0)").message("std values must be positive"))]
+    pub std: Option<Vec<f64>>,
+}
+
+/// Where inference runs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Gpu,
+}
+
+/// Dynamic batching.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Batching {
+    /// Most images in one model run (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
+    pub max_batch_size: Option<u32>,
+    /// Most milliseconds a request waits for others to share its batch (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_delay_ms: Option<u32>,
+    /// Requests that may wait for the model; more get 503 (default 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub queue_capacity: Option<u32>,
+}
+
+/// Horizontal autoscaling on CPU utilisation (replaces `replicas`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(cel, validation = kube::core::Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
+pub struct Autoscaling {
+    /// Fewest replicas.
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+    /// Most replicas.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Average CPU utilisation to aim for, in percent of the request (default 70).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "targetCPUUtilizationPercentage"
+    )]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: Option<i32>,
+}
+
+/// How and where the inference pods run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(cel, validation = kube::core::Rule::new("!(has(self.replicas) && has(self.autoscaling))").message("set either replicas or autoscaling, not both"))]
+pub struct Runtime {
+    /// `cpu` (default) or `gpu`. With `gpu` the pods request the GPU resource and the
+    /// server enables the ONNX Runtime CUDA execution provider.
+    #[serde(default)]
+    pub device: Device,
+    /// The extended resource a GPU pod requests (default `nvidia.com/gpu`, 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_resource: Option<String>,
+    /// With `gpu`: serve on the CPU when CUDA cannot be registered instead of staying not
+    /// ready (default false).
+    #[serde(default)]
+    pub allow_cpu_fallback: bool,
+    /// ONNX Runtime intra-op threads (default: the CPU limit, else one per core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
+    pub threads: Option<u32>,
+    /// Dynamic batching.
+    #[serde(default)]
+    pub batching: Batching,
+    /// Fixed number of replicas (default 1). Not with `autoscaling`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    /// Autoscaling; the operator then leaves `replicas` to the HorizontalPodAutoscaler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// Requests and limits of the server container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node labels the pods must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the pods (e.g. for tainted GPU nodes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+}
+
+/// What the operator observed of an `ImageModel`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageModelStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Available` and `Progressing`, with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The model digest the pods verify (from `spec.source.sha256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// In-cluster URL of the recognize Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Pods ready to serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+}
+
+// ---------------------------------------------------------------------------------------
+// RecognitionPipeline
+// ---------------------------------------------------------------------------------------
+
+/// The user-facing application: upload → recognition (by an `ImageModel`) → result
+/// storage, exposed through a Gateway API route (or an Ingress).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sightline.io",
+    version = "v1alpha1",
+    kind = "RecognitionPipeline",
+    namespaced,
+    status = "RecognitionPipelineStatus",
+    shortname = "rpipe",
+    category = "sightline",
+    derive = "PartialEq",
+    printcolumn(name = "Model", type_ = "string", json_path = ".spec.modelRef.name"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RecognitionPipelineSpec {
+    /// The `ImageModel` (same namespace) that recognises the images. Several pipelines may
+    /// share one model.
+    pub model_ref: ModelRef,
+    /// The upload service: limits, image store, replicas.
+    #[serde(default)]
+    pub upload: Upload,
+    /// The result storage service and its database.
+    #[serde(default)]
+    pub storage: Storage,
+    /// How the pipeline is exposed, and who may call it.
+    #[serde(default)]
+    pub gateway: Gateway,
+}
+
+/// A reference to an `ImageModel` in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct ModelRef {
+    /// Name of the `ImageModel`.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+/// A PersistentVolumeClaim the operator creates.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    /// Requested size, e.g. `10Gi` (default `10Gi` for images, `1Gi` for SQLite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// Storage class (default: the cluster's default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+/// An S3-compatible bucket for the images.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Store {
+    /// Bucket name.
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// Key prefix inside the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Endpoint of an S3-compatible service (default AWS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region (default `us-east-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    pub credentials_secret: String,
+}
+
+/// The upload service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(cel, validation = kube::core::Rule::new("!has(self.s3) || !has(self.volume)").message("images go either to a volume or to s3, not both"))]
+pub struct Upload {
+    /// Largest upload in bytes (default 20 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 1073741824))]
+    pub max_bytes: Option<i64>,
+    /// Local image store on a PersistentVolumeClaim (the default when `s3` is unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<Volume>,
+    /// S3-compatible object store instead of a volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Store>,
+    /// Replicas of the upload service (default 1; more than 1 needs `s3` or a
+    /// ReadWriteMany volume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: Option<i32>,
+    /// Requests and limits of the upload container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Which database holds the results.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseKind {
+    /// SQLite on a PersistentVolumeClaim (one replica).
+    #[default]
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+/// The result storage service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(cel, validation = kube::core::Rule::new("self.database == 'sqlite' ? (!has(self.replicas) || self.replicas <= 1) : has(self.urlSecret)").message("sqlite runs one replica; postgres and mysql need urlSecret"))]
+pub struct Storage {
+    /// `sqlite` (default), `postgres` or `mysql`.
+    #[serde(default)]
+    pub database: DatabaseKind,
+    /// Secret key holding the database URL (`postgres://…`, `mysql://…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret: Option<SecretKeyRef>,
+    /// The SQLite volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<Volume>,
+    /// Replicas of the store service (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: Option<i32>,
+    /// Requests and limits of the store container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// A Gateway API parent (a Gateway, or a listener of one).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentRef {
+    /// Gateway name.
+    pub name: String,
+    /// Gateway namespace (default: the pipeline's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Listener name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+}
+
+/// An Ingress instead of an HTTPRoute, for clusters without the Gateway API.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// IngressClass name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Secret with the TLS certificate for the hostnames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret: Option<String>,
+}
+
+/// Rate limit per API key (or for all anonymous callers).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub requests_per_second: u32,
+    /// Burst size (default: one second's worth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub burst: Option<u32>,
+}
+
+/// Exposure, auth and rate limits (enforced by the services themselves).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(cel, validation = kube::core::Rule::new("!(has(self.ingress) && size(self.parentRefs) > 0)").message("use either parentRefs (HTTPRoute) or ingress, not both"))]
+pub struct Gateway {
+    /// Gateways the HTTPRoute attaches to. Empty and no `ingress`: no route is created.
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    /// Hostnames the route (or Ingress) answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
+    /// Path prefix the API is served under (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('/')").message("pathPrefix must start with /"))]
+    pub path_prefix: Option<String>,
+    /// Create an Ingress instead of an HTTPRoute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+    /// Secret key holding API keys, one per line. When set, every API route needs a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys_secret: Option<SecretKeyRef>,
+    /// Per-key rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// What the operator observed of a `RecognitionPipeline`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RecognitionPipelineStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, plus `ModelReady`, `UploadReady`, `StoreReady` and `RouteAccepted`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Where users reach the pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}

@@ -1,0 +1,146 @@
+//! `sightline-operator render`: custom resources in (YAML), every child object out, with no
+//! cluster — for review and GitOps diffing. The same builders the controller applies.
+
+use serde_json::Value;
+
+use crate::build::pod::Images;
+use crate::build::{model, network, pipeline};
+use crate::crd::{ImageModel, RecognitionPipeline};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("document {index} is not valid YAML: {source}")]
+    Yaml {
+        index: usize,
+        source: serde_yaml::Error,
+    },
+    #[error("document {index} ({kind}) is not a valid {kind}: {source}")]
+    Invalid {
+        index: usize,
+        kind: String,
+        source: serde_json::Error,
+    },
+    #[error("document {index} has kind {kind:?}; expected ImageModel or RecognitionPipeline")]
+    UnknownKind { index: usize, kind: String },
+    #[error("pipeline {pipeline:?} refers to ImageModel {model:?}, which is not among the inputs")]
+    ModelNotFound { pipeline: String, model: String },
+    #[error("cannot serialise {0}")]
+    Serialize(String),
+}
+
+/// The custom resources found in a YAML stream.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    pub models: Vec<ImageModel>,
+    pub pipelines: Vec<RecognitionPipeline>,
+}
+
+/// Parses every document of `text` (empty documents are skipped).
+pub fn parse(text: &str) -> Result<Inputs, RenderError> {
+    let mut inputs = Inputs::default();
+    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value: Value = serde::Deserialize::deserialize(doc)
+            .map_err(|source| RenderError::Yaml { index, source })?;
+        if value.is_null() {
+            continue;
+        }
+        let kind = value
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let invalid = |source| RenderError::Invalid {
+            index,
+            kind: kind.clone(),
+            source,
+        };
+        match kind.as_str() {
+            "ImageModel" => inputs
+                .models
+                .push(serde_json::from_value(value).map_err(invalid)?),
+            "RecognitionPipeline" => inputs
+                .pipelines
+                .push(serde_json::from_value(value).map_err(invalid)?),
+            _ => return Err(RenderError::UnknownKind { index, kind }),
+        }
+    }
+    Ok(inputs)
+}
+
+fn to_value<T: serde::Serialize>(object: &T) -> Result<Value, RenderError> {
+    serde_json::to_value(object).map_err(|e| RenderError::Serialize(e.to_string()))
+}
+
+fn same_namespace(a: &Option<String>, b: &Option<String>) -> bool {
+    a.as_deref().unwrap_or("default") == b.as_deref().unwrap_or("default")
+}
+
+/// Every child object of the inputs, as JSON values (in apply order).
+pub fn children(inputs: &Inputs, images: &Images) -> Result<Vec<Value>, RenderError> {
+    let mut out = Vec::new();
+    for m in &inputs.models {
+        let prefixes: Vec<String> = inputs
+            .pipelines
+            .iter()
+            .filter(|p| {
+                p.spec.model_ref.name == kube::ResourceExt::name_any(m)
+                    && same_namespace(&p.metadata.namespace, &m.metadata.namespace)
+            })
+            .map(pipeline::image_prefix)
+            .collect();
+        out.push(to_value(&model::service(m))?);
+        out.push(to_value(&model::deployment(m, images, &prefixes))?);
+        if let Some(hpa) = model::hpa(m) {
+            out.push(to_value(&hpa)?);
+        }
+        if let Some(pdb) = model::pdb(m) {
+            out.push(to_value(&pdb)?);
+        }
+        out.push(to_value(&network::model_policy(m))?);
+    }
+    for p in &inputs.pipelines {
+        let name = kube::ResourceExt::name_any(p);
+        let m = inputs
+            .models
+            .iter()
+            .find(|m| {
+                kube::ResourceExt::name_any(*m) == p.spec.model_ref.name
+                    && same_namespace(&m.metadata.namespace, &p.metadata.namespace)
+            })
+            .ok_or_else(|| RenderError::ModelNotFound {
+                pipeline: name.clone(),
+                model: p.spec.model_ref.name.clone(),
+            })?;
+        out.push(to_value(&pipeline::config_map(p, &model::endpoint(m)))?);
+        for claim in pipeline::claims(p) {
+            out.push(to_value(&claim)?);
+        }
+        out.push(to_value(&pipeline::store_service(p))?);
+        out.push(to_value(&pipeline::store_deployment(p, images))?);
+        out.push(to_value(&pipeline::upload_service(p))?);
+        out.push(to_value(&pipeline::upload_deployment(p, images))?);
+        let model_service = model::name(m);
+        if let Some(route) = pipeline::http_route(p, &model_service) {
+            out.push(to_value(&route)?);
+        }
+        if let Some(ingress) = pipeline::ingress(p, &model_service) {
+            out.push(to_value(&ingress)?);
+        }
+        for policy in network::pipeline_policies(p, &p.spec.model_ref.name) {
+            out.push(to_value(&policy)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The children as one multi-document YAML stream.
+pub fn to_yaml(objects: &[Value]) -> Result<String, RenderError> {
+    let mut out = String::new();
+    for object in objects {
+        out.push_str("---\n");
+        out.push_str(
+            &serde_yaml::to_string(object).map_err(|e| RenderError::Serialize(e.to_string()))?,
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,512 @@
+//! The operator's pure side: CRDs are current and structural, every rendered object of
+//! every sample validates against the official Kubernetes schemas (kubernetes-validate,
+//! Kubernetes 1.33) and the HTTPRoute against the Gateway API CRD schema, every pod meets
+//! the Pod Security "restricted" profile, and the builders put what the spec asks where it
+//! belongs (and nothing GPU-specific on a CPU model).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kube::CustomResourceExt;
+use serde_json::Value;
+use sightline_operator::build::pod::Images;
+use sightline_operator::crd::{
+    Autoscaling, Gateway, ImageModel, RecognitionPipeline, Runtime, Storage,
+};
+use sightline_operator::render::{self, Inputs};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+fn samples() -> Inputs {
+    let dir = root().join("manifests/samples");
+    let mut text = String::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("samples")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    for f in files {
+        text.push_str(&std::fs::read_to_string(&f).expect("sample"));
+        text.push_str("\n---\n");
+    }
+    render::parse(&text).expect("samples parse")
+}
+
+fn rendered() -> Vec<Value> {
+    render::children(&samples(), &Images::default()).expect("render")
+}
+
+/// A tool from the venv, or None (a failure under CI, a loud skip elsewhere).
+fn tool(name: &str) -> Option<PathBuf> {
+    let path = root().join(".venv/bin").join(name);
+    if path.exists() {
+        return Some(path);
+    }
+    let message = format!("{} is missing: run `make deps`", path.display());
+    assert!(std::env::var_os("CI").is_none(), "{message}");
+    eprintln!("\n*** SKIPPED (not in CI): {message} ***\n");
+    None
+}
+
+#[test]
+fn checked_in_crds_are_current() {
+    for (name, yaml) in sightline_operator::crdgen::crds().expect("crds") {
+        let path = root().join("crds").join(name);
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == yaml,
+            "{} is stale: run `cargo run -p sightline-operator -- crd --out-dir crds`",
+            path.display()
+        );
+    }
+}
+
+/// Structural schema: every node says its type (or is an int-or-string / preserved node),
+/// and there are no top-level anyOf/oneOf without types.
+fn assert_structural(schema: &Value, path: &str) {
+    let obj = schema
+        .as_object()
+        .unwrap_or_else(|| panic!("{path}: not an object"));
+    let typed = obj.contains_key("type")
+        || obj.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true))
+        || obj.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    assert!(typed, "{path}: no type in {schema}");
+    if let Some(props) = obj.get("properties").and_then(Value::as_object) {
+        for (k, v) in props {
+            assert_structural(v, &format!("{path}.{k}"));
+        }
+    }
+    if let Some(items) = obj.get("items") {
+        assert_structural(items, &format!("{path}[]"));
+    }
+    if let Some(extra) = obj.get("additionalProperties").filter(|v| v.is_object()) {
+        assert_structural(extra, &format!("{path}{{}}"));
+    }
+}
+
+#[test]
+fn crds_are_structural_with_status_printer_columns_and_short_names() {
+    for (crd, short) in [
+        (ImageModel::crd(), "imodel"),
+        (RecognitionPipeline::crd(), "rpipe"),
+    ] {
+        let v = serde_json::to_value(&crd).expect("json");
+        assert_eq!(v["spec"]["group"], "sightline.io");
+        assert_eq!(v["spec"]["scope"], "Namespaced");
+        assert_eq!(v["spec"]["names"]["shortNames"][0], short);
+        assert_eq!(v["spec"]["names"]["categories"][0], "sightline");
+        let version = &v["spec"]["versions"][0];
+        assert_eq!(version["name"], "v1alpha1");
+        assert!(version["subresources"]["status"].is_object());
+        let columns: Vec<&str> = version["additionalPrinterColumns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .map(|c| c["name"].as_str().expect("name"))
+            .collect();
+        assert!(
+            columns.contains(&"Ready") && columns.contains(&"Age"),
+            "{columns:?}"
+        );
+        assert_structural(&version["schema"]["openAPIV3Schema"], "root");
+        let text = v.to_string();
+        assert!(
+            text.contains("x-kubernetes-validations"),
+            "CEL rules are in the schema"
+        );
+    }
+}
+
+#[test]
+fn cel_rules_reject_what_cannot_be_honoured() {
+    use serde_json::json;
+    assert!(Autoscaling::validate_cel(&json!({"minReplicas": 1, "maxReplicas": 3}), None).is_ok());
+    assert!(Autoscaling::validate_cel(&json!({"minReplicas": 4, "maxReplicas": 3}), None).is_err());
+    assert!(Runtime::validate_cel(&json!({"replicas": 2}), None).is_ok());
+    assert!(
+        Runtime::validate_cel(
+            &json!({"replicas": 2, "autoscaling": {"minReplicas": 1, "maxReplicas": 2}}),
+            None
+        )
+        .is_err()
+    );
+    assert!(Storage::validate_cel(&json!({"database": "sqlite"}), None).is_ok());
+    assert!(
+        Storage::validate_cel(&json!({"database": "sqlite", "replicas": 2}), None).is_err(),
+        "SQLite on one volume cannot run two writers"
+    );
+    assert!(
+        Storage::validate_cel(&json!({"database": "postgres"}), None).is_err(),
+        "postgres needs its URL"
+    );
+    assert!(
+        Storage::validate_cel(
+            &json!({"database": "postgres", "urlSecret": {"name": "db", "key": "url"}}),
+            None
+        )
+        .is_ok()
+    );
+    assert!(
+        Gateway::validate_cel(
+            &json!({"parentRefs": [{"name": "gw"}], "ingress": {}}),
+            None
+        )
+        .is_err()
+    );
+    assert!(Gateway::validate_cel(&json!({"parentRefs": [{"name": "gw"}]}), None).is_ok());
+}
+
+#[test]
+fn every_rendered_object_is_valid_for_kubernetes_1_33() {
+    let Some(validate) = tool("kubernetes-validate") else {
+        return;
+    };
+    let objects = rendered();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("rendered.yaml");
+    let core: Vec<Value> = objects
+        .iter()
+        .filter(|o| o["kind"] != "HTTPRoute")
+        .cloned()
+        .collect();
+    std::fs::write(&file, render::to_yaml(&core).expect("yaml")).expect("write");
+    let crds: Vec<PathBuf> = [
+        "imagemodels.sightline.io.yaml",
+        "recognitionpipelines.sightline.io.yaml",
+    ]
+    .iter()
+    .map(|f| root().join("crds").join(f))
+    .collect();
+    let output = Command::new(validate)
+        .args(["--strict", "-k", "1.33.0"])
+        .arg(&file)
+        .args(&crds)
+        .output()
+        .expect("run kubernetes-validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}");
+    let passed = text.matches(" passed for resource ").count();
+    assert_eq!(
+        passed,
+        core.len() + crds.len(),
+        "every object validated:\n{text}"
+    );
+}
+
+#[test]
+fn the_http_route_validates_against_the_gateway_api_crd_schema() {
+    let Some(python) = tool("python") else { return };
+    let route = rendered()
+        .into_iter()
+        .find(|o| o["kind"] == "HTTPRoute")
+        .expect("the pipeline sample has an HTTPRoute");
+    let crd = serde_json::to_value(gateway_api::apis::standard::httproutes::HttpRoute::crd())
+        .expect("crd");
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let script = "import json,sys,jsonschema\nd=json.load(sys.stdin)\njsonschema.validate(d['object'], d['schema'])\nprint('valid')";
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(
+            serde_json::json!({"object": route, "schema": schema})
+                .to_string()
+                .as_bytes(),
+        )
+        .expect("write");
+    let output = child.wait_with_output().expect("wait");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn pod_specs(objects: &[Value]) -> Vec<(String, Value)> {
+    objects
+        .iter()
+        .filter(|o| o["kind"] == "Deployment")
+        .map(|o| {
+            (
+                o["metadata"]["name"].as_str().expect("name").to_string(),
+                o["spec"]["template"]["spec"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_pod_meets_the_restricted_pod_security_profile() {
+    let pods = pod_specs(&rendered());
+    assert_eq!(pods.len(), 4);
+    for (name, pod) in pods {
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            "{name}"
+        );
+        assert!(
+            pod["hostNetwork"].is_null() && pod["hostPID"].is_null() && pod["hostIPC"].is_null(),
+            "{name}"
+        );
+        for volume in pod["volumes"].as_array().expect("volumes") {
+            assert!(volume["hostPath"].is_null(), "{name}: hostPath volume");
+        }
+        let containers = pod["containers"]
+            .as_array()
+            .expect("containers")
+            .iter()
+            .chain(pod["initContainers"].as_array().into_iter().flatten());
+        for c in containers {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+            assert_eq!(sc["runAsNonRoot"], true, "{name}");
+            assert_eq!(
+                sc["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{name}"
+            );
+            assert!(sc["capabilities"]["add"].is_null(), "{name}");
+            assert!(
+                sc["privileged"].is_null() || sc["privileged"] == false,
+                "{name}"
+            );
+            assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+            assert!(
+                c["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .all(|p| p["hostPort"].is_null()),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_child_is_owned_and_labelled() {
+    for o in rendered() {
+        let meta = &o["metadata"];
+        let what = format!("{} {}", o["kind"], meta["name"]);
+        assert_eq!(meta["namespace"], "sightline-demo", "{what}");
+        let owner = &meta["ownerReferences"][0];
+        assert_eq!(owner["controller"], true, "{what}");
+        assert!(
+            owner["kind"] == "ImageModel" || owner["kind"] == "RecognitionPipeline",
+            "{what}"
+        );
+        assert_eq!(owner["apiVersion"], "sightline.io/v1alpha1", "{what}");
+        for label in ["name", "instance", "component", "part-of", "managed-by"] {
+            assert!(
+                meta["labels"][format!("app.kubernetes.io/{label}")].is_string(),
+                "{what}: label {label}"
+            );
+        }
+    }
+}
+
+fn deployment<'a>(objects: &'a [Value], name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no Deployment {name}"))
+}
+
+fn args(d: &Value) -> Vec<String> {
+    d["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("arg").to_string())
+        .collect()
+}
+
+#[test]
+fn gpu_fields_only_for_gpu_models() {
+    let objects = rendered();
+    let cpu = deployment(&objects, "efficientnet-lite0-recognize");
+    let gpu = deployment(&objects, "resnet50-gpu-recognize");
+    assert!(!args(cpu).contains(&"gpu".to_string()));
+    assert!(
+        cpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+            .is_null()
+    );
+    assert!(cpu["spec"]["template"]["spec"]["tolerations"].is_null());
+    let gargs = args(gpu);
+    let i = gargs
+        .iter()
+        .position(|a| a == "--device")
+        .expect("--device");
+    assert_eq!(gargs[i + 1], "gpu");
+    assert_eq!(
+        gpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+        "1"
+    );
+    assert_eq!(
+        gpu["spec"]["template"]["spec"]["tolerations"][0]["key"],
+        "nvidia.com/gpu"
+    );
+    assert_eq!(
+        gpu["spec"]["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.present"],
+        "true"
+    );
+}
+
+#[test]
+fn replicas_are_left_to_the_hpa_and_models_are_fetched_or_mounted() {
+    let objects = rendered();
+    let gpu = deployment(&objects, "resnet50-gpu-recognize");
+    assert!(gpu["spec"]["replicas"].is_null(), "the HPA owns replicas");
+    assert!(
+        objects
+            .iter()
+            .any(|o| o["kind"] == "HorizontalPodAutoscaler" && o["spec"]["maxReplicas"] == 4)
+    );
+    assert!(
+        gpu["spec"]["template"]["spec"]["initContainers"].is_null(),
+        "PVC models are mounted, not fetched"
+    );
+    assert_eq!(
+        gpu["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "model-store"
+    );
+
+    let cpu = deployment(&objects, "efficientnet-lite0-recognize");
+    assert_eq!(cpu["spec"]["replicas"], 2);
+    let init = cpu["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .expect("fetch init containers");
+    let fetch: Vec<&str> = init[0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("s"))
+        .collect();
+    assert_eq!(fetch[0], "fetch");
+    assert!(
+        fetch.contains(&"--sha256"),
+        "the digest is verified: {fetch:?}"
+    );
+    let a = args(cpu);
+    assert!(a.windows(2).any(|w| w[0] == "--model-sha256"));
+    assert!(
+        a.windows(2)
+            .any(|w| w[0] == "--fetch-allowlist"
+                && w[1] == "http://photos.example.com/api/v1/images"),
+        "{a:?}"
+    );
+    assert!(objects.iter().any(|o| o["kind"] == "PodDisruptionBudget"
+        && o["metadata"]["name"] == "efficientnet-lite0-recognize"));
+    let probes = &cpu["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(probes["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(probes["livenessProbe"]["httpGet"]["path"], "/healthz");
+}
+
+#[test]
+fn the_pipeline_is_wired_routed_and_fenced() {
+    let objects = rendered();
+    let config = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap")
+        .expect("config map");
+    assert_eq!(
+        config["data"]["SIGHTLINE_RECOGNIZE_URL"],
+        "http://efficientnet-lite0-recognize.sightline-demo.svc:8080"
+    );
+    assert_eq!(
+        config["data"]["SIGHTLINE_STORE_URL"],
+        "http://photos-store.sightline-demo.svc:8080"
+    );
+    assert_eq!(
+        config["data"]["SIGHTLINE_API_KEYS_FILE"],
+        "/etc/sightline/keys/keys"
+    );
+    let store = deployment(&objects, "photos-store");
+    assert_eq!(
+        store["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"],
+        "photos-db"
+    );
+    assert!(
+        objects
+            .iter()
+            .filter(|o| o["kind"] == "PersistentVolumeClaim")
+            .all(|o| o["metadata"]["name"] != "photos-results"),
+        "no SQLite volume with postgres"
+    );
+    let route = objects
+        .iter()
+        .find(|o| o["kind"] == "HTTPRoute")
+        .expect("route");
+    let backends: Vec<(&str, &str)> = route["spec"]["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|r| {
+            (
+                r["matches"][0]["path"]["value"].as_str().expect("path"),
+                r["backendRefs"][0]["name"].as_str().expect("backend"),
+            )
+        })
+        .collect();
+    assert!(backends.contains(&("/api/images/recognition", "efficientnet-lite0-recognize")));
+    assert!(backends.contains(&("/api/results", "photos-store")));
+    assert!(backends.contains(&("/", "photos-upload")));
+    let deny = objects
+        .iter()
+        .find(|o| o["kind"] == "NetworkPolicy" && o["metadata"]["name"] == "photos-default-deny")
+        .expect("default deny");
+    assert_eq!(deny["spec"]["ingress"], serde_json::json!([]));
+    assert_eq!(deny["spec"]["egress"], serde_json::json!([]));
+}
+
+#[test]
+fn a_pipeline_without_its_model_is_refused_by_render() {
+    let inputs = render::parse(
+        &std::fs::read_to_string(root().join("manifests/samples/recognitionpipeline.yaml"))
+            .expect("sample"),
+    )
+    .expect("parse");
+    let err = render::children(&inputs, &Images::default()).expect_err("model missing");
+    assert!(err.to_string().contains("efficientnet-lite0"), "{err}");
+    assert!(render::parse("kind: Pod\nmetadata: {name: x}\n").is_err());
+    assert!(render::parse("kind: ImageModel\nspec: 3\n").is_err());
+}
+
+#[test]
+fn the_crds_kustomization_builds_offline() {
+    let Ok(output) = Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(root().join("crds"))
+        .output()
+    else {
+        assert!(std::env::var_os("CI").is_none(), "kubectl is missing");
+        eprintln!("\n*** SKIPPED (not in CI): kubectl is missing ***\n");
+        return;
+    };
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(text.matches("kind: CustomResourceDefinition").count(), 2);
+}
