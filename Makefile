@@ -33,6 +33,12 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 deps: $(VENV)/.installed $(ORT_LIB)
+	@# The browser test: Debian's chromium (as root; CI runs as root) and playwright-core.
+	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else echo "chromium is missing (the browser test needs it): sudo apt-get install chromium"; fi; }
+	@test -f e2e/browser/node_modules/playwright-core/package.json || \
+	  npm ci --prefix e2e/browser --no-audit --no-fund --silent
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)

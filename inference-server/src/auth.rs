@@ -178,7 +178,13 @@ impl Auth {
 fn is_open(method: &Method, route: &str) -> bool {
     matches!(
         route,
-        "/" | "/healthz" | "/readyz" | "/metrics" | "/v2/health/live" | "/v2/health/ready"
+        "/" | "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/v2/health/live"
+            | "/v2/health/ready"
+            | "/api/openapi.json"
+            | "/api/docs"
     ) || (method == Method::GET || method == Method::HEAD)
         && matches!(route, "/api/v1/images/{id}" | "/uploads/{name}")
 }

@@ -41,6 +41,37 @@ pub enum Command {
     Upload(ServeArgs),
     /// The storage service: recognition results in SQLite, PostgreSQL or MySQL.
     Store(ServeArgs),
+    /// Evaluates a model on a labelled image set (one folder per class, or a CSV of
+    /// path,label): top-1 and top-5 accuracy, per-class precision, recall and F1, macro and
+    /// weighted averages, the confusion matrix; optionally against a baseline model. Takes
+    /// the same model flags as `recognize` and runs through the same engine and batcher.
+    Eval(EvalArgs),
+}
+
+/// `sightline-server eval`.
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// The labelled set: a directory with one sub-directory per class (named by a label or
+    /// a class index), or a CSV file of `path,label` rows (paths relative to the file).
+    #[arg(long, env = "SIGHTLINE_EVAL_DATASET")]
+    pub dataset: PathBuf,
+
+    /// Also write the report as JSON to this file (`accuracy`, `top5_accuracy`, `macro`,
+    /// `weighted`, `per_class`, `confusion`, …).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    /// Another ONNX model (same labels) to compare with on the same set: side-by-side
+    /// figures and the images whose top-1 changed. Its sidecar is `<baseline>.json`.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+
+    /// No progress bar (it is only drawn when stderr is a terminal anyway).
+    #[arg(long)]
+    pub no_progress: bool,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// Which services one process runs.
@@ -87,6 +118,8 @@ impl Command {
             Command::Recognize(a) => (Role::Recognize, a),
             Command::Upload(a) => (Role::Upload, a),
             Command::Store(a) => (Role::Store, a),
+            // Evaluation loads its model with the recognize role's flags.
+            Command::Eval(a) => (Role::Recognize, a.serve),
         };
         args.role = role;
         args
@@ -332,7 +365,7 @@ impl ModelArgs {
 }
 
 /// Subcommands that take the serving flags (and so a config file).
-const SERVE_COMMANDS: &[&str] = &["all", "recognize", "upload", "store"];
+const SERVE_COMMANDS: &[&str] = &["all", "recognize", "upload", "store", "eval"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod batching;
 pub mod cli;
 pub mod engine;
+pub mod eval;
 pub mod http;
 pub mod image_source;
 pub mod labels;

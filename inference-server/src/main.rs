@@ -1,5 +1,5 @@
 use anyhow::Context;
-use sightline_server::cli::{self, LogFormat};
+use sightline_server::cli::{self, Command, LogFormat};
 use sightline_server::server::{Server, shutdown_signal};
 use tracing_subscriber::EnvFilter;
 
@@ -11,9 +11,19 @@ fn main() -> anyhow::Result<()> {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    if let Command::Eval(eval) = cli.command {
+        // The table goes to stdout; logs (warnings and up by default) to stderr.
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+        runtime.block_on(sightline_server::eval::run_cli(eval))?;
+        return Ok(());
+    }
     let args = cli.command.into_serve_args();
     init_logging(args.log_format);
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let server = Server::bind(&args).await?;
         if let Some(addr) = server.local_addr() {

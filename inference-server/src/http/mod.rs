@@ -4,6 +4,7 @@
 pub mod error;
 pub mod health;
 pub mod oip;
+pub mod openapi;
 pub mod recognize;
 
 use std::sync::Arc;
@@ -75,9 +76,14 @@ impl AppState {
 /// The whole router for the roles this state serves.
 pub fn app(state: AppState) -> Router {
     let settings = state.settings.clone();
-    let mut router = Router::new().merge(health::router());
+    let mut router = Router::new()
+        .merge(health::router())
+        .merge(openapi::router());
     if state.recognizes {
-        router = router.merge(recognize::router()).merge(oip::router());
+        router = router
+            .merge(recognize::router())
+            .merge(oip::router())
+            .merge(crate::eval::api::router());
     }
     if state.uploads.is_some() {
         router = router

@@ -1,0 +1,324 @@
+//! `POST /api/v1/evaluations` (recognize role): a labelled set uploaded as a zip file
+//! (one folder per class, or a CSV of `path,label` beside the images) is evaluated in the
+//! background through the served model; `GET /api/v1/evaluations/{id}` shows the progress
+//! and, once done, the same report as `sightline-server eval --json`.
+//!
+//! Bounded: the body limit of the server, at most [`MAX_ENTRIES`] files and
+//! [`MAX_UNPACKED_BYTES`] unpacked (counted while unpacking, not trusted from the zip
+//! headers), paths confined to the unpack directory, [`MAX_RUNNING`] evaluations at once,
+//! the last [`KEPT`] kept.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Extension, FromRequest, Multipart, Path as UrlPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::json;
+
+use super::dataset::{self, Resolver};
+use super::progress::Progress;
+use super::report::Report;
+use super::runner::evaluate_with;
+use crate::http::AppState;
+use crate::http::error::AppError;
+
+pub const MAX_ENTRIES: usize = 100_000;
+pub const MAX_UNPACKED_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+pub const MAX_RUNNING: usize = 2;
+pub const KEPT: usize = 20;
+
+/// The evaluations of one server.
+#[derive(Clone, Default)]
+pub struct Jobs(Arc<Mutex<VecDeque<Arc<Job>>>>);
+
+pub struct Job {
+    pub id: String,
+    pub dataset: String,
+    pub created_at_ms: i64,
+    pub progress: Progress,
+    outcome: Mutex<Option<Result<Box<Report>, String>>>,
+}
+
+impl Job {
+    fn view(&self) -> serde_json::Value {
+        let done = self.progress.done();
+        let total = self.progress.total();
+        let outcome = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        let (status, report, error) = match &*outcome {
+            None => ("running", None, None),
+            Some(Ok(report)) => ("succeeded", Some(report.clone()), None),
+            Some(Err(e)) => ("failed", None, Some(e.clone())),
+        };
+        let mut view = json!({
+            "id": self.id,
+            "status": status,
+            "dataset": self.dataset,
+            "created_at_ms": self.created_at_ms,
+            "progress": {
+                "done": done,
+                "total": total,
+                "fraction": if total == 0 { 1.0 } else { done as f64 / total as f64 },
+            },
+        });
+        if let Some(report) = report {
+            view["report"] = serde_json::to_value(&report).unwrap_or_default();
+        }
+        if let Some(error) = error {
+            view["error"] = json!(error);
+        }
+        view
+    }
+
+    fn running(&self) -> bool {
+        self.outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+}
+
+impl Jobs {
+    fn get(&self, id: &str) -> Option<Arc<Job>> {
+        let jobs = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        jobs.iter().find(|j| j.id == id).cloned()
+    }
+
+    /// Adds `job` unless [`MAX_RUNNING`] are running; drops the oldest finished ones
+    /// beyond [`KEPT`].
+    fn admit(&self, job: Arc<Job>) -> bool {
+        let mut jobs = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if jobs.iter().filter(|j| j.running()).count() >= MAX_RUNNING {
+            return false;
+        }
+        jobs.push_back(job);
+        while jobs.len() > KEPT {
+            match jobs.iter().position(|j| !j.running()) {
+                Some(i) => {
+                    jobs.remove(i);
+                }
+                None => break,
+            }
+        }
+        true
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/evaluations", post(create))
+        .route("/api/v1/evaluations/{id}", get(show))
+        .layer(Extension(Jobs::default()))
+}
+
+async fn show(
+    Extension(jobs): Extension<Jobs>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    jobs.get(&id)
+        .map(|j| Json(j.view()))
+        .ok_or_else(|| AppError::NotFound(format!("no evaluation with id {id:?}")))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Extension(jobs): Extension<Jobs>,
+    request: Request,
+) -> Result<Response, AppError> {
+    let model = state.model()?;
+    let (name, zip) = zip_from_body(&state, request).await?;
+    let id = new_id();
+    let dir = std::env::temp_dir().join(format!("sightline-eval-{id}"));
+    let labels = model.labels.clone();
+    let unpack_dir = dir.clone();
+    let unpacked = tokio::task::spawn_blocking(move || {
+        let root = unpack(&zip, &unpack_dir)?;
+        let root = dataset_root(&root, &Resolver::new(&labels));
+        dataset::load(&root, &labels).map_err(|e| AppError::Unprocessable(e.to_string()))
+    })
+    .await
+    .map_err(|_| AppError::Internal("the unpacking worker panicked".into()))
+    .and_then(|r| r);
+    let samples = match unpacked {
+        Ok(samples) => samples,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
+    let job = Arc::new(Job {
+        id: id.clone(),
+        dataset: name.clone(),
+        created_at_ms: now_ms(),
+        progress: Progress::new(samples.len() as u64, false),
+        outcome: Mutex::new(None),
+    });
+    if !jobs.admit(job.clone()) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(AppError::Unavailable {
+            message: format!("{MAX_RUNNING} evaluations are already running; retry later"),
+            retry_after: Some(5),
+        });
+    }
+    let view = job.view();
+    tokio::spawn(async move {
+        let labels = model.labels.clone();
+        let mut report = evaluate_with(&model, &labels, &samples, &name, &job.progress).await;
+        // Paths as they are inside the zip.
+        let inside = |p: &mut String| {
+            if let Ok(rest) = Path::new(p.as_str()).strip_prefix(&dir) {
+                *p = rest.display().to_string();
+            }
+        };
+        report
+            .predictions
+            .iter_mut()
+            .for_each(|r| inside(&mut r.path));
+        report.failed.iter_mut().for_each(|f| inside(&mut f.path));
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
+        *job.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ok(Box::new(report)));
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/api/v1/evaluations/{id}"))],
+        Json(view),
+    )
+        .into_response())
+}
+
+/// The zip: the multipart field `dataset`, or the raw body. Returns a display name too.
+async fn zip_from_body(state: &AppState, request: Request) -> Result<(String, Bytes), AppError> {
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let (name, bytes) = if is_multipart {
+        let mut multipart = Multipart::from_request(request, state).await.map_err(|e| {
+            AppError::bad_request(format!("invalid multipart request: {}", e.body_text()))
+        })?;
+        let mut found = None;
+        while let Some(field) = multipart.next_field().await? {
+            if field.name() == Some("dataset") {
+                let name = field.file_name().unwrap_or("dataset.zip").to_string();
+                found = Some((name, field.bytes().await?));
+                break;
+            }
+        }
+        found.ok_or_else(|| AppError::bad_request("multipart field 'dataset' is missing"))?
+    } else {
+        (
+            "dataset.zip".to_string(),
+            Bytes::from_request(request, state).await?,
+        )
+    };
+    if !bytes.starts_with(b"PK\x03\x04") && !bytes.starts_with(b"PK\x05\x06") {
+        return Err(AppError::UnsupportedMediaType(
+            "send the labelled set as a zip file (one folder per class, or a CSV of path,label)"
+                .into(),
+        ));
+    }
+    Ok((name.chars().take(200).collect(), bytes))
+}
+
+/// Unpacks `zip` into `dir` within the limits; returns `dir`.
+fn unpack(zip: &[u8], dir: &Path) -> Result<PathBuf, AppError> {
+    let bad = |m: String| AppError::Unprocessable(m);
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip))
+        .map_err(|e| bad(format!("not a readable zip file: {e}")))?;
+    if archive.len() > MAX_ENTRIES {
+        return Err(bad(format!("more than {MAX_ENTRIES} files in the zip")));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| AppError::Internal(e.to_string()))?;
+    let mut budget = MAX_UNPACKED_BYTES;
+    for i in 0..archive.len() {
+        let mut entry = archive
+            .by_index(i)
+            .map_err(|e| bad(format!("zip entry {i}: {e}")))?;
+        let Some(relative) = entry.enclosed_name() else {
+            return Err(bad(format!(
+                "zip entry {:?} points outside the archive",
+                entry.name()
+            )));
+        };
+        let hidden = relative.components().any(|c| {
+            c.as_os_str()
+                .to_str()
+                .is_some_and(|s| s.starts_with('.') || s == "__MACOSX")
+        });
+        if entry.is_dir() || hidden {
+            continue;
+        }
+        let target = dir.join(&relative);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| AppError::Internal(e.to_string()))?;
+        }
+        let mut out =
+            std::fs::File::create(&target).map_err(|e| AppError::Internal(e.to_string()))?;
+        let copied = std::io::copy(&mut (&mut entry).take(budget + 1), &mut out)
+            .map_err(|e| bad(format!("zip entry {:?}: {e}", relative.display())))?;
+        if copied > budget {
+            return Err(AppError::PayloadTooLarge(format!(
+                "the zip unpacks to more than {MAX_UNPACKED_BYTES} bytes"
+            )));
+        }
+        budget -= copied;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// Where the set starts inside the unpacked zip: a lone `.csv` file at a level, or the
+/// level whose folders are classes (a single wrapping folder that is not a class is
+/// stepped into, as zipping a folder makes one).
+fn dataset_root(dir: &Path, resolver: &Resolver) -> PathBuf {
+    let mut root = dir.to_path_buf();
+    for _ in 0..4 {
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            break;
+        };
+        let entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        let csvs: Vec<&PathBuf> = entries
+            .iter()
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "csv"))
+            .collect();
+        if let [csv] = csvs.as_slice() {
+            return csv.to_path_buf();
+        }
+        match entries.as_slice() {
+            [only]
+                if only.is_dir()
+                    && only
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .is_none_or(|n| resolver.resolve(n).is_none()) =>
+            {
+                root = only.clone();
+            }
+            _ => break,
+        }
+    }
+    root
+}
+
+fn new_id() -> String {
+    use sha2::{Digest, Sha256};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut h = Sha256::new();
+    h.update(now_ms().to_le_bytes());
+    h.update(NEXT.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    h.update(std::process::id().to_le_bytes());
+    hex::encode(&h.finalize()[..12])
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
