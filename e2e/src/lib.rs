@@ -56,9 +56,10 @@ pub fn serve_args(model: &str, extra: &[&str]) -> anyhow::Result<ServeArgs> {
         ort_lib().into(),
     ];
     argv.extend(extra.iter().map(Into::into));
-    Ok(sightline_server::cli::parse(argv)?
+    sightline_server::cli::parse(argv)?
         .command
-        .into_serve_args())
+        .into_serve_args()
+        .ok_or_else(|| anyhow::anyhow!("not a serving subcommand"))
 }
 
 /// A server running on its own runtime thread; stopped when dropped.

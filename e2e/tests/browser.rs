@@ -46,7 +46,8 @@ fn a_photo_through_the_page_in_headless_chromium() {
     let args = sightline_server::cli::parse(argv)
         .expect("flags")
         .command
-        .into_serve_args();
+        .into_serve_args()
+        .expect("a serving subcommand");
     let server = RunningServer::start(args, 2, Duration::from_secs(120)).expect("server ready");
     let artifacts = repo_root().join("e2e/artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");

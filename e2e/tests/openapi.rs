@@ -37,7 +37,8 @@ fn the_document_validates_and_schemathesis_finds_no_server_error() {
     let args = sightline_server::cli::parse(argv)
         .expect("flags")
         .command
-        .into_serve_args();
+        .into_serve_args()
+        .expect("a serving subcommand");
     let server = RunningServer::start(args, 2, Duration::from_secs(60)).expect("server ready");
     let out = Command::new(venv_python())
         .arg(&script)

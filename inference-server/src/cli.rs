@@ -46,6 +46,10 @@ pub enum Command {
     /// weighted averages, the confusion matrix; optionally against a baseline model. Takes
     /// the same model flags as `recognize` and runs through the same engine and batcher.
     Eval(EvalArgs),
+    /// Downloads a model or labels file from `https://` or `s3://` into a file, verifying its
+    /// SHA-256 first (the operator's init container). Writes atomically: the file appears
+    /// only once complete and verified.
+    Fetch(crate::fetch::FetchArgs),
 }
 
 /// `sightline-server eval`.
@@ -111,8 +115,9 @@ impl Role {
 }
 
 impl Command {
-    /// The flags, with [`ServeArgs::role`] set from the subcommand.
-    pub fn into_serve_args(self) -> ServeArgs {
+    /// The flags, with [`ServeArgs::role`] set from the subcommand; `None` for `fetch`,
+    /// which serves nothing.
+    pub fn into_serve_args(self) -> Option<ServeArgs> {
         let (role, mut args) = match self {
             Command::All(a) => (Role::All, a),
             Command::Recognize(a) => (Role::Recognize, a),
@@ -120,9 +125,10 @@ impl Command {
             Command::Store(a) => (Role::Store, a),
             // Evaluation loads its model with the recognize role's flags.
             Command::Eval(a) => (Role::Recognize, a.serve),
+            Command::Fetch(_) => return None,
         };
         args.role = role;
-        args
+        Some(args)
     }
 }
 
@@ -494,7 +500,7 @@ mod tests {
     }
 
     fn serve(cli: Cli) -> ServeArgs {
-        cli.command.into_serve_args()
+        cli.command.into_serve_args().expect("a serving subcommand")
     }
 
     #[test]

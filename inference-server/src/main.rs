@@ -22,7 +22,18 @@ fn main() -> anyhow::Result<()> {
         runtime.block_on(sightline_server::eval::run_cli(eval))?;
         return Ok(());
     }
-    let args = cli.command.into_serve_args();
+    let args = match cli.command {
+        Command::Fetch(fetch) => {
+            init_logging(LogFormat::Text);
+            return runtime
+                .block_on(sightline_server::fetch::run(fetch))
+                .map_err(Into::into);
+        }
+        other => other.into_serve_args(),
+    };
+    let Some(args) = args else {
+        anyhow::bail!("not a serving subcommand");
+    };
     init_logging(args.log_format);
     runtime.block_on(async move {
         let server = Server::bind(&args).await?;

@@ -106,7 +106,8 @@ async fn every_role_serves_the_document_and_the_docs_page_even_with_keys() {
         let args = sightline_server::cli::parse(argv)
             .expect("flags")
             .command
-            .into_serve_args();
+            .into_serve_args()
+            .expect("a serving subcommand");
         let state = sightline_server::server::role_state(&args, "m", None)
             .await
             .expect("state");

@@ -38,6 +38,7 @@ pub fn role_args(role: &str, data_dir: &Path, extra: &[&str]) -> ServeArgs {
         .expect("valid flags")
         .command
         .into_serve_args()
+        .expect("a serving subcommand")
 }
 
 /// The router and state for `args.role`, with the model (if any) loaded.

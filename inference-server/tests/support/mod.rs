@@ -74,6 +74,7 @@ pub fn args(model: &str, extra: &[&str]) -> ServeArgs {
         .expect("valid flags")
         .command
         .into_serve_args()
+        .expect("a serving subcommand")
 }
 
 /// A router whose model load has finished (ready or failed).
