@@ -1,7 +1,13 @@
 //! The Sightline operator: custom resource types, pure builders of the child objects, and
 //! the reconcilers that apply them.
 
+pub mod apply;
 pub mod build;
+pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod leader;
+pub mod metrics;
 pub mod render;
+pub mod status;
+pub mod validate;

@@ -4,8 +4,9 @@
 use serde_json::Value;
 
 use crate::build::pod::Images;
-use crate::build::{model, network, pipeline};
+use crate::build::{model, pipeline};
 use crate::crd::{ImageModel, RecognitionPipeline};
+use crate::validate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -24,6 +25,11 @@ pub enum RenderError {
     UnknownKind { index: usize, kind: String },
     #[error("pipeline {pipeline:?} refers to ImageModel {model:?}, which is not among the inputs")]
     ModelNotFound { pipeline: String, model: String },
+    #[error("{name}: {source}")]
+    InvalidSpec {
+        name: String,
+        source: crate::validate::Invalid,
+    },
     #[error("cannot serialise {0}")]
     Serialize(String),
 }
@@ -79,7 +85,11 @@ fn same_namespace(a: &Option<String>, b: &Option<String>) -> bool {
 pub fn children(inputs: &Inputs, images: &Images) -> Result<Vec<Value>, RenderError> {
     let mut out = Vec::new();
     for m in &inputs.models {
-        let prefixes: Vec<String> = inputs
+        validate::model(m).map_err(|source| RenderError::InvalidSpec {
+            name: kube::ResourceExt::name_any(m),
+            source,
+        })?;
+        let mut prefixes: Vec<String> = inputs
             .pipelines
             .iter()
             .filter(|p| {
@@ -88,18 +98,25 @@ pub fn children(inputs: &Inputs, images: &Images) -> Result<Vec<Value>, RenderEr
             })
             .map(pipeline::image_prefix)
             .collect();
-        out.push(to_value(&model::service(m))?);
-        out.push(to_value(&model::deployment(m, images, &prefixes))?);
-        if let Some(hpa) = model::hpa(m) {
-            out.push(to_value(&hpa)?);
+        prefixes.sort();
+        prefixes.dedup();
+        let c = model::children(m, images, &prefixes);
+        out.push(to_value(&c.service)?);
+        out.push(to_value(&c.deployment)?);
+        if let Some(hpa) = &c.hpa {
+            out.push(to_value(hpa)?);
         }
-        if let Some(pdb) = model::pdb(m) {
-            out.push(to_value(&pdb)?);
+        if let Some(pdb) = &c.pdb {
+            out.push(to_value(pdb)?);
         }
-        out.push(to_value(&network::model_policy(m))?);
+        out.push(to_value(&c.network_policy)?);
     }
     for p in &inputs.pipelines {
         let name = kube::ResourceExt::name_any(p);
+        validate::pipeline(p).map_err(|source| RenderError::InvalidSpec {
+            name: name.clone(),
+            source,
+        })?;
         let m = inputs
             .models
             .iter()
@@ -111,23 +128,23 @@ pub fn children(inputs: &Inputs, images: &Images) -> Result<Vec<Value>, RenderEr
                 pipeline: name.clone(),
                 model: p.spec.model_ref.name.clone(),
             })?;
-        out.push(to_value(&pipeline::config_map(p, &model::endpoint(m)))?);
-        for claim in pipeline::claims(p) {
-            out.push(to_value(&claim)?);
+        let c = pipeline::children(p, m, images);
+        out.push(to_value(&c.config_map)?);
+        for claim in &c.claims {
+            out.push(to_value(claim)?);
         }
-        out.push(to_value(&pipeline::store_service(p))?);
-        out.push(to_value(&pipeline::store_deployment(p, images))?);
-        out.push(to_value(&pipeline::upload_service(p))?);
-        out.push(to_value(&pipeline::upload_deployment(p, images))?);
-        let model_service = model::name(m);
-        if let Some(route) = pipeline::http_route(p, &model_service) {
-            out.push(to_value(&route)?);
+        out.push(to_value(&c.store_service)?);
+        out.push(to_value(&c.store_deployment)?);
+        out.push(to_value(&c.upload_service)?);
+        out.push(to_value(&c.upload_deployment)?);
+        if let Some(route) = &c.http_route {
+            out.push(to_value(route)?);
         }
-        if let Some(ingress) = pipeline::ingress(p, &model_service) {
-            out.push(to_value(&ingress)?);
+        if let Some(ingress) = &c.ingress {
+            out.push(to_value(ingress)?);
         }
-        for policy in network::pipeline_policies(p, &p.spec.model_ref.name) {
-            out.push(to_value(&policy)?);
+        for policy in &c.network_policies {
+            out.push(to_value(policy)?);
         }
     }
     Ok(out)

@@ -3,6 +3,7 @@
 
 pub mod meta;
 pub mod model;
+pub mod monitoring;
 pub mod network;
 pub mod pipeline;
 pub mod pod;

@@ -99,6 +99,9 @@ fn fetch_container(
         }),
         resources: Some(default_resources("50m", "64Mi")),
         security_context: Some(container_security()),
+        // Its error (wrong digest, 404, …) becomes the termination message, which the
+        // operator copies into the ModelFetched condition.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         volume_mounts: Some(vec![VolumeMount {
             name: "models".into(),
             mount_path: MODEL_DIR.into(),
@@ -425,4 +428,25 @@ pub fn pdb(model: &ImageModel) -> Option<PodDisruptionBudget> {
 /// All labels a model's children carry (for pruning by label).
 pub fn child_labels(model: &ImageModel) -> BTreeMap<String, String> {
     labels(&model.name_any(), COMPONENT)
+}
+
+/// Everything an `ImageModel` owns, in apply order.
+#[derive(Debug, Clone)]
+pub struct ModelChildren {
+    pub service: Service,
+    pub deployment: Deployment,
+    pub hpa: Option<HorizontalPodAutoscaler>,
+    pub pdb: Option<PodDisruptionBudget>,
+    pub network_policy: k8s_openapi::api::networking::v1::NetworkPolicy,
+}
+
+/// The children of `model`; `image_prefixes` as for [`deployment`].
+pub fn children(model: &ImageModel, images: &Images, image_prefixes: &[String]) -> ModelChildren {
+    ModelChildren {
+        service: service(model),
+        deployment: deployment(model, images, image_prefixes),
+        hpa: hpa(model),
+        pdb: pdb(model),
+        network_policy: super::network::model_policy(model),
+    }
 }

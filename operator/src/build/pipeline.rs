@@ -537,3 +537,37 @@ pub fn ingress(p: &RecognitionPipeline, model_service: &str) -> Option<Ingress> 
         status: None,
     })
 }
+
+/// Everything a `RecognitionPipeline` owns, in apply order.
+#[derive(Debug, Clone)]
+pub struct PipelineChildren {
+    pub config_map: ConfigMap,
+    pub claims: Vec<PersistentVolumeClaim>,
+    pub store_service: Service,
+    pub store_deployment: Deployment,
+    pub upload_service: Service,
+    pub upload_deployment: Deployment,
+    pub http_route: Option<HttpRoute>,
+    pub ingress: Option<Ingress>,
+    pub network_policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy>,
+}
+
+/// The children of `p`, wired to `model` (the `ImageModel` its `modelRef` names).
+pub fn children(
+    p: &RecognitionPipeline,
+    model: &crate::crd::ImageModel,
+    images: &Images,
+) -> PipelineChildren {
+    let model_service = super::model::name(model);
+    PipelineChildren {
+        config_map: config_map(p, &super::model::endpoint(model)),
+        claims: claims(p),
+        store_service: store_service(p),
+        store_deployment: store_deployment(p, images),
+        upload_service: upload_service(p),
+        upload_deployment: upload_deployment(p, images),
+        http_route: http_route(p, &model_service),
+        ingress: ingress(p, &model_service),
+        network_policies: super::network::pipeline_policies(p, &model.name_any()),
+    }
+}

@@ -1,0 +1,252 @@
+//! The thin layer that writes: server-side apply with one field manager, pruning of the
+//! optional children a spec no longer wants, and status patches.
+//!
+//! Idempotence: each applied object carries the SHA-256 of what was applied in the
+//! annotation [`HASH_ANNOTATION`]. When the live object has the same hash and still holds
+//! every field we would apply, nothing is sent; so reconciling an unchanged resource makes
+//! no write at all (and GitOps tools see no churn). A spec change changes the hash and so
+//! applies, and server-side apply then drops the fields we no longer set; a hand edit of a
+//! field we manage breaks the subset check and is reverted.
+
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The one field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "sightline-operator";
+/// Digest of the applied configuration.
+pub const HASH_ANNOTATION: &str = "sightline.io/applied-hash";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("cannot serialise {kind} {name}: {source}")]
+    Serialize {
+        kind: String,
+        name: String,
+        source: serde_json::Error,
+    },
+    #[error("{kind} {name} has no name or namespace")]
+    Incomplete { kind: String, name: String },
+    #[error("{verb} {kind} {name}: {source}")]
+    Api {
+        verb: &'static str,
+        kind: String,
+        name: String,
+        source: kube::Error,
+    },
+}
+
+/// A namespaced object kind the operator creates.
+pub trait Child:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Child for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// `true` when every field of `want` is in `have` with the same value (objects may have
+/// more keys; lists must have the same length and match element by element).
+pub fn is_subset(want: &Value, have: &Value) -> bool {
+    match (want, have) {
+        (Value::Object(w), Value::Object(h)) => w
+            .iter()
+            .all(|(k, v)| h.get(k).is_some_and(|hv| is_subset(v, hv))),
+        (Value::Array(w), Value::Array(h)) => {
+            w.len() == h.len() && w.iter().zip(h).all(|(a, b)| is_subset(a, b))
+        }
+        (w, h) => w == h,
+    }
+}
+
+fn hash(value: &Value) -> String {
+    hex::encode(Sha256::digest(value.to_string().as_bytes()))
+}
+
+fn kind_of<K: Resource<DynamicType = ()>>() -> String {
+    K::kind(&()).into_owned()
+}
+
+/// Applies `desired` (unless the live object already matches) and returns the live object.
+pub async fn apply<K: Child>(client: &Client, desired: &K) -> Result<(Outcome, K), ApplyError> {
+    let kind = kind_of::<K>();
+    let name = desired.meta().name.clone().unwrap_or_default();
+    let Some(ns) = desired
+        .meta()
+        .namespace
+        .clone()
+        .filter(|_| !name.is_empty())
+    else {
+        return Err(ApplyError::Incomplete { kind, name });
+    };
+    let serialize = |source| ApplyError::Serialize {
+        kind: kind.clone(),
+        name: name.clone(),
+        source,
+    };
+    let mut object = desired.clone();
+    let digest = hash(&serde_json::to_value(&object).map_err(serialize)?);
+    object
+        .annotations_mut()
+        .insert(HASH_ANNOTATION.into(), digest.clone());
+    let want = serde_json::to_value(&object).map_err(serialize)?;
+
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    let api_err = |verb, source| ApplyError::Api {
+        verb,
+        kind: kind.clone(),
+        name: name.clone(),
+        source,
+    };
+    let live = api.get_opt(&name).await.map_err(|e| api_err("get", e))?;
+    if let Some(live) = &live {
+        let same_hash = live.annotations().get(HASH_ANNOTATION) == Some(&digest);
+        if same_hash && is_subset(&want, &serde_json::to_value(live).map_err(serialize)?) {
+            return Ok((Outcome::Unchanged, live.clone()));
+        }
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let applied = api
+        .patch(&name, &params, &Patch::Apply(&want))
+        .await
+        .map_err(|e| api_err("apply", e))?;
+    let outcome = if live.is_some() {
+        Outcome::Updated
+    } else {
+        Outcome::Created
+    };
+    Ok((outcome, applied))
+}
+
+/// Deletes the `K` objects controlled by `owner_uid` in `ns` that match `selector` and are
+/// not named in `keep`. Returns the names deleted.
+pub async fn prune<K: Child>(
+    client: &Client,
+    ns: &str,
+    selector: &str,
+    owner_uid: &str,
+    keep: &[String],
+) -> Result<Vec<String>, ApplyError> {
+    let kind = kind_of::<K>();
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let list = api
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|source| ApplyError::Api {
+            verb: "list",
+            kind: kind.clone(),
+            name: selector.to_string(),
+            source,
+        })?;
+    let mut deleted = Vec::new();
+    for object in list.items {
+        let name = object.name_any();
+        let owned = object
+            .owner_references()
+            .iter()
+            .any(|o| o.uid == owner_uid && o.controller == Some(true));
+        if !owned || keep.contains(&name) {
+            continue;
+        }
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => deleted.push(name),
+            // Already gone: what we wanted.
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => {
+                return Err(ApplyError::Api {
+                    verb: "delete",
+                    kind,
+                    name,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Writes `status` (server-side apply on the status subresource) of the custom resource
+/// `owner`.
+pub async fn patch_status<K, S>(client: &Client, owner: &K, status: &S) -> Result<(), ApplyError>
+where
+    K: Child,
+    S: Serialize,
+{
+    let kind = kind_of::<K>();
+    let name = owner.name_any();
+    let Some(ns) = owner.namespace() else {
+        return Err(ApplyError::Incomplete { kind, name });
+    };
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": kind,
+        "status": status,
+    });
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|source| ApplyError::Api {
+        verb: "patch status",
+        kind,
+        name,
+        source,
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn subset_allows_server_defaults_but_not_changed_values() {
+        let want = json!({"spec": {"replicas": 2, "containers": [{"name": "a"}]}});
+        let have = json!({"spec": {"replicas": 2, "paused": false,
+            "containers": [{"name": "a", "terminationMessagePath": "/dev/termination-log"}]}});
+        assert!(is_subset(&want, &have));
+        assert!(!is_subset(
+            &json!({"spec": {"replicas": 3}}),
+            &json!({"spec": {"replicas": 2}})
+        ));
+        assert!(!is_subset(
+            &json!({"spec": {"containers": [{"name": "a"}]}}),
+            &json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}})
+        ));
+        assert!(!is_subset(&json!({"a": 1}), &json!({})));
+    }
+}

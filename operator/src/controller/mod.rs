@@ -1,0 +1,268 @@
+//! The reconcilers. Each is a short pipeline: fetch what the resource references →
+//! validate → build the children (pure, [`crate::build`]) → apply ([`crate::apply`]) →
+//! status. Only the fetch, apply and status steps touch the API.
+
+pub mod model;
+pub mod pipeline;
+pub mod run;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use tracing::warn;
+
+use crate::apply::{self, ApplyError, Child, Outcome};
+use crate::build::pod::Images;
+use crate::metrics::Metrics;
+use crate::status::{Clock, Cond, reasons};
+use crate::validate::Invalid;
+
+/// Resync period of a healthy resource (changes arrive by watch before that).
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid spec: {0}")]
+    InvalidSpec(#[from] Invalid),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("reading {what}: {source}")]
+    Fetch {
+        what: &'static str,
+        source: kube::Error,
+    },
+    #[error("{0} has no namespace or uid yet")]
+    Incomplete(String),
+}
+
+impl Error {
+    /// A stable, bounded name for metrics and events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => reasons::INVALID_SPEC,
+            Error::Apply(_) => reasons::APPLY_FAILED,
+            Error::Fetch { .. } => "FetchFailed",
+            Error::Incomplete(_) => "Incomplete",
+        }
+    }
+
+    /// Spec errors wait for the spec to change; everything else is retried.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::InvalidSpec(_))
+    }
+}
+
+/// What the cluster serves, found by discovery at start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterApis {
+    /// `gateway.networking.k8s.io/v1` HTTPRoutes.
+    pub gateway_api: bool,
+    /// `monitoring.coreos.com/v1` ServiceMonitors (the Prometheus Operator).
+    pub service_monitors: bool,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub images: Images,
+    /// The cluster serves `gateway.networking.k8s.io/v1` HTTPRoutes.
+    pub gateway_api: bool,
+    /// The cluster serves `monitoring.coreos.com/v1` ServiceMonitors.
+    pub service_monitors: bool,
+    pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
+    recorder: Recorder,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// `instance` names this operator replica in events (its pod name).
+    pub fn new(
+        client: Client,
+        images: Images,
+        apis: ClusterApis,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        instance: Option<String>,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: apply::FIELD_MANAGER.into(),
+                instance,
+            },
+        );
+        Context {
+            client,
+            images,
+            gateway_api: apis.gateway_api,
+            service_monitors: apis.service_monitors,
+            metrics,
+            clock,
+            recorder,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Publishes an event about `object`; a failure to publish is logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            warn!(%error, reason, "could not publish an event");
+        }
+    }
+
+    /// Applies one child, counting the outcome; `changes` collects what changed.
+    pub async fn apply<K: Child>(
+        &self,
+        desired: &K,
+        changes: &mut Vec<String>,
+    ) -> Result<K, ApplyError> {
+        let (outcome, live) = apply::apply(&self.client, desired).await?;
+        let kind = K::kind(&());
+        let word = match outcome {
+            Outcome::Created => "created",
+            Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged",
+        };
+        self.metrics.applied(&kind, word);
+        if outcome != Outcome::Unchanged {
+            changes.push(format!("{word} {kind} {}", live.name_any()));
+        }
+        Ok(live)
+    }
+
+    /// Deletes the optional children of kind `K` that the spec no longer wants.
+    pub async fn prune<K: Child>(
+        &self,
+        owner_ns: &str,
+        owner_name: &str,
+        owner_uid: &str,
+        keep: &[String],
+        changes: &mut Vec<String>,
+    ) -> Result<(), ApplyError> {
+        let selector = format!(
+            "{}={owner_name},{}={}",
+            crate::build::meta::LABEL_INSTANCE,
+            crate::build::meta::LABEL_MANAGED_BY,
+            crate::build::meta::MANAGED_BY
+        );
+        let deleted = apply::prune::<K>(&self.client, owner_ns, &selector, owner_uid, keep).await?;
+        let kind = K::kind(&());
+        for name in deleted {
+            self.metrics.applied(&kind, "deleted");
+            changes.push(format!("deleted {kind} {name}"));
+        }
+        Ok(())
+    }
+
+    fn backoff(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        // 5 s, 10 s, 20 s … capped at 5 minutes.
+        Duration::from_secs(5u64.saturating_mul(1 << (*n - 1).min(6)).min(300))
+    }
+
+    fn succeeded(&self, key: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.remove(key);
+    }
+}
+
+/// `k=v,k=v` for a list call's label selector.
+pub fn label_selector(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// The controllers' error policy: spec errors wait for a change, others back off
+/// exponentially per object (never a hot loop).
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    if error.is_permanent() {
+        return Action::await_change();
+    }
+    Action::requeue(ctx.backoff(&key(object.as_ref())))
+}
+
+/// Runs one reconcile with metrics, events on failure and the backoff bookkeeping.
+pub async fn instrumented<K, F>(object: &K, ctx: &Context, work: F) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+    F: std::future::Future<Output = Result<Action, Error>>,
+{
+    let kind = K::kind(&());
+    let start = std::time::Instant::now();
+    let result = work.await;
+    ctx.metrics.reconciled(&kind, start.elapsed());
+    match &result {
+        Ok(_) => ctx.succeeded(&key(object)),
+        Err(error) => {
+            ctx.metrics.failed(&kind, error.reason());
+            warn!(kind = %kind, name = %object.name_any(), %error, "reconcile failed");
+            ctx.event(
+                object,
+                EventType::Warning,
+                error.reason(),
+                error.to_string(),
+            )
+            .await;
+        }
+    }
+    result
+}
+
+/// The condition `type_` for a Deployment: true once it rolled out its current template
+/// and at least one pod is available.
+pub fn deployment_condition(type_: &'static str, d: &Deployment) -> Cond {
+    let wanted = d.spec.as_ref().and_then(|s| s.replicas);
+    let status = d.status.clone().unwrap_or_default();
+    let available = status.available_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let observed = match (status.observed_generation, d.metadata.generation) {
+        (Some(seen), Some(current)) => seen >= current,
+        _ => false,
+    };
+    let of = wanted.map_or_else(|| "autoscaled".to_string(), |w| w.to_string());
+    let message = format!("{available} of {of} pods available");
+    if wanted == Some(0) {
+        Cond::no(type_, reasons::NOT_READY, "scaled to zero replicas")
+    } else if observed && available >= 1 && updated >= 1 {
+        Cond::yes(type_, reasons::AVAILABLE, message)
+    } else {
+        Cond::no(type_, reasons::PROGRESSING, message)
+    }
+}

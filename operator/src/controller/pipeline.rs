@@ -1,0 +1,209 @@
+//! Reconciling a `RecognitionPipeline`: validate → the referenced `ImageModel` (missing:
+//! `Ready=False`, reason `ModelNotFound`; the model watch brings the pipeline back when it
+//! appears) → build → apply the ConfigMap, PVCs, store and upload Deployments and
+//! Services, the HTTPRoute or Ingress, NetworkPolicies and the ServiceMonitor (pruning the
+//! optional ones no longer wanted) → status per component.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_api::apis::standard::httproutes::HttpRoute;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, Resource, ResourceExt};
+
+use super::{Context, Error, RESYNC, deployment_condition, instrumented};
+use crate::apply::patch_status;
+use crate::build::monitoring;
+use crate::build::pipeline;
+use crate::crd::{ImageModel, RecognitionPipeline, RecognitionPipelineStatus};
+use crate::status::{Cond, is_true, merge, ready_from, reasons, types};
+use crate::validate;
+
+const PENDING: Duration = Duration::from_secs(15);
+
+pub async fn reconcile(p: Arc<RecognitionPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
+    instrumented(p.as_ref(), &ctx, reconcile_pipeline(&p, &ctx)).await
+}
+
+async fn reconcile_pipeline(p: &RecognitionPipeline, ctx: &Context) -> Result<Action, Error> {
+    let ns = p
+        .namespace()
+        .ok_or_else(|| Error::Incomplete(p.name_any()))?;
+    let uid = p.uid().ok_or_else(|| Error::Incomplete(p.name_any()))?;
+    let name = p.name_any();
+    if let Err(invalid) = validate::pipeline(p) {
+        let cond = Cond::no(types::READY, reasons::INVALID_SPEC, invalid.to_string());
+        write_status(p, ctx, vec![cond]).await?;
+        return Err(invalid.into());
+    }
+
+    let model_name = &p.spec.model_ref.name;
+    let models: Api<ImageModel> = Api::namespaced(ctx.client.clone(), &ns);
+    let model = models
+        .get_opt(model_name)
+        .await
+        .map_err(|source| Error::Fetch {
+            what: "ImageModel",
+            source,
+        })?;
+    let Some(model) = model else {
+        let missing = Cond::no(
+            types::MODEL_READY,
+            reasons::MODEL_NOT_FOUND,
+            format!("ImageModel {model_name:?} does not exist in namespace {ns:?}"),
+        );
+        write_status(p, ctx, vec![ready_from(std::slice::from_ref(&missing)), missing]).await?;
+        // The ImageModel watch brings this pipeline back as soon as the model appears.
+        return Ok(Action::requeue(RESYNC));
+    };
+
+    let c = pipeline::children(p, &model, &ctx.images);
+    let mut changes = Vec::new();
+    let mut kinds = vec![
+        "ConfigMap",
+        "Service",
+        "Service",
+        "Deployment",
+        "Deployment",
+    ];
+    ctx.apply(&c.config_map, &mut changes).await?;
+    for claim in &c.claims {
+        ctx.apply(claim, &mut changes).await?;
+        kinds.push("PersistentVolumeClaim");
+    }
+    ctx.apply(&c.store_service, &mut changes).await?;
+    let store = ctx.apply(&c.store_deployment, &mut changes).await?;
+    ctx.apply(&c.upload_service, &mut changes).await?;
+    let upload = ctx.apply(&c.upload_deployment, &mut changes).await?;
+    for policy in &c.network_policies {
+        ctx.apply(policy, &mut changes).await?;
+        kinds.push("NetworkPolicy");
+    }
+
+    let route = match (&c.http_route, ctx.gateway_api) {
+        (None, _) => {
+            if ctx.gateway_api {
+                ctx.prune::<HttpRoute>(&ns, &name, &uid, &[], &mut changes)
+                    .await?;
+            }
+            None
+        }
+        (Some(_), false) => Some(Cond::no(
+            types::ROUTE_ACCEPTED,
+            reasons::GATEWAY_API_MISSING,
+            "the cluster does not serve gateway.networking.k8s.io/v1 HTTPRoute",
+        )),
+        (Some(route), true) => {
+            let live = ctx.apply(route, &mut changes).await?;
+            kinds.push("HTTPRoute");
+            Some(route_condition(&live))
+        }
+    };
+    match &c.ingress {
+        Some(ingress) => {
+            ctx.apply(ingress, &mut changes).await?;
+            kinds.push("Ingress");
+        }
+        None => {
+            ctx.prune::<Ingress>(&ns, &name, &uid, &[], &mut changes)
+                .await?
+        }
+    }
+    if ctx.service_monitors {
+        ctx.apply(
+            &monitoring::service_monitor(p, &model.name_any()),
+            &mut changes,
+        )
+        .await?;
+        kinds.push("ServiceMonitor");
+    }
+    ctx.metrics.owns(&uid, "RecognitionPipeline", &kinds);
+    if !changes.is_empty() {
+        ctx.event(p, EventType::Normal, "Applied", changes.join(", "))
+            .await;
+    }
+
+    let model_ready = match model.status.as_ref() {
+        Some(s) if is_true(&s.conditions, types::READY) => Cond::yes(
+            types::MODEL_READY,
+            reasons::MODEL_READY,
+            format!("ImageModel {model_name:?} is ready"),
+        ),
+        _ => Cond::no(
+            types::MODEL_READY,
+            reasons::MODEL_NOT_READY,
+            format!("ImageModel {model_name:?} is not ready yet"),
+        ),
+    };
+    let mut components = vec![
+        model_ready,
+        deployment_condition(types::UPLOAD_READY, &upload),
+        deployment_condition(types::STORE_READY, &store),
+    ];
+    components.extend(route);
+    let ready = ready_from(&components);
+    let is_ready = ready.status;
+    let mut wanted = vec![ready];
+    wanted.extend(components);
+    write_status(p, ctx, wanted).await?;
+    Ok(Action::requeue(if is_ready { RESYNC } else { PENDING }))
+}
+
+/// `RouteAccepted` from the HTTPRoute's status: every parent Gateway accepted it.
+pub fn route_condition(route: &HttpRoute) -> Cond {
+    let parents = route
+        .status
+        .as_ref()
+        .map(|s| s.parents.as_slice())
+        .unwrap_or_default();
+    let accepted = |parent: &&gateway_api::apis::standard::httproutes::HttpRouteStatusParents| {
+        parent
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Accepted" && c.status == "True")
+    };
+    if parents.is_empty() {
+        Cond::no(
+            types::ROUTE_ACCEPTED,
+            reasons::PENDING,
+            "no Gateway has answered for the HTTPRoute yet",
+        )
+    } else if parents.iter().all(|p| accepted(&p)) {
+        Cond::yes(
+            types::ROUTE_ACCEPTED,
+            reasons::ACCEPTED,
+            "every parent Gateway accepted the HTTPRoute",
+        )
+    } else {
+        Cond::no(
+            types::ROUTE_ACCEPTED,
+            reasons::NOT_ACCEPTED,
+            "a parent Gateway did not accept the HTTPRoute",
+        )
+    }
+}
+
+async fn write_status(
+    p: &RecognitionPipeline,
+    ctx: &Context,
+    wanted: Vec<Cond>,
+) -> Result<(), Error> {
+    let previous = p.status.clone().unwrap_or_default();
+    let generation = p.meta().generation;
+    let status = RecognitionPipelineStatus {
+        observed_generation: generation,
+        conditions: merge(
+            &previous.conditions,
+            &wanted,
+            generation,
+            ctx.clock.as_ref(),
+        ),
+        url: Some(pipeline::public_url(p)),
+    };
+    if p.status.as_ref() != Some(&status) {
+        patch_status(&ctx.client, p, &status).await?;
+    }
+    Ok(())
+}

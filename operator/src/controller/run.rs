@@ -1,0 +1,397 @@
+//! `sightline-operator run`: the metrics and probe endpoints, leader election, discovery
+//! of the optional APIs (Gateway API, Prometheus Operator), and the two controllers with
+//! their watches, until SIGTERM or a lost lease.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use futures::StreamExt;
+use gateway_api::apis::standard::httproutes::HttpRoute;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{ClusterApis, Context, error_policy, model, pipeline};
+use crate::build::meta::{LABEL_MANAGED_BY, MANAGED_BY};
+use crate::build::monitoring::ServiceMonitor;
+use crate::build::pod::Images;
+use crate::crd::{ImageModel, RecognitionPipeline};
+use crate::leader::LeaseLock;
+use crate::metrics::Metrics;
+use crate::status::SystemClock;
+
+/// How the operator runs (from its flags).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub images: Images,
+    pub metrics_listen: SocketAddr,
+    pub lease_namespace: String,
+    pub lease_name: String,
+    /// This replica's name in the Lease and in events (its pod name).
+    pub identity: String,
+    pub lease_duration: Duration,
+}
+
+/// What the probe and metrics endpoints read.
+struct Probe {
+    metrics: Arc<Metrics>,
+    /// The last call to the Kubernetes API succeeded.
+    api_ok: AtomicBool,
+    stores: std::sync::Mutex<Option<(Store<ImageModel>, Store<RecognitionPipeline>)>>,
+}
+
+async fn metrics_text(State(probe): State<Arc<Probe>>) -> String {
+    let live: Option<HashSet<String>> = probe.stores.lock().ok().and_then(|stores| {
+        stores.as_ref().map(|(models, pipelines)| {
+            let models = models.state().into_iter().filter_map(|m| m.uid());
+            let pipelines = pipelines.state().into_iter().filter_map(|p| p.uid());
+            models.chain(pipelines).collect()
+        })
+    });
+    probe.metrics.encode(live.as_ref())
+}
+
+async fn readyz(State(probe): State<Arc<Probe>>) -> (StatusCode, &'static str) {
+    if probe.api_ok.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the Kubernetes API is not reachable\n",
+        )
+    }
+}
+
+/// The objects the operator writes carry this label; the child watches select on it so
+/// the operator never caches the whole cluster's Deployments.
+fn owned_children() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"))
+}
+
+/// Whether the API server serves `plural` in `group/version`.
+async fn serves(client: &Client, group_version: &str, plural: &str) -> Result<bool, kube::Error> {
+    match client.list_api_group_resources(group_version).await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == plural)),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+async fn discover(client: &Client) -> Result<ClusterApis, kube::Error> {
+    Ok(ClusterApis {
+        gateway_api: serves(client, "gateway.networking.k8s.io/v1", "httproutes").await?,
+        service_monitors: serves(client, "monitoring.coreos.com/v1", "servicemonitors").await?,
+    })
+}
+
+/// Resolves when `shutdown` turns true.
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Waits for SIGTERM or Ctrl-C, then tells everyone.
+async fn signals(tx: watch::Sender<bool>) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    warn!(%error, "cannot listen for SIGTERM; Ctrl-C only");
+                    let _ = ctrl_c.await;
+                    let _ = tx.send(true);
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    info!("shutting down");
+    let _ = tx.send(true);
+}
+
+/// Sleeps `period` unless shutdown comes first; `false` on shutdown.
+async fn pause(period: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let slept = tokio::select! {
+        _ = tokio::time::sleep(period) => true,
+        _ = shutdown.wait_for(|stop| *stop) => false,
+    };
+    slept && !*shutdown.borrow()
+}
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    metrics.preinit(&[
+        ImageModel::kind(&()).as_ref(),
+        RecognitionPipeline::kind(&()).as_ref(),
+    ]);
+    let probe = Arc::new(Probe {
+        metrics: metrics.clone(),
+        api_ok: AtomicBool::new(false),
+        stores: std::sync::Mutex::new(None),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(signals(stop_tx.clone()));
+
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(probe.clone());
+    let listener = tokio::net::TcpListener::bind(settings.metrics_listen)
+        .await
+        .with_context(|| format!("binding {}", settings.metrics_listen))?;
+    info!(addr = %settings.metrics_listen, "metrics and probes listening");
+    let server_stop = stopped(stop_rx.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(server_stop)
+            .await
+    });
+
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes client configuration (in-cluster or KUBECONFIG)")?;
+    let lock = LeaseLock::new(
+        client.clone(),
+        &settings.lease_namespace,
+        &settings.lease_name,
+        &settings.identity,
+        settings.lease_duration,
+    );
+
+    // Stand by until this replica leads.
+    let mut shutdown = stop_rx.clone();
+    loop {
+        match lock.try_acquire(Timestamp::now()).await {
+            Ok(true) => break,
+            Ok(false) => probe.api_ok.store(true, Ordering::Relaxed),
+            Err(error) => {
+                probe.api_ok.store(false, Ordering::Relaxed);
+                warn!(%error, "cannot reach the leader Lease; retrying");
+            }
+        }
+        if !pause(lock.renew_every(), &mut shutdown).await {
+            return finish(server).await;
+        }
+    }
+    probe.api_ok.store(true, Ordering::Relaxed);
+    metrics.set_leader(true);
+    info!(identity = %settings.identity, "leading");
+
+    let apis = loop {
+        match discover(&client).await {
+            Ok(apis) => break apis,
+            Err(error) => warn!(%error, "API discovery failed; retrying"),
+        }
+        if !pause(Duration::from_secs(2), &mut shutdown).await {
+            return finish(server).await;
+        }
+    };
+    info!(?apis, "optional APIs");
+
+    // Renew the lease; losing it stops the controllers (and the process fails, so the
+    // Deployment restarts it as a standby).
+    let lost = Arc::new(AtomicBool::new(false));
+    let renew = {
+        let (lost, stop_tx, mut shutdown, probe) = (
+            lost.clone(),
+            stop_tx.clone(),
+            stop_rx.clone(),
+            probe.clone(),
+        );
+        let lock = LeaseLock::new(
+            client.clone(),
+            &settings.lease_namespace,
+            &settings.lease_name,
+            &settings.identity,
+            settings.lease_duration,
+        );
+        async move {
+            let mut last_renewal = tokio::time::Instant::now();
+            while pause(lock.renew_every(), &mut shutdown).await {
+                match lock.try_acquire(Timestamp::now()).await {
+                    Ok(true) => {
+                        last_renewal = tokio::time::Instant::now();
+                        probe.api_ok.store(true, Ordering::Relaxed);
+                        continue;
+                    }
+                    Ok(false) => warn!("another replica took the leader Lease"),
+                    Err(error) => {
+                        probe.api_ok.store(false, Ordering::Relaxed);
+                        warn!(%error, "cannot renew the leader Lease");
+                        if last_renewal.elapsed() < settings.lease_duration {
+                            continue;
+                        }
+                    }
+                }
+                lost.store(true, Ordering::Relaxed);
+                let _ = stop_tx.send(true);
+                return;
+            }
+        }
+    };
+    let renew = tokio::spawn(renew);
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings.images.clone(),
+        apis,
+        metrics.clone(),
+        Arc::new(SystemClock),
+        Some(settings.identity.clone()),
+    ));
+
+    let pipelines = Controller::new(
+        Api::<RecognitionPipeline>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let pipeline_store = pipelines.store();
+    let mut pipelines = pipelines
+        .owns(Api::<ConfigMap>::all(client.clone()), owned_children())
+        .owns(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            owned_children(),
+        )
+        .owns(Api::<Service>::all(client.clone()), owned_children())
+        .owns(Api::<Deployment>::all(client.clone()), owned_children())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), owned_children())
+        .owns(Api::<Ingress>::all(client.clone()), owned_children());
+    if apis.gateway_api {
+        pipelines = pipelines.owns(Api::<HttpRoute>::all(client.clone()), owned_children());
+    }
+    if apis.service_monitors {
+        pipelines = pipelines.owns(Api::<ServiceMonitor>::all(client.clone()), owned_children());
+    }
+    let users = pipeline_store.clone();
+    let pipelines = pipelines
+        .watches(
+            Api::<ImageModel>::all(client.clone()),
+            watcher::Config::default(),
+            move |m: ImageModel| pipelines_using(&users, &m),
+        )
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(pipeline::reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(%error, "pipeline controller");
+            }
+        });
+
+    let models = Controller::new(
+        Api::<ImageModel>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let model_store = models.store();
+    let models = models
+        .owns(Api::<Service>::all(client.clone()), owned_children())
+        .owns(Api::<Deployment>::all(client.clone()), owned_children())
+        .owns(
+            Api::<HorizontalPodAutoscaler>::all(client.clone()),
+            owned_children(),
+        )
+        .owns(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            owned_children(),
+        )
+        .owns(Api::<NetworkPolicy>::all(client.clone()), owned_children())
+        .watches(
+            Api::<RecognitionPipeline>::all(client.clone()),
+            watcher::Config::default(),
+            |p: RecognitionPipeline| model_of(&p),
+        )
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(model::reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(%error, "model controller");
+            }
+        });
+    if let Ok(mut stores) = probe.stores.lock() {
+        *stores = Some((model_store, pipeline_store));
+    }
+
+    tokio::join!(models, pipelines);
+    metrics.set_leader(false);
+    renew.abort();
+    if let Err(error) = lock.release().await {
+        warn!(%error, "could not release the leader Lease");
+    }
+    if lost.load(Ordering::Relaxed) {
+        let _ = finish(server).await;
+        anyhow::bail!("lost the leader Lease");
+    }
+    finish(server).await
+}
+
+async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
+    server
+        .await
+        .context("the metrics server task")?
+        .context("the metrics server")
+}
+
+/// The pipelines that reference `m` (a model change re-reconciles them).
+pub fn pipelines_using(
+    store: &Store<RecognitionPipeline>,
+    m: &ImageModel,
+) -> Vec<ObjectRef<RecognitionPipeline>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|p| p.spec.model_ref.name == m.name_any() && p.namespace() == m.namespace())
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// The model a pipeline references (its image prefix is in the model's allowlist).
+pub fn model_of(p: &RecognitionPipeline) -> Option<ObjectRef<ImageModel>> {
+    let ns = p.namespace()?;
+    Some(ObjectRef::new(&p.spec.model_ref.name).within(&ns))
+}
+
+/// Every API the controllers watch (list + watch), as `(group, plural)`; the RBAC test
+/// checks the ClusterRole against it.
+pub fn watched() -> Vec<(String, String)> {
+    fn of<K: Resource<DynamicType = ()>>() -> (String, String) {
+        (K::group(&()).into_owned(), K::plural(&()).into_owned())
+    }
+    let mut all = vec![
+        of::<ImageModel>(),
+        of::<RecognitionPipeline>(),
+        of::<ConfigMap>(),
+        of::<PersistentVolumeClaim>(),
+        of::<Service>(),
+        of::<Deployment>(),
+        of::<NetworkPolicy>(),
+        of::<Ingress>(),
+        of::<HttpRoute>(),
+        of::<ServiceMonitor>(),
+        of::<HorizontalPodAutoscaler>(),
+        of::<PodDisruptionBudget>(),
+    ];
+    all.sort();
+    all.dedup();
+    all
+}

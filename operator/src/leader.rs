@@ -1,0 +1,148 @@
+//! Leader election with a `coordination.k8s.io/v1` Lease, so two operator replicas can run
+//! and only one reconciles. Each attempt reads the Lease and takes it when it is free,
+//! expired, or already ours; the write is a replace carrying the read `resourceVersion`,
+//! so two candidates racing for it cannot both win (the loser gets a 409 Conflict).
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+
+#[derive(Debug, thiserror::Error)]
+#[error("lease {name}: {source}")]
+pub struct LeaseError {
+    name: String,
+    source: kube::Error,
+}
+
+/// One candidate for one Lease.
+pub struct LeaseLock {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    duration: Duration,
+}
+
+fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
+impl LeaseLock {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        duration: Duration,
+    ) -> Self {
+        LeaseLock {
+            api: Api::namespaced(client, namespace),
+            name: name.to_string(),
+            identity: identity.to_string(),
+            duration,
+        }
+    }
+
+    /// How often the holder renews: a third of the lease duration.
+    pub fn renew_every(&self) -> Duration {
+        self.duration / 3
+    }
+
+    fn err(&self, source: kube::Error) -> LeaseError {
+        LeaseError {
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    fn spec(&self, now: Timestamp, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(
+                i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX),
+            ),
+            acquire_time: Some(acquired.unwrap_or(MicroTime(now))),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    /// One attempt to take or renew the Lease at time `now`; `true` when this candidate
+    /// holds it afterwards.
+    pub async fn try_acquire(&self, now: Timestamp) -> Result<bool, LeaseError> {
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.err(e))?
+        else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(self.spec(now, None, 0)),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(e) if is_conflict(&e) => Ok(false),
+                Err(e) => Err(self.err(e)),
+            };
+        };
+        let current = lease.spec.clone().unwrap_or_default();
+        let holder = current.holder_identity.clone().unwrap_or_default();
+        let ours = holder == self.identity;
+        let ttl = SignedDuration::from_secs(i64::from(current.lease_duration_seconds.unwrap_or(0)));
+        let expired = current
+            .renew_time
+            .as_ref()
+            .is_none_or(|renewed| renewed.0 + ttl <= now);
+        if !(ours || holder.is_empty() || expired) {
+            return Ok(false);
+        }
+        let transitions = current.lease_transitions.unwrap_or(0) + i32::from(!ours);
+        let acquired = if ours { current.acquire_time } else { None };
+        lease.spec = Some(self.spec(now, acquired, transitions));
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_conflict(&e) => Ok(false),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Gives the Lease up (on shutdown), so another replica need not wait for it to expire.
+    pub async fn release(&self) -> Result<(), LeaseError> {
+        let Some(mut lease) = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.err(e))?
+        else {
+            return Ok(());
+        };
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        lease.spec = Some(spec);
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_conflict(&e) => Ok(()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Standard conditions: the list keyed by `type`, built by small named constructors over
+//! constant reasons. The transition time moves only when a condition's status flips, so
+//! an unchanged world yields an unchanged status (and no write). Time comes from a
+//! [`Clock`], fixed in tests.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+/// Condition types.
+pub mod types {
+    pub const READY: &str = "Ready";
+    /// Model: the Deployment has the wanted number of available pods.
+    pub const AVAILABLE: &str = "Available";
+    /// Model: the pods fetched and verified the model (their init containers finished).
+    pub const MODEL_FETCHED: &str = "ModelFetched";
+    /// Pipeline: the referenced `ImageModel` exists and is ready.
+    pub const MODEL_READY: &str = "ModelReady";
+    pub const UPLOAD_READY: &str = "UploadReady";
+    pub const STORE_READY: &str = "StoreReady";
+    /// Pipeline: every parent Gateway accepted the HTTPRoute (or the Ingress exists).
+    pub const ROUTE_ACCEPTED: &str = "RouteAccepted";
+}
+
+/// Reasons (CamelCase, stable: they are also metric label values).
+pub mod reasons {
+    pub const AVAILABLE: &str = "Available";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const FETCHED: &str = "Fetched";
+    pub const FETCHING: &str = "Fetching";
+    pub const FETCH_FAILED: &str = "FetchFailed";
+    pub const MODEL_NOT_FOUND: &str = "ModelNotFound";
+    pub const MODEL_NOT_READY: &str = "ModelNotReady";
+    pub const MODEL_READY: &str = "ModelReady";
+    pub const ACCEPTED: &str = "Accepted";
+    pub const NOT_ACCEPTED: &str = "NotAccepted";
+    pub const PENDING: &str = "Pending";
+    pub const NO_ROUTE: &str = "NoRoute";
+    pub const GATEWAY_API_MISSING: &str = "GatewayAPIMissing";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+    pub const READY: &str = "Ready";
+    pub const NOT_READY: &str = "NotReady";
+}
+
+/// Where "now" comes from.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// A clock that always says the same time (tests).
+#[derive(Debug, Clone, Copy)]
+pub struct FixedClock(pub Timestamp);
+
+impl Clock for FixedClock {
+    fn now(&self) -> Timestamp {
+        self.0
+    }
+}
+
+/// A condition before it is placed in a list (which decides its transition time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cond {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Cond {
+    pub fn yes(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+        Cond {
+            type_,
+            status: true,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    pub fn no(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+        Cond {
+            type_,
+            status: false,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn status_str(&self) -> &'static str {
+        if self.status { "True" } else { "False" }
+    }
+}
+
+/// The conditions `wanted`, in that order, keeping each previous transition time when the
+/// status did not change.
+pub fn merge(
+    previous: &[Condition],
+    wanted: &[Cond],
+    generation: Option<i64>,
+    clock: &dyn Clock,
+) -> Vec<Condition> {
+    wanted
+        .iter()
+        .map(|c| {
+            let old = previous.iter().find(|p| p.type_ == c.type_);
+            let last_transition_time = match old {
+                Some(old) if old.status == c.status_str() => old.last_transition_time.clone(),
+                _ => Time(clock.now()),
+            };
+            Condition {
+                type_: c.type_.to_string(),
+                status: c.status_str().to_string(),
+                reason: c.reason.to_string(),
+                message: c.message.clone(),
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect()
+}
+
+/// `Ready` from the components: true when all are true; else false with the first failing
+/// component's reason and message.
+pub fn ready_from(components: &[Cond]) -> Cond {
+    match components.iter().find(|c| !c.status) {
+        None => Cond::yes(types::READY, reasons::READY, "all components are ready"),
+        Some(c) => Cond::no(
+            types::READY,
+            c.reason,
+            format!("{}: {}", c.type_, c.message),
+        ),
+    }
+}
+
+/// Whether `conditions` has `type_` with status True.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> FixedClock {
+        FixedClock(Timestamp::from_second(seconds).expect("timestamp"))
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_the_status_flips() {
+        let first = merge(
+            &[],
+            &[Cond::no(types::READY, reasons::PROGRESSING, "starting")],
+            Some(1),
+            &at(100),
+        );
+        assert_eq!(first[0].last_transition_time.0.as_second(), 100);
+        let same = merge(
+            &first,
+            &[Cond::no(
+                types::READY,
+                reasons::MODEL_NOT_FOUND,
+                "other words",
+            )],
+            Some(2),
+            &at(200),
+        );
+        assert_eq!(same[0].last_transition_time.0.as_second(), 100);
+        assert_eq!(same[0].reason, "ModelNotFound");
+        assert_eq!(same[0].observed_generation, Some(2));
+        let flipped = merge(
+            &same,
+            &[Cond::yes(types::READY, reasons::READY, "ok")],
+            Some(2),
+            &at(300),
+        );
+        assert_eq!(flipped[0].last_transition_time.0.as_second(), 300);
+        assert_eq!(flipped[0].status, "True");
+    }
+
+    #[test]
+    fn ready_takes_the_first_failing_component() {
+        let ready = ready_from(&[
+            Cond::yes(types::UPLOAD_READY, reasons::AVAILABLE, "1/1"),
+            Cond::no(types::MODEL_READY, reasons::MODEL_NOT_FOUND, "no model x"),
+            Cond::no(types::STORE_READY, reasons::PROGRESSING, "0/1"),
+        ]);
+        assert!(!ready.status);
+        assert_eq!(ready.reason, reasons::MODEL_NOT_FOUND);
+        assert!(ready_from(&[Cond::yes(types::UPLOAD_READY, reasons::AVAILABLE, "")]).status);
+    }
+}

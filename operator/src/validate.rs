@@ -1,0 +1,105 @@
+//! Checks the CRD schema cannot express. A spec that fails here is reported in the status
+//! (`Ready=False`, reason `InvalidSpec`) and waits for a change; nothing is applied for it.
+
+use crate::crd::{ImageModel, RecognitionPipeline};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+fn check_uri(field: &'static str, uri: &str) -> Result<(), Invalid> {
+    if let Some(rest) = uri.strip_prefix("pvc://") {
+        match rest.split_once('/') {
+            Some((claim, path)) if !claim.is_empty() && !path.is_empty() => Ok(()),
+            _ => Err(invalid(
+                field,
+                "pvc:// needs a claim and a path: pvc://claim/path",
+            )),
+        }
+    } else if let Some(rest) = uri
+        .strip_prefix("https://")
+        .or_else(|| uri.strip_prefix("s3://"))
+    {
+        match rest.split_once('/') {
+            Some((host, path)) if !host.is_empty() && !path.is_empty() => Ok(()),
+            _ => Err(invalid(field, format!("{uri:?} names no file"))),
+        }
+    } else {
+        Err(invalid(
+            field,
+            "uri must start with https://, s3:// or pvc://",
+        ))
+    }
+}
+
+/// An `ImageModel` the operator can serve as written.
+pub fn model(m: &ImageModel) -> Result<(), Invalid> {
+    let source = &m.spec.source;
+    check_uri("spec.source.uri", &source.model.uri)?;
+    check_uri("spec.source.labels.uri", &source.labels.uri)?;
+    if let Some(resource) = &m.spec.runtime.gpu_resource
+        && !resource.contains('/')
+    {
+        return Err(invalid(
+            "spec.runtime.gpuResource",
+            "an extended resource name such as nvidia.com/gpu",
+        ));
+    }
+    if let Some(auto) = &m.spec.runtime.autoscaling
+        && auto.min_replicas > auto.max_replicas
+    {
+        return Err(invalid(
+            "spec.runtime.autoscaling",
+            "minReplicas must not exceed maxReplicas",
+        ));
+    }
+    Ok(())
+}
+
+/// A `RecognitionPipeline` the operator can run as written.
+pub fn pipeline(p: &RecognitionPipeline) -> Result<(), Invalid> {
+    let spec = &p.spec;
+    if spec.upload.s3.is_none() && spec.upload.replicas.unwrap_or(1) > 1 {
+        return Err(invalid(
+            "spec.upload.replicas",
+            "more than one upload replica needs spec.upload.s3 (the image volume is ReadWriteOnce)",
+        ));
+    }
+    if spec.gateway.ingress.is_some() && !spec.gateway.parent_refs.is_empty() {
+        return Err(invalid(
+            "spec.gateway",
+            "use either parentRefs (HTTPRoute) or ingress, not both",
+        ));
+    }
+    if let Some(prefix) = &spec.gateway.path_prefix
+        && !prefix.starts_with('/')
+    {
+        return Err(invalid("spec.gateway.pathPrefix", "must start with /"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_need_a_file() {
+        assert!(check_uri("f", "https://h/m.onnx").is_ok());
+        assert!(check_uri("f", "s3://bucket/key").is_ok());
+        assert!(check_uri("f", "pvc://claim/dir/m.onnx").is_ok());
+        assert!(check_uri("f", "pvc://claim").is_err());
+        assert!(check_uri("f", "https://host").is_err());
+        assert!(check_uri("f", "http://h/m.onnx").is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! An in-memory Kubernetes API (kube-fake-client) behind a recording layer: every request
+//! the operator sends is kept as (verb, group, resource), so tests can assert what was
+//! written and the RBAC test can compare it with the ClusterRole.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use gateway_api::apis::standard::httproutes::HttpRoute;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use sightline_operator::build::monitoring::ServiceMonitor;
+use sightline_operator::build::pod::Images;
+use sightline_operator::controller::{ClusterApis, Context};
+use sightline_operator::crd::{ImageModel, RecognitionPipeline};
+use sightline_operator::metrics::Metrics;
+use sightline_operator::status::FixedClock;
+
+/// One request: the RBAC verb, the API group ("" for core), the resource (with
+/// `/subresource`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Call {
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+}
+
+impl Call {
+    pub fn writes(&self) -> bool {
+        !matches!(self.verb.as_str(), "get" | "list" | "watch")
+    }
+}
+
+/// Maps a request to its RBAC verb and resource, as the API server's authorizer does.
+fn classify(method: &http::Method, uri: &http::Uri) -> Option<Call> {
+    let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => (String::new(), rest),
+        ["apis", group, _version, rest @ ..] => (group.to_string(), rest),
+        _ => return None,
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] if !rest.is_empty() => rest,
+        other => other,
+    };
+    let (resource, named) = match rest {
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        _ => return None,
+    };
+    let watch = uri.query().is_some_and(|q| q.contains("watch=true"));
+    let verb = match (method.as_str(), named) {
+        ("GET", _) if watch => "watch",
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => return None,
+    };
+    Some(Call {
+        verb: verb.into(),
+        group,
+        resource,
+    })
+}
+
+/// The fake API with every kind the operator touches registered.
+pub struct Cluster {
+    pub client: Client,
+    calls: Arc<Mutex<Vec<Call>>>,
+}
+
+impl Cluster {
+    pub async fn new() -> Cluster {
+        let fake = kube_fake_client::ClientBuilder::new()
+            .with_resource::<ImageModel>()
+            .with_resource::<RecognitionPipeline>()
+            .with_resource::<HttpRoute>()
+            .with_resource::<ServiceMonitor>()
+            .with_status_subresource::<Deployment>()
+            .build()
+            .await
+            .expect("fake client");
+        let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
+        let log = calls.clone();
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let fake = fake.clone();
+            let log = log.clone();
+            async move {
+                if let Some(call) = classify(request.method(), request.uri()) {
+                    log.lock().expect("log").push(call);
+                }
+                fake.send(request).await
+            }
+        });
+        Cluster {
+            client: Client::new(service, "default"),
+            calls,
+        }
+    }
+
+    /// A reconcile context over this cluster, at a fixed time.
+    pub fn context(&self, apis: ClusterApis) -> Arc<Context> {
+        Arc::new(Context::new(
+            self.client.clone(),
+            Images::default(),
+            apis,
+            Arc::new(Metrics::new()),
+            Arc::new(FixedClock(
+                Timestamp::from_second(1_800_000_000).expect("time"),
+            )),
+            Some("test".into()),
+        ))
+    }
+
+    /// Forgets the requests so far; returns them.
+    pub fn take_calls(&self) -> Vec<Call> {
+        std::mem::take(&mut *self.calls.lock().expect("log"))
+    }
+
+    pub fn distinct_calls(&self) -> BTreeSet<Call> {
+        self.calls.lock().expect("log").iter().cloned().collect()
+    }
+}
+
+/// All the API features on.
+pub fn full_apis() -> ClusterApis {
+    ClusterApis {
+        gateway_api: true,
+        service_monitors: true,
+    }
+}
+
+pub fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+/// The sample custom resources from manifests/samples.
+pub fn sample_model() -> ImageModel {
+    let text =
+        std::fs::read_to_string(repo("manifests/samples/imagemodel-cpu.yaml")).expect("sample");
+    serde_yaml::from_str(&text).expect("ImageModel")
+}
+
+pub fn sample_pipeline() -> RecognitionPipeline {
+    let text = std::fs::read_to_string(repo("manifests/samples/recognitionpipeline.yaml"))
+        .expect("sample");
+    serde_yaml::from_str(&text).expect("RecognitionPipeline")
+}
