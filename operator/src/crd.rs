@@ -257,7 +257,7 @@ pub struct ImageModelStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Available` and `Progressing`, with reasons.
+    /// `Ready`, `Available` and `ModelFetched`, with reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The model digest the pods verify (from `spec.source.sha256`).

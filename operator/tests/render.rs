@@ -257,6 +257,13 @@ fn every_pod_meets_the_restricted_pod_security_profile() {
     let pods = pod_specs(&rendered());
     assert_eq!(pods.len(), 4);
     for (name, pod) in pods {
+        assert_restricted(&name, &pod);
+    }
+}
+
+/// The Pod Security "restricted" profile's checks on one pod spec.
+fn assert_restricted(name: &str, pod: &Value) {
+    {
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
         assert_eq!(
             pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
@@ -266,7 +273,7 @@ fn every_pod_meets_the_restricted_pod_security_profile() {
             pod["hostNetwork"].is_null() && pod["hostPID"].is_null() && pod["hostIPC"].is_null(),
             "{name}"
         );
-        for volume in pod["volumes"].as_array().expect("volumes") {
+        for volume in pod["volumes"].as_array().into_iter().flatten() {
             assert!(volume["hostPath"].is_null(), "{name}: hostPath volume");
         }
         let containers = pod["containers"]
@@ -493,20 +500,85 @@ fn a_pipeline_without_its_model_is_refused_by_render() {
 
 #[test]
 fn the_crds_kustomization_builds_offline() {
+    let Some(text) = kustomize("crds") else {
+        return;
+    };
+    assert_eq!(text.matches("kind: CustomResourceDefinition").count(), 2);
+}
+
+/// `kubectl kustomize` of a folder, or `None` (a loud skip outside CI) without kubectl.
+fn kustomize(dir: &str) -> Option<String> {
     let Ok(output) = Command::new("kubectl")
         .args(["kustomize"])
-        .arg(root().join("crds"))
+        .arg(root().join(dir))
         .output()
     else {
         assert!(std::env::var_os("CI").is_none(), "kubectl is missing");
         eprintln!("\n*** SKIPPED (not in CI): kubectl is missing ***\n");
-        return;
+        return None;
     };
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(text.matches("kind: CustomResourceDefinition").count(), 2);
+    Some(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[test]
+fn the_install_kustomization_builds_validates_and_runs_a_restricted_operator() {
+    let Some(text) = kustomize("manifests/install") else {
+        return;
+    };
+    let objects: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("yaml"))
+        .collect();
+    let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    for kind in [
+        "Namespace",
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let operator = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("operator Deployment");
+    let pod = &operator["spec"]["template"]["spec"];
+    assert_restricted("sightline-operator", pod);
+    let container = &pod["containers"][0];
+    assert_eq!(container["args"], serde_json::json!(["run"]));
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(pod["serviceAccountName"], "sightline-operator");
+
+    let Some(validate) = tool("kubernetes-validate") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("install.yaml");
+    std::fs::write(&file, &text).expect("write");
+    let output = Command::new(validate)
+        .args(["--strict", "-k", "1.33.0"])
+        .arg(&file)
+        .output()
+        .expect("run kubernetes-validate");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{said}");
+    assert_eq!(
+        said.matches(" passed for resource ").count(),
+        objects.len(),
+        "every object validated:\n{said}"
+    );
 }

@@ -54,7 +54,12 @@ async fn reconcile_pipeline(p: &RecognitionPipeline, ctx: &Context) -> Result<Ac
             reasons::MODEL_NOT_FOUND,
             format!("ImageModel {model_name:?} does not exist in namespace {ns:?}"),
         );
-        write_status(p, ctx, vec![ready_from(std::slice::from_ref(&missing)), missing]).await?;
+        write_status(
+            p,
+            ctx,
+            vec![ready_from(std::slice::from_ref(&missing)), missing],
+        )
+        .await?;
         // The ImageModel watch brings this pipeline back as soon as the model appears.
         return Ok(Action::requeue(RESYNC));
     };

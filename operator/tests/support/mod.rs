@@ -72,7 +72,10 @@ fn classify(method: &http::Method, uri: &http::Uri) -> Option<Call> {
 
 /// The fake API with every kind the operator touches registered.
 pub struct Cluster {
+    /// The operator's client: its requests are recorded.
     pub client: Client,
+    /// A user's client (kubectl, the kubelet, controllers): not recorded.
+    pub admin: Client,
     calls: Arc<Mutex<Vec<Call>>>,
 }
 
@@ -89,6 +92,7 @@ impl Cluster {
             .expect("fake client");
         let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
         let log = calls.clone();
+        let admin = fake.clone();
         let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
             let fake = fake.clone();
             let log = log.clone();
@@ -101,6 +105,7 @@ impl Cluster {
         });
         Cluster {
             client: Client::new(service, "default"),
+            admin,
             calls,
         }
     }

@@ -1,0 +1,221 @@
+//! The operator's RBAC is exactly what its code uses: every request the reconcilers and
+//! the leader election send (recorded against the in-memory API, through every path that
+//! writes or deletes), plus list+watch on what the controllers watch, must be granted by
+//! manifests/install/rbac.yaml; and the manifests grant nothing else.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use sightline_operator::controller::{model, pipeline, run};
+use sightline_operator::crd::{ImageModel, RecognitionPipeline};
+use sightline_operator::leader::LeaseLock;
+use support::{Cluster, full_apis, repo, sample_model, sample_pipeline};
+
+const NS: &str = "sightline-demo";
+
+type Grant = (String, String, String); // (group, resource, verb)
+
+async fn patch<K>(cluster: &Cluster, name: &str, body: serde_json::Value)
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    Api::<K>::namespaced(cluster.admin.clone(), NS)
+        .patch(name, &PatchParams::default(), &Patch::Merge(body))
+        .await
+        .expect("edit");
+}
+
+async fn reconcile_both(cluster: &Cluster, ctx: &Arc<sightline_operator::controller::Context>) {
+    let models = Api::<ImageModel>::namespaced(cluster.admin.clone(), NS);
+    let pipelines = Api::<RecognitionPipeline>::namespaced(cluster.admin.clone(), NS);
+    let m = models.get("efficientnet-lite0").await.expect("model");
+    model::reconcile(Arc::new(m), ctx.clone())
+        .await
+        .expect("model reconcile");
+    let p = pipelines.get("photos").await.expect("pipeline");
+    pipeline::reconcile(Arc::new(p), ctx.clone())
+        .await
+        .expect("pipeline reconcile");
+}
+
+/// Drives every path that talks to the API and returns what was sent, as RBAC grants.
+async fn exercised() -> BTreeSet<Grant> {
+    let cluster = Cluster::new().await;
+    let ctx = cluster.context(full_apis());
+    let post = PostParams::default();
+    // A pipeline before its model, then both: creates, status writes, events.
+    Api::<RecognitionPipeline>::namespaced(cluster.admin.clone(), NS)
+        .create(&post, &sample_pipeline())
+        .await
+        .expect("pipeline");
+    let p = Api::<RecognitionPipeline>::namespaced(cluster.admin.clone(), NS)
+        .get("photos")
+        .await
+        .expect("pipeline");
+    pipeline::reconcile(Arc::new(p), ctx.clone())
+        .await
+        .expect("no model yet");
+    let mut m = sample_model();
+    m.spec.runtime.replicas = None;
+    m.spec.runtime.autoscaling =
+        serde_json::from_value(json!({"minReplicas": 2, "maxReplicas": 4})).expect("autoscaling");
+    Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
+        .create(&post, &m)
+        .await
+        .expect("model");
+    reconcile_both(&cluster, &ctx).await;
+    // Every optional child removed again: HPA, PDB, HTTPRoute, then the Ingress.
+    patch::<ImageModel>(
+        &cluster,
+        &m.name_any(),
+        json!({"spec": {"runtime": {"autoscaling": null, "replicas": 1}}}),
+    )
+    .await;
+    patch::<RecognitionPipeline>(
+        &cluster,
+        "photos",
+        json!({"spec": {"gateway": {"parentRefs": [], "ingress": {"className": "nginx"}}}}),
+    )
+    .await;
+    reconcile_both(&cluster, &ctx).await;
+    patch::<RecognitionPipeline>(
+        &cluster,
+        "photos",
+        json!({"spec": {"gateway": {"ingress": null}}}),
+    )
+    .await;
+    reconcile_both(&cluster, &ctx).await;
+
+    // Leader election: take, renew, lose to expiry, release.
+    let lease = |who: &str| {
+        LeaseLock::new(
+            cluster.client.clone(),
+            "sightline-system",
+            "sightline-operator",
+            who,
+            Duration::from_secs(15),
+        )
+    };
+    let (a, b) = (lease("a"), lease("b"));
+    let t0 = Timestamp::from_second(1_800_000_000).expect("time");
+    assert!(
+        a.try_acquire(t0).await.expect("a"),
+        "a takes the free lease"
+    );
+    assert!(
+        !b.try_acquire(t0).await.expect("b"),
+        "b waits while a holds it"
+    );
+    assert!(
+        a.try_acquire(t0 + SignedDuration::from_secs(5))
+            .await
+            .expect("a renews")
+    );
+    let later = t0 + SignedDuration::from_secs(21);
+    assert!(
+        b.try_acquire(later).await.expect("b"),
+        "b takes it once a's renewal expired"
+    );
+    assert!(!a.try_acquire(later).await.expect("a"), "a lost it");
+    b.release().await.expect("release");
+    assert!(
+        a.try_acquire(later).await.expect("a"),
+        "a released lease is free at once"
+    );
+
+    let mut grants: BTreeSet<Grant> = cluster
+        .distinct_calls()
+        .into_iter()
+        .map(|c| (c.group, c.resource, c.verb))
+        .collect();
+    // Server-side apply that creates an object is authorized as create as well as patch.
+    let applies: Vec<Grant> = grants
+        .iter()
+        .filter(|(_, resource, verb)| verb == "patch" && !resource.contains('/'))
+        .cloned()
+        .collect();
+    for (group, resource, _) in applies {
+        grants.insert((group, resource, "create".into()));
+    }
+    for (group, resource) in run::watched() {
+        grants.insert((group.clone(), resource.clone(), "list".into()));
+        grants.insert((group, resource, "watch".into()));
+    }
+    grants
+}
+
+fn expand(rules: &[PolicyRule]) -> BTreeSet<Grant> {
+    let mut out = BTreeSet::new();
+    for rule in rules {
+        assert!(
+            rule.resource_names.is_none(),
+            "no resourceNames rules expected"
+        );
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    assert_ne!(verb, "*", "no wildcard verbs");
+                    assert_ne!(resource, "*", "no wildcard resources");
+                    out.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// (ClusterRole grants, Role grants) from manifests/install/rbac.yaml.
+fn granted() -> (BTreeSet<Grant>, BTreeSet<Grant>) {
+    let text = std::fs::read_to_string(repo("manifests/install/rbac.yaml")).expect("rbac.yaml");
+    let (mut cluster, mut namespaced) = (BTreeSet::new(), BTreeSet::new());
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
+        match value["kind"].as_str() {
+            Some("ClusterRole") => {
+                let role: ClusterRole = serde_json::from_value(value).expect("ClusterRole");
+                cluster.extend(expand(&role.rules.unwrap_or_default()));
+            }
+            Some("Role") => {
+                let role: Role = serde_json::from_value(value).expect("Role");
+                namespaced.extend(expand(&role.rules.unwrap_or_default()));
+            }
+            _ => {}
+        }
+    }
+    (cluster, namespaced)
+}
+
+#[tokio::test]
+async fn the_roles_grant_exactly_what_the_code_uses() {
+    let used = exercised().await;
+    let (cluster, namespaced) = granted();
+    // Leases live in the operator's own namespace: a Role there, not cluster-wide.
+    let (leases, rest): (BTreeSet<Grant>, BTreeSet<Grant>) = used
+        .into_iter()
+        .partition(|(group, _, _)| group == "coordination.k8s.io");
+    let missing: Vec<_> = rest.difference(&cluster).collect();
+    let unused: Vec<_> = cluster.difference(&rest).collect();
+    assert!(
+        missing.is_empty(),
+        "the code uses, the ClusterRole lacks: {missing:#?}"
+    );
+    assert!(
+        unused.is_empty(),
+        "the ClusterRole grants, the code never uses: {unused:#?}"
+    );
+    assert_eq!(
+        leases, namespaced,
+        "the Role must grant exactly the Lease verbs used"
+    );
+}
