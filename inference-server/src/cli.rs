@@ -262,6 +262,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGHTLINE_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
 
+    /// Seconds a client may take to send a request's headers (and an idle keep-alive
+    /// connection may stay open); slower connections are closed (slowloris).
+    #[arg(long, env = "SIGHTLINE_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+
     /// Seconds to let in-flight requests finish after SIGTERM / Ctrl-C.
     #[arg(long, env = "SIGHTLINE_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,

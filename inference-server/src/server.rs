@@ -165,6 +165,7 @@ fn state_with_sources(
             max_body_bytes: args.max_upload_bytes,
             max_in_flight: args.max_in_flight.max(1),
             request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
+            header_read_timeout: Duration::from_secs(args.header_read_timeout_secs.max(1)),
         }),
         in_flight: Default::default(),
         recognizes: true,
@@ -334,7 +335,10 @@ impl Server {
             ));
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let header_read_timeout = state.settings.header_read_timeout;
         let router = app(state);
+        let listener =
+            crate::http::slow_clients::HeaderDeadline::new(listener, header_read_timeout);
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");

@@ -6,6 +6,7 @@ pub mod health;
 pub mod oip;
 pub mod openapi;
 pub mod recognize;
+pub mod slow_clients;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,6 +40,8 @@ pub struct HttpSettings {
     pub max_in_flight: usize,
     /// A request taking longer is answered 503.
     pub request_timeout: Duration,
+    /// A connection must send each request's headers within this (see [`slow_clients`]).
+    pub header_read_timeout: Duration,
 }
 
 /// Everything a handler can reach; cheap to clone.

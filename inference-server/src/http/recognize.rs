@@ -38,6 +38,8 @@ async fn recognize_by_url(
         .url
         .filter(|u| !u.trim().is_empty())
         .ok_or_else(|| AppError::bad_request("No image url"))?;
+    // The URL is checked before anything else, so a refused URL is a 403 in every state.
+    state.images.check(&url).map_err(source_error)?;
     let model = state.model()?;
     let bytes = state.images.fetch(&url).await.map_err(source_error)?;
     Ok(Json(model.classify(bytes, SEED_TOP_K).await?))

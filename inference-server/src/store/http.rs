@@ -108,6 +108,16 @@ fn check(new: &NewResult) -> Result<(), AppError> {
     if new.predictions.len() > 10_000 {
         return Err(AppError::bad_request("at most 10000 predictions"));
     }
+    // PostgreSQL's TEXT cannot hold NUL: refuse it here, for every backend alike.
+    if [&new.image_url, &new.model.name, &new.model.sha256]
+        .into_iter()
+        .chain(new.predictions.iter().map(|p| &p.label))
+        .any(|s| s.contains('\0'))
+    {
+        return Err(AppError::bad_request(
+            "text fields must not contain NUL characters",
+        ));
+    }
     if let Some(p) = new
         .predictions
         .iter()

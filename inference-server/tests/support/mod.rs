@@ -157,3 +157,68 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// `(METHOD, path)` of every `.route("path", get(..).post(..))` in the crate's source.
+pub fn declared_routes() -> std::collections::BTreeSet<(String, String)> {
+    let src = repo_root().join("inference-server/src");
+    let mut files = vec![src];
+    let mut routes = std::collections::BTreeSet::new();
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("read dir") {
+                files.push(entry.expect("entry").path());
+            }
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read source");
+        let flat: String = text.split_whitespace().collect::<Vec<_>>().join("");
+        for chunk in flat.split(".route(\"").skip(1) {
+            let Some((route, rest)) = chunk.split_once('"') else {
+                continue;
+            };
+            // The handlers up to the closing parenthesis of `.route(`.
+            let mut depth = 1;
+            let end = rest
+                .char_indices()
+                .find(|&(_, c)| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                    depth == 0
+                })
+                .map(|(i, _)| i)
+                .unwrap_or(rest.len());
+            let handlers = &rest[..end];
+            for method in ["get", "post", "put", "delete", "patch"] {
+                if handlers.contains(&format!(",{method}("))
+                    || handlers.contains(&format!(".{method}("))
+                {
+                    routes.insert((method.to_string(), route.to_string()));
+                }
+            }
+        }
+    }
+    routes
+}
+
+/// The router of `role` with `--data-dir data_dir` plus `extra`, its model not loaded (the
+/// recognize routes answer 503): for tests of everything around the model.
+pub async fn unloaded_app(role: &str, data_dir: &Path, extra: &[&str]) -> Router {
+    let data = data_dir.display().to_string();
+    let mut argv = vec!["sightline-server", role, "--data-dir", &data];
+    argv.extend_from_slice(extra);
+    let args = sightline_server::cli::parse(argv.into_iter().map(Into::into).collect())
+        .expect("valid flags")
+        .command
+        .into_serve_args()
+        .expect("a serving subcommand");
+    let state = sightline_server::server::role_state(&args, "m", None)
+        .await
+        .expect("state");
+    app(state)
+}
