@@ -292,6 +292,7 @@ impl<R: BatchRunner> Worker<R> {
     }
 
     fn run_batch(&mut self, jobs: Vec<Job>, rows: usize) {
+        let _span = tracing::debug_span!("inference", rows, requests = jobs.len()).entered();
         let started = Instant::now();
         for job in &jobs {
             self.metrics

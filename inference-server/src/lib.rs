@@ -12,6 +12,7 @@ pub mod batching;
 pub mod cli;
 pub mod engine;
 pub mod eval;
+pub mod exposition;
 pub mod fetch;
 pub mod http;
 pub mod image_source;

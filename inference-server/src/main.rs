@@ -2,6 +2,7 @@ use anyhow::Context;
 use sightline_server::cli::{self, Command, LogFormat};
 use sightline_server::server::{Server, shutdown_signal};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
 
 fn main() -> anyhow::Result<()> {
     // One TLS crypto provider for every client in the process (database, object store,
@@ -45,10 +46,21 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+/// Logs to stdout, text or JSON (`--log-format`). `RUST_LOG` filters; with
+/// `SIGHTLINE_LOG_SPANS=1` each span (request, preprocess, decode, queue wait, inference,
+/// store) also logs one line with its timing when it closes — the inner spans are at `debug`,
+/// so `RUST_LOG=info,sightline_server=debug` shows them.
 fn init_logging(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let spans = std::env::var("SIGHTLINE_LOG_SPANS").is_ok_and(|v| v == "1" || v == "true");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_span_events(if spans {
+            FmtSpan::CLOSE
+        } else {
+            FmtSpan::NONE
+        });
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

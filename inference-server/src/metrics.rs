@@ -60,28 +60,64 @@ pub struct ModelInfoLabels {
     pub device: String,
 }
 
+fn upload_size_histogram() -> Histogram {
+    // 1 KiB … 64 MiB
+    Histogram::new(exponential_buckets(1024.0, 4.0, 9))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerInfoLabels {
+    pub role: String,
+    pub version: String,
+}
+
 /// The process-wide registry plus the families every role shares.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
+    info: Family<ServerInfoLabels, Gauge>,
     pub http: HttpMetrics,
     pub inference: InferenceMetrics,
     pub pipeline: PipelineMetrics,
+    pub store: StoreMetrics,
 }
 
 impl Metrics {
-    /// Builds the registry for a process serving `model` (empty for roles without one).
+    /// Builds the registry for a process serving `model` (empty for roles without one):
+    /// the `sightline_*` families plus the conventional `process_*` ones.
     pub fn new(model: &str) -> Metrics {
-        let mut registry = Registry::with_prefix("sightline");
-        let http = HttpMetrics::register(&mut registry);
-        let inference = InferenceMetrics::register(&mut registry, model);
-        let pipeline = PipelineMetrics::register(&mut registry);
+        let mut root = Registry::default();
+        crate::exposition::register_process_metrics(&mut root);
+        let registry = root.sub_registry_with_prefix("sightline");
+        let info = Family::<ServerInfoLabels, Gauge>::default();
+        registry.register(
+            "server_info",
+            "The role this sightline-server process runs and its version (value is always 1)",
+            info.clone(),
+        );
+        let http = HttpMetrics::register(registry);
+        let inference = InferenceMetrics::register(registry, model);
+        let pipeline = PipelineMetrics::register(registry);
+        let store = StoreMetrics::register(registry);
         Metrics {
-            registry: Arc::new(registry),
+            registry: Arc::new(root),
+            info,
             http,
             inference,
             pipeline,
+            store,
         }
+    }
+
+    /// Records which role this process runs (`sightline_server_info{role, version}`).
+    pub fn set_role(&self, role: &str) {
+        self.info.clear();
+        self.info
+            .get_or_create(&ServerInfoLabels {
+                role: role.to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
     }
 
     /// The text exposition format.
@@ -143,6 +179,7 @@ pub struct InferenceMetrics {
     batch_size: HistogramFamily<ModelLabels>,
     duration: HistogramFamily<ModelLabels>,
     queue_depth: Family<ModelLabels, Gauge>,
+    queue_capacity: Family<ModelLabels, Gauge>,
     queue_wait: HistogramFamily<ModelLabels>,
     preprocess: HistogramFamily<ModelLabels>,
     rejected: Family<ModelReasonLabels, Counter>,
@@ -161,6 +198,7 @@ impl InferenceMetrics {
             batch_size: Family::new_with_constructor(batch_size_histogram),
             duration: Family::new_with_constructor(model_latency_histogram),
             queue_depth: Family::default(),
+            queue_capacity: Family::default(),
             queue_wait: Family::new_with_constructor(model_latency_histogram),
             preprocess: Family::new_with_constructor(model_latency_histogram),
             rejected: Family::default(),
@@ -187,6 +225,11 @@ impl InferenceMetrics {
             "inference_queue_depth",
             "Requests waiting for the model",
             m.queue_depth.clone(),
+        );
+        registry.register(
+            "inference_queue_capacity",
+            "Requests the queue holds before new ones are refused (reason queue_full)",
+            m.queue_capacity.clone(),
         );
         registry.register(
             "inference_queue_wait_seconds",
@@ -223,6 +266,12 @@ impl InferenceMetrics {
             "The model being served (value is always 1)",
             m.info.clone(),
         );
+        if !model.is_empty() {
+            // Zero series from the start, so rates and alerts have data before the first event.
+            m.failures.get_or_create(&m.model).inc_by(0);
+            m.queue_depth.get_or_create(&m.model).set(0);
+            m.ready.get_or_create(&m.model).set(0);
+        }
         m
     }
 
@@ -244,6 +293,12 @@ impl InferenceMetrics {
         self.queue_depth
             .get_or_create(&self.model)
             .set(depth as i64);
+    }
+
+    pub fn queue_capacity(&self, capacity: usize) {
+        self.queue_capacity
+            .get_or_create(&self.model)
+            .set(capacity as i64);
     }
 
     pub fn queue_wait(&self, waited: Duration) {
@@ -311,6 +366,8 @@ pub struct PipelineMetrics {
     call_duration: HistogramFamily<DownstreamLabels>,
     breaker_open: Family<DownstreamLabels, Gauge>,
     auth_rejected: Family<OutcomeLabels, Counter>,
+    upload_size: HistogramFamily<OutcomeLabels>,
+    uploads_rejected: Family<ReasonLabels, Counter>,
 }
 
 impl PipelineMetrics {
@@ -322,6 +379,8 @@ impl PipelineMetrics {
             call_duration: Family::new_with_constructor(latency_histogram),
             breaker_open: Family::default(),
             auth_rejected: Family::default(),
+            upload_size: Family::new_with_constructor(upload_size_histogram),
+            uploads_rejected: Family::default(),
         };
         registry.register(
             "images_stored",
@@ -349,6 +408,16 @@ impl PipelineMetrics {
             m.breaker_open.clone(),
         );
         registry.register(
+            "upload_size_bytes",
+            "Size of the images accepted by the upload role, by outcome (new, existing)",
+            m.upload_size.clone(),
+        );
+        registry.register(
+            "uploads_rejected",
+            "Uploads refused, by reason (too_large, unsupported_format, malformed, store_unavailable, internal)",
+            m.uploads_rejected.clone(),
+        );
+        registry.register(
             "requests_refused",
             "Requests refused by authentication or rate limiting, by reason",
             m.auth_rejected.clone(),
@@ -362,8 +431,21 @@ impl PipelineMetrics {
         }
     }
 
-    pub fn image_stored(&self, new: bool) {
+    /// An accepted upload of `bytes` bytes (`new`: not stored before).
+    pub fn image_stored(&self, new: bool, bytes: usize) {
         self.images.get_or_create(&Self::outcome(new)).inc();
+        self.upload_size
+            .get_or_create(&Self::outcome(new))
+            .observe(bytes as f64);
+    }
+
+    /// A refused upload; `reason` is one of a fixed set (see the family's help).
+    pub fn upload_rejected(&self, reason: &'static str) {
+        self.uploads_rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn result_saved(&self, new: bool) {
@@ -401,6 +483,89 @@ impl PipelineMetrics {
                 outcome: reason.to_string(),
             })
             .inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationReasonLabels {
+    pub operation: String,
+    pub reason: String,
+}
+
+/// The results database: query latency and errors by operation.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    duration: HistogramFamily<OperationLabels>,
+    errors: Family<OperationReasonLabels, Counter>,
+}
+
+impl StoreMetrics {
+    /// The operations [`crate::store::ResultStore`] runs (label values).
+    pub const OPERATIONS: [&'static str; 4] = ["insert", "get", "list", "ping"];
+
+    fn families() -> StoreMetrics {
+        StoreMetrics {
+            duration: Family::new_with_constructor(latency_histogram),
+            errors: Family::default(),
+        }
+    }
+
+    fn register(registry: &mut Registry) -> StoreMetrics {
+        let m = Self::families();
+        registry.register(
+            "db_query_duration_seconds",
+            "Time of one results-database operation (insert, get, list, ping), errors included",
+            m.duration.clone(),
+        );
+        registry.register(
+            "db_errors",
+            "Results-database operations that failed, by operation and reason (unavailable, query, corrupt)",
+            m.errors.clone(),
+        );
+        // Zero series for every operation, so error ratios have data before the first error.
+        for operation in Self::OPERATIONS {
+            for reason in ["unavailable", "query"] {
+                m.errors
+                    .get_or_create(&OperationReasonLabels {
+                        operation: operation.to_string(),
+                        reason: reason.to_string(),
+                    })
+                    .inc_by(0);
+            }
+        }
+        m
+    }
+
+    /// Families that belong to no registry (stores opened outside a server).
+    pub fn unregistered() -> StoreMetrics {
+        Self::families()
+    }
+
+    pub fn observe(&self, operation: &'static str, elapsed: Duration, error: Option<&'static str>) {
+        let labels = OperationLabels {
+            operation: operation.to_string(),
+        };
+        self.duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        if let Some(reason) = error {
+            self.errors
+                .get_or_create(&OperationReasonLabels {
+                    operation: labels.operation,
+                    reason: reason.to_string(),
+                })
+                .inc();
+        }
     }
 }
 

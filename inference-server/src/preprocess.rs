@@ -244,7 +244,8 @@ pub fn preprocess(
     limits: &DecodeLimits,
     p: &Preprocess,
 ) -> Result<Vec<f32>, PreprocessError> {
-    let image = decode(bytes, limits)?;
+    let image = tracing::debug_span!("decode").in_scope(|| decode(bytes, limits))?;
+    let _span = tracing::debug_span!("resize_normalise").entered();
     let mut out = vec![0.0; p.tensor_len()];
     to_tensor(&image, p, &mut out)?;
     Ok(out)

@@ -205,6 +205,7 @@ pub async fn role_state(
         }
     }
     let mut state = state_with_sources(args, model_name, &own_images)?;
+    state.metrics.set_role(role.as_str());
     state.recognizes = role.recognizes();
     if !role.recognizes() {
         state.model = ModelSlot::new(ModelStatus::None);
@@ -239,7 +240,9 @@ pub async fn role_state(
             Some(url) => url.clone(),
             None => crate::store::ResultStore::default_url(&args.data_dir)?,
         };
-        let store = crate::store::ResultStore::connect(&url).await?;
+        let store = crate::store::ResultStore::connect(&url)
+            .await?
+            .with_metrics(state.metrics.store.clone());
         tracing::info!(database = %crate::store::redact(&url), "results database ready");
         state.results = Some(store);
     }

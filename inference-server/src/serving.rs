@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::batching::{BatchConfig, Batcher, InferError};
 use crate::engine::{Engine, EngineConfig, LoadError, ModelInfo};
@@ -54,7 +55,9 @@ impl ServingModel {
         let tensor = self.preprocess_bytes(bytes).await?;
         let answer = self.batcher.submit(tensor, 1)?;
         drop(incoming); // queued: the batcher no longer waits for it
-        let row = answer.await?;
+        let row = answer
+            .instrument(tracing::debug_span!("queue_wait_and_inference"))
+            .await?;
         Ok(top_k(
             &row,
             self.info.outputs_probabilities,
@@ -78,9 +81,12 @@ impl ServingModel {
         let p = self.preprocess.clone();
         let limits = self.limits;
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || preprocess(&bytes, &limits, &p))
-            .await
-            .map_err(|_| InferError::Failed("image worker panicked".into()))?;
+        // The blocking pool does not inherit the caller's span: carry it over.
+        let span = tracing::debug_span!("preprocess", bytes = bytes.len());
+        let result =
+            tokio::task::spawn_blocking(move || span.in_scope(|| preprocess(&bytes, &limits, &p)))
+                .await
+                .map_err(|_| InferError::Failed("image worker panicked".into()))?;
         match &result {
             Ok(_) => self.metrics.preprocessed(started.elapsed()),
             Err(e) => self.metrics.rejected(e.reason()),
@@ -145,12 +151,13 @@ pub struct ModelSetup {
 /// Loads the model on a blocking thread and publishes the outcome into `slot`.
 pub async fn load_into(slot: ModelSlot, setup: ModelSetup, metrics: InferenceMetrics) {
     let name = setup.name.clone();
-    let outcome =
-        tokio::task::spawn_blocking(move || load(setup, metrics.clone()).map(|m| (m, metrics)))
-            .await
-            .unwrap_or_else(|_| Err(("LoadPanicked", "model loading panicked".to_string())));
+    metrics.not_ready();
+    let loading = metrics.clone();
+    let outcome = tokio::task::spawn_blocking(move || load(setup, loading))
+        .await
+        .unwrap_or_else(|_| Err(("LoadPanicked", "model loading panicked".to_string())));
     match outcome {
-        Ok((model, metrics)) => {
+        Ok(model) => {
             tracing::info!(
                 model = %name,
                 sha256 = %model.info.sha256,
@@ -168,6 +175,7 @@ pub async fn load_into(slot: ModelSlot, setup: ModelSetup, metrics: InferenceMet
         }
         Err((reason, message)) => {
             tracing::error!(model = %name, reason, error = %message, "model failed to load");
+            metrics.not_ready();
             slot.set(ModelStatus::Failed { reason, message });
         }
     }
@@ -183,6 +191,7 @@ fn load(
         Engine::load(env, &setup.engine).map_err(|e: LoadError| (e.reason(), e.to_string()))?;
     let info = engine.info().clone();
     let row_len = engine.row_len();
+    metrics.queue_capacity(setup.batching.queue_capacity);
     let batcher =
         Batcher::start(engine, setup.batching, row_len, metrics.clone()).map_err(|e| {
             (

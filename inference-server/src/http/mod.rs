@@ -17,6 +17,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use crate::auth::Auth;
 use crate::image_source::ImageSource;
@@ -162,7 +163,15 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         }
         .into_response()
     } else {
-        match tokio::time::timeout(state.settings.request_timeout, next.run(request)).await {
+        // Every event and span while handling the request carries its id.
+        let span = tracing::info_span!(
+            "request",
+            request_id = id.to_str().unwrap_or(""),
+            method = %method,
+            route = %route,
+        );
+        let handled = next.run(request).instrument(span);
+        match tokio::time::timeout(state.settings.request_timeout, handled).await {
             Ok(response) => response,
             Err(_) => AppError::Unavailable {
                 message: format!(

@@ -228,17 +228,24 @@ async fn save(
     headers: &HeaderMap,
 ) -> Result<(ResultRecord, bool), StepError> {
     if let Some(store) = &state.results {
-        return store.save(new).await.map_err(|e| {
-            if e.is_unavailable() {
-                StepError::Unavailable {
-                    component: "store",
-                    message: format!("the results database is unavailable: {e}"),
-                    retry_after: 1,
+        return store
+            .save(new)
+            .await
+            .map(|(record, created)| {
+                state.metrics.pipeline.result_saved(created);
+                (record, created)
+            })
+            .map_err(|e| {
+                if e.is_unavailable() {
+                    StepError::Unavailable {
+                        component: "store",
+                        message: format!("the results database is unavailable: {e}"),
+                        retry_after: 1,
+                    }
+                } else {
+                    StepError::Other(AppError::Internal(e.to_string()))
                 }
-            } else {
-                StepError::Other(AppError::Internal(e.to_string()))
-            }
-        });
+            });
     }
     let remote = state
         .pipeline

@@ -14,13 +14,16 @@ pub mod http;
 
 use std::path::Path;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+use tracing::Instrument;
+
+use crate::metrics::StoreMetrics;
 use crate::postprocess::Prediction;
 
 /// The table the records live in (not the seed's `results`, so an old seed database can sit
@@ -68,6 +71,18 @@ impl StoreError {
                     | sqlx::Error::Tls(_)
             ),
             _ => false,
+        }
+    }
+
+    /// A bounded label for metrics: `unavailable` (cannot reach the database), `corrupt`
+    /// (a stored row does not decode), `query` (anything else).
+    pub fn reason(&self) -> &'static str {
+        if self.is_unavailable() {
+            "unavailable"
+        } else if matches!(self, StoreError::Corrupt { .. }) {
+            "corrupt"
+        } else {
+            "query"
         }
     }
 }
@@ -267,6 +282,7 @@ pub struct Page {
 pub struct ResultStore {
     pool: AnyPool,
     dialect: Dialect,
+    metrics: StoreMetrics,
 }
 
 const COLUMNS: &str =
@@ -336,13 +352,42 @@ impl ResultStore {
                 backend: dialect.name(),
                 source,
             })?;
-        let store = ResultStore { pool, dialect };
+        let store = ResultStore {
+            pool,
+            dialect,
+            metrics: StoreMetrics::unregistered(),
+        };
         store.migrate().await?;
         Ok(store)
     }
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// Records query latency and errors into `metrics` (a server's registry).
+    pub fn with_metrics(mut self, metrics: StoreMetrics) -> ResultStore {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Runs one operation in a span, timing it and counting its failure.
+    async fn timed<T>(
+        &self,
+        operation: &'static str,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = work
+            .instrument(tracing::debug_span!(
+                "store",
+                operation,
+                backend = self.dialect.name()
+            ))
+            .await;
+        let error = result.as_ref().err().map(StoreError::reason);
+        self.metrics.observe(operation, started.elapsed(), error);
+        result
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -399,6 +444,10 @@ impl ResultStore {
 
     /// True when the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        self.timed("ping", self.ping_query()).await
+    }
+
+    async fn ping_query(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
@@ -412,6 +461,10 @@ impl ResultStore {
     /// Saves `new` unless a record with its idempotency key exists. Returns the record and
     /// whether it was created now.
     pub async fn save(&self, new: &NewResult) -> Result<(ResultRecord, bool), StoreError> {
+        self.timed("insert", self.save_query(new)).await
+    }
+
+    async fn save_query(&self, new: &NewResult) -> Result<(ResultRecord, bool), StoreError> {
         let key = new.idempotency_key();
         let now = now_ms();
         let id = new_id(now);
@@ -470,6 +523,10 @@ impl ResultStore {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<ResultRecord>, StoreError> {
+        self.timed("get", self.get_query(id)).await
+    }
+
+    async fn get_query(&self, id: &str) -> Result<Option<ResultRecord>, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM {TABLE} WHERE id = {}",
             self.dialect.ph(1)
@@ -487,6 +544,10 @@ impl ResultStore {
 
     /// One page, newest first.
     pub async fn list(&self, q: &ListQuery) -> Result<Page, StoreError> {
+        self.timed("list", self.list_query(q)).await
+    }
+
+    async fn list_query(&self, q: &ListQuery) -> Result<Page, StoreError> {
         enum Bind {
             Text(String),
             Int(i64),

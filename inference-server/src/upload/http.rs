@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::{ImageInfo, ImageStore, UploadError, is_image_id};
 use crate::http::AppState;
@@ -91,6 +92,24 @@ pub async fn read_image(
     request: Request,
     raw_ok: bool,
 ) -> Result<Bytes, AppError> {
+    read_body(state, request, raw_ok)
+        .await
+        .inspect_err(|e| count_rejection(state, e))
+}
+
+/// Counts a refused upload by a bounded reason (`sightline_uploads_rejected_total`).
+fn count_rejection(state: &AppState, e: &AppError) {
+    let reason = match e {
+        AppError::PayloadTooLarge(_) => "too_large",
+        AppError::UnsupportedMediaType(_) => "unsupported_format",
+        AppError::BadRequest(_) | AppError::Unprocessable(_) => "malformed",
+        AppError::Unavailable { .. } => "store_unavailable",
+        _ => "internal",
+    };
+    state.metrics.pipeline.upload_rejected(reason);
+}
+
+async fn read_body(state: &AppState, request: Request, raw_ok: bool) -> Result<Bytes, AppError> {
     let is_multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -139,8 +158,15 @@ pub async fn store_image(
     bytes: Bytes,
 ) -> Result<(StoredImage, bool), AppError> {
     let uploads = uploads(state)?;
-    let (info, created) = uploads.store.put(bytes).await?;
-    state.metrics.pipeline.image_stored(created);
+    let len = bytes.len();
+    let (info, created) = uploads
+        .store
+        .put(bytes)
+        .instrument(tracing::debug_span!("store_image", bytes = len))
+        .await
+        .map_err(AppError::from)
+        .inspect_err(|e| count_rejection(state, e))?;
+    state.metrics.pipeline.image_stored(created, len);
     Ok((
         StoredImage {
             id: info.sha256.clone(),
