@@ -24,7 +24,7 @@ run: deps models
 	$(CARGO) run --release -p sightline-server -- all
 
 test: deps models
-	$(CARGO) build -p sightline-server
+	$(CARGO) build -p sightline-server -p sightline-operator
 	$(CARGO) test --workspace --no-fail-fast
 
 bench: deps models
@@ -58,6 +58,10 @@ deps: $(VENV)/.installed $(ORT_LIB)
 	@command -v chromium >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	  else echo "chromium is missing (the browser test needs it): sudo apt-get install chromium"; fi; }
+	@# The metrics test: Debian's prometheus (the server and promtool), started by the test.
+	@command -v promtool >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
+	  else echo "prometheus is missing (the metrics test needs it): sudo apt-get install prometheus"; fi; }
 	@test -f e2e/browser/node_modules/playwright-core/package.json || \
 	  npm ci --prefix e2e/browser --no-audit --no-fund --silent
 
