@@ -271,6 +271,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGHTLINE_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
 
+    /// Seconds to keep serving after SIGTERM with /readyz failing (so load balancers stop
+    /// sending new connections) before the listener closes; Ctrl-C skips it.
+    #[arg(long, env = "SIGHTLINE_SHUTDOWN_DRAIN_SECS", default_value_t = 5)]
+    pub shutdown_drain_secs: u64,
+
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, env = "SIGHTLINE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod batching;
 pub mod cli;
+pub mod drain;
 pub mod engine;
 pub mod eval;
 pub mod exposition;

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::batching::BatchConfig;
 use crate::cli::{Role, ServeArgs};
+use crate::drain::{Draining, Shutdown};
 use crate::engine::EngineConfig;
 use crate::http::{AppState, HttpSettings, app};
 use crate::image_source::ImageSource;
@@ -285,6 +286,7 @@ pub struct Server {
     pub state: AppState,
     setup: Option<ModelSetup>,
     grace: Duration,
+    drain: Duration,
 }
 
 impl Server {
@@ -311,6 +313,7 @@ impl Server {
             state,
             setup,
             grace: Duration::from_secs(args.shutdown_grace_secs),
+            drain: Duration::from_secs(args.shutdown_drain_secs),
         })
     }
 
@@ -318,17 +321,19 @@ impl Server {
         self.listener.local_addr().ok()
     }
 
-    /// Loads the model in the background and serves until `shutdown` resolves, then lets
-    /// in-flight requests finish (up to the grace period).
-    pub async fn serve(
+    /// Loads the model in the background and serves until `shutdown` resolves — after the
+    /// drain period when it resolves to [`Shutdown::Drain`] (see [`crate::drain`]) — then
+    /// lets in-flight requests finish (up to the grace period).
+    pub async fn serve<S: Into<Shutdown>>(
         self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
+        shutdown: impl Future<Output = S> + Send + 'static,
     ) -> Result<(), ServerError> {
         let Server {
             listener,
             state,
             setup,
             grace,
+            drain,
         } = self;
         if let Some(setup) = setup {
             tokio::spawn(load_into(
@@ -339,11 +344,22 @@ impl Server {
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let header_read_timeout = state.settings.header_read_timeout;
-        let router = app(state);
+        let draining = Draining::default();
+        let router = app(state).layer(axum::middleware::from_fn_with_state(
+            draining.clone(),
+            crate::drain::layer,
+        ));
         let listener =
             crate::http::slow_clients::HeaderDeadline::new(listener, header_read_timeout);
         let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-            shutdown.await;
+            if shutdown.await.into() == Shutdown::Drain && !drain.is_zero() {
+                tracing::info!(
+                    ?drain,
+                    "SIGTERM: not ready any more, serving through the drain period"
+                );
+                draining.begin();
+                tokio::time::sleep(drain).await;
+            }
             tracing::info!("shutting down: finishing in-flight requests");
             let _ = stop_tx.send(true);
         });
@@ -362,8 +378,8 @@ impl Server {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
+/// Resolves on SIGTERM (drain first) or Ctrl-C (stop now).
+pub async fn shutdown_signal() -> Shutdown {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -379,7 +395,7 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
     tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        () = ctrl_c => Shutdown::Now,
+        () = terminate => Shutdown::Drain,
     }
 }

@@ -38,6 +38,9 @@ impl From<UploadError> for AppError {
         match e {
             UploadError::Image(e) => e.into(),
             UploadError::TrailingData(_) => AppError::BadRequest(e.to_string()),
+            UploadError::Io { .. } if e.is_storage_full() => AppError::InsufficientStorage(
+                format!("the image store is full; nothing was stored: {e}"),
+            ),
             UploadError::Object { .. } => AppError::Unavailable {
                 message: format!("the image store is unavailable: {e}"),
                 retry_after: Some(1),

@@ -49,6 +49,22 @@ pub enum UploadError {
     },
 }
 
+/// Age past which a temporary file is a crash's leftover (a write takes well under the
+/// request timeout).
+pub const TEMPORARY_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl UploadError {
+    /// True when a write failed because the disk (or the process's file size limit, or a
+    /// quota) is full: the client can retry once space is freed.
+    pub fn is_storage_full(&self) -> bool {
+        use std::io::ErrorKind;
+        matches!(self, UploadError::Io { source, .. } if matches!(
+            source.kind(),
+            ErrorKind::StorageFull | ErrorKind::FileTooLarge | ErrorKind::QuotaExceeded
+        ))
+    }
+}
+
 /// Where an S3-compatible image store is and how to sign in. Unset fields come from the
 /// usual `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 /// `AWS_REGION`, `AWS_ENDPOINT`, …).
@@ -327,13 +343,23 @@ impl ImageStore {
         }
     }
 
-    /// Deletes temporary files left by a crash mid-write (local directories only).
+    /// Deletes temporary files left by a crash mid-write (local directories only). Only
+    /// files older than [`TEMPORARY_MAX_AGE`]: another replica sharing the directory may be
+    /// writing the recent ones right now.
     pub fn sweep_temporary(&self) {
         if let Backend::Local(dir) = &*self.backend
             && let Ok(entries) = std::fs::read_dir(dir.join("tmp"))
         {
             for entry in entries.flatten() {
-                let _ = std::fs::remove_file(entry.path());
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > TEMPORARY_MAX_AGE);
+                if stale {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
         }
     }
@@ -472,6 +498,37 @@ mod tests {
             .count();
         assert_eq!(tmp_left, 0, "no temporary file is left behind");
         assert!(store.get(&"0".repeat(64)).await.expect("get").is_none());
+    }
+
+    #[test]
+    fn the_sweep_spares_the_temporary_files_another_replica_is_writing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path(), DecodeLimits::default()).expect("open");
+        let tmp = dir.path().join("tmp");
+        let (fresh, stale) = (tmp.join("fresh"), tmp.join("stale"));
+        std::fs::write(&fresh, b"being written").expect("fresh");
+        let old = std::fs::File::create(&stale).expect("stale");
+        old.set_modified(std::time::SystemTime::now() - 2 * TEMPORARY_MAX_AGE)
+            .expect("age it");
+        drop(old);
+        store.sweep_temporary();
+        assert!(
+            fresh.exists(),
+            "a recent file may be another replica's write"
+        );
+        assert!(!stale.exists(), "a crash's leftover is removed");
+    }
+
+    #[test]
+    fn a_full_disk_is_told_apart_from_other_io_errors() {
+        let io = |kind| UploadError::Io {
+            action: "write",
+            path: "x".into(),
+            source: std::io::Error::from(kind),
+        };
+        assert!(io(std::io::ErrorKind::StorageFull).is_storage_full());
+        assert!(io(std::io::ErrorKind::FileTooLarge).is_storage_full());
+        assert!(!io(std::io::ErrorKind::PermissionDenied).is_storage_full());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
