@@ -3,6 +3,7 @@
 #   make run     build and start `sightline-server all` on 127.0.0.1:8080 (pretrained model)
 #   make test    the whole test suite (unit, integration, e2e, operator)
 #   make bench   HTTP vs raw ONNX Runtime benchmark (writes the table for BENCHMARKS.md)
+#   make load    mixed load on the three split services: figures + no loss/duplicates (RELIABILITY.md)
 #   make lint    rustfmt check + clippy with warnings as errors
 #   make deny    cargo-deny: licences, bans, sources (installs cargo-deny when missing)
 #   make fuzz    every cargo-fuzz target for FUZZ_SECONDS each (default 60; see fuzz/)
@@ -18,7 +19,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so
 MODELS := models/build/efficientnet-lite0.onnx models/build/test-classifier.onnx
 CARGO ?= cargo
 
-.PHONY: run test bench lint deps deps-gpu models clean-models deny deny-advisories fuzz
+.PHONY: run test bench load lint deps deps-gpu models clean-models deny deny-advisories fuzz
 
 run: deps models
 	$(CARGO) run --release -p sightline-server -- all
@@ -29,6 +30,14 @@ test: deps models
 
 bench: deps models
 	$(CARGO) run --release -p sightline-e2e --bin sightline-bench -- --out target/bench.md
+
+LOAD_REQUESTS ?= 5000
+LOAD_CONCURRENCY ?= 32
+load: deps models
+	$(CARGO) build --release -p sightline-server
+	mkdir -p target
+	$(CARGO) run --release -p sightline-e2e --bin sightline-load -- \
+	  --requests $(LOAD_REQUESTS) --concurrency $(LOAD_CONCURRENCY) --out target/load.md
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,7 +1,10 @@
 //! Helpers shared by the end-to-end tests and the benchmark: repository paths, a
 //! `sightline-server` listening on a real loopback port, and the Python venv's tools.
 
+pub mod load;
+pub mod netfault;
 pub mod process;
+pub mod split;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,12 +38,18 @@ pub fn require(paths: &[PathBuf]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let message = format!("missing {missing:?}: run `make deps models` from the repository root");
+    skip(&format!(
+        "missing {missing:?}: run `make deps models` from the repository root"
+    ));
+    false
+}
+
+/// Something a test needs is not there: under CI a failure, locally a loud skip.
+pub fn skip(message: &str) {
     if std::env::var_os("CI").is_some() {
-        panic!("{message}");
+        panic!("{message} (required under CI)");
     }
     eprintln!("\n*** SKIPPED (not in CI): {message} ***\n");
-    false
 }
 
 /// Serving flags: `recognize` on an ephemeral loopback port with `model` from models/build.

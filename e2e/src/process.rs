@@ -149,12 +149,25 @@ impl ServerProcess {
         args: &[String],
         log_dir: &Path,
     ) -> anyhow::Result<ServerProcess> {
+        Self::start_named(binary, role, role, port, args, log_dir)
+    }
+
+    /// Like [`ServerProcess::start_on`], logging to `<log_dir>/<name>.log` (for two
+    /// instances of one role).
+    pub fn start_named(
+        binary: &Path,
+        role: &str,
+        name: &str,
+        port: u16,
+        args: &[String],
+        log_dir: &Path,
+    ) -> anyhow::Result<ServerProcess> {
         let mut process = ServerProcess {
             role: role.to_string(),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             binary: binary.to_path_buf(),
             args: args.to_vec(),
-            log: log_dir.join(format!("{role}.log")),
+            log: log_dir.join(format!("{name}.log")),
             child: None,
         };
         process.spawn()?;
@@ -227,6 +240,45 @@ impl ServerProcess {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM, as Kubernetes sends it: the server drains, then stops.
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("{} is not running", self.role))?;
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .context("run kill -TERM")?;
+        anyhow::ensure!(status.success(), "kill -TERM {pid}: {status}");
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("{} is not running", self.role))?;
+        loop {
+            if let Some(status) = child.try_wait().context("wait for the server")? {
+                self.child = None;
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} still running {timeout:?} after it was asked to stop",
+                self.role
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
