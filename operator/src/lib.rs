@@ -6,6 +6,7 @@ pub mod build;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod exposition;
 pub mod leader;
 pub mod metrics;
 pub mod render;

@@ -56,7 +56,9 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("sightline_operator");
+        let mut root = Registry::default();
+        crate::exposition::register_process_metrics(&mut root);
+        let registry = root.sub_registry_with_prefix("sightline_operator");
         let reconciles = Family::<KindLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
@@ -96,7 +98,7 @@ impl Metrics {
             leader.clone(),
         );
         Metrics {
-            registry,
+            registry: root,
             reconciles,
             errors,
             duration,
@@ -177,7 +179,7 @@ impl Metrics {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        crate::exposition::to_text_format(&out)
     }
 }
 
