@@ -25,6 +25,10 @@ pub struct BatchConfig {
     pub max_batch_size: usize,
     pub max_delay: Duration,
     pub queue_capacity: usize,
+    /// Run every batch at `max_batch_size` rows (zero rows fill the rest), so the model
+    /// always sees one input shape. Set for the GPU: there, batches of changing sizes ran
+    /// 50-200 times slower than the same work at one size (BENCHMARKS.md, "GPU").
+    pub fixed_shape: bool,
 }
 
 impl Default for BatchConfig {
@@ -33,6 +37,7 @@ impl Default for BatchConfig {
             max_batch_size: 8,
             max_delay: Duration::from_millis(2),
             queue_capacity: 64,
+            fixed_shape: false,
         }
     }
 }
@@ -60,6 +65,16 @@ pub fn decide(
         Decision::Flush
     } else {
         Decision::WaitUntil(deadline)
+    }
+}
+
+/// How many rows a batch of `rows` is run with: itself, or always `max_batch_size` when
+/// the shape is fixed.
+pub fn run_rows(rows: usize, max_batch_size: usize, fixed_shape: bool) -> usize {
+    if fixed_shape {
+        rows.max(max_batch_size)
+    } else {
+        rows
     }
 }
 
@@ -298,18 +313,21 @@ impl<R: BatchRunner> Worker<R> {
             self.metrics
                 .queue_wait(started.duration_since(job.enqueued));
         }
-        let mut input = Vec::with_capacity(rows * self.row_len);
+        let run_rows = run_rows(rows, self.cfg.max_batch_size, self.cfg.fixed_shape);
+        let mut input = Vec::with_capacity(run_rows * self.row_len);
         for job in &jobs {
             input.extend_from_slice(&job.input);
         }
+        input.resize(run_rows * self.row_len, 0.0);
         let runner = &mut self.runner;
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.run(&input, rows)))
-                .unwrap_or_else(|_| Err("the model runner panicked".to_string()));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runner.run(&input, run_rows)
+        }))
+        .unwrap_or_else(|_| Err("the model runner panicked".to_string()));
         self.metrics.batch(rows, started.elapsed());
         match result {
-            Ok(output) if rows > 0 && output.len() % rows == 0 => {
-                let per_row = output.len() / rows;
+            Ok(output) if run_rows > 0 && output.len() % run_rows == 0 => {
+                let per_row = output.len() / run_rows;
                 let mut offset = 0;
                 for job in jobs {
                     let end = offset + job.rows * per_row;
@@ -384,6 +402,26 @@ mod tests {
         .expect("start")
     }
 
+    #[tokio::test]
+    async fn a_fixed_shape_runs_full_batches_and_hands_back_only_real_rows() {
+        assert_eq!(run_rows(3, 8, true), 8);
+        assert_eq!(run_rows(3, 8, false), 3);
+        let b = batcher(
+            BatchConfig {
+                max_batch_size: 4,
+                max_delay: Duration::ZERO,
+                queue_capacity: 8,
+                fixed_shape: true,
+            },
+            Duration::ZERO,
+        );
+        let out = b
+            .infer(vec![1.0, 2.0, 3.0, 4.0], 1)
+            .await
+            .expect("inference");
+        assert_eq!(out, vec![10.0, 4.0], "its own row, run in a batch of 4");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn each_request_gets_its_own_rows_and_batches_form_under_load() {
         let b = batcher(
@@ -391,6 +429,7 @@ mod tests {
                 max_batch_size: 4,
                 max_delay: Duration::from_millis(20),
                 queue_capacity: 64,
+                fixed_shape: false,
             },
             Duration::from_millis(10),
         );
@@ -428,6 +467,7 @@ mod tests {
                 max_batch_size: 1,
                 max_delay: Duration::ZERO,
                 queue_capacity: 2,
+                fixed_shape: false,
             },
             Duration::from_millis(200),
         );

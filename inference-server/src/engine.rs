@@ -223,10 +223,14 @@ impl Engine {
     /// cost), checks the output size against the labels and decides, for `auto` models,
     /// whether the rows are already probabilities.
     fn warm_up(&mut self, cfg: &EngineConfig) -> Result<(), LoadError> {
-        let rows = cfg.max_batch_size.clamp(1, 8);
-        let input: Vec<f32> = (0..rows * self.row_len)
-            .map(|i| ((i % 251) as f32 / 125.0) - 1.0)
-            .collect();
+        // On the GPU every batch runs at max_batch_size rows (batching.rs, `fixed_shape`):
+        // warm up exactly that shape.
+        let rows = if self.info.device == Device::Gpu {
+            cfg.max_batch_size.max(1)
+        } else {
+            cfg.max_batch_size.clamp(1, 8)
+        };
+        let input = input_rows(self.row_len, rows);
         if self.info.classes == 0 {
             // The class count is dynamic in the graph: learn it from one run.
             let (_, data) = self
@@ -278,7 +282,7 @@ fn build_session(
     match cfg.device {
         Device::Cpu => Ok((commit(base()?)?, Device::Cpu)),
         Device::Gpu => {
-            let cuda = ort::ep::CUDA::default().build().error_on_failure();
+            let cuda = cuda_execution_provider();
             match base()?.with_execution_providers([cuda]) {
                 Ok(builder) => Ok((commit(builder)?, Device::Gpu)),
                 Err(e) if cfg.allow_cpu_fallback => {
@@ -289,6 +293,26 @@ fn build_session(
             }
         }
     }
+}
+
+/// Varied, deterministic input rows for warm-up runs.
+fn input_rows(row_len: usize, rows: usize) -> Vec<f32> {
+    (0..rows * row_len)
+        .map(|i| ((i % 251) as f32 / 125.0) - 1.0)
+        .collect()
+}
+
+/// The CUDA execution provider as the server (and the benchmark's raw side) uses it.
+///
+/// cuDNN's convolution algorithm is chosen by heuristics rather than ONNX Runtime's default
+/// exhaustive benchmarking, which re-ran whenever a convolution saw a new input shape
+/// (measured on an H200 with batches of changing size: p50 1054 ms → 187 ms at concurrency
+/// 4; the batcher's fixed GPU batch shape removed the rest, BENCHMARKS.md "GPU").
+pub fn cuda_execution_provider() -> ort::ep::ExecutionProviderDispatch {
+    ort::ep::CUDA::default()
+        .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
+        .build()
+        .error_on_failure()
 }
 
 fn tensor_outlet<'a>(

@@ -129,6 +129,8 @@ pub fn model_setup(args: &ServeArgs) -> Result<ModelSetup, ServerError> {
             max_batch_size: m.max_batch_size.max(1),
             max_delay: Duration::from_millis(m.max_delay_ms),
             queue_capacity: m.queue_capacity.max(1),
+            // Decided when the model loads (the device it really got).
+            fixed_shape: false,
         },
         limits: DecodeLimits {
             max_pixels: args.max_image_pixels,

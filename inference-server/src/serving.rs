@@ -192,13 +192,16 @@ fn load(
     let info = engine.info().clone();
     let row_len = engine.row_len();
     metrics.queue_capacity(setup.batching.queue_capacity);
-    let batcher =
-        Batcher::start(engine, setup.batching, row_len, metrics.clone()).map_err(|e| {
-            (
-                "WorkerFailed",
-                format!("cannot start the inference thread: {e}"),
-            )
-        })?;
+    let batching = crate::batching::BatchConfig {
+        fixed_shape: info.device == crate::engine::Device::Gpu,
+        ..setup.batching
+    };
+    let batcher = Batcher::start(engine, batching, row_len, metrics.clone()).map_err(|e| {
+        (
+            "WorkerFailed",
+            format!("cannot start the inference thread: {e}"),
+        )
+    })?;
     Ok(ServingModel {
         name: setup.name,
         info,

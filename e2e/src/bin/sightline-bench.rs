@@ -117,7 +117,7 @@ fn raw(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if side.gpu {
         builder = builder
-            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            .with_execution_providers([sightline_server::engine::cuda_execution_provider()])
             .map_err(|e| anyhow::anyhow!("CUDA: {e}"))?;
     }
     let session = builder.commit_from_file(models().join(format!("{model}.onnx")))?;
