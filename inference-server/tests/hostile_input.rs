@@ -530,6 +530,25 @@ async fn header_and_json_injection_and_unicode_stay_data() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    // A request id that is too long or not plain ASCII is replaced, never echoed.
+    for id in [
+        "a".repeat(200),
+        "id with spaces".to_string(),
+        "<script>é".to_string(),
+    ] {
+        let Ok(value) = axum::http::HeaderValue::from_bytes(id.as_bytes()) else {
+            continue;
+        };
+        let request = Request::get("/healthz")
+            .header("x-request-id", value)
+            .body(Body::empty())
+            .expect("request");
+        let (status, response) = send(&app, request).await;
+        assert_eq!(status, StatusCode::OK);
+        let echoed = response.headers().get("x-request-id").expect("an id");
+        assert_ne!(echoed.as_bytes(), id.as_bytes(), "{id:?} was echoed");
+        assert!(echoed.len() <= 128);
+    }
     // Unicode where numbers and ids are expected.
     for uri in [
         "/api/v1/results?limit=%D9%A3",

@@ -302,8 +302,9 @@ pub fn read_input(
             input.datatype
         )));
     }
+    // Every dimension at least 1 (a dynamic one included: no empty or negative tensors).
     let shape_ok = input.shape.len() == expected.len()
-        && input.shape[0] >= 1
+        && input.shape.iter().all(|d| *d >= 1)
         && input.shape[1..]
             .iter()
             .zip(&expected[1..])
@@ -331,12 +332,13 @@ pub fn read_input(
     let values = match (&input.data, binary_size) {
         (Some(data), None) => data.0.clone(),
         (None, Some(size)) => {
-            if size as usize != binary.len() || binary.len() != count * 4 {
+            // `count * 4` may overflow for shapes with huge dynamic dimensions.
+            if size as usize != binary.len() || count.checked_mul(4) != Some(binary.len()) {
                 return Err(AppError::bad_request(format!(
                     "binary_data_size is {size} and {} bytes follow the header; shape {:?} of FP32 needs {}",
                     binary.len(),
                     input.shape,
-                    count * 4
+                    count.saturating_mul(4)
                 )));
             }
             binary
@@ -567,6 +569,20 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// Regression: with dynamic dimensions, a shape whose element count fits in `usize`
+    /// but whose byte count does not overflowed `count * 4` (a panic in debug builds).
+    #[test]
+    fn huge_dynamic_dimensions_are_a_400_not_an_overflow() {
+        let dynamic = [-1, 3, -1, -1];
+        for shape in ["[1,3,2305843009213693952,1]", "[1,3,-1,4]", "[1,3,0,4]"] {
+            let body = format!(
+                r#"{{"inputs":[{{"name":"input","shape":{shape},"datatype":"FP32","parameters":{{"binary_data_size":8}}}}]}}"#
+            );
+            let err = read_input(&request(&body), &[0; 8], "input", &dynamic, 8).expect_err(shape);
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{shape}");
+        }
     }
 
     #[test]
