@@ -59,7 +59,9 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// True when the database could not be reached (a 503 rather than a 500).
+    /// True when the database could not be reached (a 503 rather than a 500). A
+    /// protocol error counts: a connection cut while the pool opens it fails mid-handshake
+    /// (PostgreSQL's "unexpected response from SSLRequest") rather than with an I/O error.
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Connect { .. } => true,
@@ -69,6 +71,8 @@ impl StoreError {
                     | sqlx::Error::PoolTimedOut
                     | sqlx::Error::PoolClosed
                     | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::WorkerCrashed
             ),
             _ => false,
         }
@@ -838,6 +842,19 @@ mod tests {
         let mut other_model = base.clone();
         other_model.model.sha256 = "e".into();
         assert_ne!(base.idempotency_key(), other_model.idempotency_key());
+    }
+
+    #[test]
+    fn a_connection_cut_mid_handshake_is_unavailable_not_a_bug() {
+        let query = |source| StoreError::Query {
+            what: "list",
+            source,
+        };
+        let cut = sqlx::Error::Protocol("unexpected response from SSLRequest: 0x00".into());
+        assert!(query(cut).is_unavailable());
+        assert!(query(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(!query(sqlx::Error::RowNotFound).is_unavailable());
+        assert!(!query(sqlx::Error::ColumnNotFound("id".into())).is_unavailable());
     }
 
     #[test]
