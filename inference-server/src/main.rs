@@ -56,11 +56,7 @@ fn init_logging(format: LogFormat) {
     let spans = std::env::var("SIGHTLINE_LOG_SPANS").is_ok_and(|v| v == "1" || v == "true");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_span_events(if spans {
-            FmtSpan::CLOSE
-        } else {
-            FmtSpan::NONE
-        });
+        .with_span_events(if spans { FmtSpan::CLOSE } else { FmtSpan::NONE });
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
