@@ -276,6 +276,14 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGHTLINE_SHUTDOWN_DRAIN_SECS", default_value_t = 5)]
     pub shutdown_drain_secs: u64,
 
+    /// Recognize and all roles: a zip of a labelled set (one folder per class, or a CSV of
+    /// `path,label` beside the images) evaluated once the model is ready, as by
+    /// `POST /api/v1/evaluations` and within its limits; the progress and the report are
+    /// at `GET /api/v1/evaluations/startup` (`failed`, with the error, if the file cannot be
+    /// read or is not such a zip). Not started if the model fails to load.
+    #[arg(long, env = "SIGHTLINE_EVALUATE_ON_START")]
+    pub evaluate_on_start: Option<PathBuf>,
+
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, env = "SIGHTLINE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

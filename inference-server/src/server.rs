@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,6 +182,7 @@ fn state_with_sources(
             args.rate_limit_rps,
             args.rate_limit_burst,
         )?),
+        evaluations: Default::default(),
     })
 }
 
@@ -287,6 +289,8 @@ pub struct Server {
     pub listener: TcpListener,
     pub state: AppState,
     setup: Option<ModelSetup>,
+    /// `--evaluate-on-start` (roles that recognize).
+    evaluate_on_start: Option<PathBuf>,
     grace: Duration,
     drain: Duration,
 }
@@ -314,6 +318,10 @@ impl Server {
             listener,
             state,
             setup,
+            evaluate_on_start: args
+                .evaluate_on_start
+                .clone()
+                .filter(|_| args.role.recognizes()),
             grace: Duration::from_secs(args.shutdown_grace_secs),
             drain: Duration::from_secs(args.shutdown_drain_secs),
         })
@@ -334,15 +342,31 @@ impl Server {
             listener,
             state,
             setup,
+            evaluate_on_start,
             grace,
             drain,
         } = self;
         if let Some(setup) = setup {
-            tokio::spawn(load_into(
-                state.model.clone(),
-                setup,
-                state.metrics.inference.clone(),
-            ));
+            let slot = state.model.clone();
+            let metrics = state.metrics.inference.clone();
+            let jobs = state.evaluations.clone();
+            let max_bytes = state.settings.max_body_bytes;
+            tokio::spawn(async move {
+                load_into(slot.clone(), setup, metrics).await;
+                let Some(path) = evaluate_on_start else {
+                    return;
+                };
+                match slot.ready() {
+                    Ok(model) => {
+                        crate::eval::api::evaluate_on_start(&jobs, model, &path, max_bytes).await;
+                    }
+                    Err(why) => tracing::warn!(
+                        path = %path.display(),
+                        why,
+                        "no start-up evaluation: the model is not ready"
+                    ),
+                }
+            });
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let header_read_timeout = state.settings.header_read_timeout;

@@ -4,13 +4,11 @@
 
 mod support;
 
-use std::io::Write;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use support::{args, body_json, loaded_app, send, test_classifier_ready};
-use zip::write::SimpleFileOptions;
+use support::{args, body_json, loaded_app, send, test_classifier_ready, zip_of};
 
 fn png(rgb: [u8; 3]) -> Vec<u8> {
     let img = image::RgbImage::from_pixel(16, 16, image::Rgb(rgb));
@@ -18,16 +16,6 @@ fn png(rgb: [u8; 3]) -> Vec<u8> {
     img.write_to(&mut out, image::ImageFormat::Png)
         .expect("encode png");
     out.into_inner()
-}
-
-fn zip_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (name, bytes) in files {
-        w.start_file(*name, SimpleFileOptions::default())
-            .expect("start file");
-        w.write_all(bytes).expect("write");
-    }
-    w.finish().expect("finish").into_inner()
 }
 
 fn post(zip: Vec<u8>) -> Request<Body> {

@@ -7,13 +7,17 @@
 //! [`MAX_UNPACKED_BYTES`] unpacked (counted while unpacking, not trusted from the zip
 //! headers), paths confined to the unpack directory, [`MAX_RUNNING`] evaluations at once,
 //! the last [`KEPT`] kept.
+//!
+//! `--evaluate-on-start PATH` runs the same evaluation once the model is ready, under the
+//! fixed id [`STARTUP_ID`] ([`evaluate_on_start`]); both paths go through [`start`] and the
+//! one [`Jobs`] store of the server ([`AppState::evaluations`]).
 
 use std::collections::VecDeque;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Extension, FromRequest, Multipart, Path as UrlPath, Request, State};
+use axum::extract::{FromRequest, Multipart, Path as UrlPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,11 +31,14 @@ use super::report::Report;
 use super::runner::evaluate_with;
 use crate::http::AppState;
 use crate::http::error::AppError;
+use crate::serving::ServingModel;
 
 pub const MAX_ENTRIES: usize = 100_000;
 pub const MAX_UNPACKED_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 pub const MAX_RUNNING: usize = 2;
 pub const KEPT: usize = 20;
+/// The id of the `--evaluate-on-start` evaluation.
+pub const STARTUP_ID: &str = "startup";
 
 /// The evaluations of one server.
 #[derive(Clone, Default)]
@@ -96,44 +103,85 @@ impl Jobs {
         if jobs.iter().filter(|j| j.running()).count() >= MAX_RUNNING {
             return false;
         }
-        jobs.push_back(job);
-        while jobs.len() > KEPT {
-            match jobs.iter().position(|j| !j.running()) {
-                Some(i) => {
-                    jobs.remove(i);
-                }
-                None => break,
-            }
-        }
+        push_and_trim(&mut jobs, job);
         true
+    }
+
+    /// Records an evaluation that failed before it could run (shown as `failed`).
+    fn record_failure(&self, id: &str, dataset: &str, message: String) {
+        let job = Arc::new(Job {
+            id: id.to_string(),
+            dataset: dataset.to_string(),
+            created_at_ms: now_ms(),
+            progress: Progress::new(0, false),
+            outcome: Mutex::new(Some(Err(message))),
+        });
+        let mut jobs = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        push_and_trim(&mut jobs, job);
     }
 }
 
+fn push_and_trim(jobs: &mut VecDeque<Arc<Job>>, job: Arc<Job>) {
+    jobs.push_back(job);
+    while jobs.len() > KEPT {
+        match jobs.iter().position(|j| !j.running()) {
+            Some(i) => {
+                jobs.remove(i);
+            }
+            None => break,
+        }
+    }
+}
+
+/// The evaluation routes; their jobs are [`AppState::evaluations`].
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/evaluations", post(create))
         .route("/api/v1/evaluations/{id}", get(show))
-        .layer(Extension(Jobs::default()))
 }
 
 async fn show(
-    Extension(jobs): Extension<Jobs>,
+    State(state): State<AppState>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    jobs.get(&id)
+    state
+        .evaluations
+        .get(&id)
         .map(|j| Json(j.view()))
         .ok_or_else(|| AppError::NotFound(format!("no evaluation with id {id:?}")))
 }
 
-async fn create(
-    State(state): State<AppState>,
-    Extension(jobs): Extension<Jobs>,
-    request: Request,
-) -> Result<Response, AppError> {
+async fn create(State(state): State<AppState>, request: Request) -> Result<Response, AppError> {
     let model = state.model()?;
     let (name, zip) = zip_from_body(&state, request).await?;
-    let id = new_id();
-    let dir = std::env::temp_dir().join(format!("sightline-eval-{id}"));
+    let job = start(&state.evaluations, model, new_id(), name, zip).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/api/v1/evaluations/{}", job.id))],
+        Json(job.view()),
+    )
+        .into_response())
+}
+
+/// Unpacks `zip` (a labelled set named `name`) and evaluates it through `model` in the
+/// background as the job `id` of `jobs`; returns the job, running. Errors: not a zip
+/// (415), a zip over the limits (413) or not a labelled set of the model's classes (422),
+/// [`MAX_RUNNING`] evaluations already running (503).
+pub async fn start(
+    jobs: &Jobs,
+    model: Arc<ServingModel>,
+    id: String,
+    name: String,
+    zip: Bytes,
+) -> Result<Arc<Job>, AppError> {
+    if !zip.starts_with(b"PK\x03\x04") && !zip.starts_with(b"PK\x05\x06") {
+        return Err(AppError::UnsupportedMediaType(
+            "send the labelled set as a zip file (one folder per class, or a CSV of path,label)"
+                .into(),
+        ));
+    }
+    // A fresh directory whatever the id (a fixed id must not meet a stale directory).
+    let dir = std::env::temp_dir().join(format!("sightline-eval-{}", new_id()));
     let labels = model.labels.clone();
     let unpack_dir = dir.clone();
     let unpacked = tokio::task::spawn_blocking(move || {
@@ -152,7 +200,7 @@ async fn create(
         }
     };
     let job = Arc::new(Job {
-        id: id.clone(),
+        id,
         dataset: name.clone(),
         created_at_ms: now_ms(),
         progress: Progress::new(samples.len() as u64, false),
@@ -165,10 +213,10 @@ async fn create(
             retry_after: Some(5),
         });
     }
-    let view = job.view();
+    let running = job.clone();
     tokio::spawn(async move {
         let labels = model.labels.clone();
-        let mut report = evaluate_with(&model, &labels, &samples, &name, &job.progress).await;
+        let mut report = evaluate_with(&model, &labels, &samples, &name, &running.progress).await;
         // Paths as they are inside the zip.
         let inside = |p: &mut String| {
             if let Ok(rest) = Path::new(p.as_str()).strip_prefix(&dir) {
@@ -181,14 +229,65 @@ async fn create(
             .for_each(|r| inside(&mut r.path));
         report.failed.iter_mut().for_each(|f| inside(&mut f.path));
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
-        *job.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ok(Box::new(report)));
+        *running.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(Ok(Box::new(report)));
     });
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, format!("/api/v1/evaluations/{id}"))],
-        Json(view),
-    )
-        .into_response())
+    Ok(job)
+}
+
+/// `--evaluate-on-start`: reads the zip at `path` (at most `max_bytes`, the API's body
+/// limit) and [`start`]s it as the job [`STARTUP_ID`], named after the file. Any failure
+/// (unreadable file, too large, not a zip, not a labelled set) is recorded as that job,
+/// `failed` with the message; nothing here stops the server.
+pub async fn evaluate_on_start(
+    jobs: &Jobs,
+    model: Arc<ServingModel>,
+    path: &Path,
+    max_bytes: usize,
+) -> Option<Arc<Job>> {
+    let name: String = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+        .chars()
+        .take(200)
+        .collect();
+    let started = match read_bounded(path, max_bytes).await {
+        Ok(zip) => start(jobs, model, STARTUP_ID.to_string(), name.clone(), zip).await,
+        Err(e) => Err(e),
+    };
+    match started {
+        Ok(job) => {
+            tracing::info!(path = %path.display(), id = STARTUP_ID, "start-up evaluation running");
+            Some(job)
+        }
+        Err(e) => {
+            let message = e.to_string();
+            tracing::error!(path = %path.display(), error = %message, "start-up evaluation failed");
+            jobs.record_failure(STARTUP_ID, &name, message);
+            jobs.get(STARTUP_ID)
+        }
+    }
+}
+
+/// The file at `path`, refused when larger than `max_bytes`.
+async fn read_bounded(path: &Path, max_bytes: usize) -> Result<Bytes, AppError> {
+    use tokio::io::AsyncReadExt;
+    let context =
+        |e: std::io::Error| AppError::Unprocessable(format!("cannot read {}: {e}", path.display()));
+    let file = tokio::fs::File::open(path).await.map_err(context)?;
+    let limit = max_bytes as u64;
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(context)?;
+    if bytes.len() as u64 > limit {
+        return Err(AppError::PayloadTooLarge(format!(
+            "{} is larger than {max_bytes} bytes (--max-upload-bytes)",
+            path.display()
+        )));
+    }
+    Ok(Bytes::from(bytes))
 }
 
 /// The zip: the multipart field `dataset`, or the raw body. Returns a display name too.
@@ -217,12 +316,6 @@ async fn zip_from_body(state: &AppState, request: Request) -> Result<(String, By
             Bytes::from_request(request, state).await?,
         )
     };
-    if !bytes.starts_with(b"PK\x03\x04") && !bytes.starts_with(b"PK\x05\x06") {
-        return Err(AppError::UnsupportedMediaType(
-            "send the labelled set as a zip file (one folder per class, or a CSV of path,label)"
-                .into(),
-        ));
-    }
     Ok((name.chars().take(200).collect(), bytes))
 }
 

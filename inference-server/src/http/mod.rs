@@ -64,6 +64,8 @@ pub struct AppState {
     pub pipeline: Option<Arc<Pipeline>>,
     /// API keys and rate limits.
     pub auth: Arc<Auth>,
+    /// The evaluations (`/api/v1/evaluations`, and `--evaluate-on-start`'s `startup`).
+    pub evaluations: crate::eval::api::Jobs,
 }
 
 impl AppState {

@@ -135,6 +135,18 @@ pub fn solid(w: u32, h: u32, rgb: [u8; 3], format: image::ImageFormat) -> Vec<u8
     out.into_inner()
 }
 
+/// A zip file of `(path inside the zip, bytes)`.
+pub fn zip_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, bytes) in files {
+        w.start_file(*name, zip::write::SimpleFileOptions::default())
+            .expect("start file");
+        w.write_all(bytes).expect("write");
+    }
+    w.finish().expect("finish").into_inner()
+}
+
 /// A multipart body with one file field.
 pub fn multipart(field: &str, filename: &str, bytes: &[u8]) -> (String, Vec<u8>) {
     let boundary = "sightline-test-boundary-7f3a";
