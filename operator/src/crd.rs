@@ -61,6 +61,37 @@ pub struct ImageModelSpec {
     /// Device, threads, batching, replicas and scheduling of the inference pods.
     #[serde(default)]
     pub runtime: Runtime,
+    /// A labelled set to evaluate the model on once it serves; the figures appear in
+    /// `status.evaluation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<EvaluationSpec>,
+}
+
+/// The labelled set of a start-up evaluation.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EvaluationSpec {
+    /// A zip file: one folder per class (named by a label or a class index), or a CSV of
+    /// `path,label` rows beside the images. Fetched (and verified) like the model.
+    pub dataset: FileSource,
+}
+
+/// The figures of the last evaluation (accuracy = correct / total; F1 = 2PR / (P + R)).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EvaluationStatus {
+    /// The generation of the spec these figures are for.
+    pub observed_generation: i64,
+    /// Images in the set.
+    pub images: u64,
+    /// Top-1 accuracy, 0 to 1.
+    pub accuracy: f64,
+    /// Top-5 accuracy, 0 to 1.
+    pub top5_accuracy: f64,
+    /// Macro-averaged precision, recall and F1.
+    pub macro_precision: f64,
+    pub macro_recall: f64,
+    pub macro_f1: f64,
 }
 
 /// A file the pods fetch before serving.
@@ -266,6 +297,9 @@ pub struct ImageModelStatus {
     /// In-cluster URL of the recognize Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The last start-up evaluation (`spec.evaluation`), once it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<EvaluationStatus>,
     /// Pods ready to serve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,

@@ -19,6 +19,9 @@ pub mod types {
     pub const STORE_READY: &str = "StoreReady";
     /// Pipeline: every parent Gateway accepted the HTTPRoute (or the Ingress exists).
     pub const ROUTE_ACCEPTED: &str = "RouteAccepted";
+    /// Model: the start-up evaluation of `spec.evaluation` finished (its figures are in
+    /// `status.evaluation`).
+    pub const EVALUATED: &str = "Evaluated";
 }
 
 /// Reasons (CamelCase, stable: they are also metric label values).
@@ -40,6 +43,9 @@ pub mod reasons {
     pub const APPLY_FAILED: &str = "ApplyFailed";
     pub const READY: &str = "Ready";
     pub const NOT_READY: &str = "NotReady";
+    pub const EVALUATED: &str = "Evaluated";
+    pub const EVALUATION_PENDING: &str = "EvaluationPending";
+    pub const EVALUATION_FAILED: &str = "EvaluationFailed";
 }
 
 /// Where "now" comes from.

@@ -47,6 +47,9 @@ pub fn model(m: &ImageModel) -> Result<(), Invalid> {
     let source = &m.spec.source;
     check_uri("spec.source.uri", &source.model.uri)?;
     check_uri("spec.source.labels.uri", &source.labels.uri)?;
+    if let Some(evaluation) = &m.spec.evaluation {
+        check_uri("spec.evaluation.dataset.uri", &evaluation.dataset.uri)?;
+    }
     if let Some(resource) = &m.spec.runtime.gpu_resource
         && !resource.contains('/')
     {

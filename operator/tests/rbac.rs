@@ -75,6 +75,31 @@ async fn exercised() -> BTreeSet<Grant> {
         .await
         .expect("model");
     reconcile_both(&cluster, &ctx).await;
+    // The model serves: its start-up evaluation is read through services/proxy.
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(cluster.admin.clone(), NS)
+        .patch_status(
+            "efficientnet-lite0-recognize",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"observedGeneration": 1, "replicas": 2,
+                "readyReplicas": 2, "availableReplicas": 2, "updatedReplicas": 2}})),
+        )
+        .await
+        .expect("deployment status");
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p", "namespace": NS, "labels": {
+            "app.kubernetes.io/name": "sightline", "app.kubernetes.io/instance": "efficientnet-lite0",
+            "app.kubernetes.io/component": "recognize"}},
+        "spec": {"containers": [{"name": "server", "image": "x"}]},
+        "status": {"initContainerStatuses": [{"name": "fetch-model", "ready": false,
+            "restartCount": 0, "image": "x", "imageID": "",
+            "state": {"terminated": {"exitCode": 0}}}]},
+    }))
+    .expect("pod");
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(cluster.admin.clone(), NS)
+        .create(&post, &pod)
+        .await
+        .expect("pod");
+    reconcile_both(&cluster, &ctx).await;
     // Every optional child removed again: HPA, PDB, HTTPRoute, then the Ingress.
     patch::<ImageModel>(
         &cluster,

@@ -472,3 +472,91 @@ async fn an_invalid_spec_is_reported_and_waits_for_a_change() {
         .await
         .expect("the model still reconciles");
 }
+
+#[tokio::test]
+async fn the_start_up_evaluation_lands_in_the_status_once() {
+    let cluster = Cluster::new().await;
+    let ctx = cluster.context(full_apis());
+    let m = create(&cluster, &sample_model()).await;
+    assert!(
+        m.spec.evaluation.is_some(),
+        "the sample names a labelled set"
+    );
+    reconcile_model(&cluster, &ctx, &m.name_any())
+        .await
+        .expect("first");
+    let d: Deployment = get(&cluster, "efficientnet-lite0-recognize")
+        .await
+        .expect("deployment");
+    let pod = serde_json::to_string(&d.spec).expect("json");
+    assert!(
+        pod.contains("fetch-evaluation") && pod.contains("--evaluate-on-start"),
+        "{pod}"
+    );
+    mark_available(&cluster, "efficientnet-lite0-recognize").await;
+    pod_with_fetch(&cluster, &m, 0, "").await;
+
+    cluster.answer_proxied(Some(
+        json!({"id": "startup", "status": "running", "progress": {"done": 3, "total": 10}})
+            .to_string(),
+    ));
+    reconcile_model(&cluster, &ctx, &m.name_any())
+        .await
+        .expect("running");
+    let conditions = model_conditions(&cluster, &m.name_any()).await;
+    assert_eq!(
+        condition(&conditions, "Ready").status,
+        "True",
+        "evaluation does not gate Ready"
+    );
+    assert_eq!(
+        condition(&conditions, "Evaluated").reason,
+        "EvaluationPending"
+    );
+
+    cluster.answer_proxied(Some(
+        json!({"id": "startup", "status": "succeeded", "report": {
+            "images": 1000, "accuracy": 0.8, "top5_accuracy": 0.95,
+            "macro": {"precision": 0.9, "recall": 0.9, "f1": 0.9}}})
+        .to_string(),
+    ));
+    reconcile_model(&cluster, &ctx, &m.name_any())
+        .await
+        .expect("done");
+    let model: ImageModel = get(&cluster, &m.name_any()).await.expect("model");
+    let figures = model
+        .status
+        .and_then(|s| s.evaluation)
+        .expect("status.evaluation");
+    assert_eq!(
+        (figures.images, figures.accuracy, figures.macro_f1),
+        (1000, 0.8, 0.9)
+    );
+    assert_eq!(Some(figures.observed_generation), m.metadata.generation);
+    let conditions = model_conditions(&cluster, &m.name_any()).await;
+    let evaluated = condition(&conditions, "Evaluated");
+    assert_eq!(evaluated.status, "True");
+    assert!(evaluated.message.contains("0.8000"), "{evaluated:?}");
+
+    // Known for this generation: not asked again, nothing written.
+    cluster.take_calls();
+    reconcile_model(&cluster, &ctx, &m.name_any())
+        .await
+        .expect("again");
+    let calls = cluster.take_calls();
+    assert!(calls.iter().all(|c| !c.writes()), "{calls:?}");
+    assert!(
+        calls.iter().all(|c| c.resource != "services/proxy"),
+        "{calls:?}"
+    );
+}
+
+#[test]
+fn evaluation_answers_are_read_strictly() {
+    use sightline_operator::controller::model::parse_evaluation;
+    assert_eq!(parse_evaluation(r#"{"status":"running"}"#, 1), Ok(None));
+    let failed = parse_evaluation(r#"{"status":"failed","error":"not a zip file"}"#, 1);
+    assert!(failed.expect_err("failed").contains("not a zip file"));
+    assert!(parse_evaluation("<html>", 1).is_err());
+    assert!(parse_evaluation(r#"{"status":"succeeded","report":{"images":3}}"#, 1).is_err());
+}

@@ -250,6 +250,10 @@ pub fn deployment(model: &ImageModel, images: &Images, image_prefixes: &[String]
     };
     let model_path = path_of(&model_place, &spec.source.model, "fetch-model");
     let labels_path = path_of(&labels_place, &spec.source.labels, "fetch-labels");
+    let evaluation_path = spec.evaluation.as_ref().map(|e| {
+        let place = placement(&e.dataset, "evaluation.zip");
+        path_of(&place, &e.dataset, "fetch-evaluation")
+    });
     if needs_emptydir {
         volumes.push(Volume {
             name: "models".into(),
@@ -298,14 +302,11 @@ pub fn deployment(model: &ImageModel, images: &Images, image_prefixes: &[String]
             .entry(gpu)
             .or_insert_with(|| Quantity("1".into()));
     }
-    let container = server_container(
-        images,
-        "server",
-        server_args(model, &model_path, &labels_path, image_prefixes),
-        resources,
-        None,
-        mounts,
-    );
+    let mut args = server_args(model, &model_path, &labels_path, image_prefixes);
+    if let Some(path) = evaluation_path {
+        args.extend(["--evaluate-on-start".to_string(), path]);
+    }
+    let container = server_container(images, "server", args, resources, None, mounts);
     let mut template = pod_template(
         selector_labels(&instance, COMPONENT),
         init,

@@ -17,7 +17,7 @@ use kube::{Api, Resource, ResourceExt};
 use super::{Context, Error, RESYNC, deployment_condition, instrumented, label_selector};
 use crate::apply::patch_status;
 use crate::build::{meta, model, pipeline};
-use crate::crd::{ImageModel, ImageModelStatus, RecognitionPipeline};
+use crate::crd::{EvaluationStatus, ImageModel, ImageModelStatus, RecognitionPipeline};
 use crate::status::{Cond, merge, ready_from, reasons, types};
 use crate::validate;
 
@@ -35,7 +35,7 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
     let uid = m.uid().ok_or_else(|| Error::Incomplete(m.name_any()))?;
     if let Err(invalid) = validate::model(m) {
         let invalid_cond = Cond::no(types::READY, reasons::INVALID_SPEC, invalid.to_string());
-        write_status(m, ctx, vec![invalid_cond], None).await?;
+        write_status(m, ctx, vec![invalid_cond], None, None).await?;
         return Err(invalid.into());
     }
 
@@ -101,14 +101,118 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
     let available = deployment_condition(types::AVAILABLE, &deployment);
     let ready = ready_from(&[fetched.clone(), available.clone()]);
     let is_ready = ready.status;
-    write_status(
-        m,
-        ctx,
-        vec![ready, available, fetched],
-        deployment_ready(&deployment),
+    let mut wanted = vec![ready, available, fetched];
+    let mut evaluation = None;
+    if m.spec.evaluation.is_some() {
+        let generation = m.meta().generation.unwrap_or(0);
+        let known = m
+            .status
+            .as_ref()
+            .and_then(|s| s.evaluation.clone())
+            .filter(|e| e.observed_generation == generation);
+        let (cond, figures) = match known {
+            Some(figures) => (evaluated(&figures), Some(figures)),
+            None if is_ready => read_evaluation(m, ctx, &ns, generation).await,
+            None => (
+                Cond::no(
+                    types::EVALUATED,
+                    reasons::EVALUATION_PENDING,
+                    "waiting for the model to serve",
+                ),
+                None,
+            ),
+        };
+        evaluation = figures;
+        wanted.push(cond);
+    }
+    let settled = wanted.iter().all(|c| c.status);
+    write_status(m, ctx, wanted, deployment_ready(&deployment), evaluation).await?;
+    Ok(Action::requeue(if is_ready && settled {
+        RESYNC
+    } else {
+        PENDING
+    }))
+}
+
+fn evaluated(figures: &EvaluationStatus) -> Cond {
+    Cond::yes(
+        types::EVALUATED,
+        reasons::EVALUATED,
+        format!(
+            "top-1 accuracy {:.4}, top-5 {:.4}, macro F1 {:.4} on {} images",
+            figures.accuracy, figures.top5_accuracy, figures.macro_f1, figures.images
+        ),
     )
-    .await?;
-    Ok(Action::requeue(if is_ready { RESYNC } else { PENDING }))
+}
+
+/// Reads the start-up evaluation from a serving pod, through the API server's proxy to
+/// the recognize Service (`services/proxy`, so no NetworkPolicy has to admit the operator).
+/// Not finished, not reachable or failed: a false `Evaluated` condition saying so.
+async fn read_evaluation(
+    m: &ImageModel,
+    ctx: &Context,
+    ns: &str,
+    generation: i64,
+) -> (Cond, Option<EvaluationStatus>) {
+    let path = format!(
+        "/api/v1/namespaces/{ns}/services/{}:{}/proxy/api/v1/evaluations/startup",
+        model::name(m),
+        crate::build::pod::PORT_NAME
+    );
+    let pending = |message: String| {
+        let cond = Cond::no(types::EVALUATED, reasons::EVALUATION_PENDING, message);
+        (cond, None)
+    };
+    let request = match http::Request::get(&path).body(Vec::new()) {
+        Ok(request) => request,
+        Err(e) => return pending(format!("cannot build the request: {e}")),
+    };
+    let text = match ctx.client.request_text(request).await {
+        Ok(text) => text,
+        Err(e) => return pending(format!("the evaluation is not readable yet: {e}")),
+    };
+    match parse_evaluation(&text, generation) {
+        Ok(Some(figures)) => (evaluated(&figures), Some(figures)),
+        Ok(None) => pending("the evaluation is running".into()),
+        Err(message) => (
+            Cond::no(types::EVALUATED, reasons::EVALUATION_FAILED, message),
+            None,
+        ),
+    }
+}
+
+/// The figures of a finished evaluation (`GET /api/v1/evaluations/startup`), `None` while
+/// it runs, `Err` with the server's words when it failed or the answer is not a report.
+pub fn parse_evaluation(text: &str, generation: i64) -> Result<Option<EvaluationStatus>, String> {
+    let view: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not an evaluation: {e}"))?;
+    match view["status"].as_str() {
+        Some("running") => Ok(None),
+        Some("succeeded") => {
+            let r = &view["report"];
+            let number = |v: &serde_json::Value, what: &str| {
+                v.as_f64()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| format!("the report has no {what}"))
+            };
+            Ok(Some(EvaluationStatus {
+                observed_generation: generation,
+                images: r["images"]
+                    .as_u64()
+                    .ok_or_else(|| "the report has no image count".to_string())?,
+                accuracy: number(&r["accuracy"], "accuracy")?,
+                top5_accuracy: number(&r["top5_accuracy"], "top-5 accuracy")?,
+                macro_precision: number(&r["macro"]["precision"], "macro precision")?,
+                macro_recall: number(&r["macro"]["recall"], "macro recall")?,
+                macro_f1: number(&r["macro"]["f1"], "macro F1")?,
+            }))
+        }
+        Some("failed") => Err(format!(
+            "the evaluation failed: {}",
+            view["error"].as_str().unwrap_or("no reason given")
+        )),
+        _ => Err("not an evaluation".into()),
+    }
 }
 
 fn deployment_ready(d: &k8s_openapi::api::apps::v1::Deployment) -> Option<i32> {
@@ -180,6 +284,7 @@ async fn write_status(
     ctx: &Context,
     wanted: Vec<Cond>,
     ready_replicas: Option<i32>,
+    evaluation: Option<EvaluationStatus>,
 ) -> Result<(), Error> {
     let previous = m.status.clone().unwrap_or_default();
     let generation = m.meta().generation;
@@ -193,6 +298,7 @@ async fn write_status(
         ),
         digest: m.spec.source.model.sha256.clone(),
         endpoint: Some(model::endpoint(m)),
+        evaluation,
         ready_replicas: ready_replicas.or(previous.ready_replicas),
     };
     if m.status.as_ref() != Some(&status) {

@@ -48,7 +48,8 @@ fn classify(method: &http::Method, uri: &http::Uri) -> Option<Call> {
     let (resource, named) = match rest {
         [resource] => (resource.to_string(), false),
         [resource, _name] => (resource.to_string(), true),
-        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        // `services/proxy` and other subresources (anything after them is the proxied path).
+        [resource, _name, sub, ..] => (format!("{resource}/{sub}"), true),
         _ => return None,
     };
     let watch = uri.query().is_some_and(|q| q.contains("watch=true"));
@@ -77,6 +78,8 @@ pub struct Cluster {
     /// A user's client (kubectl, the kubelet, controllers): not recorded.
     pub admin: Client,
     calls: Arc<Mutex<Vec<Call>>>,
+    /// What the model pods answer through `services/proxy` (`None`: unreachable, 503).
+    proxied: Arc<Mutex<Option<String>>>,
 }
 
 impl Cluster {
@@ -93,12 +96,28 @@ impl Cluster {
         let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
         let log = calls.clone();
         let admin = fake.clone();
+        let proxied: Arc<Mutex<Option<String>>> = Arc::default();
+        let answer = proxied.clone();
         let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
             let fake = fake.clone();
             let log = log.clone();
+            let answer = answer.clone();
             async move {
                 if let Some(call) = classify(request.method(), request.uri()) {
                     log.lock().expect("log").push(call);
+                }
+                if request.uri().path().contains("/proxy/") {
+                    // The fake has no pods behind its Services: answer as the pod would.
+                    let body = answer.lock().expect("answer").clone();
+                    let (status, body) = match body {
+                        Some(body) => (200, body),
+                        None => (503, r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"no endpoints available","reason":"ServiceUnavailable","code":503}"#.to_string()),
+                    };
+                    return Ok(http::Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(kube::client::Body::from(body.into_bytes()))
+                        .expect("response"));
                 }
                 fake.send(request).await
             }
@@ -107,6 +126,7 @@ impl Cluster {
             client: Client::new(service, "default"),
             admin,
             calls,
+            proxied,
         }
     }
 
@@ -122,6 +142,11 @@ impl Cluster {
             )),
             Some("test".into()),
         ))
+    }
+
+    /// Sets what `GET services/proxy/…` answers (the model pod's own API).
+    pub fn answer_proxied(&self, body: Option<String>) {
+        *self.proxied.lock().expect("answer") = body;
     }
 
     /// Forgets the requests so far; returns them.
