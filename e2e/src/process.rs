@@ -18,10 +18,20 @@ pub fn server_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("SIGHTLINE_SERVER_BIN") {
         return Some(PathBuf::from(path));
     }
-    // target/<profile>/deps/<test> → target/<profile>/sightline-server
+    built_binary("sightline-server")
+}
+
+/// The `sightline-operator` binary Cargo built next to the test executables, when it
+/// exists (`make test` builds it).
+pub fn operator_binary() -> Option<PathBuf> {
+    built_binary("sightline-operator")
+}
+
+/// target/<profile>/deps/<test> → target/<profile>/<name>, when it exists.
+fn built_binary(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let profile_dir = exe.parent()?.parent()?;
-    let candidate = profile_dir.join(format!("sightline-server{}", std::env::consts::EXE_SUFFIX));
+    let candidate = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     candidate.is_file().then_some(candidate)
 }
 

@@ -99,12 +99,7 @@ fn the_operator_reconciles_on_a_real_cluster() {
         return;
     }
     ok(&["version", "--request-timeout=10s"], None);
-    let exe = std::env::current_exe().expect("test path");
-    let operator_bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("sightline-operator"))
-        .filter(|p| p.is_file())
+    let operator_bin = sightline_e2e::process::operator_binary()
         .expect("no sightline-operator next to the tests: `make test` builds it");
 
     ok(

@@ -597,13 +597,12 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
     if !require(&[ort_lib(), models().join("test-classifier.onnx")]) {
         return;
     }
-    let operator = server.with_file_name("sightline-operator");
-    if !operator.is_file() {
+    let Some(operator) = sightline_e2e::process::operator_binary() else {
         missing(
             "no sightline-operator next to sightline-server: run `cargo build -p sightline-operator` (`make test` does)",
         );
         return;
-    }
+    };
     let (Some(prometheus), Some(promtool)) = (
         require_tool("prometheus", PROMETHEUS_HINT),
         require_tool("promtool", PROMETHEUS_HINT),

@@ -182,18 +182,10 @@ async fn copy_into(
                 },
                 other => transfer(other.to_string()),
             })?;
-        let mut stream = result.into_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| transfer(e.to_string()))?;
-            hasher.update(&chunk);
-            file.write_all(&chunk)
-                .await
-                .map_err(|source| FetchError::Write {
-                    path: "the temporary file".into(),
-                    source,
-                })?;
-        }
-        return Ok(());
+        return write_stream(result.into_stream(), file, hasher, |e| {
+            transfer(e.to_string())
+        })
+        .await;
     }
     if !uri.starts_with("https://") && !uri.starts_with("http://") {
         return Err(FetchError::Scheme(uri.to_string()));
@@ -212,9 +204,22 @@ async fn copy_into(
             status: response.status().as_u16(),
         });
     }
-    let mut stream = response.bytes_stream();
+    write_stream(response.bytes_stream(), file, hasher, |e| {
+        transfer(e.without_url().to_string())
+    })
+    .await
+}
+
+/// Hashes and writes every chunk of `stream` to `file`; `transfer` words a stream error.
+async fn write_stream<E>(
+    stream: impl futures::Stream<Item = Result<bytes::Bytes, E>>,
+    file: &mut tokio::fs::File,
+    hasher: &mut Sha256,
+    transfer: impl Fn(E) -> FetchError,
+) -> Result<(), FetchError> {
+    let mut stream = std::pin::pin!(stream);
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| transfer(e.without_url().to_string()))?;
+        let chunk = chunk.map_err(&transfer)?;
         hasher.update(&chunk);
         file.write_all(&chunk)
             .await

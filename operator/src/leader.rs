@@ -19,6 +19,7 @@ pub struct LeaseError {
 }
 
 /// One candidate for one Lease.
+#[derive(Clone)]
 pub struct LeaseLock {
     api: Api<Lease>,
     name: String,
@@ -28,6 +29,16 @@ pub struct LeaseLock {
 
 fn is_conflict(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
+/// The outcome of a write: `true` when it went through, `false` when another candidate's
+/// write came first (409 Conflict).
+fn won(written: Result<Lease, kube::Error>) -> Result<bool, kube::Error> {
+    match written {
+        Ok(_) => Ok(true),
+        Err(e) if is_conflict(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 impl LeaseLock {
@@ -74,12 +85,7 @@ impl LeaseLock {
     /// One attempt to take or renew the Lease at time `now`; `true` when this candidate
     /// holds it afterwards.
     pub async fn try_acquire(&self, now: Timestamp) -> Result<bool, LeaseError> {
-        let Some(mut lease) = self
-            .api
-            .get_opt(&self.name)
-            .await
-            .map_err(|e| self.err(e))?
-        else {
+        let Some(mut lease) = self.read().await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
@@ -87,11 +93,8 @@ impl LeaseLock {
                 },
                 spec: Some(self.spec(now, None, 0)),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(e) if is_conflict(&e) => Ok(false),
-                Err(e) => Err(self.err(e)),
-            };
+            return won(self.api.create(&PostParams::default(), &lease).await)
+                .map_err(|e| self.err(e));
         };
         let current = lease.spec.clone().unwrap_or_default();
         let holder = current.holder_identity.clone().unwrap_or_default();
@@ -107,25 +110,23 @@ impl LeaseLock {
         let transitions = current.lease_transitions.unwrap_or(0) + i32::from(!ours);
         let acquired = if ours { current.acquire_time } else { None };
         lease.spec = Some(self.spec(now, acquired, transitions));
-        match self
-            .api
-            .replace(&self.name, &PostParams::default(), &lease)
+        won(self.replace(&lease).await).map_err(|e| self.err(e))
+    }
+
+    async fn read(&self) -> Result<Option<Lease>, LeaseError> {
+        self.api.get_opt(&self.name).await.map_err(|e| self.err(e))
+    }
+
+    /// Writes `lease` back; the read `resourceVersion` it carries makes a racing write lose.
+    async fn replace(&self, lease: &Lease) -> Result<Lease, kube::Error> {
+        self.api
+            .replace(&self.name, &PostParams::default(), lease)
             .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if is_conflict(&e) => Ok(false),
-            Err(e) => Err(self.err(e)),
-        }
     }
 
     /// Gives the Lease up (on shutdown), so another replica need not wait for it to expire.
     pub async fn release(&self) -> Result<(), LeaseError> {
-        let Some(mut lease) = self
-            .api
-            .get_opt(&self.name)
-            .await
-            .map_err(|e| self.err(e))?
-        else {
+        let Some(mut lease) = self.read().await? else {
             return Ok(());
         };
         let mut spec = lease.spec.clone().unwrap_or_default();
@@ -135,14 +136,9 @@ impl LeaseLock {
         spec.holder_identity = None;
         spec.renew_time = None;
         lease.spec = Some(spec);
-        match self
-            .api
-            .replace(&self.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_conflict(&e) => Ok(()),
-            Err(e) => Err(self.err(e)),
-        }
+        // Lost a race: someone else holds it now, which is what releasing is for.
+        won(self.replace(&lease).await)
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 }

@@ -37,7 +37,6 @@ pub mod reasons {
     pub const ACCEPTED: &str = "Accepted";
     pub const NOT_ACCEPTED: &str = "NotAccepted";
     pub const PENDING: &str = "Pending";
-    pub const NO_ROUTE: &str = "NoRoute";
     pub const GATEWAY_API_MISSING: &str = "GatewayAPIMissing";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const APPLY_FAILED: &str = "ApplyFailed";

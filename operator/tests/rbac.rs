@@ -17,9 +17,9 @@ use serde_json::json;
 use sightline_operator::controller::{model, pipeline, run};
 use sightline_operator::crd::{ImageModel, RecognitionPipeline};
 use sightline_operator::leader::LeaseLock;
-use support::{Cluster, full_apis, repo, sample_model, sample_pipeline};
-
-const NS: &str = "sightline-demo";
+use support::{
+    Cluster, NS, full_apis, mark_available, pod_with_fetch, repo, sample_model, sample_pipeline,
+};
 
 type Grant = (String, String, String); // (group, resource, verb)
 
@@ -76,29 +76,12 @@ async fn exercised() -> BTreeSet<Grant> {
         .expect("model");
     reconcile_both(&cluster, &ctx).await;
     // The model serves: its start-up evaluation is read through services/proxy.
-    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(cluster.admin.clone(), NS)
-        .patch_status(
-            "efficientnet-lite0-recognize",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"observedGeneration": 1, "replicas": 2,
-                "readyReplicas": 2, "availableReplicas": 2, "updatedReplicas": 2}})),
-        )
+    mark_available(&cluster, "efficientnet-lite0-recognize").await;
+    let served = Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
+        .get(&m.name_any())
         .await
-        .expect("deployment status");
-    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
-        "metadata": {"name": "p", "namespace": NS, "labels": {
-            "app.kubernetes.io/name": "sightline", "app.kubernetes.io/instance": "efficientnet-lite0",
-            "app.kubernetes.io/component": "recognize"}},
-        "spec": {"containers": [{"name": "server", "image": "x"}]},
-        "status": {"initContainerStatuses": [{"name": "fetch-model", "ready": false,
-            "restartCount": 0, "image": "x", "imageID": "",
-            "state": {"terminated": {"exitCode": 0}}}]},
-    }))
-    .expect("pod");
-    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(cluster.admin.clone(), NS)
-        .create(&post, &pod)
-        .await
-        .expect("pod");
+        .expect("model");
+    pod_with_fetch(&cluster, &served, 0, "").await;
     reconcile_both(&cluster, &ctx).await;
     // Every optional child removed again: HPA, PDB, HTTPRoute, then the Ingress.
     patch::<ImageModel>(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use gateway_api::apis::standard::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -17,9 +17,9 @@ use serde_json::json;
 use sightline_operator::build::monitoring::ServiceMonitor;
 use sightline_operator::controller::{ClusterApis, Context, Error, error_policy, model, pipeline};
 use sightline_operator::crd::{ImageModel, RecognitionPipeline};
-use support::{Cluster, full_apis, sample_model, sample_pipeline};
-
-const NS: &str = "sightline-demo";
+use support::{
+    Cluster, NS, full_apis, mark_available, pod_with_fetch, sample_model, sample_pipeline,
+};
 
 async fn create<K>(cluster: &Cluster, object: &K) -> K
 where
@@ -92,44 +92,6 @@ async fn pipeline_conditions(
     p.status.expect("status written").conditions
 }
 
-/// What the Deployment controller and kubelet would report once the pods are up.
-async fn mark_available(cluster: &Cluster, name: &str) {
-    let d: Deployment = get(cluster, name).await.expect("deployment");
-    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    Api::<Deployment>::namespaced(cluster.client.clone(), NS)
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {
-                "observedGeneration": d.metadata.generation,
-                "replicas": replicas, "readyReplicas": replicas,
-                "availableReplicas": replicas, "updatedReplicas": replicas,
-            }})),
-        )
-        .await
-        .expect("deployment status");
-}
-
-/// A recognize pod whose model fetch init containers exited with `code`.
-async fn pod_with_fetch(cluster: &Cluster, model: &ImageModel, code: i32, message: &str) {
-    let labels = sightline_operator::build::meta::selector_labels(
-        &model.name_any(),
-        sightline_operator::build::model::COMPONENT,
-    );
-    let terminated = |name: &str| {
-        json!({"name": name, "ready": false, "restartCount": 0, "image": "x", "imageID": "",
-               "state": {"terminated": {"exitCode": code, "message": message}}})
-    };
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("{}-pod", model.name_any()), "namespace": NS, "labels": labels},
-        "spec": {"containers": [{"name": "server", "image": "x"}]},
-        "status": {"initContainerStatuses": [terminated("fetch-model"), terminated("fetch-labels")]},
-    }))
-    .expect("pod");
-    create(cluster, &pod).await;
-}
-
 #[tokio::test]
 async fn a_new_model_gets_its_children_and_an_honest_status() {
     let cluster = Cluster::new().await;
@@ -192,11 +154,7 @@ async fn the_model_becomes_ready_when_fetched_and_available_then_a_second_reconc
     reconcile_model(&cluster, &ctx, &m.name_any())
         .await
         .expect("third");
-    let writes: Vec<_> = cluster
-        .take_calls()
-        .into_iter()
-        .filter(|c| c.writes())
-        .collect();
+    let writes = cluster.take_writes();
     assert!(
         writes.is_empty(),
         "an unchanged model caused writes: {writes:?}"
@@ -412,11 +370,7 @@ async fn a_pipeline_waits_for_its_model_then_becomes_ready_by_itself() {
     reconcile_pipeline(&cluster, &ctx, &p.name_any())
         .await
         .expect("again");
-    let writes: Vec<_> = cluster
-        .take_calls()
-        .into_iter()
-        .filter(|c| c.writes())
-        .collect();
+    let writes = cluster.take_writes();
     assert!(
         writes.is_empty(),
         "an unchanged pipeline caused writes: {writes:?}"

@@ -263,49 +263,47 @@ fn every_pod_meets_the_restricted_pod_security_profile() {
 
 /// The Pod Security "restricted" profile's checks on one pod spec.
 fn assert_restricted(name: &str, pod: &Value) {
-    {
-        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+        "{name}"
+    );
+    assert!(
+        pod["hostNetwork"].is_null() && pod["hostPID"].is_null() && pod["hostIPC"].is_null(),
+        "{name}"
+    );
+    for volume in pod["volumes"].as_array().into_iter().flatten() {
+        assert!(volume["hostPath"].is_null(), "{name}: hostPath volume");
+    }
+    let containers = pod["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .chain(pod["initContainers"].as_array().into_iter().flatten());
+    for c in containers {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(sc["runAsNonRoot"], true, "{name}");
         assert_eq!(
-            pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+            sc["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
             "{name}"
         );
+        assert!(sc["capabilities"]["add"].is_null(), "{name}");
         assert!(
-            pod["hostNetwork"].is_null() && pod["hostPID"].is_null() && pod["hostIPC"].is_null(),
+            sc["privileged"].is_null() || sc["privileged"] == false,
             "{name}"
         );
-        for volume in pod["volumes"].as_array().into_iter().flatten() {
-            assert!(volume["hostPath"].is_null(), "{name}: hostPath volume");
-        }
-        let containers = pod["containers"]
-            .as_array()
-            .expect("containers")
-            .iter()
-            .chain(pod["initContainers"].as_array().into_iter().flatten());
-        for c in containers {
-            let sc = &c["securityContext"];
-            assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
-            assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
-            assert_eq!(sc["runAsNonRoot"], true, "{name}");
-            assert_eq!(
-                sc["capabilities"]["drop"],
-                serde_json::json!(["ALL"]),
-                "{name}"
-            );
-            assert!(sc["capabilities"]["add"].is_null(), "{name}");
-            assert!(
-                sc["privileged"].is_null() || sc["privileged"] == false,
-                "{name}"
-            );
-            assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
-            assert!(
-                c["ports"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .all(|p| p["hostPort"].is_null()),
-                "{name}"
-            );
-        }
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        assert!(
+            c["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|p| p["hostPort"].is_null()),
+            "{name}"
+        );
     }
 }
 

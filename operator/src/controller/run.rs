@@ -215,18 +215,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Deployment restarts it as a standby).
     let lost = Arc::new(AtomicBool::new(false));
     let renew = {
-        let (lost, stop_tx, mut shutdown, probe) = (
+        let (lost, stop_tx, mut shutdown, probe, lock) = (
             lost.clone(),
             stop_tx.clone(),
             stop_rx.clone(),
             probe.clone(),
-        );
-        let lock = LeaseLock::new(
-            client.clone(),
-            &settings.lease_namespace,
-            &settings.lease_name,
-            &settings.identity,
-            settings.lease_duration,
+            lock.clone(),
         );
         async move {
             let mut last_renewal = tokio::time::Instant::now();

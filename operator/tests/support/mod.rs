@@ -9,8 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use gateway_api::apis::standard::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::Client;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
 use sightline_operator::build::monitoring::ServiceMonitor;
 use sightline_operator::build::pod::Images;
 use sightline_operator::controller::{ClusterApis, Context};
@@ -149,6 +152,11 @@ impl Cluster {
         *self.proxied.lock().expect("answer") = body;
     }
 
+    /// Forgets the requests so far; returns the writes among them.
+    pub fn take_writes(&self) -> Vec<Call> {
+        self.take_calls().into_iter().filter(Call::writes).collect()
+    }
+
     /// Forgets the requests so far; returns them.
     pub fn take_calls(&self) -> Vec<Call> {
         std::mem::take(&mut *self.calls.lock().expect("log"))
@@ -184,4 +192,48 @@ pub fn sample_pipeline() -> RecognitionPipeline {
     let text = std::fs::read_to_string(repo("manifests/samples/recognitionpipeline.yaml"))
         .expect("sample");
     serde_yaml::from_str(&text).expect("RecognitionPipeline")
+}
+
+/// The namespace of the samples.
+pub const NS: &str = "sightline-demo";
+
+/// What the Deployment controller and kubelet would report once the pods are up.
+pub async fn mark_available(cluster: &Cluster, name: &str) {
+    let api = Api::<Deployment>::namespaced(cluster.admin.clone(), NS);
+    let d = api.get(name).await.expect("deployment");
+    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {
+            "observedGeneration": d.metadata.generation,
+            "replicas": replicas, "readyReplicas": replicas,
+            "availableReplicas": replicas, "updatedReplicas": replicas,
+        }})),
+    )
+    .await
+    .expect("deployment status");
+}
+
+/// A recognize pod of `model` whose fetch init containers exited with `code`.
+pub async fn pod_with_fetch(cluster: &Cluster, model: &ImageModel, code: i32, message: &str) {
+    let labels = sightline_operator::build::meta::selector_labels(
+        &model.name_any(),
+        sightline_operator::build::model::COMPONENT,
+    );
+    let terminated = |name: &str| {
+        json!({"name": name, "ready": false, "restartCount": 0, "image": "x", "imageID": "",
+               "state": {"terminated": {"exitCode": code, "message": message}}})
+    };
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{}-pod", model.name_any()), "namespace": NS, "labels": labels},
+        "spec": {"containers": [{"name": "server", "image": "x"}]},
+        "status": {"initContainerStatuses": [terminated("fetch-model"), terminated("fetch-labels")]},
+    }))
+    .expect("pod");
+    Api::<Pod>::namespaced(cluster.admin.clone(), NS)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("pod");
 }
