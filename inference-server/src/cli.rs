@@ -278,11 +278,21 @@ pub struct ServeArgs {
 
     /// Recognize and all roles: a zip of a labelled set (one folder per class, or a CSV of
     /// `path,label` beside the images) evaluated once the model is ready, as by
-    /// `POST /api/v1/evaluations` and within its limits; the progress and the report are
-    /// at `GET /api/v1/evaluations/startup` (`failed`, with the error, if the file cannot be
-    /// read or is not such a zip). Not started if the model fails to load.
-    #[arg(long, env = "SIGHTLINE_EVALUATE_ON_START")]
-    pub evaluate_on_start: Option<PathBuf>,
+    /// `POST /api/v1/evaluations` and within its limits (--max-upload-bytes). A local path,
+    /// or an `https://`, `http://` or `s3://` URI that the server downloads itself once the
+    /// model serves (3 attempts of at most 15 s; S3 settings from the `AWS_*` environment).
+    /// The progress and the report are at `GET /api/v1/evaluations/startup`: `running`
+    /// while fetched, `failed` with the error if it cannot be fetched or read, has the wrong
+    /// digest or is not such a zip; the model serves either way. Not started if the model
+    /// fails to load.
+    #[arg(long, env = "SIGHTLINE_EVALUATE_ON_START", value_name = "PATH|URI",
+          value_parser = crate::eval::api::DatasetSource::parse)]
+    pub evaluate_on_start: Option<crate::eval::api::DatasetSource>,
+
+    /// Expected lower-case hex SHA-256 of the --evaluate-on-start zip; a different file is
+    /// not evaluated (the start-up evaluation fails, naming both digests).
+    #[arg(long, env = "SIGHTLINE_EVALUATE_SHA256", value_name = "HEX")]
+    pub evaluate_sha256: Option<String>,
 
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, env = "SIGHTLINE_LOG_FORMAT", value_enum, default_value = "text")]
@@ -609,6 +619,38 @@ mod tests {
         let err = with_config_file(args(&["s", "all", "--config=/nonexistent.toml"]), |_| None)
             .expect_err("missing");
         assert!(err.to_string().contains("/nonexistent.toml"), "{err}");
+    }
+
+    #[test]
+    fn evaluate_on_start_takes_a_path_or_a_uri_and_a_digest() {
+        use crate::eval::api::DatasetSource;
+        let parse = |extra: &[&str]| {
+            let mut list = vec!["s", "recognize"];
+            list.extend_from_slice(extra);
+            serve(Cli::try_parse_from(args(&list)).expect("parses"))
+        };
+        let a = parse(&["--evaluate-on-start", "sets/labelled.zip"]);
+        assert_eq!(
+            a.evaluate_on_start,
+            Some(DatasetSource::File(PathBuf::from("sets/labelled.zip")))
+        );
+        assert_eq!(a.evaluate_sha256, None);
+        let digest = "ab".repeat(32);
+        for uri in [
+            "https://example.com/sets/labelled.zip?X-Amz-Signature=s",
+            "http://data.local:8080/labelled.zip",
+            "s3://bucket/sets/labelled.zip",
+            // Refused when fetched (a failed evaluation), never at start-up.
+            "ftp://example.com/labelled.zip",
+        ] {
+            let a = parse(&["--evaluate-on-start", uri, "--evaluate-sha256", &digest]);
+            assert_eq!(
+                a.evaluate_on_start,
+                Some(DatasetSource::Remote(uri.to_string()))
+            );
+            assert_eq!(a.evaluate_sha256.as_deref(), Some(digest.as_str()));
+        }
+        assert_eq!(parse(&[]).evaluate_on_start, None);
     }
 
     #[test]

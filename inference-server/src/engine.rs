@@ -78,6 +78,11 @@ pub enum LoadError {
     Session(String),
     #[error("model does not fit its configuration: {0}")]
     Invalid(String),
+    #[error(
+        "the model has {classes} output classes but the labels file has {labels} lines: use \
+         the labels file that belongs to this model (one label a line, in output order)"
+    )]
+    LabelsMismatch { classes: usize, labels: usize },
     #[error("warm-up inference failed: {0}")]
     Warmup(String),
 }
@@ -90,6 +95,7 @@ impl LoadError {
             LoadError::ExecutionProvider(_) => "ExecutionProviderUnavailable",
             LoadError::Session(_) => "SessionFailed",
             LoadError::Invalid(_) => "ModelInvalid",
+            LoadError::LabelsMismatch { .. } => "LabelsMismatch",
             LoadError::Warmup(_) => "WarmupFailed",
         }
     }
@@ -239,11 +245,10 @@ impl Engine {
             self.info.classes = data.len();
         }
         if self.info.classes != cfg.labels.len() {
-            return Err(LoadError::Invalid(format!(
-                "the model has {} output classes but the labels file has {} lines",
-                self.info.classes,
-                cfg.labels.len()
-            )));
+            return Err(LoadError::LabelsMismatch {
+                classes: self.info.classes,
+                labels: cfg.labels.len(),
+            });
         }
         let out = self.run(&input, rows).map_err(LoadError::Warmup)?;
         if out.iter().any(|v| !v.is_finite()) {
@@ -391,4 +396,26 @@ fn check_output(
     }
     let classes = (shape[1] > 0).then_some(shape[1] as usize);
     Ok((name.to_string(), classes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_labels_file_of_another_length_has_its_own_reason_and_says_what_to_do() {
+        let e = LoadError::LabelsMismatch {
+            classes: 1000,
+            labels: 999,
+        };
+        assert_eq!(e.reason(), "LabelsMismatch");
+        let message = e.to_string();
+        assert!(
+            message.contains("1000 output classes")
+                && message.contains("999 lines")
+                && message.contains("use the labels file that belongs to this model"),
+            "{message}"
+        );
+        assert_eq!(LoadError::Invalid("x".into()).reason(), "ModelInvalid");
+    }
 }

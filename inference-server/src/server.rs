@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use crate::batching::BatchConfig;
 use crate::cli::{Role, ServeArgs};
 use crate::drain::{Draining, Shutdown};
 use crate::engine::EngineConfig;
+use crate::eval::api::StartupEvaluation;
 use crate::http::{AppState, HttpSettings, app};
 use crate::image_source::ImageSource;
 use crate::metrics::Metrics;
@@ -289,8 +289,8 @@ pub struct Server {
     pub listener: TcpListener,
     pub state: AppState,
     setup: Option<ModelSetup>,
-    /// `--evaluate-on-start` (roles that recognize).
-    evaluate_on_start: Option<PathBuf>,
+    /// `--evaluate-on-start` and `--evaluate-sha256` (roles that recognize).
+    evaluate_on_start: Option<StartupEvaluation>,
     grace: Duration,
     drain: Duration,
 }
@@ -321,7 +321,11 @@ impl Server {
             evaluate_on_start: args
                 .evaluate_on_start
                 .clone()
-                .filter(|_| args.role.recognizes()),
+                .filter(|_| args.role.recognizes())
+                .map(|source| StartupEvaluation {
+                    source,
+                    sha256: args.evaluate_sha256.clone(),
+                }),
             grace: Duration::from_secs(args.shutdown_grace_secs),
             drain: Duration::from_secs(args.shutdown_drain_secs),
         })
@@ -353,18 +357,19 @@ impl Server {
             let max_bytes = state.settings.max_body_bytes;
             tokio::spawn(async move {
                 load_into(slot.clone(), setup, metrics).await;
-                let Some(path) = evaluate_on_start else {
+                let Some(evaluation) = evaluate_on_start else {
                     return;
                 };
+                // Fetched (for a URI) only now, while the model serves: whatever happens to
+                // the dataset, the model is not held back.
                 match slot.ready() {
                     Ok(model) => {
-                        crate::eval::api::evaluate_on_start(&jobs, model, &path, max_bytes).await;
+                        crate::eval::api::evaluate_on_start(&jobs, model, &evaluation, max_bytes)
+                            .await;
                     }
-                    Err(why) => tracing::warn!(
-                        path = %path.display(),
-                        why,
-                        "no start-up evaluation: the model is not ready"
-                    ),
+                    Err(why) => {
+                        tracing::warn!(why, "no start-up evaluation: the model is not ready")
+                    }
                 }
             });
         }

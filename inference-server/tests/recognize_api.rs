@@ -281,6 +281,38 @@ async fn the_seed_endpoint_fetches_only_from_the_image_store() {
 }
 
 #[tokio::test]
+async fn another_models_labels_file_is_a_labels_mismatch() {
+    if !test_classifier_ready() {
+        return;
+    }
+    // The 3-class test classifier with the 1000 ImageNet labels of the pretrained model.
+    let imagenet = models().join("efficientnet-lite0.labels.txt");
+    if !require(std::slice::from_ref(&imagenet)) {
+        return;
+    }
+    let (app, state) =
+        loaded_app(&args(MODEL, &["--labels", &imagenet.display().to_string()])).await;
+    assert!(
+        state.model.ready().is_err(),
+        "a mismatching model never serves"
+    );
+    let (status, response) = send(&app, get("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let body = body_json(response).await;
+    assert_eq!(body["status"], "not ready");
+    assert_eq!(body["reason"], "LabelsMismatch", "{body}");
+    let message = body["message"].as_str().expect("message");
+    assert!(
+        message.contains("3 output classes")
+            && message.contains("1000 lines")
+            && message.contains("use the labels file that belongs to this model"),
+        "{message}"
+    );
+    let (status, _) = send(&app, post("/api/v1/recognize", "image/png", png([1, 1, 1]))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
 async fn readiness_says_why_a_model_is_not_serving() {
     if !test_classifier_ready() {
         return;
@@ -293,7 +325,18 @@ async fn readiness_says_why_a_model_is_not_serving() {
     let (app, _) = loaded_app(&args(MODEL, &[])).await;
     let (status, body) = ready(app.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["model"]["name"], "test-classifier");
+    assert_eq!(body["model"]["sha256"].as_str().map(str::len), Some(64));
     assert_eq!(body["model"]["device"], "cpu");
+    assert_eq!(body["model"]["classes"], 3);
+    assert!(body["model"]["load_seconds"].is_number(), "{body}");
+    // As the model declares it: a symbolic batch dimension is -1.
+    assert_eq!(
+        body["model"]["input_shape"],
+        json!([-1, 3, 32, 32]),
+        "{body}"
+    );
     let (status, _) = send(&app, get("/healthz")).await;
     assert_eq!(status, StatusCode::OK);
 
@@ -315,7 +358,7 @@ async fn readiness_says_why_a_model_is_not_serving() {
     let (app, _) = loaded_app(&args(MODEL, &["--labels", &labels.display().to_string()])).await;
     let (status, body) = ready(app).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body["reason"], "ModelInvalid");
+    assert_eq!(body["reason"], "LabelsMismatch", "{body}");
     assert!(
         body["message"]
             .as_str()

@@ -47,6 +47,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 "sha256": model.info.sha256,
                 "device": model.info.device.as_str(),
                 "classes": model.info.classes,
+                "input_shape": model.info.input_shape,
                 "load_seconds": model.info.load_seconds,
             }
         }))

@@ -47,4 +47,20 @@ mod tests {
         assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
         assert!(doc["paths"]["/api/v1/recognize"]["post"].is_object());
     }
+
+    #[test]
+    fn readiness_documents_the_served_model_and_the_reasons() {
+        let doc: serde_json::Value = serde_json::from_str(DOCUMENT).expect("valid JSON");
+        let schemas = &doc["components"]["schemas"];
+        let model = &schemas["Ready"]["properties"]["model"]["properties"];
+        for field in ["name", "sha256", "device", "classes", "load_seconds"] {
+            assert!(model[field].is_object(), "Ready.model.{field}");
+        }
+        assert_eq!(model["input_shape"]["type"], "array");
+        assert_eq!(model["input_shape"]["items"]["type"], "integer");
+        let reasons = schemas["NotReady"]["properties"]["reason"]["description"]
+            .as_str()
+            .expect("the reasons are listed");
+        assert!(reasons.contains("LabelsMismatch") && reasons.contains("ModelInvalid"));
+    }
 }
