@@ -71,6 +71,10 @@ deps: $(VENV)/.installed $(ORT_LIB)
 	@command -v promtool >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; \
 	  else echo "prometheus is missing (the metrics test needs it): sudo apt-get install prometheus"; fi; }
+	@# The Argo CD health check test: Debian's Lua 5.1 (Argo CD's gopher-lua speaks 5.1).
+	@command -v lua5.1 >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends lua5.1; \
+	  else echo "lua5.1 is missing (the Argo CD health test needs it): sudo apt-get install lua5.1"; fi; }
 	@test -f e2e/browser/node_modules/playwright-core/package.json || \
 	  npm ci --prefix e2e/browser --no-audit --no-fund --silent
 

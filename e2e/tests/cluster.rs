@@ -6,6 +6,17 @@
 //! operator's field manager, with statuses that track the generation; deleting the pipeline
 //! lets garbage collection take its children. (Pods are not expected to start: the images
 //! are not published, and that is not what this checks.) See README, "On Kubernetes".
+//!
+//! Then the "status that never lies" scenarios any cluster can show without published
+//! images, each in its own namespace (docs/status.md): an image that cannot be pulled is
+//! named on `Ready`; a GPU model with no node offering the resource is `Unschedulable` in
+//! the scheduler's words; a ResourceQuota refusal is `ApplyFailed` with the API server's
+//! message; a user's Service of a child's name is `ConflictingObject` and left alone; an
+//! unchanged resource is not rewritten (resourceVersions stay put across requeues, after
+//! the real API server's normalisation); a config-only change rolls the pods. The serving
+//! scenarios (a good rollout, a bad digest on revision 2, an invalid model, a bad
+//! evaluation dataset) need a published server image and a model the cluster can fetch;
+//! `operator/tests/status.rs` covers them against the simulated cluster.
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -218,4 +229,215 @@ fn the_operator_reconciles_on_a_real_cluster() {
         let out = kubectl(&["-n", &ns, "get", "deployment", "photos-upload"], None);
         (!out.status.success()).then_some(())
     });
+
+    status_scenarios();
+}
+
+/// A fresh namespace for one scenario (deleted when dropped).
+struct Scenario(String);
+
+impl Scenario {
+    fn new(name: &str) -> Scenario {
+        let ns = format!("sightline-e2e-{}-{name}", std::process::id());
+        ok(&["create", "namespace", &ns], None);
+        Scenario(ns)
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "namespace", &self.0, "--wait=false"], None);
+    }
+}
+
+fn ready(ns: &str, object: &str, field: &str) -> Option<String> {
+    jsonpath(
+        ns,
+        object,
+        &format!("{{.status.conditions[?(@.type==\"Ready\")].{field}}}"),
+    )
+}
+
+fn warning_events(ns: &str) -> String {
+    ok(
+        &[
+            "-n",
+            ns,
+            "get",
+            "events",
+            "--field-selector",
+            "type=Warning",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+        None,
+    )
+}
+
+/// The CPU sample without its evaluation, in `ns`, with `edit` applied to its YAML text.
+fn model(ns: &str, edit: impl Fn(String) -> String) -> String {
+    let text = sample("imagemodel-cpu.yaml", ns);
+    let cut = text
+        .find("  # Evaluated once it serves")
+        .unwrap_or(text.len());
+    edit(text[..cut].to_string())
+}
+
+fn status_scenarios() {
+    const MODEL: &str = "imagemodel/efficientnet-lite0";
+    let with_image = std::env::var_os("SIGHTLINE_SERVER_IMAGE").is_some();
+
+    // An image the kubelet cannot pull: named on Ready, with a Warning event.
+    if !with_image {
+        let s = Scenario::new("pull");
+        ok(&["apply", "-f", "-"], Some(&model(&s.0, |t| t)));
+        let reason = eventually(180, "an image pull failure on Ready", || {
+            ready(&s.0, MODEL, "reason")
+                .filter(|r| ["ErrImagePull", "ImagePullBackOff"].contains(&r.as_str()))
+        });
+        let message = ready(&s.0, MODEL, "message").unwrap_or_default();
+        assert!(message.contains("sightline-server"), "{reason}: {message}");
+        eventually(60, "a Warning event", || {
+            let reasons = warning_events(&s.0);
+            reasons.contains("Image").then_some(reasons)
+        });
+    }
+
+    // A GPU model and no node with the resource: the scheduler's words.
+    {
+        let s = Scenario::new("gpu");
+        let gpu = model(&s.0, |t| {
+            t.replace(
+                "device: cpu",
+                "device: gpu\n    gpuResource: example.com/no-such-gpu",
+            )
+        });
+        ok(&["apply", "-f", "-"], Some(&gpu));
+        let reason = eventually(180, "Unschedulable on Ready", || {
+            ready(&s.0, MODEL, "reason").filter(|r| r == "Unschedulable")
+        });
+        let message = ready(&s.0, MODEL, "message").unwrap_or_default();
+        assert!(
+            message.contains("example.com/no-such-gpu"),
+            "{reason}: {message}"
+        );
+    }
+
+    // A quota that refuses every Deployment: ApplyFailed with the API server's message.
+    {
+        let s = Scenario::new("quota");
+        ok(
+            &[
+                "-n",
+                &s.0,
+                "create",
+                "quota",
+                "none",
+                "--hard=count/deployments.apps=0",
+            ],
+            None,
+        );
+        ok(&["apply", "-f", "-"], Some(&model(&s.0, |t| t)));
+        eventually(120, "ApplyFailed on Ready", || {
+            ready(&s.0, MODEL, "reason").filter(|r| r == "ApplyFailed")
+        });
+        let message = ready(&s.0, MODEL, "message").unwrap_or_default();
+        assert!(message.contains("exceeded quota"), "{message}");
+    }
+
+    // A user's Service with a child's name: reported, never adopted.
+    {
+        let s = Scenario::new("conflict");
+        ok(
+            &[
+                "-n",
+                &s.0,
+                "create",
+                "service",
+                "clusterip",
+                "efficientnet-lite0-recognize",
+                "--tcp=80:80",
+            ],
+            None,
+        );
+        ok(&["apply", "-f", "-"], Some(&model(&s.0, |t| t)));
+        eventually(120, "ConflictingObject on Ready", || {
+            ready(&s.0, MODEL, "reason").filter(|r| r == "ConflictingObject")
+        });
+        let owners = jsonpath(
+            &s.0,
+            "service/efficientnet-lite0-recognize",
+            "{.metadata.ownerReferences}",
+        );
+        assert_eq!(owners, None, "the user's Service was adopted");
+    }
+
+    // An unchanged resource is not rewritten across requeues (every 15 s while pending),
+    // and a config-only change rolls the pods.
+    {
+        let s = Scenario::new("noop");
+        ok(&["apply", "-f", "-"], Some(&model(&s.0, |t| t)));
+        ok(
+            &["apply", "-f", "-"],
+            Some(&sample("recognitionpipeline.yaml", &s.0)),
+        );
+        let objects = [
+            "deployment/efficientnet-lite0-recognize",
+            "networkpolicy/efficientnet-lite0-recognize",
+            "deployment/photos-upload",
+            "networkpolicy/photos-default-deny",
+        ];
+        // What a write of ours would move: a Deployment's generation (its status is the
+        // deployment controller's to write), every other object's resourceVersion.
+        let snapshot = || -> Vec<Option<String>> {
+            objects
+                .iter()
+                .map(|o| {
+                    let field = if o.starts_with("deployment/") {
+                        "{.metadata.generation}"
+                    } else {
+                        "{.metadata.resourceVersion}"
+                    };
+                    jsonpath(&s.0, o, field)
+                })
+                .collect()
+        };
+        eventually(120, "every child", || {
+            snapshot().iter().all(Option::is_some).then_some(())
+        });
+        // Let the first writes settle, then watch two requeue periods and more.
+        std::thread::sleep(Duration::from_secs(20));
+        let before = snapshot();
+        std::thread::sleep(Duration::from_secs(40));
+        assert_eq!(
+            before,
+            snapshot(),
+            "an unchanged resource was rewritten: {objects:?}"
+        );
+
+        let template = |_: ()| {
+            jsonpath(
+                &s.0,
+                "deployment/photos-upload",
+                "{.spec.template.metadata.annotations.sightline\\.io/inputs-digest}",
+            )
+        };
+        let digest = template(()).expect("inputs digest on the pod template");
+        ok(
+            &[
+                "-n",
+                &s.0,
+                "patch",
+                "recognitionpipeline",
+                "photos",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"gateway":{"rateLimit":{"requestsPerSecond":5}}}}"#,
+            ],
+            None,
+        );
+        eventually(60, "a new pod template after a config-only change", || {
+            template(()).filter(|d| d != &digest)
+        });
+    }
 }

@@ -4,9 +4,15 @@
 //! Idempotence: each applied object carries the SHA-256 of what was applied in the
 //! annotation [`HASH_ANNOTATION`]. When the live object has the same hash and still holds
 //! every field we would apply, nothing is sent; so reconciling an unchanged resource makes
-//! no write at all (and GitOps tools see no churn). A spec change changes the hash and so
-//! applies, and server-side apply then drops the fields we no longer set; a hand edit of a
-//! field we manage breaks the subset check and is reverted.
+//! no write at all (and GitOps tools see no churn). "Holds" is read after the API server's
+//! normalisation: it drops empty lists and maps (`ingress: []`) and writes quantities in
+//! canonical form (`0.5` → `500m`), so those differences are not changes. A spec change
+//! changes the hash and so applies, and server-side apply then drops the fields we no
+//! longer set; a hand edit of a field we manage breaks the subset check and is reverted.
+//!
+//! Ownership: an existing object with a child's name that this resource does not control
+//! (no controller owner reference with its uid) is never taken over:
+//! [`ApplyError::NotOurs`].
 
 use std::fmt::Debug;
 
@@ -33,6 +39,15 @@ pub enum ApplyError {
     },
     #[error("{kind} {name} has no name or namespace")]
     Incomplete { kind: String, name: String },
+    #[error(
+        "{kind} {name} already exists and is not controlled by this resource ({holder}); \
+         rename or delete it, then the operator creates its own"
+    )]
+    NotOurs {
+        kind: String,
+        name: String,
+        holder: String,
+    },
     #[error("{verb} {kind} {name}: {source}")]
     Api {
         verb: &'static str,
@@ -40,6 +55,16 @@ pub enum ApplyError {
         name: String,
         source: kube::Error,
     },
+}
+
+impl ApplyError {
+    /// The condition reason and event reason for this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApplyError::NotOurs { .. } => crate::status::reasons::CONFLICTING_OBJECT,
+            _ => crate::status::reasons::APPLY_FAILED,
+        }
+    }
 }
 
 /// A namespaced object kind the operator creates.
@@ -75,17 +100,55 @@ pub enum Outcome {
     Unchanged,
 }
 
-/// `true` when every field of `want` is in `have` with the same value (objects may have
-/// more keys; lists must have the same length and match element by element).
+/// Whether the API server would store `value` as nothing at all: `null`, `[]` or `{}`
+/// (Go's `omitempty` drops empty lists and maps).
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+/// `true` when every field of `want` is in `have` with the same value, as the API server
+/// stores it: objects may have more keys (defaults); a field that is empty in `want` may
+/// be absent from `have`; quantities that are equal in value are equal (`0.5` = `500m`);
+/// lists must have the same length and match element by element.
 pub fn is_subset(want: &Value, have: &Value) -> bool {
     match (want, have) {
-        (Value::Object(w), Value::Object(h)) => w
-            .iter()
-            .all(|(k, v)| h.get(k).is_some_and(|hv| is_subset(v, hv))),
+        (Value::Object(w), Value::Object(h)) => w.iter().all(|(k, v)| match h.get(k) {
+            Some(hv) => is_subset(v, hv),
+            None => is_empty(v),
+        }),
         (Value::Array(w), Value::Array(h)) => {
             w.len() == h.len() && w.iter().zip(h).all(|(a, b)| is_subset(a, b))
         }
+        (Value::String(w), Value::String(h)) if w != h => {
+            crate::quantity::parse(w).is_some_and(|q| crate::quantity::parse(h) == Some(q))
+        }
         (w, h) => w == h,
+    }
+}
+
+/// The uid of the controller owner reference `desired` carries.
+fn controller_uid<K: Child>(desired: &K) -> Option<String> {
+    desired
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.clone())
+}
+
+/// Who controls `live`, in words (for [`ApplyError::NotOurs`]).
+fn holder<K: Child>(live: &K) -> String {
+    match live
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+    {
+        Some(o) => format!("controlled by {} {}", o.kind, o.name),
+        None => "it has no controller".into(),
     }
 }
 
@@ -130,6 +193,18 @@ pub async fn apply<K: Child>(client: &Client, desired: &K) -> Result<(Outcome, K
     };
     let live = api.get_opt(&name).await.map_err(|e| api_err("get", e))?;
     if let Some(live) = &live {
+        let ours = controller_uid(desired);
+        let controlled = live
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == ours.as_ref());
+        if !controlled {
+            return Err(ApplyError::NotOurs {
+                kind,
+                name,
+                holder: holder(live),
+            });
+        }
         let same_hash = live.annotations().get(HASH_ANNOTATION) == Some(&digest);
         if same_hash && is_subset(&want, &serde_json::to_value(live).map_err(serialize)?) {
             return Ok((Outcome::Unchanged, live.clone()));
@@ -248,5 +323,24 @@ mod tests {
             &json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}})
         ));
         assert!(!is_subset(&json!({"a": 1}), &json!({})));
+    }
+
+    #[test]
+    fn subset_reads_the_api_servers_normal_form() {
+        // Empty lists and maps are dropped by the API server.
+        let want = json!({"spec": {"ingress": [], "podSelector": {"matchLabels": {}}}});
+        assert!(is_subset(&want, &json!({"spec": {"podSelector": {}}})));
+        // Quantities come back canonical.
+        let want = json!({"resources": {"requests": {"cpu": "0.5", "memory": "1024Mi"}}});
+        let have = json!({"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}});
+        assert!(is_subset(&want, &have));
+        assert!(!is_subset(
+            &json!({"requests": {"cpu": "0.5"}}),
+            &json!({"requests": {"cpu": "501m"}})
+        ));
+        // A list we want non-empty must be there.
+        assert!(!is_subset(&json!({"ports": [1]}), &json!({})));
+        // Words are not quantities.
+        assert!(!is_subset(&json!({"image": "a"}), &json!({"image": "b"})));
     }
 }

@@ -40,6 +40,11 @@ pub const VERSION: &str = "v1alpha1";
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
         name = "Replicas",
         type_ = "integer",
         json_path = ".status.readyReplicas"
@@ -288,12 +293,17 @@ pub struct ImageModelStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Available` and `ModelFetched`, with reasons.
+    /// `Ready`, `Progressing`, `Available`, `ModelFetched`, `ModelValidated` and (with
+    /// `spec.evaluation`) `Evaluated`, each with a reason; see docs/status.md.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// The model digest the pods verify (from `spec.source.sha256`).
+    /// SHA-256 of the model the serving pods loaded (as they report it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// The model as the serving pods report it on `/readyz`: digest, device, input shape,
+    /// class count, revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<crate::served::Served>,
     /// In-cluster URL of the recognize Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -326,6 +336,11 @@ pub struct ImageModelStatus {
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
     printcolumn(
@@ -532,7 +547,8 @@ pub struct RecognitionPipelineStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, plus `ModelReady`, `UploadReady`, `StoreReady` and `RouteAccepted`.
+    /// `Ready` and `Progressing`, plus `ModelReady`, `UploadReady`, `StoreReady` and
+    /// `RouteAccepted`; see docs/status.md.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Where users reach the pipeline.

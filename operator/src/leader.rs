@@ -2,6 +2,11 @@
 //! and only one reconciles. Each attempt reads the Lease and takes it when it is free,
 //! expired, or already ours; the write is a replace carrying the read `resourceVersion`,
 //! so two candidates racing for it cannot both win (the loser gets a 409 Conflict).
+//!
+//! Holding it follows client-go's timing: the leader retries its renewal every
+//! [`LeaseLock::retry_period`] and steps down once it has gone [`LeaseLock::renew_deadline`]
+//! (two thirds of the lease, 10 s of 15 s) without a successful renewal — well before a
+//! standby may take the expired Lease — so two leaders never overlap ([`keep_leading`]).
 
 use std::time::Duration;
 
@@ -57,9 +62,22 @@ impl LeaseLock {
         }
     }
 
-    /// How often the holder renews: a third of the lease duration.
+    /// How often a standby tries to take the Lease: a third of the lease duration.
     pub fn renew_every(&self) -> Duration {
         self.duration / 3
+    }
+
+    /// How often the leader renews (and retries a failed renewal): client-go's 2 s, less
+    /// for short leases.
+    pub fn retry_period(&self) -> Duration {
+        (self.duration / 7).min(Duration::from_secs(2))
+    }
+
+    /// How long the leader may go without a successful renewal before it steps down: two
+    /// thirds of the lease (client-go: 10 s of 15 s), so it stops before anyone else may
+    /// take the Lease.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
     }
 
     fn err(&self, source: kube::Error) -> LeaseError {
@@ -140,5 +158,60 @@ impl LeaseLock {
         won(self.replace(&lease).await)
             .map(|_| ())
             .map_err(|e| self.err(e))
+    }
+}
+
+/// Why the leader stopped leading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SteppedDown {
+    /// Another replica holds the Lease now.
+    Taken,
+    /// No renewal succeeded within the renew deadline (the last error, in words).
+    DeadlinePassed(String),
+}
+
+/// Renews `lock` every retry period until it cannot: returns when another replica took
+/// the Lease or when the renew deadline passed without a successful renewal. Each attempt
+/// is bounded by the retry period, so a hung API call cannot stretch the deadline.
+pub async fn keep_leading(lock: &LeaseLock) -> SteppedDown {
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(lock.retry_period()).await;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let attempt = tokio::time::timeout(lock.retry_period(), lock.try_acquire(now)).await;
+        let error = match attempt {
+            Ok(Ok(true)) => {
+                renewed = tokio::time::Instant::now();
+                continue;
+            }
+            Ok(Ok(false)) => return SteppedDown::Taken,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "the renewal did not finish within the retry period".to_string(),
+        };
+        tracing::warn!(%error, "cannot renew the leader Lease");
+        if renewed.elapsed() >= lock.renew_deadline() {
+            return SteppedDown::DeadlinePassed(error);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_leader_gives_up_well_before_the_lease_expires() {
+        let client = kube::Client::new(
+            tower::service_fn(|_: http::Request<kube::client::Body>| async {
+                Err::<http::Response<kube::client::Body>, std::io::Error>(std::io::Error::other(
+                    "unused",
+                ))
+            }),
+            "default",
+        );
+        let lock = LeaseLock::new(client, "ns", "lease", "me", Duration::from_secs(15));
+        assert_eq!(lock.renew_deadline(), Duration::from_secs(10));
+        assert_eq!(lock.retry_period(), Duration::from_secs(2));
+        assert!(lock.renew_deadline() + lock.retry_period() < Duration::from_secs(15));
     }
 }

@@ -100,7 +100,7 @@ pub fn children(inputs: &Inputs, images: &Images) -> Result<Vec<Value>, RenderEr
             .collect();
         prefixes.sort();
         prefixes.dedup();
-        let c = model::children(m, images, &prefixes);
+        let c = model::children(m, images, &prefixes, "");
         out.push(to_value(&c.service)?);
         out.push(to_value(&c.deployment)?);
         if let Some(hpa) = &c.hpa {
@@ -128,7 +128,7 @@ pub fn children(inputs: &Inputs, images: &Images) -> Result<Vec<Value>, RenderEr
                 pipeline: name.clone(),
                 model: p.spec.model_ref.name.clone(),
             })?;
-        let c = pipeline::children(p, m, images);
+        let c = pipeline::children(p, m, images, "");
         out.push(to_value(&c.config_map)?);
         for claim in &c.claims {
             out.push(to_value(claim)?);

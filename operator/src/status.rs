@@ -8,9 +8,16 @@ use k8s_openapi::jiff::Timestamp;
 
 /// Condition types.
 pub mod types {
+    /// The current spec's revision serves all the traffic.
     pub const READY: &str = "Ready";
-    /// Model: the Deployment has the wanted number of available pods.
+    /// A rollout is moving (True), done (True, reason `RolledOut`) or stuck (False, with
+    /// the cause as reason) — the Deployment's own `Progressing` semantics.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Model: at least one pod (of any revision) serves traffic.
     pub const AVAILABLE: &str = "Available";
+    /// Model: the newest revision's pods loaded, validated and warmed the model, as their
+    /// own `/readyz` says (`status.served` holds what they report).
+    pub const MODEL_VALIDATED: &str = "ModelValidated";
     /// Model: the pods fetched and verified the model (their init containers finished).
     pub const MODEL_FETCHED: &str = "ModelFetched";
     /// Pipeline: the referenced `ImageModel` exists and is ready.
@@ -28,6 +35,25 @@ pub mod types {
 pub mod reasons {
     pub const AVAILABLE: &str = "Available";
     pub const PROGRESSING: &str = "Progressing";
+    /// A rollout is under way (pods starting, old ones draining).
+    pub const ROLLING_OUT: &str = "RollingOut";
+    /// The current revision is fully rolled out.
+    pub const ROLLED_OUT: &str = "RolledOut";
+    /// The new revision cannot serve while an older one still does.
+    pub const ROLLOUT_FAILED: &str = "RolloutFailed";
+    pub const SCALED_TO_ZERO: &str = "ScaledToZero";
+    /// An object with a child's name exists and is not ours.
+    pub const CONFLICTING_OBJECT: &str = "ConflictingObject";
+    /// A Secret the spec references does not exist.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    pub const VALIDATED: &str = "Validated";
+    /// The pods passed the kubelet's `/readyz` probe, but their answer could not be read
+    /// through the API server.
+    pub const READINESS_PROBE_PASSED: &str = "ReadinessProbePassed";
+    pub const WAITING_FOR_PODS: &str = "WaitingForPods";
+    pub const MODEL_LOADING: &str = "ModelLoading";
+    /// Pipeline: the model's status does not describe its current generation yet.
+    pub const MODEL_CHANGING: &str = "ModelChanging";
     pub const FETCHED: &str = "Fetched";
     pub const FETCHING: &str = "Fetching";
     pub const FETCH_FAILED: &str = "FetchFailed";
@@ -77,26 +103,55 @@ impl Clock for FixedClock {
 pub struct Cond {
     pub type_: &'static str,
     pub status: bool,
-    pub reason: &'static str,
+    /// CamelCase: ours, Kubernetes' (`ImagePullBackOff`) or the server's (`DigestMismatch`).
+    pub reason: String,
     pub message: String,
 }
 
+/// Longest condition message kept (the API allows 32 KiB; a person reads far less).
+const MESSAGE_LIMIT: usize = 2048;
+
+/// A reason as the API accepts it (`[A-Za-z][A-Za-z0-9_,:]*`, at most 1024 characters);
+/// anything else becomes `Unknown`.
+fn valid_reason(reason: String) -> String {
+    let ok = reason.len() <= 1024
+        && reason
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+        && reason
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ',' | ':'));
+    if ok { reason } else { "Unknown".into() }
+}
+
+fn bounded(message: String) -> String {
+    if message.len() <= MESSAGE_LIMIT {
+        return message;
+    }
+    let mut end = MESSAGE_LIMIT;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
 impl Cond {
-    pub fn yes(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn yes(type_: &'static str, reason: impl Into<String>, message: impl Into<String>) -> Self {
         Cond {
             type_,
             status: true,
-            reason,
-            message: message.into(),
+            reason: valid_reason(reason.into()),
+            message: bounded(message.into()),
         }
     }
 
-    pub fn no(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn no(type_: &'static str, reason: impl Into<String>, message: impl Into<String>) -> Self {
         Cond {
             type_,
             status: false,
-            reason,
-            message: message.into(),
+            reason: valid_reason(reason.into()),
+            message: bounded(message.into()),
         }
     }
 
@@ -140,7 +195,7 @@ pub fn ready_from(components: &[Cond]) -> Cond {
         None => Cond::yes(types::READY, reasons::READY, "all components are ready"),
         Some(c) => Cond::no(
             types::READY,
-            c.reason,
+            c.reason.clone(),
             format!("{}: {}", c.type_, c.message),
         ),
     }

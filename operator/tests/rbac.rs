@@ -17,9 +17,8 @@ use serde_json::json;
 use sightline_operator::controller::{model, pipeline, run};
 use sightline_operator::crd::{ImageModel, RecognitionPipeline};
 use sightline_operator::leader::LeaseLock;
-use support::{
-    Cluster, NS, full_apis, mark_available, pod_with_fetch, repo, sample_model, sample_pipeline,
-};
+use support::sim::{Deadline, Pods, roll};
+use support::{Cluster, NS, full_apis, repo, sample_model, sample_pipeline};
 
 type Grant = (String, String, String); // (group, resource, verb)
 
@@ -75,13 +74,15 @@ async fn exercised() -> BTreeSet<Grant> {
         .await
         .expect("model");
     reconcile_both(&cluster, &ctx).await;
-    // The model serves: its start-up evaluation is read through services/proxy.
-    mark_available(&cluster, "efficientnet-lite0-recognize").await;
-    let served = Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
-        .get(&m.name_any())
-        .await
-        .expect("model");
-    pod_with_fetch(&cluster, &served, 0, "").await;
+    // The model serves: its pods' /readyz and start-up evaluation are read through
+    // pods/proxy.
+    roll(
+        &cluster,
+        "efficientnet-lite0-recognize",
+        Pods::Serving,
+        Deadline::Within,
+    )
+    .await;
     reconcile_both(&cluster, &ctx).await;
     // Every optional child removed again: HPA, PDB, HTTPRoute, then the Ingress.
     patch::<ImageModel>(

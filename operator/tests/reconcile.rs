@@ -17,9 +17,8 @@ use serde_json::json;
 use sightline_operator::build::monitoring::ServiceMonitor;
 use sightline_operator::controller::{ClusterApis, Context, Error, error_policy, model, pipeline};
 use sightline_operator::crd::{ImageModel, RecognitionPipeline};
-use support::{
-    Cluster, NS, full_apis, mark_available, pod_with_fetch, sample_model, sample_pipeline,
-};
+use support::sim::{Deadline, Pods, roll};
+use support::{Cluster, NS, full_apis, sample_model, sample_pipeline};
 
 async fn create<K>(cluster: &Cluster, object: &K) -> K
 where
@@ -117,7 +116,12 @@ async fn a_new_model_gets_its_children_and_an_honest_status() {
     assert_eq!(ready.status, "False");
     assert_eq!(ready.observed_generation, m.metadata.generation);
     assert_eq!(condition(&conditions, "ModelFetched").reason, "Fetching");
-    assert_eq!(condition(&conditions, "Available").reason, "Progressing");
+    assert_eq!(condition(&conditions, "Available").reason, "NotReady");
+    let progressing = condition(&conditions, "Progressing");
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_str()),
+        ("True", "RollingOut")
+    );
 }
 
 #[tokio::test]
@@ -129,8 +133,13 @@ async fn the_model_becomes_ready_when_fetched_and_available_then_a_second_reconc
     reconcile_model(&cluster, &ctx, &m.name_any())
         .await
         .expect("first");
-    mark_available(&cluster, "efficientnet-lite0-recognize").await;
-    pod_with_fetch(&cluster, &m, 0, "").await;
+    roll(
+        &cluster,
+        "efficientnet-lite0-recognize",
+        Pods::Serving,
+        Deadline::Within,
+    )
+    .await;
     reconcile_model(&cluster, &ctx, &m.name_any())
         .await
         .expect("second");
@@ -166,11 +175,14 @@ async fn a_failed_fetch_is_reported_with_the_containers_own_words() {
     let cluster = Cluster::new().await;
     let ctx = cluster.context(full_apis());
     let m = create(&cluster, &sample_model()).await;
-    pod_with_fetch(
+    reconcile_model(&cluster, &ctx, &m.name_any())
+        .await
+        .expect("first");
+    roll(
         &cluster,
-        &m,
-        1,
-        "sha256 mismatch: expected 8a25…, got 0000…",
+        "efficientnet-lite0-recognize",
+        Pods::FetchFailed("sha256 mismatch: expected 8a25…, got 0000…"),
+        Deadline::Within,
     )
     .await;
     reconcile_model(&cluster, &ctx, &m.name_any())
@@ -282,6 +294,7 @@ async fn children_the_spec_no_longer_wants_are_deleted() {
 async fn a_pipeline_waits_for_its_model_then_becomes_ready_by_itself() {
     let cluster = Cluster::new().await;
     let ctx = cluster.context(full_apis());
+    support::sample_secrets(&cluster).await;
     let p = create(&cluster, &sample_pipeline()).await;
     let action = reconcile_pipeline(&cluster, &ctx, &p.name_any())
         .await
@@ -330,13 +343,16 @@ async fn a_pipeline_waits_for_its_model_then_becomes_ready_by_itself() {
     assert_eq!(condition(&conditions, "ModelReady").reason, "ModelNotReady");
 
     // Everything comes up; the Gateway accepts the route.
-    mark_available(&cluster, "efficientnet-lite0-recognize").await;
-    pod_with_fetch(&cluster, &m, 0, "").await;
+    for name in [
+        "efficientnet-lite0-recognize",
+        "photos-upload",
+        "photos-store",
+    ] {
+        roll(&cluster, name, Pods::Serving, Deadline::Within).await;
+    }
     reconcile_model(&cluster, &ctx, &m.name_any())
         .await
         .expect("model ready");
-    mark_available(&cluster, "photos-upload").await;
-    mark_available(&cluster, "photos-store").await;
     Api::<HttpRoute>::namespaced(cluster.client.clone(), NS)
         .patch_status(
             "photos",
@@ -444,16 +460,23 @@ async fn the_start_up_evaluation_lands_in_the_status_once() {
         .expect("deployment");
     let pod = serde_json::to_string(&d.spec).expect("json");
     assert!(
-        pod.contains("fetch-evaluation") && pod.contains("--evaluate-on-start"),
-        "{pod}"
+        !pod.contains("fetch-evaluation")
+            && pod.contains("--evaluate-on-start")
+            && pod.contains("https://models.example.com/imagenet-sample.zip"),
+        "the server fetches the set itself once the model serves: {pod}"
     );
-    mark_available(&cluster, "efficientnet-lite0-recognize").await;
-    pod_with_fetch(&cluster, &m, 0, "").await;
+    roll(
+        &cluster,
+        "efficientnet-lite0-recognize",
+        Pods::Serving,
+        Deadline::Within,
+    )
+    .await;
 
-    cluster.answer_proxied(Some(
-        json!({"id": "startup", "status": "running", "progress": {"done": 3, "total": 10}})
-            .to_string(),
-    ));
+    let evaluation = "/api/v1/evaluations/startup";
+    let running =
+        json!({"id": "startup", "status": "running", "progress": {"done": 3, "total": 10}});
+    support::sim::answer_every_pod(&cluster, evaluation, 200, running.to_string()).await;
     reconcile_model(&cluster, &ctx, &m.name_any())
         .await
         .expect("running");
@@ -468,12 +491,10 @@ async fn the_start_up_evaluation_lands_in_the_status_once() {
         "EvaluationPending"
     );
 
-    cluster.answer_proxied(Some(
-        json!({"id": "startup", "status": "succeeded", "report": {
-            "images": 1000, "accuracy": 0.8, "top5_accuracy": 0.95,
-            "macro": {"precision": 0.9, "recall": 0.9, "f1": 0.9}}})
-        .to_string(),
-    ));
+    let done = json!({"id": "startup", "status": "succeeded", "report": {
+        "images": 1000, "accuracy": 0.8, "top5_accuracy": 0.95,
+        "macro": {"precision": 0.9, "recall": 0.9, "f1": 0.9}}});
+    support::sim::answer_every_pod(&cluster, evaluation, 200, done.to_string()).await;
     reconcile_model(&cluster, &ctx, &m.name_any())
         .await
         .expect("done");
@@ -494,14 +515,16 @@ async fn the_start_up_evaluation_lands_in_the_status_once() {
 
     // Known for this generation: not asked again, nothing written.
     cluster.take_calls();
+    cluster.take_asked();
     reconcile_model(&cluster, &ctx, &m.name_any())
         .await
         .expect("again");
     let calls = cluster.take_calls();
     assert!(calls.iter().all(|c| !c.writes()), "{calls:?}");
+    let asked = cluster.take_asked();
     assert!(
-        calls.iter().all(|c| c.resource != "services/proxy"),
-        "{calls:?}"
+        asked.iter().all(|path| !path.contains("evaluations")),
+        "{asked:?}"
     );
 }
 

@@ -23,7 +23,8 @@ use kube::ResourceExt;
 
 use super::meta::{labels, object_meta, selector_labels};
 use super::pod::{
-    Images, PORT, PORT_NAME, container_security, default_resources, pod_template, server_container,
+    Images, PORT, PORT_NAME, container_security, default_resources, pod_template,
+    readiness_startup_probe, server_container,
 };
 use crate::crd::{Device, FileSource, ImageModel};
 
@@ -88,15 +89,7 @@ fn fetch_container(
         image: Some(images.server.clone()),
         image_pull_policy: images.pull_policy.clone(),
         args: Some(args),
-        env_from: credentials.map(|secret| {
-            vec![EnvFromSource {
-                secret_ref: Some(SecretEnvSource {
-                    name: secret.into(),
-                    optional: Some(false),
-                }),
-                ..EnvFromSource::default()
-            }]
-        }),
+        env_from: credentials.map(credentials_env),
         resources: Some(default_resources("50m", "64Mi")),
         security_context: Some(container_security()),
         // Its error (wrong digest, 404, …) becomes the termination message, which the
@@ -215,7 +208,40 @@ fn server_args(
 
 /// The recognize Deployment. `image_prefixes` are the image URL prefixes of the pipelines
 /// that use this model (recognition by URL may fetch only from them).
-pub fn deployment(model: &ImageModel, images: &Images, image_prefixes: &[String]) -> Deployment {
+/// The pod-template annotation holding the digest of what the pods read besides their
+/// spec (the rendered config and the referenced Secrets); a change rolls the pods.
+pub const INPUTS_ANNOTATION: &str = "sightline.io/inputs-digest";
+
+/// The names of the Secrets a model's pods read.
+pub fn secret_names(model: &ImageModel) -> Vec<String> {
+    model
+        .spec
+        .source
+        .credentials_secret
+        .iter()
+        .cloned()
+        .collect()
+}
+
+fn credentials_env(secret: &str) -> Vec<EnvFromSource> {
+    vec![EnvFromSource {
+        secret_ref: Some(SecretEnvSource {
+            name: secret.into(),
+            optional: Some(false),
+        }),
+        ..EnvFromSource::default()
+    }]
+}
+
+/// The recognize Deployment. `image_prefixes` are the image URL prefixes of the pipelines
+/// that use this model (recognition by URL may fetch only from them); `inputs_digest` is
+/// the digest of the referenced Secrets (empty when unknown, as in `render`).
+pub fn deployment(
+    model: &ImageModel,
+    images: &Images,
+    image_prefixes: &[String],
+    inputs_digest: &str,
+) -> Deployment {
     let spec = &model.spec;
     let instance = model.name_any();
     let model_place = placement(&spec.source.model, "model.onnx");
@@ -250,10 +276,20 @@ pub fn deployment(model: &ImageModel, images: &Images, image_prefixes: &[String]
     };
     let model_path = path_of(&model_place, &spec.source.model, "fetch-model");
     let labels_path = path_of(&labels_place, &spec.source.labels, "fetch-labels");
-    let evaluation_path = spec.evaluation.as_ref().map(|e| {
-        let place = placement(&e.dataset, "evaluation.zip");
-        path_of(&place, &e.dataset, "fetch-evaluation")
-    });
+    // The labelled set is fetched by the server itself once the model serves, so a bad
+    // dataset URL fails only the evaluation, never the pod. A `pvc://` set is mounted.
+    let evaluation_source =
+        spec.evaluation
+            .as_ref()
+            .map(|e| match placement(&e.dataset, "evaluation.zip") {
+                Placement::Mounted { claim, path } => {
+                    if !claims.contains(&claim) {
+                        claims.push(claim);
+                    }
+                    path
+                }
+                Placement::Fetched { .. } => e.dataset.uri.clone(),
+            });
     if needs_emptydir {
         volumes.push(Volume {
             name: "models".into(),
@@ -303,10 +339,20 @@ pub fn deployment(model: &ImageModel, images: &Images, image_prefixes: &[String]
             .or_insert_with(|| Quantity("1".into()));
     }
     let mut args = server_args(model, &model_path, &labels_path, image_prefixes);
-    if let Some(path) = evaluation_path {
-        args.extend(["--evaluate-on-start".to_string(), path]);
+    let mut env_from = None;
+    if let (Some(source), Some(evaluation)) = (evaluation_source, &spec.evaluation) {
+        args.extend(["--evaluate-on-start".to_string(), source]);
+        if let Some(sha) = &evaluation.dataset.sha256 {
+            args.extend(["--evaluate-sha256".to_string(), sha.clone()]);
+        }
+        if evaluation.dataset.uri.starts_with("s3://") {
+            env_from = credentials.map(credentials_env);
+        }
     }
-    let container = server_container(images, "server", args, resources, None, mounts);
+    let mut container = server_container(images, "server", args, resources, env_from, mounts);
+    // Loading and warming a large model (or a GPU session) takes a while: the startup
+    // probe waits up to ten minutes for `/readyz` before liveness takes over.
+    container.startup_probe = Some(readiness_startup_probe(120));
     let mut template = pod_template(
         selector_labels(&instance, COMPONENT),
         init,
@@ -320,11 +366,16 @@ pub fn deployment(model: &ImageModel, images: &Images, image_prefixes: &[String]
         pod.affinity = r.affinity.clone();
     }
     if let Some(meta) = template.metadata.as_mut() {
+        let mut annotations = BTreeMap::new();
         // Identity of what the pods serve, so a new digest rolls the pods.
-        meta.annotations =
-            spec.source.model.sha256.as_ref().map(|sha| {
-                BTreeMap::from([("sightline.io/model-sha256".to_string(), sha.clone())])
-            });
+        if let Some(sha) = &spec.source.model.sha256 {
+            annotations.insert("sightline.io/model-sha256".to_string(), sha.clone());
+        }
+        // What the referenced Secrets hold: rotating credentials rolls the pods.
+        if !inputs_digest.is_empty() {
+            annotations.insert(INPUTS_ANNOTATION.to_string(), inputs_digest.to_string());
+        }
+        meta.annotations = (!annotations.is_empty()).then_some(annotations);
     }
     Deployment {
         metadata: object_meta(model, &name(model), COMPONENT),
@@ -441,11 +492,16 @@ pub struct ModelChildren {
     pub network_policy: k8s_openapi::api::networking::v1::NetworkPolicy,
 }
 
-/// The children of `model`; `image_prefixes` as for [`deployment`].
-pub fn children(model: &ImageModel, images: &Images, image_prefixes: &[String]) -> ModelChildren {
+/// The children of `model`; `image_prefixes` and `inputs_digest` as for [`deployment`].
+pub fn children(
+    model: &ImageModel,
+    images: &Images,
+    image_prefixes: &[String],
+    inputs_digest: &str,
+) -> ModelChildren {
     ModelChildren {
         service: service(model),
-        deployment: deployment(model, images, image_prefixes),
+        deployment: deployment(model, images, image_prefixes, inputs_digest),
         hpa: hpa(model),
         pdb: pdb(model),
         network_policy: super::network::model_policy(model),

@@ -552,20 +552,68 @@ pub struct PipelineChildren {
     pub network_policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy>,
 }
 
-/// The children of `p`, wired to `model` (the `ImageModel` its `modelRef` names).
+/// The names of the Secrets a pipeline's pods read (API keys, database URL, S3
+/// credentials).
+pub fn secret_names(p: &RecognitionPipeline) -> Vec<String> {
+    let spec = &p.spec;
+    let mut names: Vec<String> = [
+        spec.gateway
+            .api_keys_secret
+            .as_ref()
+            .map(|s| s.name.clone()),
+        spec.storage.url_secret.as_ref().map(|s| s.name.clone()),
+        spec.upload
+            .s3
+            .as_ref()
+            .map(|s| s.credentials_secret.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Digest of what the pods read besides their own spec: the ConfigMap's data (reached
+/// through `envFrom`, which a running pod never re-reads) and `secrets_digest`.
+pub fn inputs_digest(config: &ConfigMap, secrets_digest: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let data = serde_json::to_string(&config.data).unwrap_or_default();
+    hex::encode(Sha256::digest(
+        format!("{data}\n{secrets_digest}").as_bytes(),
+    ))
+}
+
+/// Puts the inputs digest on the pod template, so a change of it rolls the pods.
+fn with_inputs(mut d: Deployment, digest: &str) -> Deployment {
+    if let Some(meta) = d.spec.as_mut().and_then(|s| s.template.metadata.as_mut()) {
+        meta.annotations.get_or_insert_with(BTreeMap::new).insert(
+            super::model::INPUTS_ANNOTATION.to_string(),
+            digest.to_string(),
+        );
+    }
+    d
+}
+
+/// The children of `p`, wired to `model` (the `ImageModel` its `modelRef` names);
+/// `secrets_digest` is the digest of the Secrets it references (empty when unknown).
 pub fn children(
     p: &RecognitionPipeline,
     model: &crate::crd::ImageModel,
     images: &Images,
+    secrets_digest: &str,
 ) -> PipelineChildren {
     let model_service = super::model::name(model);
+    let config = config_map(p, &super::model::endpoint(model));
+    let digest = inputs_digest(&config, secrets_digest);
     PipelineChildren {
-        config_map: config_map(p, &super::model::endpoint(model)),
+        config_map: config,
         claims: claims(p),
         store_service: store_service(p),
-        store_deployment: store_deployment(p, images),
+        store_deployment: with_inputs(store_deployment(p, images), &digest),
         upload_service: upload_service(p),
-        upload_deployment: upload_deployment(p, images),
+        upload_deployment: with_inputs(upload_deployment(p, images), &digest),
         http_route: http_route(p, &model_service),
         ingress: ingress(p, &model_service),
         network_policies: super::network::pipeline_policies(p, &model.name_any()),

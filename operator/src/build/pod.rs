@@ -83,6 +83,11 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// A startup probe on `/readyz` every 5 s, allowing `failures` × 5 s to become ready.
+pub fn readiness_startup_probe(failures: i32) -> Probe {
+    http_probe("/readyz", 5, failures)
+}
+
 /// Default requests when the spec gives none: enough to schedule, no limits imposed.
 pub fn default_resources(cpu: &str, memory: &str) -> ResourceRequirements {
     ResourceRequirements {
@@ -123,8 +128,9 @@ pub fn server_container(
         resources: Some(resources),
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
-        // Loading and warming a large model can take a while; liveness waits for it.
-        startup_probe: Some(http_probe("/healthz", 2, 60)),
+        // Liveness waits until the server is ready (the database answers, the model is
+        // loaded); a role that is never ready within the window is restarted.
+        startup_probe: Some(readiness_startup_probe(60)),
         security_context: Some(container_security()),
         volume_mounts: Some(mounts),
         ..Container::default()

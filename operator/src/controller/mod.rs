@@ -3,6 +3,7 @@
 //! status. Only the fetch, apply and status steps touch the API.
 
 pub mod model;
+pub mod observe;
 pub mod pipeline;
 pub mod run;
 
@@ -10,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
@@ -45,7 +45,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::InvalidSpec(_) => reasons::INVALID_SPEC,
-            Error::Apply(_) => reasons::APPLY_FAILED,
+            Error::Apply(e) => e.reason(),
             Error::Fetch { .. } => "FetchFailed",
             Error::Incomplete(_) => "Incomplete",
         }
@@ -78,6 +78,8 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
+    /// Reconciles in a row that found a rollout stuck, per object.
+    stuck: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -106,6 +108,7 @@ impl Context {
             clock,
             recorder,
             failures: Mutex::new(HashMap::new()),
+            stuck: Mutex::new(HashMap::new()),
         }
     }
 
@@ -181,6 +184,21 @@ impl Context {
         Duration::from_secs(5u64.saturating_mul(1 << (*n - 1).min(6)).min(300))
     }
 
+    /// The requeue delay for an object whose rollout is stuck: 15 s, 30 s, 60 s … capped at
+    /// 5 minutes (pod changes still arrive by watch at once).
+    pub fn stalled(&self, key: &str) -> Duration {
+        let mut stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+        let n = stuck.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_secs(15u64.saturating_mul(1 << (*n - 1).min(5)).min(300))
+    }
+
+    /// The object's rollout is no longer stuck.
+    pub fn unstalled(&self, key: &str) {
+        let mut stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+        stuck.remove(key);
+    }
+
     fn succeeded(&self, key: &str) {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         failures.remove(key);
@@ -196,7 +214,34 @@ pub fn label_selector(labels: &std::collections::BTreeMap<String, String>) -> St
         .join(",")
 }
 
-fn key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+/// A Warning event when `ready` newly reports a failure (its reason or message differs
+/// from what the status said before), so a stuck rollout is announced once, not on every
+/// reconcile.
+pub async fn warn_on_new_failure<K: Resource<DynamicType = ()>>(
+    object: &K,
+    ctx: &Context,
+    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    ready: &Cond,
+    failed: bool,
+) {
+    if !failed {
+        return;
+    }
+    let said_before = previous
+        .iter()
+        .any(|c| c.type_ == ready.type_ && c.reason == ready.reason && c.message == ready.message);
+    if !said_before {
+        ctx.event(
+            object,
+            EventType::Warning,
+            &ready.reason,
+            ready.message.clone(),
+        )
+        .await;
+    }
+}
+
+pub(crate) fn key<K: Resource<DynamicType = ()>>(object: &K) -> String {
     format!(
         "{}/{}/{}",
         K::kind(&()),
@@ -243,26 +288,4 @@ where
         }
     }
     result
-}
-
-/// The condition `type_` for a Deployment: true once it rolled out its current template
-/// and at least one pod is available.
-pub fn deployment_condition(type_: &'static str, d: &Deployment) -> Cond {
-    let wanted = d.spec.as_ref().and_then(|s| s.replicas);
-    let status = d.status.clone().unwrap_or_default();
-    let available = status.available_replicas.unwrap_or(0);
-    let updated = status.updated_replicas.unwrap_or(0);
-    let observed = match (status.observed_generation, d.metadata.generation) {
-        (Some(seen), Some(current)) => seen >= current,
-        _ => false,
-    };
-    let of = wanted.map_or_else(|| "autoscaled".to_string(), |w| w.to_string());
-    let message = format!("{available} of {of} pods available");
-    if wanted == Some(0) {
-        Cond::no(type_, reasons::NOT_READY, "scaled to zero replicas")
-    } else if observed && available >= 1 && updated >= 1 {
-        Cond::yes(type_, reasons::AVAILABLE, message)
-    } else {
-        Cond::no(type_, reasons::PROGRESSING, message)
-    }
 }

@@ -1,7 +1,11 @@
 //! Reconciling an `ImageModel`: validate → the pipelines that use it (their image URL
-//! prefixes are the model's fetch allowlist) → build → apply the recognize Service,
-//! Deployment, HPA, PDB and NetworkPolicy (pruning the optional ones no longer wanted) →
-//! status from the Deployment and its pods.
+//! prefixes are the model's fetch allowlist) and the Secrets it reads → build → apply the
+//! recognize Service, Deployment, HPA, PDB and NetworkPolicy (pruning the optional ones no
+//! longer wanted) → observe what serves → status.
+//!
+//! Status is read, never assumed: the rollout from the newest ReplicaSet and its pods
+//! ([`crate::rollout`]), `ModelValidated` and `status.served` from those pods' own
+//! `/readyz` ([`crate::served`]), the evaluation from one of them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,18 +18,32 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
-use super::{Context, Error, RESYNC, deployment_condition, instrumented, label_selector};
-use crate::apply::patch_status;
+use super::{Context, Error, RESYNC, instrumented, observe};
+use crate::apply::{ApplyError, patch_status};
 use crate::build::{meta, model, pipeline};
 use crate::crd::{EvaluationStatus, ImageModel, ImageModelStatus, RecognitionPipeline};
-use crate::status::{Cond, merge, ready_from, reasons, types};
+use crate::rollout::{Rollout, pod_ready};
+use crate::served::{Readyz, Served, parse_readyz};
+use crate::status::{Cond, merge, reasons, types};
 use crate::validate;
+use crate::verdict::{Failure, verdict};
 
 /// Requeue while something is still rolling out (pod changes also arrive by watch).
 const PENDING: Duration = Duration::from_secs(15);
+/// Newest-revision pods asked for their `/readyz` in one reconcile.
+const PODS_ASKED: usize = 3;
 
 pub async fn reconcile(m: Arc<ImageModel>, ctx: Arc<Context>) -> Result<Action, Error> {
-    instrumented(m.as_ref(), &ctx, reconcile_model(&m, &ctx)).await
+    // Boxed: the reconcile future is large, and lives on the heap, not the task stack.
+    instrumented(m.as_ref(), &ctx, Box::pin(reconcile_model(&m, &ctx))).await
+}
+
+/// What a reconcile observed, for the status.
+struct Observed {
+    conditions: Vec<Cond>,
+    served: Option<Served>,
+    ready_replicas: Option<i32>,
+    evaluation: Option<EvaluationStatus>,
 }
 
 async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error> {
@@ -35,7 +53,7 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
     let uid = m.uid().ok_or_else(|| Error::Incomplete(m.name_any()))?;
     if let Err(invalid) = validate::model(m) {
         let invalid_cond = Cond::no(types::READY, reasons::INVALID_SPEC, invalid.to_string());
-        write_status(m, ctx, vec![invalid_cond], None, None).await?;
+        write_status(m, ctx, unchanged(m, vec![invalid_cond])).await?;
         return Err(invalid.into());
     }
 
@@ -55,8 +73,90 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
         .collect();
     prefixes.sort();
     prefixes.dedup();
+    let (secrets, missing) =
+        observe::secrets_digest(&ctx.client, &ns, &model::secret_names(m)).await?;
 
-    let children = model::children(m, &ctx.images, &prefixes);
+    let children = model::children(m, &ctx.images, &prefixes, &secrets);
+    let deployment = match apply_children(m, ctx, &ns, &uid, &children).await {
+        Ok(deployment) => deployment,
+        Err(error) => {
+            let cond = |type_| Cond::no(type_, error.reason(), error.to_string());
+            let conds = vec![cond(types::READY), cond(types::PROGRESSING)];
+            write_status(m, ctx, unchanged(m, conds)).await?;
+            return Err(error.into());
+        }
+    };
+
+    let selector = meta::selector_labels(&m.name_any(), model::COMPONENT);
+    let rollout = observe::rollout(&ctx.client, &ns, &deployment, &selector).await?;
+    let answers = ask_readyz(ctx, &ns, &rollout).await;
+    let validated = validated_condition(m, &rollout, &answers);
+    let failure = missing_secret(&missing).or_else(|| served_failure(&answers));
+    let v = verdict(types::READY, reasons::READY, &rollout, failure);
+    let available = available_condition(&deployment);
+    let fetched = fetched_condition(m, &rollout.current);
+    let served = served_now(m, &rollout, &answers);
+    let is_ready = v.ready.status;
+
+    let mut conditions = vec![
+        v.ready.clone(),
+        v.progressing,
+        available,
+        fetched,
+        validated,
+    ];
+    let mut evaluation = None;
+    if m.spec.evaluation.is_some() {
+        let (cond, figures) = evaluation_now(m, ctx, &ns, &rollout, is_ready).await;
+        evaluation = figures;
+        conditions.push(cond);
+    }
+    let settled = conditions.iter().all(|c| c.status);
+    let previous = m.status.clone().unwrap_or_default();
+    super::warn_on_new_failure(m, ctx, &previous.conditions, &v.ready, v.failed).await;
+    let ready_replicas = deployment
+        .status
+        .as_ref()
+        .map(|s| s.ready_replicas.unwrap_or(0));
+    write_status(
+        m,
+        ctx,
+        Observed {
+            conditions,
+            served,
+            ready_replicas,
+            evaluation,
+        },
+    )
+    .await?;
+    Ok(Action::requeue(if v.failed {
+        ctx.stalled(&super::key(m))
+    } else {
+        ctx.unstalled(&super::key(m));
+        if is_ready && settled { RESYNC } else { PENDING }
+    }))
+}
+
+/// The status as it was, with `conditions` replacing the conditions (when nothing could
+/// be observed).
+fn unchanged(m: &ImageModel, conditions: Vec<Cond>) -> Observed {
+    let previous = m.status.clone().unwrap_or_default();
+    Observed {
+        conditions,
+        served: previous.served,
+        ready_replicas: previous.ready_replicas,
+        evaluation: previous.evaluation,
+    }
+}
+
+/// Applies the children in dependency order; the live Deployment back.
+async fn apply_children(
+    m: &ImageModel,
+    ctx: &Context,
+    ns: &str,
+    uid: &str,
+    children: &model::ModelChildren,
+) -> Result<k8s_openapi::api::apps::v1::Deployment, ApplyError> {
     let mut changes = Vec::new();
     let mut kinds = vec!["Service", "Deployment", "NetworkPolicy"];
     ctx.apply(&children.service, &mut changes).await?;
@@ -67,7 +167,7 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
             kinds.push("HorizontalPodAutoscaler");
         }
         None => {
-            ctx.prune::<HorizontalPodAutoscaler>(&ns, &m.name_any(), &uid, &[], &mut changes)
+            ctx.prune::<HorizontalPodAutoscaler>(ns, &m.name_any(), uid, &[], &mut changes)
                 .await?
         }
     }
@@ -77,61 +177,209 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
             kinds.push("PodDisruptionBudget");
         }
         None => {
-            ctx.prune::<PodDisruptionBudget>(&ns, &m.name_any(), &uid, &[], &mut changes)
+            ctx.prune::<PodDisruptionBudget>(ns, &m.name_any(), uid, &[], &mut changes)
                 .await?
         }
     }
     ctx.apply(&children.network_policy, &mut changes).await?;
-    ctx.metrics.owns(&uid, "ImageModel", &kinds);
+    ctx.metrics.owns(uid, "ImageModel", &kinds);
     if !changes.is_empty() {
         ctx.event(m, EventType::Normal, "Applied", changes.join(", "))
             .await;
     }
+    Ok(deployment)
+}
 
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector = label_selector(&meta::selector_labels(&m.name_any(), model::COMPONENT));
-    let pods = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|source| Error::Fetch {
-            what: "Pods",
-            source,
-        })?;
-    let fetched = fetched_condition(m, &pods.items);
-    let available = deployment_condition(types::AVAILABLE, &deployment);
-    let ready = ready_from(&[fetched.clone(), available.clone()]);
-    let is_ready = ready.status;
-    let mut wanted = vec![ready, available, fetched];
-    let mut evaluation = None;
-    if m.spec.evaluation.is_some() {
-        let generation = m.meta().generation.unwrap_or(0);
-        let known = m
-            .status
-            .as_ref()
-            .and_then(|s| s.evaluation.clone())
-            .filter(|e| e.observed_generation == generation);
-        let (cond, figures) = match known {
-            Some(figures) => (evaluated(&figures), Some(figures)),
-            None if is_ready => read_evaluation(m, ctx, &ns, generation).await,
-            None => (
-                Cond::no(
-                    types::EVALUATED,
-                    reasons::EVALUATION_PENDING,
-                    "waiting for the model to serve",
-                ),
-                None,
-            ),
+fn missing_secret(missing: &[String]) -> Option<Failure> {
+    (!missing.is_empty()).then(|| Failure {
+        reason: reasons::SECRET_NOT_FOUND.into(),
+        message: format!(
+            "the spec references Secret(s) {} that do not exist in this namespace",
+            missing.join(", ")
+        ),
+    })
+}
+
+/// `/readyz` of up to [`PODS_ASKED`] running pods of the newest revision, by pod name.
+async fn ask_readyz(ctx: &Context, ns: &str, rollout: &Rollout) -> Vec<(String, Readyz)> {
+    let running = rollout.current.iter().filter(|p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            && p.metadata.deletion_timestamp.is_none()
+    });
+    let mut answers = Vec::new();
+    for pod in running.take(PODS_ASKED) {
+        let name = pod.name_any();
+        let answer = match observe::pod_get(&ctx.client, ns, &name, "/readyz").await {
+            Ok((code, body)) => parse_readyz(code, &body),
+            Err(e) => Readyz::Unreachable(e),
         };
-        evaluation = figures;
-        wanted.push(cond);
+        answers.push((name, answer));
     }
-    let settled = wanted.iter().all(|c| c.status);
-    write_status(m, ctx, wanted, deployment_ready(&deployment), evaluation).await?;
-    Ok(Action::requeue(if is_ready && settled {
-        RESYNC
+    answers
+}
+
+/// A pod of the newest revision whose server says it cannot serve (not merely loading).
+fn served_failure(answers: &[(String, Readyz)]) -> Option<Failure> {
+    answers.iter().find_map(|(pod, answer)| match answer {
+        Readyz::NotReady { reason, message } if !answer.is_loading() => Some(Failure {
+            reason: reason.clone(),
+            message: format!("pod {pod}: {message}"),
+        }),
+        _ => None,
+    })
+}
+
+/// `ModelValidated`: what the newest revision's servers say about the model they loaded.
+pub fn validated_condition(
+    m: &ImageModel,
+    rollout: &Rollout,
+    answers: &[(String, Readyz)],
+) -> Cond {
+    let t = types::MODEL_VALIDATED;
+    if let Some(f) = served_failure(answers) {
+        return Cond::no(t, f.reason, f.message);
+    }
+    let ready: Vec<&Served> = answers
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Readyz::Ready(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    if let Some(s) = ready.first() {
+        if let Some(expected) = &m.spec.source.model.sha256
+            && !expected.eq_ignore_ascii_case(&s.digest)
+        {
+            return Cond::no(
+                t,
+                "DigestMismatch",
+                format!(
+                    "the pods serve sha256 {}, the spec asks for {expected}",
+                    s.digest
+                ),
+            );
+        }
+        let mut message = format!(
+            "revision {} serves sha256 {} on {} ({} classes, input {:?})",
+            rollout.revision, s.digest, s.device, s.classes, s.input_shape
+        );
+        if m.spec.runtime.device == crate::crd::Device::Gpu && s.device != "gpu" {
+            message.push_str("; the GPU was not usable and the pods fell back to the CPU");
+        }
+        return Cond::yes(t, reasons::VALIDATED, message);
+    }
+    if answers.iter().any(|(_, a)| a.is_loading()) {
+        return Cond::no(
+            t,
+            reasons::MODEL_LOADING,
+            "the newest revision's pods are loading the model",
+        );
+    }
+    let probed = rollout.ready_current().count();
+    if probed > 0 {
+        let why = answers
+            .iter()
+            .find_map(|(_, a)| match a {
+                Readyz::Unreachable(e) => Some(e.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        return Cond::yes(
+            t,
+            reasons::READINESS_PROBE_PASSED,
+            format!(
+                "{probed} pods passed the kubelet's /readyz probe; their answer could not be \
+                 read through the API server's pods/proxy ({why})"
+            ),
+        );
+    }
+    Cond::no(
+        t,
+        reasons::WAITING_FOR_PODS,
+        "no pod of the newest revision runs yet",
+    )
+}
+
+/// `status.served`: what the newest revision's ready pods report; while they do not serve
+/// but an older revision does, what was reported before; nothing when nothing serves.
+fn served_now(m: &ImageModel, rollout: &Rollout, answers: &[(String, Readyz)]) -> Option<Served> {
+    let mut ready = answers.iter().filter_map(|(_, a)| match a {
+        Readyz::Ready(s) => Some(s.clone()),
+        _ => None,
+    });
+    if let Some(mut served) = ready.next() {
+        served.revision = rollout.revision;
+        served.pods = u32::try_from(rollout.ready_current().count()).unwrap_or(u32::MAX);
+        return Some(served);
+    }
+    if rollout.previous_ready > 0 {
+        return m.status.as_ref().and_then(|s| s.served.clone());
+    }
+    None
+}
+
+/// `Available`: at least one pod, of any revision, serves traffic.
+fn available_condition(d: &k8s_openapi::api::apps::v1::Deployment) -> Cond {
+    let status = d.status.clone().unwrap_or_default();
+    let available = status.available_replicas.unwrap_or(0);
+    let total = status.replicas.unwrap_or(0);
+    if available > 0 {
+        Cond::yes(
+            types::AVAILABLE,
+            reasons::AVAILABLE,
+            format!("{available} of {total} pods serve traffic"),
+        )
     } else {
-        PENDING
-    }))
+        Cond::no(
+            types::AVAILABLE,
+            reasons::NOT_READY,
+            "no pod serves traffic",
+        )
+    }
+}
+
+/// The evaluation condition and figures: known for this generation, read from a ready
+/// pod of the newest revision once the model is ready, or pending.
+async fn evaluation_now(
+    m: &ImageModel,
+    ctx: &Context,
+    ns: &str,
+    rollout: &Rollout,
+    is_ready: bool,
+) -> (Cond, Option<EvaluationStatus>) {
+    let generation = m.meta().generation.unwrap_or(0);
+    let known = m
+        .status
+        .as_ref()
+        .and_then(|s| s.evaluation.clone())
+        .filter(|e| e.observed_generation == generation);
+    if let Some(figures) = known {
+        return (evaluated(&figures), Some(figures));
+    }
+    let pending = |message: String| {
+        let cond = Cond::no(types::EVALUATED, reasons::EVALUATION_PENDING, message);
+        (cond, None)
+    };
+    let pod = rollout.current.iter().find(|p| pod_ready(p));
+    let (true, Some(pod)) = (is_ready, pod) else {
+        return pending("waiting for the model to serve".into());
+    };
+    let path = "/api/v1/evaluations/startup";
+    let text = match observe::pod_get(&ctx.client, ns, &pod.name_any(), path).await {
+        Ok((200, text)) => text,
+        Ok((code, _)) => {
+            return pending(format!("the evaluation is not readable yet (HTTP {code})"));
+        }
+        Err(e) => return pending(format!("the evaluation is not readable yet: {e}")),
+    };
+    match parse_evaluation(&text, generation) {
+        Ok(Some(figures)) => (evaluated(&figures), Some(figures)),
+        Ok(None) => pending("the evaluation is running".into()),
+        Err(message) => (
+            Cond::no(types::EVALUATED, reasons::EVALUATION_FAILED, message),
+            None,
+        ),
+    }
 }
 
 fn evaluated(figures: &EvaluationStatus) -> Cond {
@@ -143,42 +391,6 @@ fn evaluated(figures: &EvaluationStatus) -> Cond {
             figures.accuracy, figures.top5_accuracy, figures.macro_f1, figures.images
         ),
     )
-}
-
-/// Reads the start-up evaluation from a serving pod, through the API server's proxy to
-/// the recognize Service (`services/proxy`, so no NetworkPolicy has to admit the operator).
-/// Not finished, not reachable or failed: a false `Evaluated` condition saying so.
-async fn read_evaluation(
-    m: &ImageModel,
-    ctx: &Context,
-    ns: &str,
-    generation: i64,
-) -> (Cond, Option<EvaluationStatus>) {
-    let path = format!(
-        "/api/v1/namespaces/{ns}/services/{}:{}/proxy/api/v1/evaluations/startup",
-        model::name(m),
-        crate::build::pod::PORT_NAME
-    );
-    let pending = |message: String| {
-        let cond = Cond::no(types::EVALUATED, reasons::EVALUATION_PENDING, message);
-        (cond, None)
-    };
-    let request = match http::Request::get(&path).body(Vec::new()) {
-        Ok(request) => request,
-        Err(e) => return pending(format!("cannot build the request: {e}")),
-    };
-    let text = match ctx.client.request_text(request).await {
-        Ok(text) => text,
-        Err(e) => return pending(format!("the evaluation is not readable yet: {e}")),
-    };
-    match parse_evaluation(&text, generation) {
-        Ok(Some(figures)) => (evaluated(&figures), Some(figures)),
-        Ok(None) => pending("the evaluation is running".into()),
-        Err(message) => (
-            Cond::no(types::EVALUATED, reasons::EVALUATION_FAILED, message),
-            None,
-        ),
-    }
 }
 
 /// The figures of a finished evaluation (`GET /api/v1/evaluations/startup`), `None` while
@@ -215,17 +427,9 @@ pub fn parse_evaluation(text: &str, generation: i64) -> Result<Option<Evaluation
     }
 }
 
-fn deployment_ready(d: &k8s_openapi::api::apps::v1::Deployment) -> Option<i32> {
-    Some(
-        d.status
-            .as_ref()
-            .and_then(|s| s.ready_replicas)
-            .unwrap_or(0),
-    )
-}
-
-/// `ModelFetched` from the pods' fetch init containers: true once every one of them in
-/// some pod finished cleanly; false with the container's own message when one failed.
+/// `ModelFetched` from the newest revision's pods' fetch init containers: true once every
+/// one of them in some pod finished cleanly; false with the container's own message when
+/// one failed.
 pub fn fetched_condition(m: &ImageModel, pods: &[Pod]) -> Cond {
     let fetches_something = !m.spec.source.model.uri.starts_with("pvc://")
         || !m.spec.source.labels.uri.starts_with("pvc://");
@@ -274,32 +478,27 @@ pub fn fetched_condition(m: &ImageModel, pods: &[Pod]) -> Cond {
         None => Cond::no(
             types::MODEL_FETCHED,
             reasons::FETCHING,
-            "waiting for a pod to download the model",
+            "waiting for a pod of the newest revision to download the model",
         ),
     }
 }
 
-async fn write_status(
-    m: &ImageModel,
-    ctx: &Context,
-    wanted: Vec<Cond>,
-    ready_replicas: Option<i32>,
-    evaluation: Option<EvaluationStatus>,
-) -> Result<(), Error> {
+async fn write_status(m: &ImageModel, ctx: &Context, observed: Observed) -> Result<(), Error> {
     let previous = m.status.clone().unwrap_or_default();
     let generation = m.meta().generation;
     let status = ImageModelStatus {
         observed_generation: generation,
         conditions: merge(
             &previous.conditions,
-            &wanted,
+            &observed.conditions,
             generation,
             ctx.clock.as_ref(),
         ),
-        digest: m.spec.source.model.sha256.clone(),
+        digest: observed.served.as_ref().map(|s| s.digest.clone()),
+        served: observed.served,
         endpoint: Some(model::endpoint(m)),
-        evaluation,
-        ready_replicas: ready_replicas.or(previous.ready_replicas),
+        evaluation: observed.evaluation,
+        ready_replicas: observed.ready_replicas,
     };
     if m.status.as_ref() != Some(&status) {
         patch_status(&ctx.client, m, &status).await?;

@@ -13,18 +13,21 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
-use super::{Context, Error, RESYNC, deployment_condition, instrumented};
-use crate::apply::patch_status;
-use crate::build::monitoring;
-use crate::build::pipeline;
+use k8s_openapi::api::apps::v1::Deployment;
+
+use super::{Context, Error, RESYNC, instrumented, observe};
+use crate::apply::{ApplyError, patch_status};
+use crate::build::{meta, monitoring, pipeline};
 use crate::crd::{ImageModel, RecognitionPipeline, RecognitionPipelineStatus};
-use crate::status::{Cond, is_true, merge, ready_from, reasons, types};
+use crate::status::{Cond, merge, ready_from, reasons, types};
 use crate::validate;
+use crate::verdict::{Failure, verdict};
 
 const PENDING: Duration = Duration::from_secs(15);
 
 pub async fn reconcile(p: Arc<RecognitionPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
-    instrumented(p.as_ref(), &ctx, reconcile_pipeline(&p, &ctx)).await
+    // Boxed: the reconcile future is large, and lives on the heap, not the task stack.
+    instrumented(p.as_ref(), &ctx, Box::pin(reconcile_pipeline(&p, &ctx))).await
 }
 
 async fn reconcile_pipeline(p: &RecognitionPipeline, ctx: &Context) -> Result<Action, Error> {
@@ -64,7 +67,93 @@ async fn reconcile_pipeline(p: &RecognitionPipeline, ctx: &Context) -> Result<Ac
         return Ok(Action::requeue(RESYNC));
     };
 
-    let c = pipeline::children(p, &model, &ctx.images);
+    let (secrets, missing) =
+        observe::secrets_digest(&ctx.client, &ns, &pipeline::secret_names(p)).await?;
+    let c = pipeline::children(p, &model, &ctx.images, &secrets);
+    let applied = match apply_children(p, ctx, &model, &ns, &uid, &c).await {
+        Ok(applied) => applied,
+        Err(error) => {
+            let cond = |type_| Cond::no(type_, error.reason(), error.to_string());
+            write_status(p, ctx, vec![cond(types::READY), cond(types::PROGRESSING)]).await?;
+            return Err(error.into());
+        }
+    };
+
+    let model_ready = model_ready_condition(&model);
+    let missing = (!missing.is_empty()).then(|| Failure {
+        reason: reasons::SECRET_NOT_FOUND.into(),
+        message: format!(
+            "the spec references Secret(s) {} that do not exist in this namespace",
+            missing.join(", ")
+        ),
+    });
+    let upload_rollout = observe::rollout(
+        &ctx.client,
+        &ns,
+        &applied.upload,
+        &meta::selector_labels(&name, pipeline::UPLOAD),
+    )
+    .await?;
+    let store_rollout = observe::rollout(
+        &ctx.client,
+        &ns,
+        &applied.store,
+        &meta::selector_labels(&name, pipeline::STORE),
+    )
+    .await?;
+    let upload = verdict(
+        types::UPLOAD_READY,
+        reasons::AVAILABLE,
+        &upload_rollout,
+        missing.clone(),
+    );
+    let store = verdict(
+        types::STORE_READY,
+        reasons::AVAILABLE,
+        &store_rollout,
+        missing,
+    );
+    let progressing = [&upload, &store]
+        .into_iter()
+        .map(|v| v.progressing.clone())
+        .find(|c| !c.status || c.reason != reasons::ROLLED_OUT)
+        .unwrap_or_else(|| upload.progressing.clone());
+    let failed = upload.failed || store.failed;
+    let mut components = vec![model_ready, upload.ready, store.ready];
+    components.extend(applied.route);
+    let ready = ready_from(&components);
+    let is_ready = ready.status;
+    let previous = p.status.clone().unwrap_or_default();
+    super::warn_on_new_failure(p, ctx, &previous.conditions, &ready, failed).await;
+    let mut wanted = vec![ready, progressing];
+    wanted.extend(components);
+    write_status(p, ctx, wanted).await?;
+    let key = super::key(p);
+    Ok(Action::requeue(if failed {
+        ctx.stalled(&key)
+    } else {
+        ctx.unstalled(&key);
+        if is_ready { RESYNC } else { PENDING }
+    }))
+}
+
+/// What applying the children left to observe.
+struct Applied {
+    upload: Deployment,
+    store: Deployment,
+    route: Option<Cond>,
+}
+
+/// Applies the children in dependency order, pruning the optional ones no longer wanted.
+async fn apply_children(
+    p: &RecognitionPipeline,
+    ctx: &Context,
+    model: &ImageModel,
+    ns: &str,
+    uid: &str,
+    c: &pipeline::PipelineChildren,
+) -> Result<Applied, ApplyError> {
+    let name = p.name_any();
     let mut changes = Vec::new();
     let mut kinds = vec![
         "ConfigMap",
@@ -90,7 +179,7 @@ async fn reconcile_pipeline(p: &RecognitionPipeline, ctx: &Context) -> Result<Ac
     let route = match (&c.http_route, ctx.gateway_api) {
         (None, _) => {
             if ctx.gateway_api {
-                ctx.prune::<HttpRoute>(&ns, &name, &uid, &[], &mut changes)
+                ctx.prune::<HttpRoute>(ns, &name, uid, &[], &mut changes)
                     .await?;
             }
             None
@@ -112,7 +201,7 @@ async fn reconcile_pipeline(p: &RecognitionPipeline, ctx: &Context) -> Result<Ac
             kinds.push("Ingress");
         }
         None => {
-            ctx.prune::<Ingress>(&ns, &name, &uid, &[], &mut changes)
+            ctx.prune::<Ingress>(ns, &name, uid, &[], &mut changes)
                 .await?
         }
     }
@@ -124,36 +213,62 @@ async fn reconcile_pipeline(p: &RecognitionPipeline, ctx: &Context) -> Result<Ac
         .await?;
         kinds.push("ServiceMonitor");
     }
-    ctx.metrics.owns(&uid, "RecognitionPipeline", &kinds);
+    ctx.metrics.owns(uid, "RecognitionPipeline", &kinds);
     if !changes.is_empty() {
         ctx.event(p, EventType::Normal, "Applied", changes.join(", "))
             .await;
     }
+    Ok(Applied {
+        upload,
+        store,
+        route,
+    })
+}
 
-    let model_ready = match model.status.as_ref() {
-        Some(s) if is_true(&s.conditions, types::READY) => Cond::yes(
+/// `ModelReady`: the model is ready and its status describes its current generation (a
+/// model whose spec just changed is not yet serving that change).
+pub fn model_ready_condition(model: &ImageModel) -> Cond {
+    let name = model.name_any();
+    let status = model.status.clone().unwrap_or_default();
+    let generation = model.meta().generation;
+    if status.observed_generation.is_some() && status.observed_generation != generation {
+        return Cond::no(
+            types::MODEL_READY,
+            reasons::MODEL_CHANGING,
+            format!(
+                "ImageModel {name:?} changed (generation {}); its status still describes \
+                 generation {}",
+                generation.unwrap_or(0),
+                status.observed_generation.unwrap_or(0)
+            ),
+        );
+    }
+    let ready = status.conditions.iter().find(|c| c.type_ == types::READY);
+    match ready {
+        Some(c) if c.status == "True" && c.observed_generation == generation => Cond::yes(
             types::MODEL_READY,
             reasons::MODEL_READY,
-            format!("ImageModel {model_name:?} is ready"),
+            format!("ImageModel {name:?} is ready"),
         ),
-        _ => Cond::no(
+        Some(c) if c.status == "True" => Cond::no(
+            types::MODEL_READY,
+            reasons::MODEL_CHANGING,
+            format!("ImageModel {name:?}'s Ready condition describes an older generation"),
+        ),
+        Some(c) => Cond::no(
             types::MODEL_READY,
             reasons::MODEL_NOT_READY,
-            format!("ImageModel {model_name:?} is not ready yet"),
+            format!(
+                "ImageModel {name:?} is not ready: {}: {}",
+                c.reason, c.message
+            ),
         ),
-    };
-    let mut components = vec![
-        model_ready,
-        deployment_condition(types::UPLOAD_READY, &upload),
-        deployment_condition(types::STORE_READY, &store),
-    ];
-    components.extend(route);
-    let ready = ready_from(&components);
-    let is_ready = ready.status;
-    let mut wanted = vec![ready];
-    wanted.extend(components);
-    write_status(p, ctx, wanted).await?;
-    Ok(Action::requeue(if is_ready { RESYNC } else { PENDING }))
+        None => Cond::no(
+            types::MODEL_READY,
+            reasons::MODEL_NOT_READY,
+            format!("ImageModel {name:?} has no status yet"),
+        ),
+    }
 }
 
 /// `RouteAccepted` from the HTTPRoute's status: every parent Gateway accepted it.

@@ -140,7 +140,19 @@ async fn pause(period: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
     slept && !*shutdown.borrow()
 }
 
+/// A panic anywhere — a controller, the lease renewal — ends the process (exit code 70)
+/// instead of leaving a silent zombie leader whose Lease another replica waits on.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!(%info, "a task panicked; exiting so a healthy replica takes over");
+        std::process::exit(70);
+    }));
+}
+
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    exit_on_panic();
     let metrics = Arc::new(Metrics::new());
     metrics.preinit(&[
         ImageModel::kind(&()).as_ref(),
@@ -211,8 +223,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     info!(?apis, "optional APIs");
 
-    // Renew the lease; losing it stops the controllers (and the process fails, so the
-    // Deployment restarts it as a standby).
+    // Keep the Lease renewed; losing it (another replica holds it, or no renewal within the
+    // renew deadline) stops the controllers and the process fails, so the Deployment
+    // restarts it as a standby.
     let lost = Arc::new(AtomicBool::new(false));
     let renew = {
         let (lost, stop_tx, mut shutdown, probe, lock) = (
@@ -223,26 +236,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             lock.clone(),
         );
         async move {
-            let mut last_renewal = tokio::time::Instant::now();
-            while pause(lock.renew_every(), &mut shutdown).await {
-                match lock.try_acquire(Timestamp::now()).await {
-                    Ok(true) => {
-                        last_renewal = tokio::time::Instant::now();
-                        probe.api_ok.store(true, Ordering::Relaxed);
-                        continue;
-                    }
-                    Ok(false) => warn!("another replica took the leader Lease"),
-                    Err(error) => {
-                        probe.api_ok.store(false, Ordering::Relaxed);
-                        warn!(%error, "cannot renew the leader Lease");
-                        if last_renewal.elapsed() < settings.lease_duration {
-                            continue;
-                        }
-                    }
+            tokio::select! {
+                outcome = crate::leader::keep_leading(&lock) => {
+                    warn!(?outcome, "stepping down as leader");
+                    probe.api_ok.store(false, Ordering::Relaxed);
+                    lost.store(true, Ordering::Relaxed);
+                    let _ = stop_tx.send(true);
                 }
-                lost.store(true, Ordering::Relaxed);
-                let _ = stop_tx.send(true);
-                return;
+                _ = shutdown.wait_for(|stop| *stop) => {}
             }
         }
     };

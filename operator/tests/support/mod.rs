@@ -4,15 +4,15 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+pub mod sim;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use gateway_api::apis::standard::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use kube::Client;
 use serde_json::json;
 use sightline_operator::build::monitoring::ServiceMonitor;
 use sightline_operator::build::pod::Images;
@@ -83,6 +83,97 @@ pub struct Cluster {
     calls: Arc<Mutex<Vec<Call>>>,
     /// What the model pods answer through `services/proxy` (`None`: unreachable, 503).
     proxied: Arc<Mutex<Option<String>>>,
+    /// What each pod answers through `pods/proxy`: (pod name, path) → (status, body).
+    pod_answers: Arc<Mutex<PodAnswers>>,
+    /// Writes the API server refuses: resource plural → (status code, Status message).
+    refusals: Arc<Mutex<BTreeMap<String, (u16, String)>>>,
+    /// The paths asked of pods through `pods/proxy`, in order.
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+type PodAnswers = BTreeMap<(String, String), (u16, String)>;
+
+fn respond(status: u16, body: String) -> http::Response<kube::client::Body> {
+    http::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(kube::client::Body::from(body.into_bytes()))
+        .expect("response")
+}
+
+/// A `Status` failure body as the API server writes it.
+pub fn status_body(code: u16, reason: &str, message: &str) -> String {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+    .to_string()
+}
+
+/// `/api/v1/namespaces/{ns}/pods/{pod}[:port]/proxy/{path}` → (pod, `/path`).
+fn pod_proxy_target(path: &str) -> Option<(String, String)> {
+    let (_, rest) = path.split_once("/pods/")?;
+    let (pod, rest) = rest.split_once("/proxy")?;
+    let pod = pod.split(':').next()?.to_string();
+    let rest = if rest.is_empty() { "/" } else { rest };
+    Some((pod, rest.to_string()))
+}
+
+/// SIMULATION of what a real API server does to every object it stores and kube-fake-client
+/// does not: fields holding an empty list are dropped (Go's `omitempty`, e.g. a
+/// NetworkPolicy's `ingress: []`), and resource quantities are written in canonical form
+/// (`0.5` → `500m`, `1024Mi` → `1Gi`).
+pub fn apiserver_normalise(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !matches!(v, Value::Array(a) if a.is_empty()));
+            for (key, v) in map.iter_mut() {
+                let quantities =
+                    matches!(key.as_str(), "limits" | "requests" | "capacity" | "hard");
+                match v {
+                    Value::Object(inner) if quantities => {
+                        for q in inner.values_mut() {
+                            if let Value::String(text) = q {
+                                *text = canonical_quantity(text);
+                            }
+                        }
+                    }
+                    Value::String(text) if key == "sizeLimit" => {
+                        *text = canonical_quantity(text);
+                    }
+                    _ => apiserver_normalise(v),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(apiserver_normalise),
+        _ => {}
+    }
+}
+
+/// The canonical form of the quantities the tests use (the API server's rules, for
+/// decimal numbers, `m`, and the binary suffixes).
+pub fn canonical_quantity(text: &str) -> String {
+    const BINARY: [(&str, u32); 5] = [("Ki", 1), ("Mi", 2), ("Gi", 3), ("Ti", 4), ("Pi", 5)];
+    for (suffix, power) in BINARY {
+        if let Some(number) = text.strip_suffix(suffix)
+            && let Ok(mut n) = number.parse::<u64>()
+        {
+            let mut power = power;
+            while n >= 1024 && n % 1024 == 0 && power < 5 {
+                n /= 1024;
+                power += 1;
+            }
+            return format!("{n}{}", BINARY[power as usize - 1].0);
+        }
+    }
+    let milli = match text.strip_suffix('m') {
+        Some(number) => number.parse::<f64>().ok(),
+        None => text.parse::<f64>().ok().map(|n| n * 1000.0),
+    };
+    match milli {
+        Some(m) if m.fract() == 0.0 && (m as i64) % 1000 == 0 => format!("{}", m as i64 / 1000),
+        Some(m) if m.fract() == 0.0 => format!("{}m", m as i64),
+        _ => text.to_string(),
+    }
 }
 
 impl Cluster {
@@ -100,29 +191,52 @@ impl Cluster {
         let log = calls.clone();
         let admin = fake.clone();
         let proxied: Arc<Mutex<Option<String>>> = Arc::default();
-        let answer = proxied.clone();
+        let pod_answers: Arc<Mutex<PodAnswers>> = Arc::default();
+        let refusals: Arc<Mutex<BTreeMap<String, (u16, String)>>> = Arc::default();
+        let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (answer, pods, refused) = (proxied.clone(), pod_answers.clone(), refusals.clone());
+        let asked_log = asked.clone();
         let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
             let fake = fake.clone();
             let log = log.clone();
             let answer = answer.clone();
+            let pods = pods.clone();
+            let refused = refused.clone();
+            let asked_log = asked_log.clone();
             async move {
-                if let Some(call) = classify(request.method(), request.uri()) {
-                    log.lock().expect("log").push(call);
+                let call = classify(request.method(), request.uri());
+                if let Some(call) = &call {
+                    log.lock().expect("log").push(call.clone());
                 }
-                if request.uri().path().contains("/proxy/") {
+                let path = request.uri().path().to_string();
+                if let Some(target) = pod_proxy_target(&path) {
+                    asked_log.lock().expect("asked").push(target.1.clone());
+                    let found = pods.lock().expect("answers").get(&target).cloned();
+                    let (status, body) = found.unwrap_or_else(|| {
+                        let message = format!("no endpoints available for pod {:?}", target.0);
+                        (503, status_body(503, "ServiceUnavailable", &message))
+                    });
+                    return Ok(respond(status, body));
+                }
+                if path.contains("/proxy/") {
                     // The fake has no pods behind its Services: answer as the pod would.
                     let body = answer.lock().expect("answer").clone();
-                    let (status, body) = match body {
-                        Some(body) => (200, body),
-                        None => (503, r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"no endpoints available","reason":"ServiceUnavailable","code":503}"#.to_string()),
-                    };
-                    return Ok(http::Response::builder()
-                        .status(status)
-                        .header("content-type", "application/json")
-                        .body(kube::client::Body::from(body.into_bytes()))
-                        .expect("response"));
+                    return Ok(match body {
+                        Some(body) => respond(200, body),
+                        None => respond(
+                            503,
+                            status_body(503, "ServiceUnavailable", "no endpoints available"),
+                        ),
+                    });
                 }
-                fake.send(request).await
+                if let Some(call) = call.as_ref().filter(|c| c.writes()) {
+                    let plural = call.resource.split('/').next().unwrap_or_default();
+                    let refusal = refused.lock().expect("refusals").get(plural).cloned();
+                    if let Some((code, message)) = refusal {
+                        return Ok(respond(code, status_body(code, "Forbidden", &message)));
+                    }
+                }
+                fake.send(normalised(request).await).await
             }
         });
         Cluster {
@@ -130,7 +244,33 @@ impl Cluster {
             admin,
             calls,
             proxied,
+            pod_answers,
+            refusals,
+            asked,
         }
+    }
+
+    /// Forgets the paths asked of pods so far; returns them.
+    pub fn take_asked(&self) -> Vec<String> {
+        std::mem::take(&mut *self.asked.lock().expect("asked"))
+    }
+
+    /// Sets what `GET pods/{pod}/proxy{path}` answers (the pod's own HTTP API).
+    pub fn answer_pod(&self, pod: &str, path: &str, status: u16, body: String) {
+        self.pod_answers
+            .lock()
+            .expect("answers")
+            .insert((pod.to_string(), path.to_string()), (status, body));
+    }
+
+    /// Makes the API server refuse every write of `plural` (a webhook, a quota) with `code`
+    /// and `message`; `None` lifts the refusal.
+    pub fn refuse_writes(&self, plural: &str, refusal: Option<(u16, &str)>) {
+        let mut refusals = self.refusals.lock().expect("refusals");
+        match refusal {
+            Some((code, message)) => refusals.insert(plural.to_string(), (code, message.into())),
+            None => refusals.remove(plural),
+        };
     }
 
     /// A reconcile context over this cluster, at a fixed time.
@@ -167,6 +307,26 @@ impl Cluster {
     }
 }
 
+/// The request with its JSON body passed through [`apiserver_normalise`].
+async fn normalised(
+    request: http::Request<kube::client::Body>,
+) -> http::Request<kube::client::Body> {
+    use http_body_util::BodyExt;
+    if !matches!(request.method().as_str(), "POST" | "PUT" | "PATCH") {
+        return request;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = body.collect().await.expect("request body").to_bytes();
+    let bytes = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(mut value) => {
+            apiserver_normalise(&mut value);
+            serde_json::to_vec(&value).expect("json")
+        }
+        Err(_) => bytes.to_vec(),
+    };
+    http::Request::from_parts(parts, kube::client::Body::from(bytes))
+}
+
 /// All the API features on.
 pub fn full_apis() -> ClusterApis {
     ClusterApis {
@@ -197,43 +357,21 @@ pub fn sample_pipeline() -> RecognitionPipeline {
 /// The namespace of the samples.
 pub const NS: &str = "sightline-demo";
 
-/// What the Deployment controller and kubelet would report once the pods are up.
-pub async fn mark_available(cluster: &Cluster, name: &str) {
-    let api = Api::<Deployment>::namespaced(cluster.admin.clone(), NS);
-    let d = api.get(name).await.expect("deployment");
-    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {
-            "observedGeneration": d.metadata.generation,
-            "replicas": replicas, "readyReplicas": replicas,
-            "availableReplicas": replicas, "updatedReplicas": replicas,
-        }})),
-    )
-    .await
-    .expect("deployment status");
-}
-
-/// A recognize pod of `model` whose fetch init containers exited with `code`.
-pub async fn pod_with_fetch(cluster: &Cluster, model: &ImageModel, code: i32, message: &str) {
-    let labels = sightline_operator::build::meta::selector_labels(
-        &model.name_any(),
-        sightline_operator::build::model::COMPONENT,
-    );
-    let terminated = |name: &str| {
-        json!({"name": name, "ready": false, "restartCount": 0, "image": "x", "imageID": "",
-               "state": {"terminated": {"exitCode": code, "message": message}}})
-    };
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("{}-pod", model.name_any()), "namespace": NS, "labels": labels},
-        "spec": {"containers": [{"name": "server", "image": "x"}]},
-        "status": {"initContainerStatuses": [terminated("fetch-model"), terminated("fetch-labels")]},
-    }))
-    .expect("pod");
-    Api::<Pod>::namespaced(cluster.admin.clone(), NS)
-        .create(&PostParams::default(), &pod)
-        .await
-        .expect("pod");
+/// The Secrets the sample pipeline references (API keys, database URL), as a user creates
+/// them before applying it.
+pub async fn sample_secrets(cluster: &Cluster) {
+    use k8s_openapi::api::core::v1::Secret;
+    let api = kube::Api::<Secret>::namespaced(cluster.admin.clone(), NS);
+    for (name, key, value) in [
+        ("photos-api-keys", "keys", "a2V5LTEK"),
+        ("photos-db", "url", "cG9zdGdyZXM6Ly9kYi9waG90b3M="),
+    ] {
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": NS}, "data": {key: value}}))
+        .expect("secret");
+        api.create(&Default::default(), &secret)
+            .await
+            .expect("create secret");
+    }
 }

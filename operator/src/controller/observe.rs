@@ -1,0 +1,116 @@
+//! The reads that tell the reconcilers what the cluster actually runs: a Deployment's
+//! ReplicaSets and pods (for [`crate::rollout`]), a pod's own HTTP answers through the API
+//! server's `pods/proxy`, and the Secrets a spec references (their digest rolls the pods
+//! when they change).
+
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::ListParams;
+use kube::{Api, Client};
+use sha2::{Digest, Sha256};
+
+use super::{Error, label_selector};
+use crate::build::pod::PORT;
+use crate::rollout::{self, Rollout};
+
+/// How long one pod may take to answer through the proxy.
+const POD_ANSWER: Duration = Duration::from_secs(5);
+
+/// The rollout of `d`, whose pods carry `selector`.
+pub async fn rollout(
+    client: &Client,
+    ns: &str,
+    d: &Deployment,
+    selector: &std::collections::BTreeMap<String, String>,
+) -> Result<Rollout, Error> {
+    let params = ListParams::default().labels(&label_selector(selector));
+    let replica_sets = Api::<ReplicaSet>::namespaced(client.clone(), ns)
+        .list(&params)
+        .await
+        .map_err(|source| Error::Fetch {
+            what: "ReplicaSets",
+            source,
+        })?;
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&params)
+        .await
+        .map_err(|source| Error::Fetch {
+            what: "Pods",
+            source,
+        })?;
+    Ok(rollout::assess(d, &replica_sets.items, &pods.items))
+}
+
+/// `GET {path}` on `pod`'s server port through `pods/proxy`: the HTTP status and body the
+/// pod (or the API server, when it cannot reach the pod) answered; `Err` when no answer
+/// came back at all.
+pub async fn pod_get(
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
+    let uri = format!("/api/v1/namespaces/{ns}/pods/{pod}:{PORT}/proxy{path}");
+    let request = http::Request::get(&uri)
+        .body(kube::client::Body::empty())
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    let exchange = async {
+        let response = client.send(request).await.map_err(|e| e.to_string())?;
+        let code = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        // A readiness or evaluation answer is small; never hold more than 64 KiB of it.
+        let body = &body[..body.len().min(64 * 1024)];
+        Ok((code, String::from_utf8_lossy(body).into_owned()))
+    };
+    match tokio::time::timeout(POD_ANSWER, exchange).await {
+        Ok(answer) => answer,
+        Err(_) => Err(format!(
+            "pod {pod} did not answer {path} within {POD_ANSWER:?}"
+        )),
+    }
+}
+
+/// What the named Secrets hold, as one digest (a change of any of them changes it), and
+/// the names of those that do not exist.
+pub async fn secrets_digest(
+    client: &Client,
+    ns: &str,
+    names: &[String],
+) -> Result<(String, Vec<String>), Error> {
+    let api = Api::<Secret>::namespaced(client.clone(), ns);
+    let mut names = names.to_vec();
+    names.sort();
+    names.dedup();
+    let mut hasher = Sha256::new();
+    let mut missing = Vec::new();
+    for name in &names {
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        match api.get_opt(name).await.map_err(|source| Error::Fetch {
+            what: "Secret",
+            source,
+        })? {
+            Some(secret) => {
+                for (key, value) in secret.data.iter().flatten() {
+                    hasher.update(key.as_bytes());
+                    hasher.update([0]);
+                    hasher.update(&value.0);
+                    hasher.update([0]);
+                }
+            }
+            None => {
+                hasher.update(b"\x01absent");
+                missing.push(name.clone());
+            }
+        }
+    }
+    Ok((hex::encode(hasher.finalize()), missing))
+}

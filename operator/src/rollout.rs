@@ -1,0 +1,291 @@
+//! Rollout truth: where a Deployment's rollout stands, read as `kubectl rollout status`
+//! reads it — from the newest ReplicaSet (the one whose pod template is the Deployment's),
+//! `observedGeneration`, the updated/ready/available counts and the `Progressing`
+//! condition — plus what the newest revision's pods say about themselves (waiting and
+//! terminated reasons, the scheduler's verdict). Pure: the reconcilers list the objects
+//! and pass them in.
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::ResourceExt;
+
+/// The annotation the deployment controller numbers ReplicaSets with.
+pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+/// The label that ties a pod to its ReplicaSet's template.
+pub const HASH_LABEL: &str = "pod-template-hash";
+
+/// Container waiting reasons that mean the pod will not start without a change.
+const STUCK_WAITING: [&str; 7] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Why a pod of the newest revision cannot serve, in the kubelet's or scheduler's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFailure {
+    /// `ImagePullBackOff`, `CrashLoopBackOff`, `OOMKilled`, `Unschedulable`, `FetchFailed`, …
+    pub reason: String,
+    /// The pod, the container, and what Kubernetes said.
+    pub message: String,
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Every replica runs the current template and is available; nothing old is left.
+    Complete,
+    /// Still moving (pods starting, old ones draining).
+    Progressing(String),
+    /// The current template cannot roll out: `reason` names why.
+    Failed { reason: String, message: String },
+}
+
+/// A Deployment's rollout, with the pods of its newest revision.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    pub phase: Phase,
+    /// The newest revision's number (0 when no ReplicaSet exists yet).
+    pub revision: i64,
+    /// Pods of the newest revision.
+    pub current: Vec<Pod>,
+    /// Ready pods of older revisions (they still serve traffic).
+    pub previous_ready: usize,
+    /// The newest revision before this one that had pods (for "revision N still serves").
+    pub previous_revision: Option<i64>,
+    pub wanted: Option<i32>,
+}
+
+impl Rollout {
+    /// Pods of the newest revision that are ready.
+    pub fn ready_current(&self) -> impl Iterator<Item = &Pod> {
+        self.current.iter().filter(|p| pod_ready(p))
+    }
+}
+
+fn revision(rs: &ReplicaSet) -> i64 {
+    rs.annotations()
+        .get(REVISION_ANNOTATION)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The template with the `pod-template-hash` label taken out, as JSON (the deployment
+/// controller's `EqualIgnoreHash`).
+fn template_without_hash(
+    template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>,
+) -> serde_json::Value {
+    let mut value = serde_json::to_value(template).unwrap_or_default();
+    if let Some(labels) = value
+        .pointer_mut("/metadata/labels")
+        .and_then(|l| l.as_object_mut())
+    {
+        labels.remove(HASH_LABEL);
+    }
+    value
+}
+
+/// The Deployment's newest ReplicaSet among `replica_sets` (those it controls): the one
+/// whose template equals the Deployment's, else the highest revision.
+pub fn newest_replica_set<'a>(
+    d: &Deployment,
+    replica_sets: &'a [ReplicaSet],
+) -> Option<&'a ReplicaSet> {
+    let uid = d.uid();
+    let owned: Vec<&ReplicaSet> = replica_sets
+        .iter()
+        .filter(|rs| {
+            rs.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true))
+        })
+        .collect();
+    let wanted = template_without_hash(d.spec.as_ref().map(|s| &s.template));
+    owned
+        .iter()
+        .copied()
+        .filter(|rs| {
+            template_without_hash(rs.spec.as_ref().and_then(|s| s.template.as_ref())) == wanted
+        })
+        .max_by_key(|rs| revision(rs))
+        .or_else(|| owned.iter().copied().max_by_key(|rs| revision(rs)))
+}
+
+/// Whether the pod's `Ready` condition is true.
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn said(message: Option<&String>) -> String {
+    message
+        .map(|m| m.trim())
+        .filter(|m| !m.is_empty())
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default()
+}
+
+/// What a container's state says is wrong, if anything.
+fn container_failure(pod: &str, s: &ContainerStatus, init: bool) -> Option<PodFailure> {
+    let kind = if init { "init container" } else { "container" };
+    let last = s.last_state.as_ref().and_then(|st| st.terminated.as_ref());
+    let now = s.state.as_ref().and_then(|st| st.terminated.as_ref());
+    // A fetch init container that failed: its termination message is the reason.
+    if init
+        && s.name.starts_with("fetch-")
+        && let Some(t) = now.or(last).filter(|t| t.exit_code != 0)
+    {
+        return Some(PodFailure {
+            reason: "FetchFailed".into(),
+            message: format!("pod {pod}, {kind} {}{}", s.name, said(t.message.as_ref())),
+        });
+    }
+    if let Some(t) = now
+        .or(last)
+        .filter(|t| t.reason.as_deref() == Some("OOMKilled"))
+    {
+        return Some(PodFailure {
+            reason: "OOMKilled".into(),
+            message: format!(
+                "pod {pod}, {kind} {} was killed for using more memory than its limit (exit code {})",
+                s.name, t.exit_code
+            ),
+        });
+    }
+    let waiting = s.state.as_ref().and_then(|st| st.waiting.as_ref())?;
+    let reason = waiting.reason.clone().unwrap_or_default();
+    if !STUCK_WAITING.contains(&reason.as_str()) {
+        return None;
+    }
+    let mut message = format!(
+        "pod {pod}, {kind} {}{}",
+        s.name,
+        said(waiting.message.as_ref())
+    );
+    if let Some(t) = last {
+        message.push_str(&format!(
+            "; last exit code {}{}",
+            t.exit_code,
+            said(t.message.as_ref())
+        ));
+    }
+    Some(PodFailure { reason, message })
+}
+
+/// Why `pod` cannot serve, when Kubernetes says so (not merely "still starting").
+pub fn pod_failure(pod: &Pod) -> Option<PodFailure> {
+    let name = pod.name_any();
+    let status = pod.status.as_ref()?;
+    if let Some(c) = status.conditions.as_ref().and_then(|cs| {
+        cs.iter()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+    }) && c.reason.as_deref() == Some("Unschedulable")
+    {
+        return Some(PodFailure {
+            reason: "Unschedulable".into(),
+            message: format!("pod {name} cannot be scheduled{}", said(c.message.as_ref())),
+        });
+    }
+    let init = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .map(|s| (s, true));
+    let main = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .map(|s| (s, false));
+    init.chain(main)
+        .find_map(|(s, is_init)| container_failure(&name, s, is_init))
+}
+
+/// Reads the rollout of `d` from its ReplicaSets and the pods its selector matches.
+pub fn assess(d: &Deployment, replica_sets: &[ReplicaSet], pods: &[Pod]) -> Rollout {
+    let wanted = d.spec.as_ref().and_then(|s| s.replicas);
+    let newest = newest_replica_set(d, replica_sets);
+    let hash = newest.and_then(|rs| rs.labels().get(HASH_LABEL).cloned());
+    let revision = newest.map(revision).unwrap_or(0);
+    let (current, older): (Vec<&Pod>, Vec<&Pod>) = pods
+        .iter()
+        .partition(|p| hash.is_some() && p.labels().get(HASH_LABEL) == hash.as_ref());
+    let previous_ready = older.iter().filter(|p| pod_ready(p)).count();
+    let previous_revision = replica_sets
+        .iter()
+        .map(self::revision)
+        .filter(|r| *r < revision)
+        .max();
+    let current: Vec<Pod> = current.into_iter().cloned().collect();
+    let phase = phase(d, newest.is_some(), &current);
+    Rollout {
+        phase,
+        revision,
+        current,
+        previous_ready,
+        previous_revision,
+        wanted,
+    }
+}
+
+fn phase(d: &Deployment, has_newest: bool, current: &[Pod]) -> Phase {
+    let status = d.status.clone().unwrap_or_default();
+    let observed = match (status.observed_generation, d.metadata.generation) {
+        (Some(seen), Some(generation)) => seen >= generation,
+        (_, None) => true,
+        (None, Some(_)) => false,
+    };
+    if !observed {
+        return Phase::Progressing("waiting for the Deployment's new spec to be observed".into());
+    }
+    let deadline = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    // A pod that cannot start is a failure now, not after the deadline.
+    if let Some(failure) = current.iter().find_map(pod_failure) {
+        return Phase::Failed {
+            reason: failure.reason,
+            message: failure.message,
+        };
+    }
+    if let Some(c) = deadline {
+        return Phase::Failed {
+            reason: "ProgressDeadlineExceeded".into(),
+            message: c
+                .message
+                .clone()
+                .unwrap_or_else(|| "the rollout made no progress within its deadline".into()),
+        };
+    }
+    let wanted = d.spec.as_ref().and_then(|s| s.replicas);
+    let replicas = status.replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    if wanted == Some(0) {
+        return Phase::Progressing("scaled to zero replicas".into());
+    }
+    if !has_newest {
+        return Phase::Progressing("waiting for the deployment controller".into());
+    }
+    let want = wanted.unwrap_or(updated.max(1));
+    if updated < want {
+        return Phase::Progressing(format!("{updated} of {want} pods run the current revision"));
+    }
+    if replicas > updated {
+        return Phase::Progressing(format!(
+            "{} old pods are still terminating",
+            replicas - updated
+        ));
+    }
+    if available < updated {
+        return Phase::Progressing(format!(
+            "{available} of {updated} pods of the current revision are available"
+        ));
+    }
+    Phase::Complete
+}

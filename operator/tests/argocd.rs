@@ -1,0 +1,155 @@
+//! Argo CD's health of the custom resources (manifests/argocd/health.lua, embedded in
+//! manifests/argocd/argocd-cm.yaml) reads Healthy / Progressing / Degraded from the
+//! statuses the real reconcilers write through the simulated cluster. The script runs in
+//! Debian's `lua5.1` (Argo CD's gopher-lua speaks Lua 5.1).
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+use sightline_operator::controller::model;
+use sightline_operator::crd::ImageModel;
+use support::sim::{Deadline, Pods, roll};
+use support::{Cluster, NS, full_apis, repo, sample_model};
+
+const DEPLOYMENT: &str = "efficientnet-lite0-recognize";
+
+fn script() -> String {
+    std::fs::read_to_string(repo("manifests/argocd/health.lua")).expect("health.lua")
+}
+
+/// A Lua table literal of `value` (what Argo CD hands the script as `obj`).
+fn lua(value: &Value) -> String {
+    match value {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Array(items) => format!(
+            "{{{}}}",
+            items.iter().map(lua).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("[{k:?}] = {}", lua(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The health Argo CD would show for `object`, or `None` when no Lua 5.1 is installed
+/// (outside CI only).
+fn health(object: &Value) -> Option<(String, String)> {
+    let program = format!(
+        "obj = {}\nlocal function check()\n{}\nend\nlocal hs = check()\nio.write(hs.status, \"\\n\", hs.message or \"\")",
+        lua(object),
+        script()
+    );
+    let output = match Command::new("lua5.1").arg("-e").arg(&program).output() {
+        Ok(output) => output,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!(
+                "\n*** SKIPPED: lua5.1 is not installed ({e}); `make deps` installs it ***\n"
+            );
+            return None;
+        }
+        Err(e) => panic!("lua5.1 is required in CI: {e}"),
+    };
+    assert!(
+        output.status.success(),
+        "lua failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    let (status, message) = text.split_once('\n').unwrap_or((&text, ""));
+    Some((status.to_string(), message.to_string()))
+}
+
+#[test]
+fn the_configmap_embeds_the_script_verbatim_for_both_kinds() {
+    let text = std::fs::read_to_string(repo("manifests/argocd/argocd-cm.yaml")).expect("cm");
+    let cm: Value = serde_yaml::from_str(&text).expect("yaml");
+    for kind in ["ImageModel", "RecognitionPipeline"] {
+        let key = format!("resource.customizations.health.sightline.io_{kind}");
+        assert_eq!(
+            cm["data"][&key].as_str(),
+            Some(script().as_str()),
+            "{key} must be manifests/argocd/health.lua"
+        );
+    }
+}
+
+async fn model_object(cluster: &Cluster) -> Value {
+    let m = Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
+        .get("efficientnet-lite0")
+        .await
+        .expect("model");
+    serde_json::to_value(m).expect("json")
+}
+
+async fn reconcile(cluster: &Cluster, ctx: &Arc<sightline_operator::controller::Context>) {
+    let m = Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
+        .get("efficientnet-lite0")
+        .await
+        .expect("model");
+    let _ = model::reconcile(Arc::new(m), ctx.clone()).await;
+}
+
+#[tokio::test]
+async fn argo_cd_reads_healthy_progressing_and_degraded_from_the_status() {
+    let cluster = Cluster::new().await;
+    let ctx = cluster.context(full_apis());
+    let mut m = sample_model();
+    m.spec.evaluation = None;
+    Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
+        .create(&PostParams::default(), &m)
+        .await
+        .expect("create");
+
+    let mut fresh = model_object(&cluster).await;
+    fresh["status"] = Value::Null;
+    let Some((status, _)) = health(&fresh) else {
+        return;
+    };
+    assert_eq!(status, "Progressing", "no status yet");
+
+    reconcile(&cluster, &ctx).await;
+    let (status, message) = health(&model_object(&cluster).await).expect("lua");
+    assert_eq!(status, "Progressing", "pods starting: {message}");
+
+    roll(&cluster, DEPLOYMENT, Pods::Serving, Deadline::Within).await;
+    reconcile(&cluster, &ctx).await;
+    let (status, message) = health(&model_object(&cluster).await).expect("lua");
+    assert_eq!(status, "Healthy", "{message}");
+
+    // A spec change the operator has not observed yet is not Healthy.
+    Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
+        .patch(
+            &m.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"source": {"sha256": "0".repeat(64)}}})),
+        )
+        .await
+        .expect("edit");
+    let (status, _) = health(&model_object(&cluster).await).expect("lua");
+    assert_eq!(status, "Progressing", "generation 2 not observed");
+
+    reconcile(&cluster, &ctx).await;
+    roll(
+        &cluster,
+        DEPLOYMENT,
+        Pods::FetchFailed("digest mismatch: expected 0000…, got 8a25…"),
+        Deadline::Within,
+    )
+    .await;
+    reconcile(&cluster, &ctx).await;
+    let (status, message) = health(&model_object(&cluster).await).expect("lua");
+    assert_eq!(status, "Degraded", "{message}");
+    assert!(message.starts_with("RolloutFailed"), "{message}");
+}
