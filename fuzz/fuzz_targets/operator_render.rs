@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sightline_operator::build::pod::Images;
+use sightline_operator::build::pod::Platform;
 use sightline_operator::render::{children, parse};
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(inputs) = parse(text) else {
         return;
     };
-    if let Ok(objects) = children(&inputs, &Images::default()) {
+    if let Ok(objects) = children(&inputs, &Platform::default()) {
         for object in objects {
             assert!(object.get("kind").is_some(), "{object}");
         }

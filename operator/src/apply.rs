@@ -24,6 +24,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::build::pipeline::OWNER_ANNOTATION;
+
 /// The one field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "sightline-operator";
 /// Digest of the applied configuration.
@@ -140,6 +142,25 @@ fn controller_uid<K: Child>(desired: &K) -> Option<String> {
         .map(|o| o.uid.clone())
 }
 
+/// Whether `live` belongs to the owner of `desired`: controlled by the same uid, or — for
+/// an object that outlives its owner and so has no owner reference (a retained claim) —
+/// marked with the same [`OWNER_ANNOTATION`], or still controlled by an owner of that
+/// kind and name (from before it was retained).
+fn is_ours<K: Child>(desired: &K, live: &K) -> bool {
+    let live_controller = live
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true));
+    if let Some(uid) = controller_uid(desired) {
+        return live_controller.is_some_and(|o| o.uid == uid);
+    }
+    let Some(owner) = desired.annotations().get(OWNER_ANNOTATION) else {
+        return false;
+    };
+    live.annotations().get(OWNER_ANNOTATION) == Some(owner)
+        || live_controller.is_some_and(|o| &format!("{}/{}", o.kind, o.name) == owner)
+}
+
 /// Who controls `live`, in words (for [`ApplyError::NotOurs`]).
 fn holder<K: Child>(live: &K) -> String {
     match live
@@ -193,12 +214,7 @@ pub async fn apply<K: Child>(client: &Client, desired: &K) -> Result<(Outcome, K
     };
     let live = api.get_opt(&name).await.map_err(|e| api_err("get", e))?;
     if let Some(live) = &live {
-        let ours = controller_uid(desired);
-        let controlled = live
-            .owner_references()
-            .iter()
-            .any(|o| o.controller == Some(true) && Some(&o.uid) == ours.as_ref());
-        if !controlled {
+        if !is_ours(desired, live) {
             return Err(ApplyError::NotOurs {
                 kind,
                 name,

@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -87,7 +89,7 @@ pub struct EvaluationSpec {
 pub struct EvaluationStatus {
     /// The generation of the spec these figures are for.
     pub observed_generation: i64,
-    /// Images in the set.
+    /// Platform in the set.
     pub images: u64,
     /// Top-1 accuracy, 0 to 1.
     pub accuracy: f64,
@@ -126,6 +128,10 @@ pub struct ModelSource {
     /// `AWS_REGION`, `AWS_ENDPOINT_URL`) for `s3://` sources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+    /// Room for the fetched model and labels in each pod (the emptyDir's `sizeLimit`;
+    /// default `4Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<String>,
 }
 
 /// Input tensor layout.
@@ -201,6 +207,41 @@ pub enum Device {
     #[default]
     Cpu,
     Gpu,
+    /// `gpu` when some node has allocatable units of the GPU resource, else `cpu`; the
+    /// choice and the reason are in `status.device`.
+    Auto,
+}
+
+/// Pod settings merged over what the operator builds (Stackable's `podOverrides`, for
+/// what real clusters need: pull secrets, cloud identities, spreading, priorities, the
+/// NVIDIA runtime class, annotations for sidecars and policy engines).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    /// Secrets for pulling the images from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<String>,
+    /// The pods' ServiceAccount (e.g. one bound to an IAM role for `s3://` sources with
+    /// IRSA or Workload Identity). Default: the namespace's `default`, with no token
+    /// mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Topology spread constraints. Default: replicas spread across nodes
+    /// (`kubernetes.io/hostname`, `ScheduleAnyway`); an empty list spreads nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// RuntimeClass of the pods (e.g. `nvidia` for GPU nodes that need it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
+    /// Annotations added to the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Labels added to the pods (the operator's own selector labels always win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Dynamic batching.
@@ -221,7 +262,19 @@ pub struct Batching {
     pub queue_capacity: Option<u32>,
 }
 
-/// Horizontal autoscaling on CPU utilisation (replaces `replicas`).
+/// What the autoscaler scales on.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScaleOn {
+    /// Average CPU utilisation (the resource metric; needs metrics-server).
+    #[serde(rename = "cpu")]
+    Cpu,
+    /// Average requests waiting for the model per pod (`sightline_inference_queue_depth`, a Pods
+    /// metric served by Prometheus Adapter with the rule in manifests/monitoring).
+    #[serde(rename = "queueDepth")]
+    QueueDepth,
+}
+
+/// Horizontal autoscaling (replaces `replicas`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(cel, validation = kube::core::Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not exceed maxReplicas"))]
@@ -240,6 +293,14 @@ pub struct Autoscaling {
     )]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization_percentage: Option<i32>,
+    /// `cpu` or `queueDepth` (default: `queueDepth` for GPU models, where CPU says little
+    /// about load; `cpu` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<ScaleOn>,
+    /// Requests waiting per pod to aim for with `queueDepth` (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub target_queue_depth: Option<i32>,
 }
 
 /// How and where the inference pods run.
@@ -247,8 +308,9 @@ pub struct Autoscaling {
 #[serde(rename_all = "camelCase")]
 #[x_kube(cel, validation = kube::core::Rule::new("!(has(self.replicas) && has(self.autoscaling))").message("set either replicas or autoscaling, not both"))]
 pub struct Runtime {
-    /// `cpu` (default) or `gpu`. With `gpu` the pods request the GPU resource and the
-    /// server enables the ONNX Runtime CUDA execution provider.
+    /// `cpu` (default), `gpu` or `auto`. With `gpu` the pods request the GPU resource,
+    /// run the GPU server image and enable the ONNX Runtime CUDA execution provider;
+    /// `auto` is `gpu` when some node has allocatable units of `gpuResource`, else `cpu`.
     #[serde(default)]
     pub device: Device,
     /// The extended resource a GPU pod requests (default `nvidia.com/gpu`, 1).
@@ -284,6 +346,13 @@ pub struct Runtime {
     /// Affinity of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// The server image of this model's pods (default: the operator's
+    /// `--server-image`, or `--gpu-server-image` when the model runs on a GPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Pod settings merged over what the operator builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_overrides: Option<PodOverrides>,
 }
 
 /// What the operator observed of an `ImageModel`.
@@ -313,6 +382,24 @@ pub struct ImageModelStatus {
     /// Pods ready to serve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
+    /// The device asked for, the one the pods are built for, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceStatus>,
+}
+
+/// Where the model runs, and why.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceStatus {
+    /// `spec.runtime.device`.
+    pub requested: String,
+    /// `cpu` or `gpu`: what the pods are built for.
+    pub resolved: String,
+    /// Why (for `auto`: which nodes offer the GPU resource, or that none does).
+    pub reason: String,
+    /// Whether a GPU pod may serve on the CPU when CUDA is unusable
+    /// (`spec.runtime.allowCpuFallback`); `status.served.device` says what it does.
+    pub allow_cpu_fallback: bool,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -363,6 +450,9 @@ pub struct RecognitionPipelineSpec {
     /// How the pipeline is exposed, and who may call it.
     #[serde(default)]
     pub gateway: Gateway,
+    /// Pod settings merged over what the operator builds for the upload and store pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_overrides: Option<PodOverrides>,
 }
 
 /// A reference to an `ImageModel` in the same namespace.
@@ -441,6 +531,27 @@ pub struct Upload {
     pub resources: Option<ResourceRequirements>,
 }
 
+fn keep() -> bool {
+    true
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            database: DatabaseKind::default(),
+            url_secret: None,
+            volume: None,
+            replicas: None,
+            retain_on_delete: true,
+            resources: None,
+        }
+    }
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
 /// Which database holds the results.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -453,7 +564,7 @@ pub enum DatabaseKind {
 }
 
 /// The result storage service.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(cel, validation = kube::core::Rule::new("self.database == 'sqlite' ? (!has(self.replicas) || self.replicas <= 1) : has(self.urlSecret)").message("sqlite runs one replica; postgres and mysql need urlSecret"))]
 pub struct Storage {
@@ -470,6 +581,12 @@ pub struct Storage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub replicas: Option<i32>,
+    /// Keep the PersistentVolumeClaims holding the uploaded images and the SQLite results
+    /// when the pipeline is deleted (default true: the data outlives the resource, and a
+    /// pipeline of the same name created later uses them again). `false` lets them go
+    /// with the pipeline.
+    #[serde(default = "keep", skip_serializing_if = "is_true")]
+    pub retain_on_delete: bool,
     /// Requests and limits of the store container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -554,4 +671,8 @@ pub struct RecognitionPipelineStatus {
     /// Where users reach the pipeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The PersistentVolumeClaims that outlive the pipeline when it is deleted
+    /// (`spec.storage.retainOnDelete`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retained_volumes: Vec<String>,
 }

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sightline_operator::build::pod::Images;
+use sightline_operator::build::pod::{self, Platform};
 use sightline_operator::controller::run;
 use sightline_operator::{crdgen, render};
 
@@ -32,29 +32,16 @@ enum Command {
         /// YAML files with ImageModel and RecognitionPipeline objects.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
-        /// The sightline-server image.
-        #[arg(
-            long,
-            env = "SIGHTLINE_SERVER_IMAGE",
-            default_value = "ghcr.io/sightline/sightline-server:0.1.0"
-        )]
-        server_image: String,
+        #[command(flatten)]
+        platform: PlatformArgs,
     },
     /// Run the controllers (in a cluster, or against KUBECONFIG).
     Run {
         /// Address of `/metrics`, `/healthz` and `/readyz`.
         #[arg(long, env = "SIGHTLINE_METRICS_LISTEN", default_value = "0.0.0.0:8081")]
         metrics_listen: std::net::SocketAddr,
-        /// The sightline-server image the children run.
-        #[arg(
-            long,
-            env = "SIGHTLINE_SERVER_IMAGE",
-            default_value = "ghcr.io/sightline/sightline-server:0.1.0"
-        )]
-        server_image: String,
-        /// Pull policy of that image (`Always`, `IfNotPresent`, `Never`).
-        #[arg(long, env = "SIGHTLINE_IMAGE_PULL_POLICY")]
-        image_pull_policy: Option<String>,
+        #[command(flatten)]
+        platform: PlatformArgs,
         /// Namespace of the leader-election Lease (the operator's own).
         #[arg(long, env = "POD_NAMESPACE", default_value = "sightline-system")]
         lease_namespace: String,
@@ -73,6 +60,64 @@ enum Command {
     },
 }
 
+/// The cluster the children are built for (shared by `run` and `render`).
+#[derive(Debug, clap::Args)]
+struct PlatformArgs {
+    /// The sightline-server image the children run.
+    #[arg(long, env = "SIGHTLINE_SERVER_IMAGE", default_value = pod::DEFAULT_SERVER_IMAGE)]
+    server_image: String,
+    /// The GPU server image (ONNX Runtime with CUDA), for models on a GPU.
+    #[arg(
+        long,
+        env = "SIGHTLINE_GPU_SERVER_IMAGE",
+        default_value = pod::DEFAULT_GPU_SERVER_IMAGE
+    )]
+    gpu_server_image: String,
+    /// Pull policy of the images (`Always`, `IfNotPresent`, `Never`).
+    #[arg(long, env = "SIGHTLINE_IMAGE_PULL_POLICY")]
+    image_pull_policy: Option<String>,
+    /// Namespace of the Prometheus that scrapes the pods (admitted to port 8080 of the
+    /// model and store pods); empty admits none.
+    #[arg(
+        long,
+        env = "SIGHTLINE_METRICS_NAMESPACE",
+        default_value = "monitoring"
+    )]
+    metrics_namespace: String,
+    /// A label `key=value` on every ServiceMonitor (repeat for more), so that the cluster's
+    /// Prometheus selects it.
+    #[arg(
+        long = "service-monitor-label",
+        env = "SIGHTLINE_SERVICE_MONITOR_LABELS",
+        value_delimiter = ',',
+        default_value = "release=kube-prometheus-stack"
+    )]
+    service_monitor_labels: Vec<String>,
+    /// Run pods as user 65532; `false` leaves the user to the platform (OpenShift).
+    #[arg(long, env = "SIGHTLINE_RUN_AS_USER", default_value_t = true, action = clap::ArgAction::Set)]
+    run_as_user: bool,
+}
+
+impl PlatformArgs {
+    fn platform(self) -> anyhow::Result<Platform> {
+        let mut monitor_labels = std::collections::BTreeMap::new();
+        for label in self.service_monitor_labels.iter().filter(|l| !l.is_empty()) {
+            let (key, value) = label
+                .split_once('=')
+                .with_context(|| format!("--service-monitor-label {label:?} is not key=value"))?;
+            monitor_labels.insert(key.trim().to_string(), value.trim().to_string());
+        }
+        Ok(Platform {
+            server: self.server_image,
+            gpu_server: self.gpu_server_image,
+            pull_policy: self.image_pull_policy,
+            scrape_namespace: Some(self.metrics_namespace).filter(|ns| !ns.is_empty()),
+            monitor_labels,
+            fixed_user: self.run_as_user,
+        })
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     // kube's TLS (rustls) needs a process-wide crypto provider before any client.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -80,8 +125,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run {
             metrics_listen,
-            server_image,
-            image_pull_policy,
+            platform,
             lease_namespace,
             lease_name,
             identity,
@@ -93,10 +137,7 @@ fn main() -> anyhow::Result<()> {
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .unwrap_or_else(|| format!("sightline-operator-{}", std::process::id()));
             let settings = run::Settings {
-                images: Images {
-                    server: server_image,
-                    pull_policy: image_pull_policy,
-                },
+                platform: platform.platform()?,
                 metrics_listen,
                 lease_namespace,
                 lease_name,
@@ -117,10 +158,8 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
         }
-        Command::Render {
-            files,
-            server_image,
-        } => {
+        Command::Render { files, platform } => {
+            let platform = platform.platform()?;
             let mut text = String::new();
             for file in &files {
                 if file.as_os_str() == "-" {
@@ -136,11 +175,10 @@ fn main() -> anyhow::Result<()> {
                 text.push_str("\n---\n");
             }
             let inputs = render::parse(&text)?;
-            let images = Images {
-                server: server_image,
-                pull_policy: None,
-            };
-            print!("{}", render::to_yaml(&render::children(&inputs, &images)?)?);
+            print!(
+                "{}",
+                render::to_yaml(&render::children(&inputs, &platform)?)?
+            );
         }
     }
     Ok(())

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::build::pod::Images;
+use crate::build::pod::Platform;
 use crate::build::{model, pipeline};
 use crate::crd::{ImageModel, RecognitionPipeline};
 use crate::validate;
@@ -82,25 +82,18 @@ fn same_namespace(a: &Option<String>, b: &Option<String>) -> bool {
 }
 
 /// Every child object of the inputs, as JSON values (in apply order).
-pub fn children(inputs: &Inputs, images: &Images) -> Result<Vec<Value>, RenderError> {
+pub fn children(inputs: &Inputs, platform: &Platform) -> Result<Vec<Value>, RenderError> {
     let mut out = Vec::new();
     for m in &inputs.models {
         validate::model(m).map_err(|source| RenderError::InvalidSpec {
             name: kube::ResourceExt::name_any(m),
             source,
         })?;
-        let mut prefixes: Vec<String> = inputs
-            .pipelines
-            .iter()
-            .filter(|p| {
-                p.spec.model_ref.name == kube::ResourceExt::name_any(m)
-                    && same_namespace(&p.metadata.namespace, &m.metadata.namespace)
-            })
-            .map(pipeline::image_prefix)
-            .collect();
-        prefixes.sort();
-        prefixes.dedup();
-        let c = model::children(m, images, &prefixes, "");
+        let inputs = model::ModelInputs {
+            digest: String::new(),
+            device: model::resolve_device(m, None),
+        };
+        let c = model::children(m, platform, &inputs);
         out.push(to_value(&c.service)?);
         out.push(to_value(&c.deployment)?);
         if let Some(hpa) = &c.hpa {
@@ -110,6 +103,7 @@ pub fn children(inputs: &Inputs, images: &Images) -> Result<Vec<Value>, RenderEr
             out.push(to_value(pdb)?);
         }
         out.push(to_value(&c.network_policy)?);
+        out.push(to_value(&c.monitor)?);
     }
     for p in &inputs.pipelines {
         let name = kube::ResourceExt::name_any(p);
@@ -128,7 +122,7 @@ pub fn children(inputs: &Inputs, images: &Images) -> Result<Vec<Value>, RenderEr
                 pipeline: name.clone(),
                 model: p.spec.model_ref.name.clone(),
             })?;
-        let c = pipeline::children(p, m, images, "");
+        let c = pipeline::children(p, m, platform, "");
         out.push(to_value(&c.config_map)?);
         for claim in &c.claims {
             out.push(to_value(claim)?);
@@ -146,6 +140,7 @@ pub fn children(inputs: &Inputs, images: &Images) -> Result<Vec<Value>, RenderEr
         for policy in &c.network_policies {
             out.push(to_value(policy)?);
         }
+        out.push(to_value(&c.monitor)?);
     }
     Ok(out)
 }

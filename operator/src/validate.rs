@@ -72,6 +72,17 @@ pub fn model(m: &ImageModel) -> Result<(), Invalid> {
 /// A `RecognitionPipeline` the operator can run as written.
 pub fn pipeline(p: &RecognitionPipeline) -> Result<(), Invalid> {
     let spec = &p.spec;
+    let prefix = spec.gateway.path_prefix.as_deref().unwrap_or("/");
+    if spec.gateway.ingress.is_some() && !prefix.trim_end_matches('/').is_empty() {
+        return Err(invalid(
+            "spec.gateway.pathPrefix",
+            format!(
+                "an Ingress cannot strip the prefix {prefix:?} portably (the server's routes \
+                 are fixed): use a Gateway (spec.gateway.parentRefs, which rewrites it) or \
+                 pathPrefix \"/\" with the Ingress"
+            ),
+        ));
+    }
     if spec.upload.s3.is_none() && spec.upload.replicas.unwrap_or(1) > 1 {
         return Err(invalid(
             "spec.upload.replicas",

@@ -84,6 +84,14 @@ async fn exercised() -> BTreeSet<Grant> {
     )
     .await;
     reconcile_both(&cluster, &ctx).await;
+    // device: auto asks which nodes offer the GPU resource.
+    patch::<ImageModel>(
+        &cluster,
+        &m.name_any(),
+        json!({"spec": {"runtime": {"device": "auto"}}}),
+    )
+    .await;
+    reconcile_both(&cluster, &ctx).await;
     // Every optional child removed again: HPA, PDB, HTTPRoute, then the Ingress.
     patch::<ImageModel>(
         &cluster,
@@ -156,6 +164,12 @@ async fn exercised() -> BTreeSet<Grant> {
         .collect();
     for (group, resource, _) in applies {
         grants.insert((group, resource, "create".into()));
+    }
+    // Not sent by the code, required by the API server: setting blockOwnerDeletion on an
+    // owner reference needs `update` on the owner's finalizers where the
+    // OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift).
+    for resource in ["imagemodels/finalizers", "recognitionpipelines/finalizers"] {
+        grants.insert(("sightline.io".into(), resource.into(), "update".into()));
     }
     for (group, resource) in run::watched() {
         grants.insert((group.clone(), resource.clone(), "list".into()));

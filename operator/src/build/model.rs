@@ -8,8 +8,8 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
-    MetricTarget, ResourceMetricSource,
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+    MetricIdentifier, MetricSpec, MetricTarget, PodsMetricSource, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, EnvFromSource, PersistentVolumeClaimVolumeSource,
@@ -23,10 +23,10 @@ use kube::ResourceExt;
 
 use super::meta::{labels, object_meta, selector_labels};
 use super::pod::{
-    Images, PORT, PORT_NAME, container_security, default_resources, pod_template,
-    readiness_startup_probe, server_container,
+    PORT, PORT_NAME, Platform, container_security, default_resources, pod_template,
+    readiness_startup_probe, server_container, with_overrides,
 };
-use crate::crd::{Device, FileSource, ImageModel};
+use crate::crd::{Device, DeviceStatus, FileSource, ImageModel, ScaleOn};
 
 pub const COMPONENT: &str = "recognize";
 const ORT_LIB: &str = "/opt/onnxruntime/lib/libonnxruntime.so";
@@ -68,7 +68,7 @@ fn placement(source: &FileSource, fetched_name: &str) -> Placement {
 }
 
 fn fetch_container(
-    images: &Images,
+    platform: &Platform,
     name: &str,
     source: &FileSource,
     out: &str,
@@ -86,12 +86,12 @@ fn fetch_container(
     }
     Container {
         name: name.into(),
-        image: Some(images.server.clone()),
-        image_pull_policy: images.pull_policy.clone(),
+        image: Some(platform.server.clone()),
+        image_pull_policy: platform.pull_policy.clone(),
         args: Some(args),
         env_from: credentials.map(credentials_env),
         resources: Some(default_resources("50m", "64Mi")),
-        security_context: Some(container_security()),
+        security_context: Some(container_security(platform)),
         // Its error (wrong digest, 404, …) becomes the termination message, which the
         // operator copies into the ModelFetched condition.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -105,12 +105,7 @@ fn fetch_container(
 }
 
 /// The server's arguments for this model.
-fn server_args(
-    model: &ImageModel,
-    model_path: &str,
-    labels_path: &str,
-    image_prefixes: &[String],
-) -> Vec<String> {
+fn server_args(model: &ImageModel, gpu: bool, model_path: &str, labels_path: &str) -> Vec<String> {
     let spec = &model.spec;
     let mut args: Vec<String> = vec![
         "recognize".into(),
@@ -194,10 +189,7 @@ fn server_args(
     if let Some(v) = r.batching.queue_capacity {
         flag("queue-capacity", v.to_string());
     }
-    if !image_prefixes.is_empty() {
-        flag("fetch-allowlist", image_prefixes.join(","));
-    }
-    if r.device == Device::Gpu {
+    if gpu {
         flag("device", "gpu".into());
         if r.allow_cpu_fallback {
             args.push("--allow-cpu-fallback".into());
@@ -206,8 +198,6 @@ fn server_args(
     args
 }
 
-/// The recognize Deployment. `image_prefixes` are the image URL prefixes of the pipelines
-/// that use this model (recognition by URL may fetch only from them).
 /// The pod-template annotation holding the digest of what the pods read besides their
 /// spec (the rendered config and the referenced Secrets); a change rolls the pods.
 pub const INPUTS_ANNOTATION: &str = "sightline.io/inputs-digest";
@@ -233,16 +223,14 @@ fn credentials_env(secret: &str) -> Vec<EnvFromSource> {
     }]
 }
 
-/// The recognize Deployment. `image_prefixes` are the image URL prefixes of the pipelines
-/// that use this model (recognition by URL may fetch only from them); `inputs_digest` is
-/// the digest of the referenced Secrets (empty when unknown, as in `render`).
-pub fn deployment(
-    model: &ImageModel,
-    images: &Images,
-    image_prefixes: &[String],
-    inputs_digest: &str,
-) -> Deployment {
+/// The recognize Deployment; `inputs_digest` is the digest of the referenced Secrets
+/// (empty when unknown, as in `render`). The model fetches no images by URL: the
+/// pipelines' front doors resolve their own images and send the bytes, so adding or
+/// removing a pipeline never changes (or restarts) a model's pods.
+pub fn deployment(model: &ImageModel, platform: &Platform, inputs: &ModelInputs) -> Deployment {
     let spec = &model.spec;
+    let gpu = inputs.device.resolved == "gpu";
+    let inputs_digest = inputs.digest.as_str();
     let instance = model.name_any();
     let model_place = placement(&spec.source.model, "model.onnx");
     let labels_place = placement(&spec.source.labels, "labels.txt");
@@ -258,7 +246,7 @@ pub fn deployment(
             Placement::Fetched { path } => {
                 needs_emptydir = true;
                 init.push(fetch_container(
-                    images,
+                    platform,
                     init_name,
                     source,
                     path,
@@ -291,9 +279,13 @@ pub fn deployment(
                 Placement::Fetched { .. } => e.dataset.uri.clone(),
             });
     if needs_emptydir {
+        let room = spec.source.max_size.clone().unwrap_or_else(|| "4Gi".into());
         volumes.push(Volume {
             name: "models".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity(room)),
+                medium: None,
+            }),
             ..Volume::default()
         });
         mounts.push(VolumeMount {
@@ -326,7 +318,7 @@ pub fn deployment(
         .resources
         .clone()
         .unwrap_or_else(|| default_resources("500m", "512Mi"));
-    if spec.runtime.device == Device::Gpu {
+    if gpu {
         let gpu = spec
             .runtime
             .gpu_resource
@@ -338,7 +330,7 @@ pub fn deployment(
             .entry(gpu)
             .or_insert_with(|| Quantity("1".into()));
     }
-    let mut args = server_args(model, &model_path, &labels_path, image_prefixes);
+    let mut args = server_args(model, gpu, &model_path, &labels_path);
     let mut env_from = None;
     if let (Some(source), Some(evaluation)) = (evaluation_source, &spec.evaluation) {
         args.extend(["--evaluate-on-start".to_string(), source]);
@@ -349,11 +341,19 @@ pub fn deployment(
             env_from = credentials.map(credentials_env);
         }
     }
-    let mut container = server_container(images, "server", args, resources, env_from, mounts);
+    let mut container = server_container(platform, "server", args, resources, env_from, mounts);
+    container.image = Some(spec.runtime.image.clone().unwrap_or_else(|| {
+        if gpu {
+            platform.gpu_server.clone()
+        } else {
+            platform.server.clone()
+        }
+    }));
     // Loading and warming a large model (or a GPU session) takes a while: the startup
     // probe waits up to ten minutes for `/readyz` before liveness takes over.
     container.startup_probe = Some(readiness_startup_probe(120));
     let mut template = pod_template(
+        platform,
         selector_labels(&instance, COMPONENT),
         init,
         vec![container],
@@ -365,8 +365,13 @@ pub fn deployment(
         pod.tolerations = (!r.tolerations.is_empty()).then(|| r.tolerations.clone());
         pod.affinity = r.affinity.clone();
     }
+    with_overrides(
+        &mut template,
+        spec.runtime.pod_overrides.as_ref(),
+        &selector_labels(&instance, COMPONENT),
+    );
     if let Some(meta) = template.metadata.as_mut() {
-        let mut annotations = BTreeMap::new();
+        let mut annotations = meta.annotations.take().unwrap_or_default();
         // Identity of what the pods serve, so a new digest rolls the pods.
         if let Some(sha) = &spec.source.model.sha256 {
             annotations.insert("sightline.io/model-sha256".to_string(), sha.clone());
@@ -390,11 +395,13 @@ pub fn deployment(
                 match_labels: Some(selector_labels(&instance, COMPONENT)),
                 ..LabelSelector::default()
             },
+            // CPU: surge one pod, never go below the wanted count. GPU: a surge pod would
+            // need a free GPU that a full node does not have, so replace one at a time.
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 rolling_update: Some(RollingUpdateDeployment {
-                    max_unavailable: Some(IntOrString::Int(0)),
-                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(i32::from(gpu))),
+                    max_surge: Some(IntOrString::Int(i32::from(!gpu))),
                 }),
             }),
             template,
@@ -423,9 +430,44 @@ pub fn service(model: &ImageModel) -> Service {
     }
 }
 
-/// The HPA, when the spec asks for autoscaling.
-pub fn hpa(model: &ImageModel) -> Option<HorizontalPodAutoscaler> {
+/// The HPA, when the spec asks for autoscaling: on CPU utilisation, or on the per-pod
+/// queue depth (`sightline_inference_queue_depth`, the default for GPU models).
+pub fn hpa(model: &ImageModel, inputs: &ModelInputs) -> Option<HorizontalPodAutoscaler> {
     let auto = model.spec.runtime.autoscaling.as_ref()?;
+    let on = auto.metric.unwrap_or(if inputs.device.resolved == "gpu" {
+        ScaleOn::QueueDepth
+    } else {
+        ScaleOn::Cpu
+    });
+    let metric = match on {
+        ScaleOn::Cpu => MetricSpec {
+            type_: "Resource".into(),
+            resource: Some(ResourceMetricSource {
+                name: "cpu".into(),
+                target: MetricTarget {
+                    type_: "Utilization".into(),
+                    average_utilization: Some(auto.target_cpu_utilization_percentage.unwrap_or(70)),
+                    ..MetricTarget::default()
+                },
+            }),
+            ..MetricSpec::default()
+        },
+        ScaleOn::QueueDepth => MetricSpec {
+            type_: "Pods".into(),
+            pods: Some(PodsMetricSource {
+                metric: MetricIdentifier {
+                    name: QUEUE_METRIC.into(),
+                    selector: None,
+                },
+                target: MetricTarget {
+                    type_: "AverageValue".into(),
+                    average_value: Some(Quantity(auto.target_queue_depth.unwrap_or(4).to_string())),
+                    ..MetricTarget::default()
+                },
+            }),
+            ..MetricSpec::default()
+        },
+    };
     Some(HorizontalPodAutoscaler {
         metadata: object_meta(model, &name(model), COMPONENT),
         spec: Some(HorizontalPodAutoscalerSpec {
@@ -436,20 +478,7 @@ pub fn hpa(model: &ImageModel) -> Option<HorizontalPodAutoscaler> {
             },
             min_replicas: Some(auto.min_replicas),
             max_replicas: auto.max_replicas,
-            metrics: Some(vec![MetricSpec {
-                type_: "Resource".into(),
-                resource: Some(ResourceMetricSource {
-                    name: "cpu".into(),
-                    target: MetricTarget {
-                        type_: "Utilization".into(),
-                        average_utilization: Some(
-                            auto.target_cpu_utilization_percentage.unwrap_or(70),
-                        ),
-                        ..MetricTarget::default()
-                    },
-                }),
-                ..MetricSpec::default()
-            }]),
+            metrics: Some(vec![metric]),
             behavior: None,
         }),
         status: None,
@@ -490,20 +519,67 @@ pub struct ModelChildren {
     pub hpa: Option<HorizontalPodAutoscaler>,
     pub pdb: Option<PodDisruptionBudget>,
     pub network_policy: k8s_openapi::api::networking::v1::NetworkPolicy,
+    /// Applied when the cluster serves the Prometheus Operator's API.
+    pub monitor: super::monitoring::ServiceMonitor,
 }
 
-/// The children of `model`; `image_prefixes` and `inputs_digest` as for [`deployment`].
-pub fn children(
-    model: &ImageModel,
-    images: &Images,
-    image_prefixes: &[String],
-    inputs_digest: &str,
-) -> ModelChildren {
+/// What the model's children depend on besides its spec, found by the reconciler.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ModelInputs {
+    /// Digest of the referenced Secrets (empty when unknown, as in `render`).
+    pub digest: String,
+    /// Where the model runs ([`resolve_device`]).
+    pub device: DeviceStatus,
+}
+
+/// The Pods metric the queue-depth autoscaler reads (Prometheus Adapter serves it from
+/// the server's own gauge; rule in manifests/monitoring/prometheus-adapter.yaml).
+pub const QUEUE_METRIC: &str = "sightline_inference_queue_depth";
+
+/// Where `model` runs. `gpu_nodes` are the nodes with allocatable units of its GPU
+/// resource (`None`: not known, as in `render`).
+pub fn resolve_device(model: &ImageModel, gpu_nodes: Option<&[String]>) -> DeviceStatus {
+    let r = &model.spec.runtime;
+    let resource = r.gpu_resource.as_deref().unwrap_or("nvidia.com/gpu");
+    let (requested, resolved, reason) = match (r.device, gpu_nodes) {
+        (Device::Cpu, _) => ("cpu", "cpu", "spec.runtime.device is cpu".to_string()),
+        (Device::Gpu, _) => ("gpu", "gpu", "spec.runtime.device is gpu".to_string()),
+        (Device::Auto, Some(nodes)) if !nodes.is_empty() => (
+            "auto",
+            "gpu",
+            format!(
+                "{} node(s) offer {resource}: {}",
+                nodes.len(),
+                nodes.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        (Device::Auto, Some(_)) => (
+            "auto",
+            "cpu",
+            format!("no node has allocatable {resource}; serving on the CPU"),
+        ),
+        (Device::Auto, None) => (
+            "auto",
+            "cpu",
+            "no cluster to ask (render): auto is shown as cpu".to_string(),
+        ),
+    };
+    DeviceStatus {
+        requested: requested.into(),
+        resolved: resolved.into(),
+        reason,
+        allow_cpu_fallback: r.allow_cpu_fallback,
+    }
+}
+
+/// The children of `model`; `inputs` as found by the reconciler.
+pub fn children(model: &ImageModel, platform: &Platform, inputs: &ModelInputs) -> ModelChildren {
     ModelChildren {
         service: service(model),
-        deployment: deployment(model, images, image_prefixes, inputs_digest),
-        hpa: hpa(model),
+        deployment: deployment(model, platform, inputs),
+        hpa: hpa(model, inputs),
         pdb: pdb(model),
-        network_policy: super::network::model_policy(model),
+        network_policy: super::network::model_policy(model, platform),
+        monitor: super::monitoring::model_monitor(model, platform),
     }
 }

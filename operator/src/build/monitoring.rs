@@ -1,15 +1,17 @@
-//! The per-pipeline `ServiceMonitor` (Prometheus Operator, `monitoring.coreos.com/v1`):
-//! scrapes `/metrics` of the pipeline's upload and store Services and of its model's
-//! recognize Service. Applied only when the cluster serves that API.
+//! `ServiceMonitor`s (Prometheus Operator, `monitoring.coreos.com/v1`), one per managed
+//! workload: a pipeline's scrapes its upload and store Services, a model's its recognize
+//! Service. Labelled with the operator's `--service-monitor-label`s (default
+//! `release=kube-prometheus-stack`, what that chart's Prometheus selects). Applied only
+//! when the cluster serves the API; `render` always shows them.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::{CustomResource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::meta::{LABEL_INSTANCE, LABEL_NAME, NAME, object_meta};
-use super::pod::PORT_NAME;
-use crate::crd::RecognitionPipeline;
+use super::meta::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME, NAME, object_meta};
+use super::pod::{PORT_NAME, Platform};
+use crate::crd::{ImageModel, RecognitionPipeline};
 
 pub const COMPONENT: &str = "monitoring";
 
@@ -38,20 +40,28 @@ pub struct ScrapeEndpoint {
     pub interval: String,
 }
 
-/// The `ServiceMonitor` of `p`, whose model is the `ImageModel` named `model_name`.
-pub fn service_monitor(p: &RecognitionPipeline, model_name: &str) -> ServiceMonitor {
-    let mut instances = vec![p.name_any(), model_name.to_string()];
-    instances.sort();
-    instances.dedup();
+/// A `ServiceMonitor` named `name` of `owner`, scraping the Services of `components`,
+/// labelled so the cluster's Prometheus selects it ([`Platform::monitor_labels`]).
+fn monitor<K: kube::Resource<DynamicType = ()>>(
+    owner: &K,
+    platform: &Platform,
+    components: &[&str],
+) -> ServiceMonitor {
     let mut monitor = ServiceMonitor::new(
-        &p.name_any(),
+        &owner.name_any(),
         ServiceMonitorSpec {
             selector: LabelSelector {
-                match_labels: Some([(LABEL_NAME.to_string(), NAME.to_string())].into()),
+                match_labels: Some(
+                    [
+                        (LABEL_NAME.to_string(), NAME.to_string()),
+                        (LABEL_INSTANCE.to_string(), owner.name_any()),
+                    ]
+                    .into(),
+                ),
                 match_expressions: Some(vec![LabelSelectorRequirement {
-                    key: LABEL_INSTANCE.to_string(),
+                    key: LABEL_COMPONENT.to_string(),
                     operator: "In".to_string(),
-                    values: Some(instances),
+                    values: Some(components.iter().map(|c| c.to_string()).collect()),
                 }]),
             },
             endpoints: vec![ScrapeEndpoint {
@@ -61,6 +71,26 @@ pub fn service_monitor(p: &RecognitionPipeline, model_name: &str) -> ServiceMoni
             }],
         },
     );
-    monitor.metadata = object_meta(p, &p.name_any(), COMPONENT);
+    monitor.metadata = object_meta(owner, &owner.name_any(), COMPONENT);
+    if let Some(labels) = monitor.metadata.labels.as_mut() {
+        for (k, v) in &platform.monitor_labels {
+            labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
     monitor
+}
+
+/// The `ServiceMonitor` of a pipeline: its upload and store Services.
+pub fn pipeline_monitor(p: &RecognitionPipeline, platform: &Platform) -> ServiceMonitor {
+    monitor(
+        p,
+        platform,
+        &[super::pipeline::UPLOAD, super::pipeline::STORE],
+    )
+}
+
+/// The `ServiceMonitor` of a model: its recognize Service (once, however many pipelines
+/// share the model).
+pub fn model_monitor(m: &ImageModel, platform: &Platform) -> ServiceMonitor {
+    monitor(m, platform, &[super::model::COMPONENT])
 }

@@ -1,6 +1,17 @@
 //! NetworkPolicies: the pods of a pipeline deny everything by default, then get only the
-//! flows the pipeline needs — clients (through any gateway) to port 8080, upload to the
-//! model and the store, DNS, and the database or object store when one is external.
+//! flows the pipeline needs — clients (through any gateway) to the upload pods (the front
+//! door, which checks keys), upload to the model and the store, the metrics scraper's
+//! namespace to the model and the store, DNS, and the database or object store when one is
+//! external.
+//!
+//! What stays open, and why: the upload pods accept port 8080 from anywhere (the gateway's
+//! data plane lives in another namespace and varies by implementation); the scraper's
+//! namespace reaches port 8080 of the model and store pods (the metrics share the port
+//! with the API, and those pods check no keys); egress to the database, the object store
+//! and the model source goes to any address on its port (their addresses are outside the
+//! cluster's knowledge). The kubelet's probes and the API server's `pods/proxy` (the
+//! operator reads `/readyz` and the start-up evaluation that way) come from the nodes,
+//! which most network plugins do not subject to NetworkPolicy.
 
 use std::collections::BTreeMap;
 
@@ -12,8 +23,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::meta::{LABEL_INSTANCE, LABEL_NAME, NAME, object_meta, selector_labels};
-use super::pod::PORT;
+use super::meta::{
+    LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME, NAME, object_meta, selector_labels,
+};
+use super::pod::{PORT, Platform};
 use crate::crd::{DatabaseKind, ImageModel, RecognitionPipeline};
 
 fn port(number: i32, protocol: &str) -> NetworkPolicyPort {
@@ -53,6 +66,35 @@ fn serve() -> NetworkPolicyIngressRule {
     }
 }
 
+/// Port 8080 from `peers` only, plus the metrics scraper's namespace when there is one.
+fn serve_only(peers: Vec<NetworkPolicyPeer>, platform: &Platform) -> NetworkPolicyIngressRule {
+    let mut from = peers;
+    if let Some(ns) = &platform.scrape_namespace {
+        from.push(NetworkPolicyPeer {
+            namespace_selector: Some(select(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                ns.clone(),
+            )]))),
+            ..NetworkPolicyPeer::default()
+        });
+    }
+    NetworkPolicyIngressRule {
+        ports: Some(vec![port(PORT, "TCP")]),
+        from: Some(from),
+    }
+}
+
+/// Every Sightline front door (upload pod) in the namespace.
+fn front_doors() -> NetworkPolicyPeer {
+    pods(BTreeMap::from([
+        (LABEL_NAME.to_string(), NAME.to_string()),
+        (
+            LABEL_COMPONENT.to_string(),
+            super::pipeline::UPLOAD.to_string(),
+        ),
+    ]))
+}
+
 fn policy<K: kube::Resource<DynamicType = ()>>(
     owner: &K,
     name: String,
@@ -73,7 +115,11 @@ fn policy<K: kube::Resource<DynamicType = ()>>(
 }
 
 /// Default deny for all of the pipeline's pods, then one policy per component.
-pub fn pipeline_policies(p: &RecognitionPipeline, model_name: &str) -> Vec<NetworkPolicy> {
+pub fn pipeline_policies(
+    p: &RecognitionPipeline,
+    model_name: &str,
+    platform: &Platform,
+) -> Vec<NetworkPolicy> {
     let instance = p.name_any();
     let all_pods = BTreeMap::from([
         (LABEL_NAME.to_string(), NAME.to_string()),
@@ -82,6 +128,7 @@ pub fn pipeline_policies(p: &RecognitionPipeline, model_name: &str) -> Vec<Netwo
     let model_pods = selector_labels(model_name, super::model::COMPONENT);
     let store_pods = selector_labels(&instance, super::pipeline::STORE);
     let upload_pods = selector_labels(&instance, super::pipeline::UPLOAD);
+    let upload_pods_of_this = upload_pods.clone();
 
     let mut upload_egress = vec![
         dns(),
@@ -125,42 +172,33 @@ pub fn pipeline_policies(p: &RecognitionPipeline, model_name: &str) -> Vec<Netwo
             vec![serve()],
             upload_egress,
         ),
+        // The store answers only its pipeline's front door (and the scraper).
         policy(
             p,
             format!("{instance}-store"),
             super::pipeline::STORE,
             store_pods,
-            vec![serve()],
+            vec![serve_only(vec![pods(upload_pods_of_this)], platform)],
             store_egress,
         ),
     ]
 }
 
-/// The model's pods: serve 8080; egress to DNS, HTTPS/S3 (the fetch init container) and
-/// the upload services of pipelines (recognition by URL).
-pub fn model_policy(model: &ImageModel) -> NetworkPolicy {
-    let upload_pods = BTreeMap::from([
-        (LABEL_NAME.to_string(), NAME.to_string()),
-        (
-            "app.kubernetes.io/component".to_string(),
-            super::pipeline::UPLOAD.to_string(),
-        ),
-    ]);
+/// The model's pods: port 8080 only from the namespace's front doors (the upload pods of
+/// the pipelines, which check keys) and the metrics scraper; egress to DNS and to
+/// HTTPS/S3 for the fetch init containers and the evaluation set.
+pub fn model_policy(model: &ImageModel, platform: &Platform) -> NetworkPolicy {
     policy(
         model,
         super::model::name(model),
         super::model::COMPONENT,
         selector_labels(&model.name_any(), super::model::COMPONENT),
-        vec![serve()],
+        vec![serve_only(vec![front_doors()], platform)],
         vec![
             dns(),
             NetworkPolicyEgressRule {
                 ports: Some(vec![port(443, "TCP"), port(80, "TCP"), port(9000, "TCP")]),
                 to: None,
-            },
-            NetworkPolicyEgressRule {
-                ports: Some(vec![port(PORT, "TCP")]),
-                to: Some(vec![pods(upload_pods)]),
             },
         ],
     )

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use gateway_api::apis::standard::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
+    HttpRouteRulesFilters, HttpRouteRulesFiltersType, HttpRouteRulesFiltersUrlRewrite,
+    HttpRouteRulesFiltersUrlRewritePath, HttpRouteRulesFiltersUrlRewritePathType,
     HttpRouteRulesMatches, HttpRouteRulesMatchesPath, HttpRouteRulesMatchesPathType, HttpRouteSpec,
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
@@ -25,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::meta::{object_meta, selector_labels};
-use super::pod::{Images, PORT, PORT_NAME, default_resources, pod_template, server_container};
+use super::pod::{PORT, PORT_NAME, Platform, default_resources, pod_template, server_container};
 use crate::crd::{DatabaseKind, RecognitionPipeline};
 
 pub const UPLOAD: &str = "upload";
@@ -83,11 +85,6 @@ pub fn public_url(p: &RecognitionPipeline) -> String {
     }
 }
 
-/// The URL prefix of this pipeline's images (what the model may fetch by URL).
-pub fn image_prefix(p: &RecognitionPipeline) -> String {
-    format!("{}/api/v1/images", public_url(p))
-}
-
 /// Settings shared by the upload and store roles, as `SIGHTLINE_*` variables.
 pub fn config_map(p: &RecognitionPipeline, model_endpoint: &str) -> ConfigMap {
     let spec = &p.spec;
@@ -126,13 +123,18 @@ pub fn config_map(p: &RecognitionPipeline, model_endpoint: &str) -> ConfigMap {
         );
     }
     if let Some(limit) = &spec.gateway.rate_limit {
+        // The limit is the pipeline's: each upload replica (the front door) enforces its
+        // share. Approximate — a load balancer that favours one replica lets a key reach
+        // less than the whole limit — and exact when traffic spreads evenly.
+        let replicas = spec.upload.replicas.unwrap_or(1).max(1).unsigned_abs();
+        let share = |n: u32| n.div_ceil(replicas).max(1);
         data.insert(
             "SIGHTLINE_RATE_LIMIT_RPS".into(),
-            limit.requests_per_second.to_string(),
+            share(limit.requests_per_second).to_string(),
         );
         data.insert(
             "SIGHTLINE_RATE_LIMIT_BURST".into(),
-            limit.burst.unwrap_or(limit.requests_per_second).to_string(),
+            share(limit.burst.unwrap_or(limit.requests_per_second)).to_string(),
         );
     }
     if let Some(keys) = &spec.gateway.api_keys_secret {
@@ -164,16 +166,23 @@ fn claim(
     volume: Option<&crate::crd::Volume>,
     default_size: &str,
 ) -> PersistentVolumeClaim {
+    let component = if name.ends_with("-images") {
+        UPLOAD
+    } else {
+        STORE
+    };
+    let mut metadata = object_meta(p, &name, component);
+    if p.spec.storage.retain_on_delete {
+        // No owner reference, so garbage collection never takes the user's data; the
+        // annotation says whose it is, so a pipeline of the same name uses it again.
+        metadata.owner_references = None;
+        metadata.annotations = Some(BTreeMap::from([(
+            OWNER_ANNOTATION.to_string(),
+            owner_key(p),
+        )]));
+    }
     PersistentVolumeClaim {
-        metadata: object_meta(
-            p,
-            &name,
-            if name.ends_with("-images") {
-                UPLOAD
-            } else {
-                STORE
-            },
-        ),
+        metadata,
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: volume.and_then(|v| v.storage_class_name.clone()),
@@ -192,6 +201,25 @@ fn claim(
         }),
         status: None,
     }
+}
+
+/// On an object that outlives its owner (a retained claim): `Kind/name` of the owner.
+pub const OWNER_ANNOTATION: &str = "sightline.io/owner";
+
+/// The [`OWNER_ANNOTATION`] value for `p`.
+pub fn owner_key(p: &RecognitionPipeline) -> String {
+    format!("RecognitionPipeline/{}", p.name_any())
+}
+
+/// The names of the claims that outlive `p` when it is deleted.
+pub fn retained_claims(p: &RecognitionPipeline) -> Vec<String> {
+    if !p.spec.storage.retain_on_delete {
+        return Vec::new();
+    }
+    claims(p)
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect()
 }
 
 /// The PVCs: images (unless S3) and the SQLite database (unless PostgreSQL/MySQL).
@@ -247,9 +275,14 @@ fn deployment(
     name: String,
     component: &str,
     replicas: i32,
-    template: k8s_openapi::api::core::v1::PodTemplateSpec,
+    mut template: k8s_openapi::api::core::v1::PodTemplateSpec,
     single_writer: bool,
 ) -> Deployment {
+    super::pod::with_overrides(
+        &mut template,
+        p.spec.pod_overrides.as_ref(),
+        &selector_labels(&p.name_any(), component),
+    );
     Deployment {
         metadata: object_meta(p, &name, component),
         spec: Some(DeploymentSpec {
@@ -271,7 +304,7 @@ fn deployment(
 }
 
 /// The upload Deployment.
-pub fn upload_deployment(p: &RecognitionPipeline, images: &Images) -> Deployment {
+pub fn upload_deployment(p: &RecognitionPipeline, platform: &Platform) -> Deployment {
     let spec = &p.spec.upload;
     let local = spec.s3.is_none();
     let (volume, mount) = data_volume("data", local.then(|| images_claim(p)));
@@ -289,7 +322,7 @@ pub fn upload_deployment(p: &RecognitionPipeline, images: &Images) -> Deployment
     }
     add_keys(p, &mut volumes, &mut mounts);
     let container = server_container(
-        images,
+        platform,
         "server",
         vec![
             "upload".into(),
@@ -303,6 +336,7 @@ pub fn upload_deployment(p: &RecognitionPipeline, images: &Images) -> Deployment
         mounts,
     );
     let template = pod_template(
+        platform,
         selector_labels(&p.name_any(), UPLOAD),
         vec![],
         vec![container],
@@ -338,7 +372,7 @@ fn add_keys(p: &RecognitionPipeline, volumes: &mut Vec<Volume>, mounts: &mut Vec
 }
 
 /// The store Deployment.
-pub fn store_deployment(p: &RecognitionPipeline, images: &Images) -> Deployment {
+pub fn store_deployment(p: &RecognitionPipeline, platform: &Platform) -> Deployment {
     let spec = &p.spec.storage;
     let sqlite = spec.database == DatabaseKind::Sqlite;
     let (volume, mount) = data_volume("data", sqlite.then(|| results_claim(p)));
@@ -346,7 +380,7 @@ pub fn store_deployment(p: &RecognitionPipeline, images: &Images) -> Deployment 
     let mut mounts = vec![mount];
     add_keys(p, &mut volumes, &mut mounts);
     let mut container = server_container(
-        images,
+        platform,
         "server",
         vec!["store".into(), "--listen".into(), format!("0.0.0.0:{PORT}")],
         spec.resources
@@ -370,6 +404,7 @@ pub fn store_deployment(p: &RecognitionPipeline, images: &Images) -> Deployment 
         }]);
     }
     let template = pod_template(
+        platform,
         selector_labels(&p.name_any(), STORE),
         vec![],
         vec![container],
@@ -411,58 +446,59 @@ pub fn store_service(p: &RecognitionPipeline) -> Service {
     service(p, store_name(p), STORE)
 }
 
-/// Which Service answers which path (below the prefix). The seed's recognition endpoint
-/// goes to the model; result reads and the seed's save go to the store; everything else
-/// (uploads, images, the pipeline, the page) to the upload service.
-pub fn routes(p: &RecognitionPipeline, model_service: &str) -> Vec<(String, String)> {
-    let prefix = p
-        .spec
-        .gateway
-        .path_prefix
-        .clone()
-        .unwrap_or_else(|| "/".into());
-    let prefix = prefix.trim_end_matches('/');
-    let at = |path: &str| format!("{prefix}{path}");
-    vec![
-        (at("/api/images/recognition"), model_service.to_string()),
-        (at("/api/v1/recognize"), model_service.to_string()),
-        (at("/api/results"), store_name(p)),
-        (at("/api/v1/results"), store_name(p)),
-        (
-            if prefix.is_empty() {
-                "/".to_string()
-            } else {
-                prefix.to_string()
-            },
-            upload_name(p),
-        ),
-    ]
+/// The pipeline's path prefix without its trailing slash (`""` for the root).
+pub fn prefix(p: &RecognitionPipeline) -> String {
+    let prefix = p.spec.gateway.path_prefix.clone().unwrap_or_default();
+    prefix.trim_end_matches('/').to_string()
 }
 
-/// The Gateway API route, when the spec names parent Gateways.
-pub fn http_route(p: &RecognitionPipeline, model_service: &str) -> Option<HttpRoute> {
+/// The Gateway API route, when the spec names parent Gateways: one rule sending every path
+/// under the prefix to the upload Service — the pipeline's front door, which checks keys
+/// and limits and calls recognize and store inside the cluster — with the prefix replaced
+/// by `/`, so the server sees the paths it declares.
+pub fn http_route(p: &RecognitionPipeline) -> Option<HttpRoute> {
     let g = &p.spec.gateway;
     if g.parent_refs.is_empty() {
         return None;
     }
-    let rules = routes(p, model_service)
-        .into_iter()
-        .map(|(path, backend)| HttpRouteRules {
-            matches: Some(vec![HttpRouteRulesMatches {
-                path: Some(HttpRouteRulesMatchesPath {
-                    r#type: Some(HttpRouteRulesMatchesPathType::PathPrefix),
-                    value: Some(path),
+    let prefix = prefix(p);
+    let rewrite = (!prefix.is_empty()).then(|| HttpRouteRulesFilters {
+        r#type: HttpRouteRulesFiltersType::UrlRewrite,
+        url_rewrite: Some(HttpRouteRulesFiltersUrlRewrite {
+            hostname: None,
+            path: Some(HttpRouteRulesFiltersUrlRewritePath {
+                r#type: HttpRouteRulesFiltersUrlRewritePathType::ReplacePrefixMatch,
+                replace_prefix_match: Some("/".into()),
+                replace_full_path: None,
+            }),
+        }),
+        cors: None,
+        extension_ref: None,
+        request_header_modifier: None,
+        request_mirror: None,
+        request_redirect: None,
+        response_header_modifier: None,
+    });
+    let rule = HttpRouteRules {
+        matches: Some(vec![HttpRouteRulesMatches {
+            path: Some(HttpRouteRulesMatchesPath {
+                r#type: Some(HttpRouteRulesMatchesPathType::PathPrefix),
+                value: Some(if prefix.is_empty() {
+                    "/".into()
+                } else {
+                    prefix
                 }),
-                ..HttpRouteRulesMatches::default()
-            }]),
-            backend_refs: Some(vec![HttpRouteRulesBackendRefs {
-                name: backend,
-                port: Some(PORT),
-                ..HttpRouteRulesBackendRefs::default()
-            }]),
-            ..HttpRouteRules::default()
-        })
-        .collect();
+            }),
+            ..HttpRouteRulesMatches::default()
+        }]),
+        filters: rewrite.map(|f| vec![f]),
+        backend_refs: Some(vec![HttpRouteRulesBackendRefs {
+            name: upload_name(p),
+            port: Some(PORT),
+            ..HttpRouteRulesBackendRefs::default()
+        }]),
+        ..HttpRouteRules::default()
+    };
     let mut route = HttpRoute::new(
         &p.name_any(),
         HttpRouteSpec {
@@ -478,34 +514,33 @@ pub fn http_route(p: &RecognitionPipeline, model_service: &str) -> Option<HttpRo
                     .collect(),
             ),
             hostnames: (!g.hostnames.is_empty()).then(|| g.hostnames.clone()),
-            rules: Some(rules),
+            rules: Some(vec![rule]),
         },
     );
     route.metadata = object_meta(p, &p.name_any(), ROUTE);
     Some(route)
 }
 
-/// The Ingress, when the spec asks for one instead of an HTTPRoute.
-pub fn ingress(p: &RecognitionPipeline, model_service: &str) -> Option<Ingress> {
+/// The Ingress, when the spec asks for one instead of an HTTPRoute: every path to the
+/// upload Service (the front door). An Ingress has no portable path rewrite, so
+/// validation refuses a `pathPrefix` other than `/` with one.
+pub fn ingress(p: &RecognitionPipeline) -> Option<Ingress> {
     let g = &p.spec.gateway;
     let spec = g.ingress.as_ref()?;
-    let paths: Vec<HTTPIngressPath> = routes(p, model_service)
-        .into_iter()
-        .map(|(path, backend)| HTTPIngressPath {
-            path: Some(path),
-            path_type: "Prefix".into(),
-            backend: IngressBackend {
-                service: Some(IngressServiceBackend {
-                    name: backend,
-                    port: Some(ServiceBackendPort {
-                        number: Some(PORT),
-                        name: None,
-                    }),
+    let paths = vec![HTTPIngressPath {
+        path: Some("/".into()),
+        path_type: "Prefix".into(),
+        backend: IngressBackend {
+            service: Some(IngressServiceBackend {
+                name: upload_name(p),
+                port: Some(ServiceBackendPort {
+                    number: Some(PORT),
+                    name: None,
                 }),
-                resource: None,
-            },
-        })
-        .collect();
+            }),
+            resource: None,
+        },
+    }];
     let hosts: Vec<Option<String>> = if g.hostnames.is_empty() {
         vec![None]
     } else {
@@ -550,6 +585,8 @@ pub struct PipelineChildren {
     pub http_route: Option<HttpRoute>,
     pub ingress: Option<Ingress>,
     pub network_policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy>,
+    /// Applied when the cluster serves the Prometheus Operator's API.
+    pub monitor: super::monitoring::ServiceMonitor,
 }
 
 /// The names of the Secrets a pipeline's pods read (API keys, database URL, S3
@@ -601,21 +638,21 @@ fn with_inputs(mut d: Deployment, digest: &str) -> Deployment {
 pub fn children(
     p: &RecognitionPipeline,
     model: &crate::crd::ImageModel,
-    images: &Images,
+    platform: &Platform,
     secrets_digest: &str,
 ) -> PipelineChildren {
-    let model_service = super::model::name(model);
     let config = config_map(p, &super::model::endpoint(model));
     let digest = inputs_digest(&config, secrets_digest);
     PipelineChildren {
         config_map: config,
         claims: claims(p),
         store_service: store_service(p),
-        store_deployment: with_inputs(store_deployment(p, images), &digest),
+        store_deployment: with_inputs(store_deployment(p, platform), &digest),
         upload_service: upload_service(p),
-        upload_deployment: with_inputs(upload_deployment(p, images), &digest),
-        http_route: http_route(p, &model_service),
-        ingress: ingress(p, &model_service),
-        network_policies: super::network::pipeline_policies(p, &model.name_any()),
+        upload_deployment: with_inputs(upload_deployment(p, platform), &digest),
+        http_route: http_route(p),
+        ingress: ingress(p),
+        network_policies: super::network::pipeline_policies(p, &model.name_any(), platform),
+        monitor: super::monitoring::pipeline_monitor(p, platform),
     }
 }

@@ -6,12 +6,15 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, HTTPGetAction,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecurityContext, Volume, VolumeMount,
+    LocalObjectReference, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecurityContext, TopologySpreadConstraint, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::crd::PodOverrides;
 
 /// The port every role listens on.
 pub const PORT: i32 = 8080;
@@ -19,30 +22,56 @@ pub const PORT_NAME: &str = "http";
 /// The unprivileged user of the images (distroless `nonroot`).
 pub const USER: i64 = 65532;
 
-/// Container images and pull policy, from the operator's flags.
+/// What the operator's flags say about the cluster it builds for: images, where the
+/// metrics scraper runs, and how pods may be secured there.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Images {
+pub struct Platform {
     /// The `sightline-server` image (all roles, and the model fetch init container).
     pub server: String,
+    /// The GPU server image (ONNX Runtime with the CUDA execution provider), for models
+    /// that run on a GPU.
+    pub gpu_server: String,
     pub pull_policy: Option<String>,
+    /// The namespace of the Prometheus that scrapes the pods (admitted to port 8080 by the
+    /// NetworkPolicies); `None` admits no scraper.
+    pub scrape_namespace: Option<String>,
+    /// Labels on every ServiceMonitor, so the cluster's Prometheus selects it
+    /// (kube-prometheus-stack selects `release: <its release name>`).
+    pub monitor_labels: BTreeMap<String, String>,
+    /// Pods run as user and group 65532. Off for platforms that assign the user
+    /// themselves (OpenShift's restricted-v2 refuses a fixed `runAsUser`).
+    pub fixed_user: bool,
 }
 
-impl Default for Images {
+pub const DEFAULT_SERVER_IMAGE: &str = "ghcr.io/sightline/sightline-server:0.1.0";
+pub const DEFAULT_GPU_SERVER_IMAGE: &str = "ghcr.io/sightline/sightline-server-gpu:0.1.0";
+
+impl Default for Platform {
     fn default() -> Self {
-        Images {
-            server: "ghcr.io/sightline/sightline-server:0.1.0".into(),
+        Platform {
+            server: DEFAULT_SERVER_IMAGE.into(),
+            gpu_server: DEFAULT_GPU_SERVER_IMAGE.into(),
             pull_policy: None,
+            scrape_namespace: Some("monitoring".into()),
+            monitor_labels: BTreeMap::from([(
+                "release".to_string(),
+                "kube-prometheus-stack".to_string(),
+            )]),
+            fixed_user: true,
         }
     }
 }
 
-pub fn container_security() -> SecurityContext {
+/// The restricted container context; the user and group are fixed unless the platform
+/// assigns them.
+pub fn container_security(platform: &Platform) -> SecurityContext {
+    let user = platform.fixed_user.then_some(USER);
     SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
         run_as_non_root: Some(true),
-        run_as_user: Some(USER),
-        run_as_group: Some(USER),
+        run_as_user: user,
+        run_as_group: user,
         capabilities: Some(Capabilities {
             drop: Some(vec!["ALL".into()]),
             add: None,
@@ -55,12 +84,13 @@ pub fn container_security() -> SecurityContext {
     }
 }
 
-pub fn pod_security() -> PodSecurityContext {
+pub fn pod_security(platform: &Platform) -> PodSecurityContext {
+    let user = platform.fixed_user.then_some(USER);
     PodSecurityContext {
         run_as_non_root: Some(true),
-        run_as_user: Some(USER),
-        run_as_group: Some(USER),
-        fs_group: Some(USER),
+        run_as_user: user,
+        run_as_group: user,
+        fs_group: user,
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".into(),
             localhost_profile: None,
@@ -101,7 +131,7 @@ pub fn default_resources(cpu: &str, memory: &str) -> ResourceRequirements {
 
 /// A `sightline-server` container running `args`, hardened and probed.
 pub fn server_container(
-    images: &Images,
+    platform: &Platform,
     name: &str,
     args: Vec<String>,
     resources: ResourceRequirements,
@@ -115,8 +145,8 @@ pub fn server_container(
     });
     Container {
         name: name.into(),
-        image: Some(images.server.clone()),
-        image_pull_policy: images.pull_policy.clone(),
+        image: Some(platform.server.clone()),
+        image_pull_policy: platform.pull_policy.clone(),
         args: Some(args),
         ports: Some(vec![ContainerPort {
             name: Some(PORT_NAME.into()),
@@ -131,7 +161,7 @@ pub fn server_container(
         // Liveness waits until the server is ready (the database answers, the model is
         // loaded); a role that is never ready within the window is restarted.
         startup_probe: Some(readiness_startup_probe(60)),
-        security_context: Some(container_security()),
+        security_context: Some(container_security(platform)),
         volume_mounts: Some(mounts),
         ..Container::default()
     }
@@ -139,6 +169,7 @@ pub fn server_container(
 
 /// A pod template around `containers`, with the hardened pod context and a `/tmp`.
 pub fn pod_template(
+    platform: &Platform,
     labels: BTreeMap<String, String>,
     init_containers: Vec<Container>,
     containers: Vec<Container>,
@@ -146,7 +177,10 @@ pub fn pod_template(
 ) -> PodTemplateSpec {
     volumes.push(Volume {
         name: "tmp".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("1Gi".into())),
+            medium: None,
+        }),
         ..Volume::default()
     });
     PodTemplateSpec {
@@ -156,7 +190,7 @@ pub fn pod_template(
         }),
         spec: Some(PodSpec {
             automount_service_account_token: Some(false),
-            security_context: Some(pod_security()),
+            security_context: Some(pod_security(platform)),
             init_containers: (!init_containers.is_empty()).then_some(init_containers),
             containers,
             volumes: Some(volumes),
@@ -164,4 +198,56 @@ pub fn pod_template(
             ..PodSpec::default()
         }),
     }
+}
+
+/// Merges the user's `podOverrides` over `template`. The selector labels stay the
+/// operator's; without a topology spread of the user's, replicas spread across nodes
+/// (best effort: `ScheduleAnyway`).
+pub fn with_overrides(
+    template: &mut PodTemplateSpec,
+    overrides: Option<&PodOverrides>,
+    selector: &BTreeMap<String, String>,
+) {
+    let o = overrides.cloned().unwrap_or_default();
+    if let Some(meta) = template.metadata.as_mut() {
+        if !o.labels.is_empty() {
+            let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+            for (k, v) in &o.labels {
+                if !selector.contains_key(k) {
+                    labels.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        if !o.annotations.is_empty() {
+            let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+            annotations.extend(o.annotations.clone());
+        }
+    }
+    let Some(pod) = template.spec.as_mut() else {
+        return;
+    };
+    if !o.image_pull_secrets.is_empty() {
+        pod.image_pull_secrets = Some(
+            o.image_pull_secrets
+                .iter()
+                .map(|name| LocalObjectReference { name: name.clone() })
+                .collect(),
+        );
+    }
+    pod.service_account_name = o.service_account_name.clone();
+    pod.priority_class_name = o.priority_class_name.clone();
+    pod.runtime_class_name = o.runtime_class_name.clone();
+    let spread = o.topology_spread_constraints.clone().unwrap_or_else(|| {
+        vec![TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: "kubernetes.io/hostname".into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector.clone()),
+                match_expressions: None,
+            }),
+            ..TopologySpreadConstraint::default()
+        }]
+    });
+    pod.topology_spread_constraints = (!spread.is_empty()).then_some(spread);
 }

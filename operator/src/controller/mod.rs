@@ -17,7 +17,7 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::warn;
 
 use crate::apply::{self, ApplyError, Child, Outcome};
-use crate::build::pod::Images;
+use crate::build::pod::Platform;
 use crate::metrics::Metrics;
 use crate::status::{Clock, Cond, reasons};
 use crate::validate::Invalid;
@@ -69,7 +69,7 @@ pub struct ClusterApis {
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
-    pub images: Images,
+    pub platform: Platform,
     /// The cluster serves `gateway.networking.k8s.io/v1` HTTPRoutes.
     pub gateway_api: bool,
     /// The cluster serves `monitoring.coreos.com/v1` ServiceMonitors.
@@ -86,7 +86,7 @@ impl Context {
     /// `instance` names this operator replica in events (its pod name).
     pub fn new(
         client: Client,
-        images: Images,
+        platform: Platform,
         apis: ClusterApis,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
@@ -101,7 +101,7 @@ impl Context {
         );
         Context {
             client,
-            images,
+            platform,
             gateway_api: apis.gateway_api,
             service_monitors: apis.service_monitors,
             metrics,

@@ -1,5 +1,4 @@
-//! Reconciling an `ImageModel`: validate → the pipelines that use it (their image URL
-//! prefixes are the model's fetch allowlist) and the Secrets it reads → build → apply the
+//! Reconciling an `ImageModel`: validate → the Secrets it reads → build → apply the
 //! recognize Service, Deployment, HPA, PDB and NetworkPolicy (pruning the optional ones no
 //! longer wanted) → observe what serves → status.
 //!
@@ -13,15 +12,14 @@ use std::time::Duration;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 
 use super::{Context, Error, RESYNC, instrumented, observe};
 use crate::apply::{ApplyError, patch_status};
-use crate::build::{meta, model, pipeline};
-use crate::crd::{EvaluationStatus, ImageModel, ImageModelStatus, RecognitionPipeline};
+use crate::build::{meta, model};
+use crate::crd::{EvaluationStatus, ImageModel, ImageModelStatus};
 use crate::rollout::{Rollout, pod_ready};
 use crate::served::{Readyz, Served, parse_readyz};
 use crate::status::{Cond, merge, reasons, types};
@@ -44,6 +42,15 @@ struct Observed {
     served: Option<Served>,
     ready_replicas: Option<i32>,
     evaluation: Option<EvaluationStatus>,
+    device: Option<crate::crd::DeviceStatus>,
+}
+
+fn gpu_resource(m: &ImageModel) -> &str {
+    m.spec
+        .runtime
+        .gpu_resource
+        .as_deref()
+        .unwrap_or("nvidia.com/gpu")
 }
 
 async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error> {
@@ -57,32 +64,26 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
         return Err(invalid.into());
     }
 
-    let pipelines: Api<RecognitionPipeline> = Api::namespaced(ctx.client.clone(), &ns);
-    let pipelines = pipelines
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::Fetch {
-            what: "RecognitionPipelines",
-            source,
-        })?;
-    let mut prefixes: Vec<String> = pipelines
-        .items
-        .iter()
-        .filter(|p| p.spec.model_ref.name == m.name_any())
-        .map(pipeline::image_prefix)
-        .collect();
-    prefixes.sort();
-    prefixes.dedup();
     let (secrets, missing) =
         observe::secrets_digest(&ctx.client, &ns, &model::secret_names(m)).await?;
 
-    let children = model::children(m, &ctx.images, &prefixes, &secrets);
+    let gpu_nodes = match m.spec.runtime.device {
+        crate::crd::Device::Auto => Some(observe::gpu_nodes(&ctx.client, gpu_resource(m)).await?),
+        _ => None,
+    };
+    let inputs = model::ModelInputs {
+        digest: secrets,
+        device: model::resolve_device(m, gpu_nodes.as_deref()),
+    };
+    let children = model::children(m, &ctx.platform, &inputs);
     let deployment = match apply_children(m, ctx, &ns, &uid, &children).await {
         Ok(deployment) => deployment,
         Err(error) => {
             let cond = |type_| Cond::no(type_, error.reason(), error.to_string());
             let conds = vec![cond(types::READY), cond(types::PROGRESSING)];
-            write_status(m, ctx, unchanged(m, conds)).await?;
+            let mut observed = unchanged(m, conds);
+            observed.device = Some(inputs.device.clone());
+            write_status(m, ctx, observed).await?;
             return Err(error.into());
         }
     };
@@ -126,6 +127,7 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
             served,
             ready_replicas,
             evaluation,
+            device: Some(inputs.device),
         },
     )
     .await?;
@@ -146,6 +148,7 @@ fn unchanged(m: &ImageModel, conditions: Vec<Cond>) -> Observed {
         served: previous.served,
         ready_replicas: previous.ready_replicas,
         evaluation: previous.evaluation,
+        device: previous.device,
     }
 }
 
@@ -182,6 +185,10 @@ async fn apply_children(
         }
     }
     ctx.apply(&children.network_policy, &mut changes).await?;
+    if ctx.service_monitors {
+        ctx.apply(&children.monitor, &mut changes).await?;
+        kinds.push("ServiceMonitor");
+    }
     ctx.metrics.owns(uid, "ImageModel", &kinds);
     if !changes.is_empty() {
         ctx.event(m, EventType::Normal, "Applied", changes.join(", "))
@@ -263,7 +270,10 @@ pub fn validated_condition(
             "revision {} serves sha256 {} on {} ({} classes, input {:?})",
             rollout.revision, s.digest, s.device, s.classes, s.input_shape
         );
-        if m.spec.runtime.device == crate::crd::Device::Gpu && s.device != "gpu" {
+        if m.spec.runtime.device != crate::crd::Device::Cpu
+            && s.device == "cpu"
+            && m.spec.runtime.allow_cpu_fallback
+        {
             message.push_str("; the GPU was not usable and the pods fell back to the CPU");
         }
         return Cond::yes(t, reasons::VALIDATED, message);
@@ -499,6 +509,7 @@ async fn write_status(m: &ImageModel, ctx: &Context, observed: Observed) -> Resu
         endpoint: Some(model::endpoint(m)),
         evaluation: observed.evaluation,
         ready_replicas: observed.ready_replicas,
+        device: observed.device,
     };
     if m.status.as_ref() != Some(&status) {
         patch_status(&ctx.client, m, &status).await?;

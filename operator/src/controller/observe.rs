@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::ListParams;
 use kube::{Api, Client};
 use sha2::{Digest, Sha256};
@@ -113,4 +113,28 @@ pub async fn secrets_digest(
         }
     }
     Ok((hex::encode(hasher.finalize()), missing))
+}
+
+/// The nodes with allocatable units of `resource` (for `device: auto`).
+pub async fn gpu_nodes(client: &Client, resource: &str) -> Result<Vec<String>, Error> {
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Fetch {
+            what: "Nodes",
+            source,
+        })?;
+    Ok(nodes
+        .items
+        .iter()
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.allocatable.as_ref())
+                .and_then(|a| a.get(resource))
+                .and_then(|q| crate::quantity::parse(&q.0))
+                .is_some_and(|v| v > 0)
+        })
+        .map(kube::ResourceExt::name_any)
+        .collect())
 }

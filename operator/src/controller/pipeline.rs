@@ -17,7 +17,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 
 use super::{Context, Error, RESYNC, instrumented, observe};
 use crate::apply::{ApplyError, patch_status};
-use crate::build::{meta, monitoring, pipeline};
+use crate::build::{meta, pipeline};
 use crate::crd::{ImageModel, RecognitionPipeline, RecognitionPipelineStatus};
 use crate::status::{Cond, merge, ready_from, reasons, types};
 use crate::validate;
@@ -69,8 +69,8 @@ async fn reconcile_pipeline(p: &RecognitionPipeline, ctx: &Context) -> Result<Ac
 
     let (secrets, missing) =
         observe::secrets_digest(&ctx.client, &ns, &pipeline::secret_names(p)).await?;
-    let c = pipeline::children(p, &model, &ctx.images, &secrets);
-    let applied = match apply_children(p, ctx, &model, &ns, &uid, &c).await {
+    let c = pipeline::children(p, &model, &ctx.platform, &secrets);
+    let applied = match apply_children(p, ctx, &ns, &uid, &c).await {
         Ok(applied) => applied,
         Err(error) => {
             let cond = |type_| Cond::no(type_, error.reason(), error.to_string());
@@ -148,7 +148,6 @@ struct Applied {
 async fn apply_children(
     p: &RecognitionPipeline,
     ctx: &Context,
-    model: &ImageModel,
     ns: &str,
     uid: &str,
     c: &pipeline::PipelineChildren,
@@ -206,11 +205,7 @@ async fn apply_children(
         }
     }
     if ctx.service_monitors {
-        ctx.apply(
-            &monitoring::service_monitor(p, &model.name_any()),
-            &mut changes,
-        )
-        .await?;
+        ctx.apply(&c.monitor, &mut changes).await?;
         kinds.push("ServiceMonitor");
     }
     ctx.metrics.owns(uid, "RecognitionPipeline", &kinds);
@@ -321,6 +316,7 @@ async fn write_status(
             ctx.clock.as_ref(),
         ),
         url: Some(pipeline::public_url(p)),
+        retained_volumes: pipeline::retained_claims(p),
     };
     if p.status.as_ref() != Some(&status) {
         patch_status(&ctx.client, p, &status).await?;

@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use super::{ClusterApis, Context, error_policy, model, pipeline};
 use crate::build::meta::{LABEL_MANAGED_BY, MANAGED_BY};
 use crate::build::monitoring::ServiceMonitor;
-use crate::build::pod::Images;
+use crate::build::pod::Platform;
 use crate::crd::{ImageModel, RecognitionPipeline};
 use crate::leader::LeaseLock;
 use crate::metrics::Metrics;
@@ -39,7 +39,7 @@ use crate::status::SystemClock;
 /// How the operator runs (from its flags).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub images: Images,
+    pub platform: Platform,
     pub metrics_listen: SocketAddr,
     pub lease_namespace: String,
     pub lease_name: String,
@@ -251,7 +251,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let ctx = Arc::new(Context::new(
         client.clone(),
-        settings.images.clone(),
+        settings.platform.clone(),
         apis,
         metrics.clone(),
         Arc::new(SystemClock),
@@ -299,7 +299,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         watcher::Config::default(),
     );
     let model_store = models.store();
-    let models = models
+    let mut models = models
         .owns(Api::<Service>::all(client.clone()), owned_children())
         .owns(Api::<Deployment>::all(client.clone()), owned_children())
         .owns(
@@ -310,12 +310,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             Api::<PodDisruptionBudget>::all(client.clone()),
             owned_children(),
         )
-        .owns(Api::<NetworkPolicy>::all(client.clone()), owned_children())
-        .watches(
-            Api::<RecognitionPipeline>::all(client.clone()),
-            watcher::Config::default(),
-            |p: RecognitionPipeline| model_of(&p),
-        )
+        .owns(Api::<NetworkPolicy>::all(client.clone()), owned_children());
+    if apis.service_monitors {
+        models = models.owns(Api::<ServiceMonitor>::all(client.clone()), owned_children());
+    }
+    let models = models
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(model::reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -358,12 +357,6 @@ pub fn pipelines_using(
         .filter(|p| p.spec.model_ref.name == m.name_any() && p.namespace() == m.namespace())
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
-}
-
-/// The model a pipeline references (its image prefix is in the model's allowlist).
-pub fn model_of(p: &RecognitionPipeline) -> Option<ObjectRef<ImageModel>> {
-    let ns = p.namespace()?;
-    Some(ObjectRef::new(&p.spec.model_ref.name).within(&ns))
 }
 
 /// Every API the controllers watch (list + watch), as `(group, plural)`; the RBAC test

@@ -15,7 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use serde_json::json;
 use sightline_operator::build::monitoring::ServiceMonitor;
-use sightline_operator::build::pod::Images;
+use sightline_operator::build::pod::Platform;
 use sightline_operator::controller::{ClusterApis, Context};
 use sightline_operator::crd::{ImageModel, RecognitionPipeline};
 use sightline_operator::metrics::Metrics;
@@ -277,7 +277,7 @@ impl Cluster {
     pub fn context(&self, apis: ClusterApis) -> Arc<Context> {
         Arc::new(Context::new(
             self.client.clone(),
-            Images::default(),
+            Platform::default(),
             apis,
             Arc::new(Metrics::new()),
             Arc::new(FixedClock(
