@@ -1,5 +1,6 @@
 //! The three roles as three `sightline-server` processes on loopback (store, recognize,
-//! upload wired to the other two), throwaway databases on the PostgreSQL and MariaDB
+//! upload wired to the other two, as in a cluster: the upload role is the front door and
+//! the model fetches nothing), throwaway databases on the PostgreSQL and MariaDB
 //! servers, test images, and the client calls the process tests and the load command share.
 
 use std::collections::HashMap;
@@ -156,10 +157,13 @@ pub struct SplitOptions {
     pub recognize_url: Option<String>,
     /// The upload role's own data dir instead of one in the scratch dir.
     pub upload_data_dir: Option<String>,
+    /// Flags given to the upload role only (the front door), after `common`.
+    pub upload_extra: Vec<String>,
 }
 
-/// Flags of the recognize role: the test classifier, fetching from `upload_port`.
-pub fn recognize_args(upload_port: u16) -> Vec<String> {
+/// Flags of the recognize role as the split runs it: the test classifier, and nothing to
+/// fetch images from (the front door sends the bytes of an image named by URL).
+pub fn model_args() -> Vec<String> {
     vec![
         "--model".into(),
         models().join("test-classifier.onnx").display().to_string(),
@@ -167,9 +171,18 @@ pub fn recognize_args(upload_port: u16) -> Vec<String> {
         ort_lib().display().to_string(),
         "--intra-threads".into(),
         "1".into(),
+    ]
+}
+
+/// [`model_args`] plus `--upload-url` of the upload role on `upload_port`, for tests of a
+/// recognize role that fetches images by URL itself.
+pub fn recognize_args(upload_port: u16) -> Vec<String> {
+    let mut args = model_args();
+    args.extend([
         "--upload-url".into(),
         format!("http://127.0.0.1:{upload_port}/api/v1/images"),
-    ]
+    ]);
+    args
 }
 
 /// Flags of the upload role.
@@ -244,7 +257,7 @@ impl Split {
         .concat();
         let store = ServerProcess::start_on(binary, "store", store_port, &store_args, dir.path())
             .context("start the store role")?;
-        let recognize_args = [recognize_args(upload_port), common.clone()].concat();
+        let recognize_args = [model_args(), common.clone()].concat();
         let recognize = ServerProcess::start_on(
             binary,
             "recognize",
@@ -268,6 +281,7 @@ impl Split {
                 &format!("http://127.0.0.1:{store_port}"),
             ),
             common.clone(),
+            options.upload_extra.clone(),
         ]
         .concat();
         let upload =

@@ -1,11 +1,35 @@
 //! The Open Inference Protocol endpoints answer NVIDIA Triton's stock Python client
 //! (`tritonclient[http]` from PyPI) unchanged: health, metadata, inference with binary and
-//! JSON tensors, and the classification extension.
+//! JSON tensors, and the classification extension — from a recognize server, and through
+//! the upload role as the pipeline's front door (with its API key, which only it checks).
 
 use std::process::Command;
 use std::time::Duration;
 
+use sightline_e2e::split::{Split, SplitOptions};
 use sightline_e2e::{RunningServer, models, ort_lib, repo_root, require, serve_args, venv_python};
+
+const KEY: &str = "triton-front-door-key-1";
+
+/// What the stock client saw at `addr` (`host:port`), sending `key` when given.
+fn run_client(addr: &str, key: Option<&str>) -> serde_json::Value {
+    let mut command = Command::new(venv_python());
+    command
+        .arg(repo_root().join("e2e/clients/oip_triton_client.py"))
+        .arg(addr)
+        .arg("test-classifier");
+    if let Some(key) = key {
+        command.arg(key);
+    }
+    let output = command.output().expect("run the client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("client prints JSON")
+}
 
 #[test]
 fn tritonclient_works_unchanged() {
@@ -22,20 +46,30 @@ fn tritonclient_works_unchanged() {
         Duration::from_secs(60),
     )
     .expect("server starts and gets ready");
-    let output = Command::new(venv_python())
-        .arg(repo_root().join("e2e/clients/oip_triton_client.py"))
-        .arg(server.addr.to_string())
-        .arg("test-classifier")
-        .output()
-        .expect("run the client");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect("client prints JSON");
+    check(&run_client(&server.addr.to_string(), None));
+}
 
+#[test]
+fn tritonclient_works_through_the_front_door() {
+    if !require(&[venv_python()]) {
+        return;
+    }
+    let Some(split) = Split::start_opts(&SplitOptions {
+        upload_extra: vec!["--api-keys".into(), format!("triton:{KEY}")],
+        ..SplitOptions::default()
+    }) else {
+        return;
+    };
+    let seen = run_client(&split.upload.addr.to_string(), Some(KEY));
+    check(&seen);
+    let refused = seen["metadata_without_key"]
+        .as_str()
+        .expect("the front door refuses a call without the key");
+    assert!(refused.contains("API key"), "{refused}\n{}", split.logs());
+}
+
+/// The answers the stock client must have seen from the test classifier.
+fn check(seen: &serde_json::Value) {
     assert_eq!(seen["live"], true);
     assert_eq!(seen["ready"], true);
     assert_eq!(seen["model_ready"], true);

@@ -1,5 +1,6 @@
 //! The three roles as three separate `sightline-server` processes on loopback, as they run
-//! as three Deployments: the seed's client flow (three calls), the one-call pipeline
+//! as three Deployments: the seed's client flow (three calls, all through the upload role,
+//! the pipeline's front door, with a model that fetches nothing), the one-call pipeline
 //! through the upload role, `kill -9` of the store during a burst (every answered write is
 //! there exactly once — on SQLite, PostgreSQL and MariaDB), and the recognize service down
 //! (a `503` naming it, the image kept, the re-run working once it is back).
@@ -42,9 +43,10 @@ async fn seed_client_flow_across_three_processes() {
     let url = uploaded["url"].as_str().expect("url").to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "absolute: {url}");
 
-    // 2. recognition by URL → 200 [{label, probability}] (top 3)
+    // 2. recognition by URL → 200 [{label, probability}] (top 3): the front door reads the
+    // image from its own store and sends the bytes to recognize.
     let response = client
-        .post(split.recognize.url("/api/images/recognition"))
+        .post(split.upload.url("/api/images/recognition"))
         .json(&json!({ "url": url }))
         .send()
         .await
@@ -56,9 +58,9 @@ async fn seed_client_flow_across_three_processes() {
     assert_eq!(labels[0]["label"], "red");
     assert!(labels[0]["probability"].as_f64().expect("p") > 0.5);
 
-    // 3. save → 201
+    // 3. save → 201, forwarded to the store
     let response = client
-        .post(split.store.url("/api/results/save"))
+        .post(split.upload.url("/api/results/save"))
         .json(&json!({ "url": url, "result": result }))
         .send()
         .await
@@ -78,14 +80,32 @@ async fn seed_client_flow_across_three_processes() {
         "the seed's record links to its image"
     );
 
-    // Recognition fetches only from its upload service.
-    let response = client
-        .post(split.recognize.url("/api/images/recognition"))
-        .json(&json!({ "url": "http://169.254.169.254/latest/meta-data" }))
-        .send()
-        .await
-        .expect("recognize");
-    assert_eq!(response.status().as_u16(), 403);
+    // No other URL is fetched: the front door takes only its own images' URLs (400), and
+    // the model, given nothing to fetch from, refuses every URL (403).
+    for base in [&split.upload, &split.recognize] {
+        for target in [
+            "http://169.254.169.254/latest/meta-data".to_string(),
+            split.recognize.url(&format!("/api/v1/images/{id}")),
+            url.clone(),
+        ] {
+            if target == url && base.role == "upload" {
+                continue;
+            }
+            let response = client
+                .post(base.url("/api/images/recognition"))
+                .json(&json!({ "url": target }))
+                .send()
+                .await
+                .expect("recognize");
+            let expected = if base.role == "upload" { 400 } else { 403 };
+            assert_eq!(
+                response.status().as_u16(),
+                expected,
+                "{} {target}",
+                base.role
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,19 +169,24 @@ async fn api_keys_hold_across_the_split_services() {
         "the caller's key travels to recognize and store: {record}\n{}",
         split.logs()
     );
-    let listed = client
-        .get(split.store.url("/api/v1/results"))
-        .send()
-        .await
-        .expect("list");
-    assert_eq!(listed.status().as_u16(), 401);
-    let listed = client
-        .get(split.store.url("/api/v1/results"))
-        .header("x-api-key", "team-secret-key-1")
-        .send()
-        .await
-        .expect("list");
-    assert_eq!(listed.status().as_u16(), 200);
+    // The store directly, and through the front door: the same key either way.
+    for base in [&split.store, &split.upload] {
+        let listed = client
+            .get(base.url("/api/v1/results"))
+            .send()
+            .await
+            .expect("list");
+        assert_eq!(listed.status().as_u16(), 401, "{}", base.role);
+        let listed = client
+            .get(base.url("/api/v1/results"))
+            .header("x-api-key", "team-secret-key-1")
+            .send()
+            .await
+            .expect("list");
+        let (status, page) = json_of(listed).await;
+        assert_eq!(status, 200, "{}: {page}", base.role);
+        assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+    }
 }
 
 /// The seed's three calls as its Python clients made them, with `requests`.
@@ -198,9 +223,10 @@ async fn seed_python_client_flow_across_three_processes() {
     let output = tokio::process::Command::new(venv_python())
         .arg("-c")
         .arg(SEED_CLIENT)
+        // All three calls through the front door, as a client of a cluster makes them.
         .arg(split.upload.url(""))
-        .arg(split.recognize.url(""))
-        .arg(split.store.url(""))
+        .arg(split.upload.url(""))
+        .arg(split.upload.url(""))
         .arg(&image_path)
         .output()
         .await

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -24,7 +24,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use crate::http::AppState;
+use crate::metrics::PipelineMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -221,8 +221,15 @@ fn refuse(status: StatusCode, message: &str, retry_after: Option<u64>) -> Respon
     response
 }
 
+/// The middleware's state: the keys and buckets, and where refusals are counted.
+#[derive(Clone)]
+pub struct AuthState {
+    pub auth: Arc<Auth>,
+    pub metrics: PipelineMetrics,
+}
+
 /// The middleware: 401 without a valid key (when keys are configured), 429 over the rate.
-pub async fn enforce(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn enforce(State(state): State<AuthState>, request: Request, next: Next) -> Response {
     let auth = &state.auth;
     let route = request
         .extensions()
@@ -234,7 +241,7 @@ pub async fn enforce(State(state): State<AppState>, request: Request, next: Next
     }
     let who = if auth.enabled() {
         let Some(presented) = presented_key(&request) else {
-            state.metrics.pipeline.auth_rejected("missing_key");
+            state.metrics.auth_rejected("missing_key");
             return refuse(
                 StatusCode::UNAUTHORIZED,
                 "an API key is required: send Authorization: Bearer <key> or X-API-Key",
@@ -244,7 +251,7 @@ pub async fn enforce(State(state): State<AppState>, request: Request, next: Next
         match auth.identify(presented) {
             Some(name) => name.to_string(),
             None => {
-                state.metrics.pipeline.auth_rejected("invalid_key");
+                state.metrics.auth_rejected("invalid_key");
                 return refuse(StatusCode::UNAUTHORIZED, "the API key is not valid", None);
             }
         }
@@ -252,7 +259,7 @@ pub async fn enforce(State(state): State<AppState>, request: Request, next: Next
         "anonymous".to_string()
     };
     if let Err(wait) = auth.take(&who) {
-        state.metrics.pipeline.auth_rejected("rate_limited");
+        state.metrics.auth_rejected("rate_limited");
         return refuse(
             StatusCode::TOO_MANY_REQUESTS,
             "rate limit exceeded for this API key; retry after the Retry-After seconds",

@@ -37,7 +37,9 @@ pub enum Command {
     /// recognition endpoint, /api/v1/recognize and the Open Inference Protocol (v2).
     Recognize(ServeArgs),
     /// The upload service: checks images and stores them content-addressed; with
-    /// --recognize-url and --store-url it also runs the pipeline across the services.
+    /// --recognize-url and --store-url it also runs the pipeline across the services and is
+    /// their front door: it checks keys and forwards recognition, /v2 and the results
+    /// routes to them.
     Upload(ServeArgs),
     /// The storage service: recognition results in SQLite, PostgreSQL or MySQL.
     Store(ServeArgs),
@@ -167,19 +169,20 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGHTLINE_DATABASE_URL")]
     pub database_url: Option<String>,
 
-    /// Base URL of the upload service whose images recognition may fetch by URL (for
-    /// example http://upload:8080/api/v1/images). Nothing else is fetched unless listed in
-    /// --fetch-allowlist.
+    /// Recognize role called directly: base URL of the upload service whose images
+    /// recognition may fetch by URL (for example http://upload:8080/api/v1/images). Nothing
+    /// else is fetched unless listed in --fetch-allowlist. Not needed behind the upload
+    /// role's front door, which sends the image bytes.
     #[arg(long, env = "SIGHTLINE_UPLOAD_URL")]
     pub upload_url: Option<String>,
 
-    /// Upload role: the recognize service the pipeline calls (for example
-    /// http://recognize:8080).
+    /// Upload role: the recognize service the pipeline calls and the front door forwards
+    /// recognition and /v2 to (for example http://recognize:8080).
     #[arg(long, env = "SIGHTLINE_RECOGNIZE_URL")]
     pub recognize_url: Option<String>,
 
-    /// Upload role: the store service the pipeline saves results to (for example
-    /// http://store:8080).
+    /// Upload role: the store service the pipeline saves results to and the front door
+    /// forwards the results routes to (for example http://store:8080).
     #[arg(long, env = "SIGHTLINE_STORE_URL")]
     pub store_url: Option<String>,
 

@@ -5,7 +5,12 @@
 //!
 //! Where to look: `preprocess` (bytes → tensor), `engine` (the ONNX Runtime session),
 //! `batching` (the queue and its policy), `serving` (model lifecycle), `http` (routes),
-//! `cli` (flags, config file, environment), `upload`, `store`, `pipeline`, `auth`.
+//! `cli` (flags, config file, environment), `upload`, `store`, `pipeline`, `auth`, and
+//! `front_door` (the upload role forwarding every other public route in a cluster).
+//!
+//! Each role's router takes its own state (`UploadState`, `StoreState`, `PipelineState`,
+//! `RecognizeState`, `EvalState`, `FrontDoorState`); only `http` (`app`, `AppState`) and
+//! `server` compose them, and no role imports them back.
 
 pub mod auth;
 pub mod batching;
@@ -15,6 +20,7 @@ pub mod engine;
 pub mod eval;
 pub mod exposition;
 pub mod fetch;
+pub mod front_door;
 pub mod http;
 pub mod image_source;
 pub mod labels;

@@ -7,24 +7,19 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::batching::BatchConfig;
 use crate::cli::{Role, ServeArgs};
 use crate::drain::{Draining, Shutdown};
-use crate::engine::EngineConfig;
 use crate::eval::api::StartupEvaluation;
 use crate::http::{AppState, HttpSettings, app};
 use crate::image_source::ImageSource;
 use crate::metrics::Metrics;
-use crate::model_config::{ModelSidecar, Preprocess};
 use crate::preprocess::DecodeLimits;
 use crate::serving::{ModelSetup, ModelSlot, ModelStatus, load_into};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
-    Config(#[from] crate::model_config::ConfigError),
-    #[error(transparent)]
-    Labels(#[from] crate::labels::LabelsError),
+    Setup(#[from] crate::serving::SetupError),
     #[error("invalid --upload-url or --fetch-allowlist: {0}")]
     Source(#[from] crate::image_source::SourceError),
     #[error("cannot listen on {addr}: {source}")]
@@ -48,97 +43,9 @@ pub enum ServerError {
     },
 }
 
-/// The model setup the flags describe: sidecar, then flag overrides.
+/// The model setup the flags describe (see [`crate::serving::model_setup`]).
 pub fn model_setup(args: &ServeArgs) -> Result<ModelSetup, ServerError> {
-    let m = &args.model;
-    let sidecar_path = m.model_config.clone().or_else(|| {
-        let beside = m.beside_model("json");
-        beside.is_file().then_some(beside)
-    });
-    let sidecar = match &sidecar_path {
-        Some(path) => ModelSidecar::load(path)?,
-        None => ModelSidecar {
-            preprocess: Preprocess::default(),
-            ..ModelSidecar::default()
-        },
-    };
-    let mut p = sidecar.preprocess.clone();
-    if let Some(v) = m.input_size {
-        p.size = v;
-    }
-    if let Some(v) = m.layout {
-        p.layout = v;
-    }
-    if let Some(v) = m.resize {
-        p.resize = v;
-    }
-    if let Some(v) = m.crop_fraction {
-        p.crop_fraction = v;
-    }
-    if let Some(v) = m.channels {
-        p.channels = v;
-    }
-    if let Some(v) = m.scale {
-        p.scale = v;
-    }
-    if let Some(v) = m.mean {
-        p.mean = v;
-    }
-    if let Some(v) = m.std {
-        p.std = v;
-    }
-    p.validate()?;
-    let labels_path = m
-        .labels
-        .clone()
-        .unwrap_or_else(|| m.beside_model("labels.txt"));
-    let labels = crate::labels::load(&labels_path)?;
-    let name = m
-        .model_name
-        .clone()
-        .or_else(|| sidecar.name.clone())
-        .or_else(|| {
-            m.model
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-        })
-        .unwrap_or_else(|| "model".to_string());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    Ok(ModelSetup {
-        name,
-        ort_lib: m.ort_lib.clone(),
-        engine: EngineConfig {
-            model_path: m.model.clone(),
-            labels,
-            preprocess: p,
-            input_name: sidecar.input.clone(),
-            output_name: sidecar.output.clone(),
-            output_kind: sidecar.output_kind(),
-            expected_sha256: m.model_sha256.clone(),
-            device: m.device,
-            allow_cpu_fallback: m.allow_cpu_fallback,
-            intra_threads: if m.intra_threads == 0 {
-                cores
-            } else {
-                m.intra_threads
-            },
-            max_batch_size: m.max_batch_size.max(1),
-        },
-        batching: BatchConfig {
-            max_batch_size: m.max_batch_size.max(1),
-            max_delay: Duration::from_millis(m.max_delay_ms),
-            queue_capacity: m.queue_capacity.max(1),
-            // Decided when the model loads (the device it really got).
-            fixed_shape: false,
-        },
-        limits: DecodeLimits {
-            max_pixels: args.max_image_pixels,
-            ..DecodeLimits::default()
-        },
-        preprocess_workers: cores,
-    })
+    Ok(crate::serving::model_setup(args)?)
 }
 
 /// State for the recognize role's router, with the model slot still loading.
@@ -175,7 +82,7 @@ fn state_with_sources(
         recognizes: true,
         uploads: None,
         results: None,
-        pipeline: None,
+        downstream: Default::default(),
         auth: Arc::new(crate::auth::Auth::new(
             args.api_keys_file.as_deref(),
             &args.api_keys,
@@ -235,9 +142,10 @@ pub async fn role_state(
             None => crate::upload::ImageStore::open(&args.data_dir.join("images"), limits)?,
         };
         store.sweep_temporary();
-        state.uploads = Some(crate::upload::http::Uploads {
+        state.uploads = Some(crate::upload::http::UploadState {
             store,
             public_url: args.public_url.clone(),
+            metrics: state.metrics.pipeline.clone(),
         });
     }
     if role.stores() {
@@ -267,6 +175,7 @@ pub async fn role_state(
                         policy,
                         state.metrics.pipeline.clone(),
                     )
+                    .map(Arc::new)
                     .map_err(|source| ServerError::DownstreamUrl {
                         flag,
                         value: u.to_string(),
@@ -275,11 +184,10 @@ pub async fn role_state(
                 })
                 .transpose()
         };
-        let pipeline = crate::pipeline::http::Pipeline {
+        state.downstream = crate::pipeline::Downstreams {
             recognize: downstream("recognize", "recognize-url", &args.recognize_url)?,
             store: downstream("store", "store-url", &args.store_url)?,
         };
-        state.pipeline = Some(Arc::new(pipeline));
     }
     Ok(state)
 }

@@ -10,7 +10,7 @@
 //!
 //! `--evaluate-on-start PATH|URI` runs the same evaluation once the model is ready, under
 //! the fixed id [`STARTUP_ID`] ([`evaluate_on_start`]); both paths go through [`start`] and
-//! the one [`Jobs`] store of the server ([`AppState::evaluations`]). A URI is downloaded
+//! the one [`Jobs`] store of the server ([`EvalState::jobs`]). A URI is downloaded
 //! only then, by the server itself, so a dataset that cannot be fetched is a `failed`
 //! evaluation while the model goes on serving.
 
@@ -31,9 +31,8 @@ use super::dataset::{self, Resolver};
 use super::progress::Progress;
 use super::report::Report;
 use super::runner::evaluate_with;
-use crate::http::AppState;
 use crate::http::error::AppError;
-use crate::serving::ServingModel;
+use crate::serving::{ModelSlot, ServingModel};
 
 pub const MAX_ENTRIES: usize = 100_000;
 pub const MAX_UNPACKED_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -222,28 +221,35 @@ fn push_and_trim(jobs: &mut VecDeque<Arc<Job>>, job: Arc<Job>) {
     }
 }
 
-/// The evaluation routes; their jobs are [`AppState::evaluations`].
-pub fn router() -> Router<AppState> {
+/// The evaluation routes' state: the served model and the server's one [`Jobs`] store.
+#[derive(Clone)]
+pub struct EvalState {
+    pub model: ModelSlot,
+    pub jobs: Jobs,
+}
+
+/// The evaluation routes; their jobs are [`EvalState::jobs`].
+pub fn router() -> Router<EvalState> {
     Router::new()
         .route("/api/v1/evaluations", post(create))
         .route("/api/v1/evaluations/{id}", get(show))
 }
 
 async fn show(
-    State(state): State<AppState>,
+    State(state): State<EvalState>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     state
-        .evaluations
+        .jobs
         .get(&id)
         .map(|j| Json(j.view()))
         .ok_or_else(|| AppError::NotFound(format!("no evaluation with id {id:?}")))
 }
 
-async fn create(State(state): State<AppState>, request: Request) -> Result<Response, AppError> {
-    let model = state.model()?;
+async fn create(State(state): State<EvalState>, request: Request) -> Result<Response, AppError> {
+    let model = state.model.ready().map_err(AppError::unavailable)?;
     let (name, zip) = zip_from_body(&state, request).await?;
-    let job = start(&state.evaluations, model, new_id(), name, zip).await?;
+    let job = start(&state.jobs, model, new_id(), name, zip).await?;
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/api/v1/evaluations/{}", job.id))],
@@ -438,7 +444,7 @@ async fn read_bounded(path: &Path, max_bytes: usize) -> Result<Bytes, AppError> 
 }
 
 /// The zip: the multipart field `dataset`, or the raw body. Returns a display name too.
-async fn zip_from_body(state: &AppState, request: Request) -> Result<(String, Bytes), AppError> {
+async fn zip_from_body(state: &EvalState, request: Request) -> Result<(String, Bytes), AppError> {
     let is_multipart = request
         .headers()
         .get(header::CONTENT_TYPE)

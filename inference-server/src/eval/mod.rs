@@ -45,7 +45,7 @@ pub enum EvalError {
     #[error("class {name:?} (at {at}) is not a label of the model nor a class index")]
     UnknownClass { name: String, at: String },
     #[error(transparent)]
-    Setup(#[from] crate::server::ServerError),
+    Setup(#[from] crate::serving::SetupError),
     #[error("model {model}: {message}")]
     Model { model: String, message: String },
     #[error(

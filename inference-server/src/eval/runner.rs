@@ -73,7 +73,7 @@ pub async fn run_eval(args: &EvalArgs) -> Result<Report, EvalError> {
 }
 
 async fn load_model(args: &crate::cli::ServeArgs) -> Result<Arc<ServingModel>, EvalError> {
-    let setup = crate::server::model_setup(args)?;
+    let setup = crate::serving::model_setup(args)?;
     let shown = args.model.model.display().to_string();
     let slot = ModelSlot::new(ModelStatus::Loading);
     load_into(slot.clone(), setup, InferenceMetrics::unregistered()).await;

@@ -8,10 +8,21 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use super::AppState;
-use crate::serving::ModelStatus;
+use crate::metrics::Metrics;
+use crate::serving::{ModelSlot, ModelStatus};
+use crate::store::ResultStore;
 
-pub fn router() -> Router<AppState> {
+/// What health, readiness and metrics look at: the model (a slot that stays
+/// [`ModelStatus::None`] in roles without one), the results database (store, all) and the
+/// process's metrics registry.
+#[derive(Clone)]
+pub struct HealthState {
+    pub model: ModelSlot,
+    pub results: Option<ResultStore>,
+    pub metrics: Metrics,
+}
+
+pub fn router() -> Router<HealthState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -26,7 +37,7 @@ async fn healthz() -> Response {
 /// Ready when every part this role serves can serve: the model loaded, validated and
 /// warmed up (recognize, all) and the results database answering (store, all). A 503
 /// names the first part that cannot, with a stable reason.
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<HealthState>) -> Response {
     if let Some(results) = &state.results {
         match tokio::time::timeout(DATABASE_CHECK, results.ping()).await {
             Ok(Ok(())) => {}
@@ -71,7 +82,7 @@ fn not_ready(reason: &str, message: &str) -> Response {
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), the classic text format
 /// otherwise (curl, `promtool check metrics`).
-async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn metrics(State(state): State<HealthState>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let (content_type, body) = crate::exposition::negotiate(accept, state.metrics.encode());
     ([(header::CONTENT_TYPE, content_type)], body).into_response()

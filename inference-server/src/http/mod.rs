@@ -1,11 +1,15 @@
-//! The HTTP surface: `app(state)` merges one router per module and adds the layers every
-//! route shares (metrics, request ids, tracing, timeouts, body limits, load shedding).
+//! The HTTP surface and the composer: `app(state)` merges one router per role, each given
+//! its own state made from [`AppState`] (`RecognizeState`, `UploadState`, `StoreState`,
+//! `PipelineState`, `EvalState`, `FrontDoorState`), and adds the layers every route shares
+//! (metrics, request ids, tracing, timeouts, body limits, API keys, load shedding). This
+//! module imports the roles; they never import it (a test below checks).
 
 pub mod error;
 pub mod health;
 pub mod oip;
 pub mod openapi;
 pub mod recognize;
+pub mod request_id;
 pub mod slow_clients;
 
 use std::sync::Arc;
@@ -14,21 +18,25 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, AuthState};
+use crate::eval::api::EvalState;
+use crate::front_door::FrontDoorState;
 use crate::image_source::ImageSource;
 use crate::metrics::Metrics;
-use crate::pipeline::http::Pipeline;
+use crate::pipeline::Downstreams;
+use crate::pipeline::http::PipelineState;
 use crate::serving::{ModelSlot, ServingModel};
 use crate::store::ResultStore;
-use crate::upload::http::Uploads;
+use crate::store::http::StoreState;
+use crate::upload::http::UploadState;
 use error::AppError;
-
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use health::HealthState;
+use recognize::RecognizeState;
+pub use request_id::REQUEST_ID;
 
 /// Limits and names the handlers need.
 #[derive(Debug, Clone)]
@@ -45,7 +53,8 @@ pub struct HttpSettings {
     pub header_read_timeout: Duration,
 }
 
-/// Everything a handler can reach; cheap to clone.
+/// The parts of the whole process, as [`crate::server`] set them up for its role; [`app`]
+/// hands each role's router its own state made from them. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub model: ModelSlot,
@@ -57,11 +66,11 @@ pub struct AppState {
     /// Whether this process serves recognition (the recognize routes and the v2 API).
     pub recognizes: bool,
     /// The image store (upload role, `all`).
-    pub uploads: Option<Uploads>,
+    pub uploads: Option<UploadState>,
     /// The results database (store role, `all`).
     pub results: Option<ResultStore>,
-    /// The other services the pipeline calls (upload role).
-    pub pipeline: Option<Arc<Pipeline>>,
+    /// The other services the upload role calls (none in `all`).
+    pub downstream: Downstreams,
     /// API keys and rate limits.
     pub auth: Arc<Auth>,
     /// The evaluations (`/api/v1/evaluations`, and `--evaluate-on-start`'s `startup`).
@@ -77,37 +86,100 @@ impl AppState {
     pub fn model_name(&self) -> &str {
         &self.settings.model_name
     }
+
+    fn health(&self) -> HealthState {
+        HealthState {
+            model: self.model.clone(),
+            results: self.results.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    fn recognize(&self) -> RecognizeState {
+        RecognizeState {
+            model: self.model.clone(),
+            images: self.images.clone(),
+            model_name: self.settings.model_name.as_str().into(),
+        }
+    }
+
+    fn eval(&self) -> EvalState {
+        EvalState {
+            model: self.model.clone(),
+            jobs: self.evaluations.clone(),
+        }
+    }
+
+    fn pipeline(&self, upload: &UploadState) -> PipelineState {
+        PipelineState {
+            upload: upload.clone(),
+            model: self.recognizes.then(|| self.model.clone()),
+            results: self.results.clone(),
+            downstream: self.downstream.clone(),
+        }
+    }
+
+    fn front_door(&self, upload: &UploadState) -> FrontDoorState {
+        FrontDoorState::new(
+            upload.clone(),
+            self.downstream.recognize.clone(),
+            self.downstream.store.clone(),
+            self.settings.max_body_bytes,
+        )
+    }
+
+    fn auth(&self) -> AuthState {
+        AuthState {
+            auth: self.auth.clone(),
+            metrics: self.metrics.pipeline.clone(),
+        }
+    }
 }
 
-/// The whole router for the roles this state serves.
+/// The whole router for the roles this state serves: each role's router with its own
+/// state, then the layers every route shares. In the upload role with downstreams, the
+/// front door ([`crate::front_door`]) serves the routes of the roles it forwards to.
 pub fn app(state: AppState) -> Router {
     let settings = state.settings.clone();
     let mut router = Router::new()
-        .merge(health::router())
+        .merge(health::router().with_state(state.health()))
         .merge(openapi::router());
     if state.recognizes {
         router = router
-            .merge(recognize::router())
-            .merge(oip::router())
-            .merge(crate::eval::api::router());
+            .merge(
+                recognize::router()
+                    .merge(oip::router())
+                    .with_state(state.recognize()),
+            )
+            .merge(crate::eval::api::router().with_state(state.eval()));
     }
-    if state.uploads.is_some() {
+    if let Some(upload) = &state.uploads {
         router = router
-            .merge(crate::upload::http::router())
-            .merge(crate::pipeline::http::router());
+            .merge(crate::upload::http::router().with_state(upload.clone()))
+            .merge(crate::pipeline::http::router().with_state(state.pipeline(upload)));
+        if !state.recognizes && state.downstream.recognize.is_some() {
+            router = router
+                .merge(crate::front_door::recognize_router().with_state(state.front_door(upload)));
+        }
+        if state.results.is_none() && state.downstream.store.is_some() {
+            router = router
+                .merge(crate::front_door::store_router().with_state(state.front_door(upload)));
+        }
     }
-    if state.results.is_some() {
-        router = router.merge(crate::store::http::router());
+    if let Some(results) = &state.results {
+        router = router.merge(crate::store::http::router().with_state(StoreState {
+            results: results.clone(),
+            metrics: state.metrics.pipeline.clone(),
+        }));
     }
     router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .layer(middleware::from_fn_with_state(
-            state.clone(),
+            state.auth(),
             crate::auth::enforce,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state, observe))
 }
 
 async fn not_found() -> AppError {
@@ -144,13 +216,9 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     let id = request
         .headers()
         .get(&REQUEST_ID)
-        .filter(|v| {
-            v.len() <= 128
-                && v.to_str()
-                    .is_ok_and(|s| s.chars().all(|c| c.is_ascii_graphic()))
-        })
+        .filter(|v| request_id::usable(v))
         .cloned()
-        .unwrap_or_else(new_request_id);
+        .unwrap_or_else(request_id::new_request_id);
     request.headers_mut().insert(REQUEST_ID, id.clone());
 
     let open = matches!(
@@ -203,17 +271,91 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     response
 }
 
-fn new_request_id() -> HeaderValue {
-    use std::sync::atomic::AtomicU64;
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    HeaderValue::from_str(&format!(
-        "{:x}-{n:x}",
-        nanos ^ u64::from(std::process::id())
-    ))
-    .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    /// The modules under `http/` that are no part of the composer (this file): a role's
+    /// routes and the shared leaves. Role modules may use these, never `http` itself.
+    const LEAVES: [&str; 7] = [
+        "error",
+        "health",
+        "oip",
+        "openapi",
+        "recognize",
+        "request_id",
+        "slow_clients",
+    ];
+
+    fn sources(path: &Path, out: &mut Vec<PathBuf>) {
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path).expect("read the source directory");
+            for entry in entries {
+                sources(&entry.expect("a directory entry").path(), out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path.to_path_buf());
+        }
+    }
+
+    /// The identifiers that follow each `prefix` in `text`.
+    fn after<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+        text.match_indices(prefix)
+            .map(|(i, _)| {
+                let rest = &text[i + prefix.len()..];
+                let end = rest
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect()
+    }
+
+    /// STYLE 12b: the composer (`http/mod.rs`, with `server.rs` above it) imports the
+    /// roles; `upload/`, `store/`, `pipeline/`, `eval/`, `auth`, the front door and the
+    /// route modules under `http/` never import it back (no `AppState`, no `crate::http::X`
+    /// but a leaf module, no `crate::server`).
+    #[test]
+    fn roles_never_import_the_composer() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        for part in [
+            "upload",
+            "store",
+            "pipeline",
+            "eval",
+            "auth.rs",
+            "front_door.rs",
+        ] {
+            sources(&src.join(part), &mut files);
+        }
+        for leaf in LEAVES {
+            files.push(src.join("http").join(format!("{leaf}.rs")));
+        }
+        let mut offences = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).expect("read a source file");
+            let shown = file
+                .strip_prefix(&src)
+                .unwrap_or(file)
+                .display()
+                .to_string();
+            if text.contains("AppState") || text.contains("crate::server") {
+                offences.push(format!("{shown}: names AppState or crate::server"));
+            }
+            let mut reached = after(&text, "crate::http::");
+            if file.parent().is_some_and(|p| p.ends_with("http")) {
+                reached.extend(after(&text, "super::"));
+            }
+            // An empty name is a glob (`use super::*` of a file's own tests) or a group,
+            // whose members the `AppState` check above covers.
+            for module in reached {
+                if !module.is_empty() && !LEAVES.contains(&module) {
+                    offences.push(format!("{shown}: reaches http::{module}"));
+                }
+            }
+        }
+        assert!(files.len() > 15, "found only {files:?}");
+        assert!(offences.is_empty(), "{offences:#?}");
+    }
 }

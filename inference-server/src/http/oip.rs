@@ -13,14 +13,14 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::error::AppError;
+use super::recognize::RecognizeState;
 use crate::postprocess::{softmax, top_k_indices};
 use crate::serving::ServingModel;
 
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<RecognizeState> {
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -64,14 +64,17 @@ async fn live() -> Json {
 }
 
 /// The protocol says "200 is ready, 4xx is not"; Triton answers 400.
-async fn ready(State(state): State<AppState>) -> Response {
+async fn ready(State(state): State<RecognizeState>) -> Response {
     match state.model() {
         Ok(_) => Json(json!({ "ready": true })).into_response(),
         Err(_) => (StatusCode::BAD_REQUEST, Json(json!({ "ready": false }))).into_response(),
     }
 }
 
-fn find_model(state: &AppState, name: &str) -> Result<std::sync::Arc<ServingModel>, AppError> {
+fn find_model(
+    state: &RecognizeState,
+    name: &str,
+) -> Result<std::sync::Arc<ServingModel>, AppError> {
     if name != state.model_name() {
         return Err(AppError::NotFound(format!(
             "unknown model {name:?}; this server serves {:?}",
@@ -92,7 +95,7 @@ fn check_version(version: &str) -> Result<(), AppError> {
 }
 
 async fn model_metadata(
-    State(state): State<AppState>,
+    State(state): State<RecognizeState>,
     Path(name): Path<String>,
 ) -> Result<Json, AppError> {
     let model = find_model(&state, &name)?;
@@ -118,14 +121,14 @@ async fn model_metadata(
 }
 
 async fn model_metadata_version(
-    state: State<AppState>,
+    state: State<RecognizeState>,
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json, AppError> {
     check_version(&version)?;
     model_metadata(state, Path(name)).await
 }
 
-async fn model_ready(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+async fn model_ready(State(state): State<RecognizeState>, Path(name): Path<String>) -> Response {
     if name != state.model_name() {
         return AppError::NotFound(format!("unknown model {name:?}")).into_response();
     }
@@ -140,7 +143,7 @@ async fn model_ready(State(state): State<AppState>, Path(name): Path<String>) ->
 }
 
 async fn model_ready_version(
-    state: State<AppState>,
+    state: State<RecognizeState>,
     Path((name, version)): Path<(String, String)>,
 ) -> Response {
     if let Err(e) = check_version(&version) {
@@ -241,7 +244,7 @@ struct OutputTensor {
 }
 
 async fn infer_version(
-    state: State<AppState>,
+    state: State<RecognizeState>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
@@ -369,7 +372,7 @@ pub fn read_input(
 }
 
 async fn infer(
-    State(state): State<AppState>,
+    State(state): State<RecognizeState>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,

@@ -11,12 +11,11 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
-use super::AppState;
-
 /// The document, as served.
 pub const DOCUMENT: &str = include_str!("openapi.json");
 
-pub fn router() -> Router<AppState> {
+/// Stateless: served the same by every role.
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/api/openapi.json", get(document))
         .route("/api/docs", get(docs))

@@ -1,6 +1,7 @@
 //! Recognition endpoints: the seed's `POST /api/images/recognition` (by URL, top 3) and
 //! `POST /api/v1/recognize` (image bytes or multipart, `?top_k=`).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -10,34 +11,62 @@ use axum::routing::post;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::AppState;
 use super::error::{AppError, Json, Query};
-use crate::image_source::SourceError;
+use crate::image_source::{ImageSource, SourceError};
 use crate::postprocess::Prediction;
+use crate::serving::{ModelSlot, ServingModel};
 
 /// The seed returns the three most likely labels.
 pub const SEED_TOP_K: usize = 3;
 
-pub fn router() -> Router<AppState> {
+/// The recognize role's state (its routes here and the Open Inference Protocol's): the
+/// served model and where images may be fetched from by URL.
+#[derive(Clone)]
+pub struct RecognizeState {
+    pub model: ModelSlot,
+    pub images: ImageSource,
+    /// The model's name in URLs and responses.
+    pub model_name: Arc<str>,
+}
+
+impl RecognizeState {
+    /// The ready model, or a 503 that says why there is none.
+    pub fn model(&self) -> Result<Arc<ServingModel>, AppError> {
+        self.model.ready().map_err(AppError::unavailable)
+    }
+
+    pub fn model_name(&self) -> &str {
+        &self.model_name
+    }
+}
+
+pub fn router() -> Router<RecognizeState> {
     Router::new()
         .route("/api/images/recognition", post(recognize_by_url))
         .route("/api/v1/recognize", post(recognize_bytes))
 }
 
+/// The seed's recognition request.
 #[derive(Debug, Deserialize)]
-struct UrlRequest {
-    url: Option<String>,
+pub struct UrlRequest {
+    pub url: Option<String>,
+}
+
+impl UrlRequest {
+    /// The URL, or the seed's 400 when there is none.
+    pub fn url(self) -> Result<String, AppError> {
+        self.url
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| AppError::bad_request("No image url"))
+    }
 }
 
 /// Seed contract: `{"url": ...}` → `200 [{"label", "probability"}, ...]` (top 3).
 async fn recognize_by_url(
-    State(state): State<AppState>,
+    State(state): State<RecognizeState>,
     Json(body): Json<UrlRequest>,
 ) -> Result<Json<Vec<Prediction>>, AppError> {
-    let url = body
-        .url
-        .filter(|u| !u.trim().is_empty())
-        .ok_or_else(|| AppError::bad_request("No image url"))?;
+    let url = body.url()?;
     // The URL is checked before anything else, so a refused URL is a 403 in every state.
     state.images.check(&url).map_err(source_error)?;
     let model = state.model()?;
@@ -88,7 +117,7 @@ pub fn top_k(requested: Option<u64>, classes: usize) -> Result<usize, AppError> 
 }
 
 async fn recognize_bytes(
-    State(state): State<AppState>,
+    State(state): State<RecognizeState>,
     Query(query): Query<TopK>,
     request: Request,
 ) -> Result<Json<Recognition>, AppError> {
@@ -108,7 +137,10 @@ async fn recognize_bytes(
 }
 
 /// The image of a request: the multipart field `image`, or the raw body.
-pub async fn image_from_body(state: &AppState, request: Request) -> Result<Bytes, AppError> {
+pub async fn image_from_body<S: Send + Sync>(
+    state: &S,
+    request: Request,
+) -> Result<Bytes, AppError> {
     let is_multipart = request
         .headers()
         .get(header::CONTENT_TYPE)

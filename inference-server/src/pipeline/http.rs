@@ -5,32 +5,44 @@
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRef, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{Downstream, DownstreamError};
-use crate::http::AppState;
+use super::{DownstreamError, Downstreams};
 use crate::http::error::{AppError, Query};
 use crate::http::recognize::Recognition;
-use crate::serving::ModelStatus;
-use crate::store::{ModelRef, NewResult, ResultRecord};
-use crate::upload::http::{StoredImage, read_image, store_image, uploads};
+use crate::serving::ModelSlot;
+use crate::store::{ModelRef, NewResult, ResultRecord, ResultStore};
+use crate::upload::http::{StoredImage, UploadState, read_image, store_image};
 use crate::upload::is_image_id;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<PipelineState> {
     Router::new()
         .route("/api/v1/pipeline", post(pipeline))
         .route("/api/v1/images/{id}/recognize", post(rerun))
 }
 
-/// The other services the upload role calls when they are not in this process.
-pub struct Pipeline {
-    pub recognize: Option<Downstream>,
-    pub store: Option<Downstream>,
+/// The pipeline's state: the image store it keeps images in, and for each later step
+/// either the part in this process (`all`) or the service to call (upload role).
+#[derive(Clone)]
+pub struct PipelineState {
+    pub upload: UploadState,
+    /// The model, when this process serves one (`all`); else `downstream.recognize`.
+    pub model: Option<ModelSlot>,
+    /// The results database, when this process keeps one (`all`); else `downstream.store`.
+    pub results: Option<ResultStore>,
+    pub downstream: Downstreams,
+}
+
+/// Handlers that only keep images extract just the upload role's part.
+impl FromRef<PipelineState> for UploadState {
+    fn from_ref(state: &PipelineState) -> UploadState {
+        state.upload.clone()
+    }
 }
 
 /// The answer: the stored record plus the image it is about.
@@ -88,19 +100,21 @@ impl From<DownstreamError> for StepError {
 }
 
 async fn pipeline(
-    State(state): State<AppState>,
+    State(state): State<PipelineState>,
+    State(upload): State<UploadState>,
     Query(params): Query<Params>,
     request: Request,
 ) -> Result<Response, AppError> {
     let headers = request.headers().clone();
     check_top_k(params.top_k)?;
-    let bytes = read_image(&state, request, true).await?;
-    let (image, _) = store_image(&state, &headers, bytes.clone()).await?;
+    let bytes = read_image(&upload, request, true).await?;
+    let (image, _) = store_image(&upload, &headers, bytes.clone()).await?;
     Ok(run(&state, image, bytes, params.top_k, &headers).await)
 }
 
 async fn rerun(
-    State(state): State<AppState>,
+    State(state): State<PipelineState>,
+    State(upload): State<UploadState>,
     Path(id): Path<String>,
     Query(params): Query<Params>,
     headers: HeaderMap,
@@ -110,13 +124,9 @@ async fn rerun(
     if !is_image_id(&id) {
         return Err(not_found());
     }
-    let bytes = uploads(&state)?
-        .store
-        .get(&id)
-        .await?
-        .ok_or_else(not_found)?;
+    let bytes = upload.store.get(&id).await?.ok_or_else(not_found)?;
     // Stored images passed the checks; this re-derives the answer's fields, writes nothing.
-    let (image, _) = store_image(&state, &headers, bytes.clone()).await?;
+    let (image, _) = store_image(&upload, &headers, bytes.clone()).await?;
     Ok(run(&state, image, bytes, params.top_k, &headers).await)
 }
 
@@ -131,7 +141,7 @@ fn check_top_k(top_k: Option<u64>) -> Result<(), AppError> {
 
 /// Recognize and store an image that is already kept.
 async fn run(
-    state: &AppState,
+    state: &PipelineState,
     image: StoredImage,
     bytes: Bytes,
     top_k: Option<u64>,
@@ -165,21 +175,18 @@ async fn run(
 }
 
 async fn recognize(
-    state: &AppState,
+    state: &PipelineState,
     bytes: Bytes,
     top_k: Option<u64>,
     headers: &HeaderMap,
 ) -> Result<Recognition, StepError> {
     let started = Instant::now();
-    if !matches!(state.model.get(), ModelStatus::None) {
-        let model = state
-            .model
-            .ready()
-            .map_err(|message| StepError::Unavailable {
-                component: "recognize",
-                message: format!("the recognize component is unavailable: {message}"),
-                retry_after: 1,
-            })?;
+    if let Some(slot) = &state.model {
+        let model = slot.ready().map_err(|message| StepError::Unavailable {
+            component: "recognize",
+            message: format!("the recognize component is unavailable: {message}"),
+            retry_after: 1,
+        })?;
         let k =
             crate::http::recognize::top_k(top_k, model.info.classes).map_err(StepError::Other)?;
         let predictions = model.classify(bytes, k).await.map_err(|e| {
@@ -204,9 +211,9 @@ async fn recognize(
         });
     }
     let remote = state
-        .pipeline
+        .downstream
+        .recognize
         .as_ref()
-        .and_then(|p| p.recognize.as_ref())
         .ok_or(StepError::Unavailable {
             component: "recognize",
             message: "no recognize service is configured (--recognize-url)".into(),
@@ -223,7 +230,7 @@ async fn recognize(
 }
 
 async fn save(
-    state: &AppState,
+    state: &PipelineState,
     new: &NewResult,
     headers: &HeaderMap,
 ) -> Result<(ResultRecord, bool), StepError> {
@@ -232,7 +239,7 @@ async fn save(
             .save(new)
             .await
             .map(|(record, created)| {
-                state.metrics.pipeline.result_saved(created);
+                state.upload.metrics.result_saved(created);
                 (record, created)
             })
             .map_err(|e| {
@@ -248,9 +255,9 @@ async fn save(
             });
     }
     let remote = state
-        .pipeline
+        .downstream
+        .store
         .as_ref()
-        .and_then(|p| p.store.as_ref())
         .ok_or(StepError::Unavailable {
             component: "store",
             message: "no store service is configured (--store-url)".into(),

@@ -8,14 +8,19 @@
 //! fails fast while it is open. When a step cannot be done the caller gets a `503` naming
 //! the component, and the image stays stored so `POST /api/v1/images/{id}/recognize` can
 //! re-run it later: nothing is dropped silently.
+//!
+//! The same [`Downstream`]s carry the front door's forwarded calls
+//! ([`crate::front_door`]), through [`Downstream::forward`], so each service has one
+//! breaker whichever route calls it.
 
 pub mod http;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
 use crate::metrics::PipelineMetrics;
@@ -137,8 +142,25 @@ impl Default for CallPolicy {
 pub const FORWARDED: [HeaderName; 3] = [
     axum::http::header::AUTHORIZATION,
     HeaderName::from_static("x-api-key"),
-    crate::http::REQUEST_ID,
+    crate::http::request_id::REQUEST_ID,
 ];
+
+/// The other services the upload role calls (none in `all`, where everything is local).
+#[derive(Clone, Default)]
+pub struct Downstreams {
+    /// `--recognize-url`.
+    pub recognize: Option<Arc<Downstream>>,
+    /// `--store-url`.
+    pub store: Option<Arc<Downstream>>,
+}
+
+/// A downstream's answer to a forwarded request, whatever its status.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
 
 /// Another Sightline service, called over HTTP.
 pub struct Downstream {
@@ -281,10 +303,145 @@ impl Downstream {
         }
     }
 
+    /// Sends `method` `path_and_query` with `headers` and `body` and returns the answer as
+    /// it is, whatever its status: a forwarded request's answer is the caller's to read.
+    /// Only a request that got no answer is retried (within the call's deadline): when the
+    /// connection was refused (it never arrived), or, for `GET` and `HEAD`, on any
+    /// transport error. An answer longer than `max_answer` bytes is a
+    /// [`DownstreamError::BadAnswer`]; no answer at all is [`DownstreamError::Unavailable`].
+    pub async fn forward(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: Bytes,
+        max_answer: usize,
+    ) -> Result<Answer, DownstreamError> {
+        let component = self.component;
+        let deadline = Instant::now() + self.policy.timeout;
+        let url = format!("{}{path_and_query}", self.base);
+        let idempotent = method == Method::GET || method == Method::HEAD;
+        let mut attempt = 0u32;
+        loop {
+            if let Err(wait) = self.breaker.allow() {
+                self.metrics.downstream_call(component, "circuit_open");
+                let seconds = wait.as_secs() + 1;
+                return Err(DownstreamError::Unavailable {
+                    component,
+                    message: format!(
+                        "circuit open after repeated failures; next try in {seconds}s"
+                    ),
+                    retry_after: seconds,
+                });
+            }
+            let request = self
+                .client
+                .request(method.clone(), &url)
+                .headers(headers.clone())
+                .body(body.clone());
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let started = Instant::now();
+            let sent = tokio::time::timeout(remaining, request.send()).await;
+            let (message, retryable) = match sent {
+                Ok(Ok(response)) => {
+                    self.record_success();
+                    let status = response.status();
+                    let headers = response.headers().clone();
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let body = tokio::time::timeout(
+                        remaining,
+                        read_limited(response, max_answer, component),
+                    )
+                    .await
+                    .map_err(|_| DownstreamError::Unavailable {
+                        component,
+                        message: format!(
+                            "the answer did not arrive within {:?}",
+                            self.policy.timeout
+                        ),
+                        retry_after: 1,
+                    })??;
+                    self.metrics
+                        .downstream_latency(component, started.elapsed());
+                    self.metrics.downstream_call(
+                        component,
+                        if status.is_server_error() {
+                            "unavailable"
+                        } else if status.is_client_error() {
+                            "refused"
+                        } else {
+                            "ok"
+                        },
+                    );
+                    return Ok(Answer {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+                Ok(Err(e)) => {
+                    let retryable = e.is_connect() || idempotent;
+                    (e.without_url().to_string(), retryable)
+                }
+                Err(_) => (format!("no answer within {:?}", self.policy.timeout), false),
+            };
+            self.metrics
+                .downstream_latency(component, started.elapsed());
+            attempt += 1;
+            let backoff = self.policy.backoff * 2u32.saturating_pow(attempt - 1);
+            let sleep = backoff + jitter(backoff);
+            if !retryable || attempt > self.policy.retries || Instant::now() + sleep >= deadline {
+                if self.breaker.failure() {
+                    self.metrics.breaker_open(component, true);
+                }
+                self.metrics.downstream_call(component, "unavailable");
+                return Err(DownstreamError::Unavailable {
+                    component,
+                    message: format!(
+                        "{message} (after {attempt} attempt{})",
+                        if attempt == 1 { "" } else { "s" }
+                    ),
+                    retry_after: 1,
+                });
+            }
+            self.metrics.downstream_call(component, "retry");
+            tracing::warn!(component, attempt, error = %message, "forwarded call got no answer; retrying");
+            tokio::time::sleep(sleep).await;
+        }
+    }
+
     fn record_success(&self) {
         self.breaker.success();
         self.metrics.breaker_open(self.component, false);
     }
+}
+
+/// The body of `response`, at most `limit` bytes (checked as it arrives).
+async fn read_limited(
+    response: reqwest::Response,
+    limit: usize,
+    component: &'static str,
+) -> Result<Bytes, DownstreamError> {
+    let too_large = || DownstreamError::BadAnswer {
+        component,
+        message: format!("the answer is larger than {limit} bytes"),
+    };
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| DownstreamError::BadAnswer {
+            component,
+            message: format!("the answer was cut off: {}", e.without_url()),
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.into())
 }
 
 /// The `error` of a JSON error body, else the start of the text.

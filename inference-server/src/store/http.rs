@@ -11,11 +11,18 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{DEFAULT_PAGE, ListQuery, MAX_PAGE, ModelRef, NewResult, ResultStore, StoreError};
-use crate::http::AppState;
 use crate::http::error::{AppError, Json, Query};
+use crate::metrics::PipelineMetrics;
 use crate::postprocess::Prediction;
 
-pub fn router() -> Router<AppState> {
+/// The store role's state: the results database and where saves are counted.
+#[derive(Clone)]
+pub struct StoreState {
+    pub results: ResultStore,
+    pub metrics: PipelineMetrics,
+}
+
+pub fn router() -> Router<StoreState> {
     Router::new()
         .route("/api/results/save", post(seed_save))
         .route("/api/v1/results", post(save).get(list))
@@ -36,19 +43,12 @@ impl From<StoreError> for AppError {
     }
 }
 
-fn results(state: &AppState) -> Result<&ResultStore, AppError> {
-    state
-        .results
-        .as_ref()
-        .ok_or_else(|| AppError::NotFound("this server has no results store".into()))
-}
-
 /// Seed contract: `{"url": "...", "result": [...]}` → `201 {"message": ...}`.
 async fn seed_save(
-    State(state): State<AppState>,
+    State(state): State<StoreState>,
     Json(body): Json<Value>,
 ) -> Result<Response, AppError> {
-    let store = results(&state)?;
+    let store = &state.results;
     let (Some(url), Some(result)) = (body.get("url"), body.get("result")) else {
         return Err(AppError::bad_request("Missing parameters"));
     };
@@ -69,7 +69,7 @@ async fn seed_save(
     };
     check(&new)?;
     let (record, created) = store.save(&new).await?;
-    state.metrics.pipeline.result_saved(created);
+    state.metrics.result_saved(created);
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"message": "Result saved successfully", "id": record.id})),
@@ -141,16 +141,16 @@ fn check(new: &NewResult) -> Result<(), AppError> {
 /// Native save: a [`NewResult`] → `201` with the record, or `200` with the one that
 /// already holds this (image, model).
 async fn save(
-    State(state): State<AppState>,
+    State(state): State<StoreState>,
     Json(new): Json<NewResult>,
 ) -> Result<Response, AppError> {
-    let store = results(&state)?;
+    let store = &state.results;
     if new.image_url.trim().is_empty() {
         return Err(AppError::bad_request("'image_url' must not be empty"));
     }
     check(&new)?;
     let (record, created) = store.save(&new).await?;
-    state.metrics.pipeline.result_saved(created);
+    state.metrics.result_saved(created);
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -205,19 +205,19 @@ fn list_query(p: ListParams) -> Result<ListQuery, AppError> {
 }
 
 async fn list(
-    State(state): State<AppState>,
+    State(state): State<StoreState>,
     Query(params): Query<ListParams>,
 ) -> Result<Response, AppError> {
-    let store = results(&state)?;
+    let store = &state.results;
     let query = list_query(params)?;
     Ok(axum::Json(store.list(&query).await?).into_response())
 }
 
 async fn by_id(
-    State(state): State<AppState>,
+    State(state): State<StoreState>,
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
-    let store = results(&state)?;
+    let store = &state.results;
     let not_found = || AppError::NotFound(format!("no result with id {id:?}"));
     if !super::is_record_id(&id) {
         return Err(not_found());
@@ -229,11 +229,11 @@ async fn by_id(
 }
 
 async fn by_image(
-    State(state): State<AppState>,
+    State(state): State<StoreState>,
     Path(id): Path<String>,
     Query(params): Query<ListParams>,
 ) -> Result<Response, AppError> {
-    let store = results(&state)?;
+    let store = &state.results;
     if !crate::upload::is_image_id(&id) {
         return Err(AppError::NotFound(format!(
             "no image with id {id:?} (ids are 64 lowercase hex digits)"

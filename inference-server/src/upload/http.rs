@@ -14,10 +14,10 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use super::{ImageInfo, ImageStore, UploadError, is_image_id};
-use crate::http::AppState;
 use crate::http::error::AppError;
+use crate::metrics::PipelineMetrics;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<UploadState> {
     Router::new()
         .route("/api/images/upload", post(seed_upload))
         .route("/api/v1/images", post(upload))
@@ -25,12 +25,14 @@ pub fn router() -> Router<AppState> {
         .route("/uploads/{name}", get(seed_image))
 }
 
-/// The upload role's configuration.
+/// The upload role's state: its image store and how it names images.
 #[derive(Clone)]
-pub struct Uploads {
+pub struct UploadState {
     pub store: ImageStore,
     /// Base of the URLs handed out (`http://upload:8080`); the request's `Host` otherwise.
     pub public_url: Option<String>,
+    /// Where stored and refused uploads are counted.
+    pub metrics: PipelineMetrics,
 }
 
 impl From<UploadError> for AppError {
@@ -52,13 +54,6 @@ impl From<UploadError> for AppError {
     }
 }
 
-pub fn uploads(state: &AppState) -> Result<&Uploads, AppError> {
-    state
-        .uploads
-        .as_ref()
-        .ok_or_else(|| AppError::NotFound("this server has no image store".into()))
-}
-
 /// An uploaded image as the v1 API shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct StoredImage {
@@ -69,8 +64,14 @@ pub struct StoredImage {
 }
 
 /// The absolute URL of image `id`.
-pub fn image_url(uploads: &Uploads, headers: &HeaderMap, id: &str) -> String {
-    let base = match &uploads.public_url {
+pub fn image_url(uploads: &UploadState, headers: &HeaderMap, id: &str) -> String {
+    format!("{}/api/v1/images/{id}", image_base(uploads, headers))
+}
+
+/// The base of the image URLs this service hands out for a request with these headers
+/// (`--public-url`, else `http://<Host>`), without a trailing slash.
+pub fn image_base(uploads: &UploadState, headers: &HeaderMap) -> String {
+    match &uploads.public_url {
         Some(base) => base.trim_end_matches('/').to_string(),
         None => {
             let host = headers
@@ -84,14 +85,13 @@ pub fn image_url(uploads: &Uploads, headers: &HeaderMap, id: &str) -> String {
                 .unwrap_or("localhost");
             format!("http://{host}")
         }
-    };
-    format!("{base}/api/v1/images/{id}")
+    }
 }
 
 /// Reads the image: the multipart field `image`, or (when `raw_ok`) the raw body. Errors
 /// keep the seed's messages ("No image file", "No selected file").
 pub async fn read_image(
-    state: &AppState,
+    state: &UploadState,
     request: Request,
     raw_ok: bool,
 ) -> Result<Bytes, AppError> {
@@ -101,7 +101,7 @@ pub async fn read_image(
 }
 
 /// Counts a refused upload by a bounded reason (`sightline_uploads_rejected_total`).
-fn count_rejection(state: &AppState, e: &AppError) {
+fn count_rejection(state: &UploadState, e: &AppError) {
     let reason = match e {
         AppError::PayloadTooLarge(_) => "too_large",
         AppError::UnsupportedMediaType(_) => "unsupported_format",
@@ -109,10 +109,10 @@ fn count_rejection(state: &AppState, e: &AppError) {
         AppError::Unavailable { .. } => "store_unavailable",
         _ => "internal",
     };
-    state.metrics.pipeline.upload_rejected(reason);
+    state.metrics.upload_rejected(reason);
 }
 
-async fn read_body(state: &AppState, request: Request, raw_ok: bool) -> Result<Bytes, AppError> {
+async fn read_body(state: &UploadState, request: Request, raw_ok: bool) -> Result<Bytes, AppError> {
     let is_multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -156,24 +156,23 @@ async fn read_body(state: &AppState, request: Request, raw_ok: bool) -> Result<B
 
 /// Checks and stores an image; the answer of the v1 API and whether it was new.
 pub async fn store_image(
-    state: &AppState,
+    state: &UploadState,
     headers: &HeaderMap,
     bytes: Bytes,
 ) -> Result<(StoredImage, bool), AppError> {
-    let uploads = uploads(state)?;
     let len = bytes.len();
-    let (info, created) = uploads
+    let (info, created) = state
         .store
         .put(bytes)
         .instrument(tracing::debug_span!("store_image", bytes = len))
         .await
         .map_err(AppError::from)
         .inspect_err(|e| count_rejection(state, e))?;
-    state.metrics.pipeline.image_stored(created, len);
+    state.metrics.image_stored(created, len);
     Ok((
         StoredImage {
             id: info.sha256.clone(),
-            url: image_url(uploads, headers, &info.sha256),
+            url: image_url(state, headers, &info.sha256),
             info,
         },
         created,
@@ -182,7 +181,7 @@ pub async fn store_image(
 
 /// Seed contract: multipart `image` → `201 {"url": "<absolute URL>"}`.
 async fn seed_upload(
-    State(state): State<AppState>,
+    State(state): State<UploadState>,
     request: Request,
 ) -> Result<Response, AppError> {
     let headers = request.headers().clone();
@@ -196,7 +195,7 @@ async fn seed_upload(
 }
 
 /// `201` with the image for new content, `200` when the same bytes were stored before.
-async fn upload(State(state): State<AppState>, request: Request) -> Result<Response, AppError> {
+async fn upload(State(state): State<UploadState>, request: Request) -> Result<Response, AppError> {
     let headers = request.headers().clone();
     let bytes = read_image(&state, request, true).await?;
     let (image, created) = store_image(&state, &headers, bytes).await?;
@@ -209,7 +208,7 @@ async fn upload(State(state): State<AppState>, request: Request) -> Result<Respo
 }
 
 async fn image_by_id(
-    State(state): State<AppState>,
+    State(state): State<UploadState>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -217,7 +216,7 @@ async fn image_by_id(
 }
 
 async fn seed_image(
-    State(state): State<AppState>,
+    State(state): State<UploadState>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
@@ -225,8 +224,7 @@ async fn seed_image(
     serve(&state, id, &headers).await
 }
 
-async fn serve(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Response, AppError> {
-    let uploads = uploads(state)?;
+async fn serve(uploads: &UploadState, id: &str, headers: &HeaderMap) -> Result<Response, AppError> {
     let not_found = || AppError::NotFound("no image with this id".into());
     if !is_image_id(id) {
         return Err(not_found());
