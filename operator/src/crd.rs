@@ -47,6 +47,11 @@ pub const VERSION: &str = "v1alpha1";
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
     printcolumn(
+        name = "Rollout",
+        type_ = "string",
+        json_path = ".status.rollout.phase"
+    ),
+    printcolumn(
         name = "Replicas",
         type_ = "integer",
         json_path = ".status.readyReplicas"
@@ -72,6 +77,123 @@ pub struct ImageModelSpec {
     /// `status.evaluation`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<EvaluationSpec>,
+    /// How a change of the serving pods rolls out: `Rolling` (default) or `Canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
+}
+
+/// How a new revision of the model replaces the serving one.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// The Deployment's rolling update (the new revision takes all traffic as its pods
+    /// become ready).
+    #[default]
+    Rolling,
+    /// The new revision runs beside the stable one and takes traffic step by step while
+    /// every check passes; the first failed check rolls it back.
+    Canary,
+}
+
+/// A canary rollout (docs/rollouts.md).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(cel, validation = kube::core::Rule::new("!has(self.steps) || self.steps.all(s, s >= 1 && s <= 100)").message("steps are percentages from 1 to 100"))]
+pub struct RolloutSpec {
+    /// `Rolling` (default) or `Canary`.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Percent of traffic to the candidate at each step (default `[10, 50, 100]`);
+    /// after the last step the candidate is promoted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub steps: Vec<u32>,
+    /// How long each step's window lasts at least (`30s`, `5m`, `1h`; default `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_duration: Option<String>,
+    /// Candidate requests a step's window needs before it may advance (default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000000))]
+    pub min_requests_per_step: Option<u64>,
+    /// Percent of the stable revision's traffic also sent to the candidate, whose answer
+    /// is compared (top-1 agreement) and never returned (default 0: no mirroring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub mirror_percent: Option<u32>,
+    /// Hold the current step (checks still run; a failed one still rolls back).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// The checks and their thresholds.
+    #[serde(default)]
+    pub analysis: Analysis,
+}
+
+/// The checks of a canary step; each figure is measured over the step's window.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Analysis {
+    /// Most the candidate's top-1 accuracy on `spec.evaluation` may fall below the stable
+    /// revision's (default 0.01; only with `spec.evaluation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_top1_drop: Option<f64>,
+    /// Least share of mirrored requests whose top-1 label equals the stable answer's
+    /// (default 0.95; only with `mirrorPercent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_agreement: Option<f64>,
+    /// Most share of the candidate's recognitions answered 5xx (default 0.01).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    /// Most the candidate's p99 latency may be, as a multiple of the stable's (default 1.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p99_latency_ratio: Option<f64>,
+}
+
+/// Where a canary rollout stands (`status.rollout`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// `Progressing`, `Paused`, `Promoting`, `Promoted` or `RolledBack`.
+    pub phase: String,
+    /// The candidate's revision (a digest of the pod template it runs).
+    pub revision: String,
+    /// The current step (index into `spec.rollout.steps`).
+    pub step: u32,
+    /// Percent of traffic the candidate takes now.
+    pub candidate_weight: u32,
+    /// Percent of the stable traffic mirrored to the candidate now.
+    pub mirror_percent: u32,
+    /// When the current step's window opened (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<String>,
+    /// The counters when the window opened (the checks use the deltas since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Baseline>,
+    /// Each check over the current window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::canary::Check>,
+    /// The last rollouts, newest first (at most 5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RolloutRecord>,
+}
+
+/// Counter values at the start of a step's window.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Baseline {
+    pub stable: crate::canary::Served,
+    pub candidate: crate::canary::Served,
+    pub mirrored: crate::canary::Mirrored,
+}
+
+/// One finished rollout.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRecord {
+    pub revision: String,
+    /// `Promoted` or `RolledBack`.
+    pub outcome: String,
+    /// RFC 3339.
+    pub at: String,
+    pub message: String,
 }
 
 /// The labelled set of a start-up evaluation.
@@ -385,6 +507,9 @@ pub struct ImageModelStatus {
     /// The device asked for, the one the pods are built for, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceStatus>,
+    /// The canary rollout, with `spec.rollout.strategy: Canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
 }
 
 /// Where the model runs, and why.

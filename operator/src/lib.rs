@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod canary;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;

@@ -52,6 +52,10 @@ pub mod reasons {
     pub const READINESS_PROBE_PASSED: &str = "ReadinessProbePassed";
     pub const WAITING_FOR_PODS: &str = "WaitingForPods";
     pub const MODEL_LOADING: &str = "ModelLoading";
+    /// A canary rollout is under way: the candidate takes part of the traffic.
+    pub const CANARY: &str = "Canary";
+    /// A canary failed a check; traffic went back to the stable revision.
+    pub const ROLLED_BACK: &str = "RolledBack";
     /// Pipeline: the model's status does not describe its current generation yet.
     pub const MODEL_CHANGING: &str = "ModelChanging";
     pub const FETCHED: &str = "Fetched";

@@ -84,6 +84,22 @@ async fn exercised() -> BTreeSet<Grant> {
     )
     .await;
     reconcile_both(&cluster, &ctx).await;
+    // A canary: the candidate's objects are created, then removed by a rollback.
+    patch::<ImageModel>(
+        &cluster,
+        &m.name_any(),
+        json!({"spec": {"rollout": {"strategy": "Canary"}, "runtime": {"threads": 3}}}),
+    )
+    .await;
+    reconcile_both(&cluster, &ctx).await;
+    roll(
+        &cluster,
+        "efficientnet-lite0-recognize-canary",
+        Pods::CrashLoopBackOff,
+        Deadline::Within,
+    )
+    .await;
+    reconcile_both(&cluster, &ctx).await;
     // device: auto asks which nodes offer the GPU resource.
     patch::<ImageModel>(
         &cluster,

@@ -1,6 +1,7 @@
 //! Pure builders: a custom resource (and what it references) in, typed child objects out.
 //! No I/O here; this is where most of the operator's tests live.
 
+pub mod canary;
 pub mod meta;
 pub mod model;
 pub mod monitoring;

@@ -576,7 +576,7 @@ pub fn resolve_device(model: &ImageModel, gpu_nodes: Option<&[String]>) -> Devic
 pub fn children(model: &ImageModel, platform: &Platform, inputs: &ModelInputs) -> ModelChildren {
     ModelChildren {
         service: service(model),
-        deployment: deployment(model, platform, inputs),
+        deployment: super::canary::with_revision(deployment(model, platform, inputs)),
         hpa: hpa(model, inputs),
         pdb: pdb(model),
         network_policy: super::network::model_policy(model, platform),

@@ -12,10 +12,10 @@ use gateway_api::apis::standard::httproutes::{
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapEnvSource, EnvFromSource, EnvVar, EnvVarSource, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, SecretEnvSource,
-    SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    SecretEnvSource, SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -36,6 +36,7 @@ pub const ROUTE: &str = "route";
 pub const CONFIG: &str = "config";
 const DATA_DIR: &str = "/data";
 const KEYS_DIR: &str = "/etc/sightline/keys";
+const TRAFFIC_DIR: &str = "/etc/sightline/traffic";
 
 pub fn upload_name(p: &RecognitionPipeline) -> String {
     format!("{}-upload", p.name_any())
@@ -100,6 +101,10 @@ pub fn config_map(p: &RecognitionPipeline, model_endpoint: &str) -> ConfigMap {
         ("SIGHTLINE_PUBLIC_URL".to_string(), public_url(p)),
         ("SIGHTLINE_DATA_DIR".to_string(), DATA_DIR.to_string()),
         ("SIGHTLINE_LOG_FORMAT".to_string(), "json".to_string()),
+        (
+            "SIGHTLINE_TRAFFIC_FILE".to_string(),
+            format!("{TRAFFIC_DIR}/{}", super::canary::TRAFFIC_FILE),
+        ),
         (
             "SIGHTLINE_MAX_UPLOAD_BYTES".to_string(),
             spec.upload
@@ -304,7 +309,11 @@ fn deployment(
 }
 
 /// The upload Deployment.
-pub fn upload_deployment(p: &RecognitionPipeline, platform: &Platform) -> Deployment {
+pub fn upload_deployment(
+    p: &RecognitionPipeline,
+    model: &crate::crd::ImageModel,
+    platform: &Platform,
+) -> Deployment {
     let spec = &p.spec.upload;
     let local = spec.s3.is_none();
     let (volume, mount) = data_volume("data", local.then(|| images_claim(p)));
@@ -321,6 +330,23 @@ pub fn upload_deployment(p: &RecognitionPipeline, platform: &Platform) -> Deploy
         });
     }
     add_keys(p, &mut volumes, &mut mounts);
+    // The model's traffic split (a canary's weights and mirroring), re-read by the front
+    // door when it changes; optional, so a model without one is all stable.
+    volumes.push(Volume {
+        name: "traffic".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: super::canary::traffic_name(model),
+            optional: Some(true),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    mounts.push(VolumeMount {
+        name: "traffic".into(),
+        mount_path: TRAFFIC_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
     let container = server_container(
         platform,
         "server",
@@ -649,7 +675,7 @@ pub fn children(
         store_service: store_service(p),
         store_deployment: with_inputs(store_deployment(p, platform), &digest),
         upload_service: upload_service(p),
-        upload_deployment: with_inputs(upload_deployment(p, platform), &digest),
+        upload_deployment: with_inputs(upload_deployment(p, model, platform), &digest),
         http_route: http_route(p),
         ingress: ingress(p),
         network_policies: super::network::pipeline_policies(p, &model.name_any(), platform),

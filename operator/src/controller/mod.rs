@@ -2,6 +2,7 @@
 //! validate → build the children (pure, [`crate::build`]) → apply ([`crate::apply`]) →
 //! status. Only the fetch, apply and status steps touch the API.
 
+pub mod canary;
 pub mod model;
 pub mod observe;
 pub mod pipeline;

@@ -18,13 +18,15 @@ use kube::{Resource, ResourceExt};
 
 use super::{Context, Error, RESYNC, instrumented, observe};
 use crate::apply::{ApplyError, patch_status};
-use crate::build::{meta, model};
-use crate::crd::{EvaluationStatus, ImageModel, ImageModelStatus};
+use crate::build::{canary as build_canary, meta, model};
+use crate::crd::{EvaluationStatus, ImageModel, ImageModelStatus, Strategy};
 use crate::rollout::{Rollout, pod_ready};
 use crate::served::{Readyz, Served, parse_readyz};
 use crate::status::{Cond, merge, reasons, types};
 use crate::validate;
 use crate::verdict::{Failure, verdict};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
 
 /// Requeue while something is still rolling out (pod changes also arrive by watch).
 const PENDING: Duration = Duration::from_secs(15);
@@ -43,6 +45,7 @@ struct Observed {
     ready_replicas: Option<i32>,
     evaluation: Option<EvaluationStatus>,
     device: Option<crate::crd::DeviceStatus>,
+    rollout: Option<crate::crd::RolloutStatus>,
 }
 
 fn gpu_resource(m: &ImageModel) -> &str {
@@ -76,7 +79,26 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
         device: model::resolve_device(m, gpu_nodes.as_deref()),
     };
     let children = model::children(m, &ctx.platform, &inputs);
-    let deployment = match apply_children(m, ctx, &ns, &uid, &children).await {
+
+    // A canary holds the stable Deployment at its revision while the candidate runs.
+    let rev = build_canary::revision(&children.deployment);
+    let stable_live = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&model::name(m))
+        .await
+        .map_err(|source| Error::Fetch {
+            what: "Deployment",
+            source,
+        })?;
+    let canary_spec = m
+        .spec
+        .rollout
+        .as_ref()
+        .filter(|r| r.strategy == Strategy::Canary);
+    let hold = stable_live.as_ref().filter(|live| {
+        canary_spec.is_some()
+            && build_canary::live_revision(live).is_some_and(|live_rev| live_rev != rev)
+    });
+    let deployment = match apply_children(m, ctx, &ns, &uid, &children, hold).await {
         Ok(deployment) => deployment,
         Err(error) => {
             let cond = |type_| Cond::no(type_, error.reason(), error.to_string());
@@ -87,13 +109,41 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
             return Err(error.into());
         }
     };
+    let canary_step = match (canary_spec, hold) {
+        (Some(spec), Some(stable)) => {
+            Some(super::canary::step(ctx, &ns, &uid, m, spec, &children, stable, &rev).await?)
+        }
+        _ => None,
+    };
 
     let selector = meta::selector_labels(&m.name_any(), model::COMPONENT);
     let rollout = observe::rollout(&ctx.client, &ns, &deployment, &selector).await?;
     let answers = ask_readyz(ctx, &ns, &rollout).await;
     let validated = validated_condition(m, &rollout, &answers);
     let failure = missing_secret(&missing).or_else(|| served_failure(&answers));
-    let v = verdict(types::READY, reasons::READY, &rollout, failure);
+    let mut v = verdict(types::READY, reasons::READY, &rollout, failure);
+    let (traffic, rollout_status, requeue_canary) = match &canary_step {
+        Some(step) => {
+            v.ready = step.ready.clone();
+            v.progressing = step.progressing.clone();
+            v.failed = step.rolled_back;
+            (
+                step.traffic.clone(),
+                Some(step.rollout.clone()),
+                Some(step.requeue),
+            )
+        }
+        None => {
+            let (traffic, status) = after_canary(ctx, &ns, &uid, m, &rev, &rollout.phase).await?;
+            (traffic, status, None)
+        }
+    };
+    if let Err(error) = ctx
+        .apply(&build_canary::traffic_config(m, &traffic), &mut Vec::new())
+        .await
+    {
+        return Err(error.into());
+    }
     let available = available_condition(&deployment);
     let fetched = fetched_condition(m, &rollout.current);
     let served = served_now(m, &rollout, &answers);
@@ -128,15 +178,67 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
             ready_replicas,
             evaluation,
             device: Some(inputs.device),
+            rollout: rollout_status,
         },
     )
     .await?;
+    if let Some(every) = requeue_canary {
+        return Ok(Action::requeue(every));
+    }
     Ok(Action::requeue(if v.failed {
         ctx.stalled(&super::key(m))
     } else {
         ctx.unstalled(&super::key(m));
         if is_ready && settled { RESYNC } else { PENDING }
     }))
+}
+
+/// Outside a canary: finishes a promotion (the candidate keeps its traffic until the
+/// stable Deployment serves the promoted revision, then goes), and removes a candidate
+/// whose rollout the spec no longer wants. The traffic and `status.rollout` to write.
+async fn after_canary(
+    ctx: &Context,
+    ns: &str,
+    uid: &str,
+    m: &ImageModel,
+    rev: &str,
+    stable: &crate::rollout::Phase,
+) -> Result<(build_canary::Traffic, Option<crate::crd::RolloutStatus>), Error> {
+    let Some(mut status) = m.status.as_ref().and_then(|s| s.rollout.clone()) else {
+        return Ok((build_canary::Traffic::stable_only(m), None));
+    };
+    let live = matches!(
+        status.phase.as_str(),
+        "Progressing" | "Paused" | "Promoting"
+    );
+    if status.phase == "Promoting" && status.revision == rev {
+        if *stable != crate::rollout::Phase::Complete {
+            let traffic = build_canary::Traffic::split(m, rev, status.candidate_weight, 0);
+            return Ok((traffic, Some(status)));
+        }
+        status.phase = "Promoted".into();
+        let message = "every step passed; the stable Deployment serves it".to_string();
+        status.history.insert(
+            0,
+            crate::crd::RolloutRecord {
+                revision: status.revision.clone(),
+                outcome: "Promoted".into(),
+                at: ctx.clock.now().to_string(),
+                message,
+            },
+        );
+        status.history.truncate(5);
+    } else if live {
+        // The spec moved on (or back) before the rollout finished.
+        status.phase = "Superseded".into();
+    }
+    if live {
+        status.candidate_weight = 0;
+        status.mirror_percent = 0;
+        status.baseline = None;
+        super::canary::remove_candidate(ctx, ns, m, uid).await?;
+    }
+    Ok((build_canary::Traffic::stable_only(m), Some(status)))
 }
 
 /// The status as it was, with `conditions` replacing the conditions (when nothing could
@@ -149,21 +251,27 @@ fn unchanged(m: &ImageModel, conditions: Vec<Cond>) -> Observed {
         ready_replicas: previous.ready_replicas,
         evaluation: previous.evaluation,
         device: previous.device,
+        rollout: previous.rollout,
     }
 }
 
-/// Applies the children in dependency order; the live Deployment back.
+/// Applies the children in dependency order; the live Deployment back. `hold` is the
+/// live stable Deployment while a canary runs: it keeps its revision (not applied).
 async fn apply_children(
     m: &ImageModel,
     ctx: &Context,
     ns: &str,
     uid: &str,
     children: &model::ModelChildren,
-) -> Result<k8s_openapi::api::apps::v1::Deployment, ApplyError> {
+    hold: Option<&Deployment>,
+) -> Result<Deployment, ApplyError> {
     let mut changes = Vec::new();
-    let mut kinds = vec!["Service", "Deployment", "NetworkPolicy"];
+    let mut kinds = vec!["Service", "Deployment", "NetworkPolicy", "ConfigMap"];
     ctx.apply(&children.service, &mut changes).await?;
-    let deployment = ctx.apply(&children.deployment, &mut changes).await?;
+    let deployment = match hold {
+        Some(live) => live.clone(),
+        None => ctx.apply(&children.deployment, &mut changes).await?,
+    };
     match &children.hpa {
         Some(hpa) => {
             ctx.apply(hpa, &mut changes).await?;
@@ -510,6 +618,7 @@ async fn write_status(m: &ImageModel, ctx: &Context, observed: Observed) -> Resu
         evaluation: observed.evaluation,
         ready_replicas: observed.ready_replicas,
         device: observed.device,
+        rollout: observed.rollout,
     };
     if m.status.as_ref() != Some(&status) {
         patch_status(&ctx.client, m, &status).await?;

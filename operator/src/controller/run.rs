@@ -310,7 +310,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             Api::<PodDisruptionBudget>::all(client.clone()),
             owned_children(),
         )
-        .owns(Api::<NetworkPolicy>::all(client.clone()), owned_children());
+        .owns(Api::<NetworkPolicy>::all(client.clone()), owned_children())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned_children());
     if apis.service_monitors {
         models = models.owns(Api::<ServiceMonitor>::all(client.clone()), owned_children());
     }

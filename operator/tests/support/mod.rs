@@ -273,6 +273,18 @@ impl Cluster {
         };
     }
 
+    /// A reconcile context over this cluster whose time the test moves.
+    pub fn context_with(&self, apis: ClusterApis, clock: Arc<TestClock>) -> Arc<Context> {
+        Arc::new(Context::new(
+            self.client.clone(),
+            Platform::default(),
+            apis,
+            Arc::new(Metrics::new()),
+            clock,
+            Some("test".into()),
+        ))
+    }
+
     /// A reconcile context over this cluster, at a fixed time.
     pub fn context(&self, apis: ClusterApis) -> Arc<Context> {
         Arc::new(Context::new(
@@ -373,5 +385,27 @@ pub async fn sample_secrets(cluster: &Cluster) {
         api.create(&Default::default(), &secret)
             .await
             .expect("create secret");
+    }
+}
+
+/// A clock the test moves forward.
+pub struct TestClock(Mutex<Timestamp>);
+
+impl TestClock {
+    pub fn new() -> Arc<TestClock> {
+        Arc::new(TestClock(Mutex::new(
+            Timestamp::from_second(1_800_000_000).expect("time"),
+        )))
+    }
+
+    pub fn advance(&self, seconds: i64) {
+        let mut now = self.0.lock().expect("clock");
+        *now += k8s_openapi::jiff::SignedDuration::from_secs(seconds);
+    }
+}
+
+impl sightline_operator::status::Clock for TestClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().expect("clock")
     }
 }
