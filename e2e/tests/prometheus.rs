@@ -377,6 +377,7 @@ fn every_alert_has_a_summary_a_description_and_a_runbook_section() {
         "SightlineQueueSaturated",
         "SightlineDatabaseErrors",
         "SightlineReconcileFailures",
+        "SightlineCanaryRolledBack",
         "SightlineOperatorDown",
     ] {
         assert!(names.contains(want), "no alert {want}");

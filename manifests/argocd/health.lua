@@ -34,6 +34,7 @@ if ready.status == "True" then
 end
 local failed = {
   InvalidSpec = true, ApplyFailed = true, ConflictingObject = true, RolloutFailed = true,
+  RolledBack = true,
   SecretNotFound = true, ModelNotFound = true, GatewayAPIMissing = true, NotAccepted = true,
 }
 if ready.reason == "ScaledToZero" then

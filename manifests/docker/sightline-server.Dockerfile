@@ -1,34 +1,45 @@
-# sightline-server: all roles, and the model-fetch init container.
-#   docker build -f manifests/docker/sightline-server.Dockerfile -t sightline-server .
-# GPU image (CUDA execution provider; the NVIDIA libraries come from PyPI wheels):
+# sightline-server (CPU): every role, and the model-fetch init container.
 #   docker build -f manifests/docker/sightline-server.Dockerfile \
-#     --build-arg ORT_PACKAGE='onnxruntime-gpu[cuda,cudnn]' -t sightline-server:gpu .
+#     --build-arg REVISION=$(git rev-parse HEAD) -t ghcr.io/sightline/sightline-server:0.1.0 .
+# The same files, environment and labels as `make images` (images/build.py), which needs no
+# base image; e2e/tests/images.rs compares the two. GPU: sightline-server-gpu.Dockerfile.
 
 FROM rust:1.92-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p sightline-server
+RUN cargo build --release --locked -p sightline-server \
+ && strip --strip-debug -o /sightline-server target/release/sightline-server
 
-# ONNX Runtime's shared library from its PyPI wheel (ort loads it at run time).
-FROM python:3.12-slim-bookworm AS onnxruntime
-ARG ORT_PACKAGE=onnxruntime
-ARG ORT_VERSION=1.31.1
-RUN python -m venv /ort && /ort/bin/pip install --no-cache-dir "${ORT_PACKAGE}==${ORT_VERSION}" \
- && mkdir -p /opt/onnxruntime/lib \
- && capi=$(/ort/bin/python -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))') \
- && cp "$(ls $capi/libonnxruntime.so* | head -n1)" /opt/onnxruntime/lib/libonnxruntime.so \
- && cp $capi/libonnxruntime_providers_*.so /opt/onnxruntime/lib/ 2>/dev/null || true \
- && find /ort/lib -path '*/nvidia/*/lib/*.so*' -exec cp {} /opt/onnxruntime/lib/ \;
-
-FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+# Debian's libc, libstdc++ and CA bundle, and ONNX Runtime's library from its PyPI wheel:
+# the versions and SHA-256 pinned in images/debs.lock and images/wheels.lock.
+FROM debian:bookworm-slim AS rootfs
+RUN apt-get update && apt-get install -y --no-install-recommends python3 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=onnxruntime /opt/onnxruntime /opt/onnxruntime
-COPY --from=build /src/target/release/sightline-server /usr/local/bin/sightline-server
-ENV SIGHTLINE_ORT_LIB=/opt/onnxruntime/lib/libonnxruntime.so \
+COPY images/ /src/images/
+RUN python3 /src/images/build.py --cache /cache rootfs --image sightline-server --out /rootfs
+
+FROM scratch
+COPY --from=rootfs /rootfs/ /
+COPY --from=build /sightline-server /usr/local/bin/sightline-server
+ENV PATH=/usr/local/bin:/usr/bin:/bin \
+    HOME=/home/nonroot \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    SIGHTLINE_ORT_LIB=/opt/onnxruntime/lib/libonnxruntime.so \
     LD_LIBRARY_PATH=/opt/onnxruntime/lib
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=1970-01-01T00:00:00Z
+LABEL org.opencontainers.image.title="sightline-server" \
+      org.opencontainers.image.description="Sightline image recognition server (upload, recognize, store; CPU ONNX Runtime)" \
+      org.opencontainers.image.source="https://github.com/sightline/sightline" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0 AND LGPL-2.1-or-later AND GPL-3.0-or-later WITH GCC-exception-3.1 AND MPL-2.0 AND MIT" \
+      org.opencontainers.image.vendor="Sightline" \
+      org.opencontainers.image.created="${CREATED}"
 # The uid the operator's pods run as (runAsNonRoot, readOnlyRootFilesystem).
 USER 65532:65532
+WORKDIR /
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/sightline-server"]
 # The operator passes each role and its flags; alone, the image explains itself.

@@ -44,9 +44,18 @@ pub struct Metrics {
     duration: Family<KindLabels, Histogram>,
     applied: Family<ApplyLabels, Counter>,
     managed: Family<KindLabels, Gauge>,
+    rollouts: Family<OutcomeLabels, Counter>,
     leader: Gauge,
     owned: Mutex<Owned>,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+/// The outcomes a canary rollout ends with.
+pub const ROLLOUT_OUTCOMES: [&str; 2] = ["Promoted", "RolledBack"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -67,6 +76,17 @@ impl Metrics {
         let applied = Family::<ApplyLabels, Counter>::default();
         let managed = Family::<KindLabels, Gauge>::default();
         let leader = Gauge::default();
+        let rollouts = Family::<OutcomeLabels, Counter>::default();
+        for outcome in ROLLOUT_OUTCOMES {
+            let _ = rollouts.get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            });
+        }
+        registry.register(
+            "rollouts",
+            "Canary rollouts that ended, by outcome (Promoted, RolledBack)",
+            rollouts.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciliations run, by custom resource kind",
@@ -104,6 +124,7 @@ impl Metrics {
             duration,
             applied,
             managed,
+            rollouts,
             leader,
             owned: Mutex::new(HashMap::new()),
         }
@@ -138,6 +159,15 @@ impl Metrics {
         self.applied
             .get_or_create(&ApplyLabels {
                 kind: child_kind.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// A canary rollout ended with `outcome` (one of [`ROLLOUT_OUTCOMES`]).
+    pub fn rollout_ended(&self, outcome: &str) {
+        self.rollouts
+            .get_or_create(&OutcomeLabels {
                 outcome: outcome.into(),
             })
             .inc();
@@ -205,5 +235,11 @@ mod tests {
         let text = m.encode(Some(&live));
         assert!(text.contains("sightline_operator_managed_objects{kind=\"Deployment\"} 1"));
         assert!(text.contains("sightline_operator_reconcile_duration_seconds_bucket"));
+        assert!(text.contains("sightline_operator_rollouts_total{outcome=\"RolledBack\"} 0"));
+        m.rollout_ended("RolledBack");
+        assert!(
+            m.encode(None)
+                .contains("sightline_operator_rollouts_total{outcome=\"RolledBack\"} 1")
+        );
     }
 }

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::build::pod::Platform;
-use crate::build::{model, pipeline};
+use crate::build::{canary, model, pipeline};
 use crate::crd::{ImageModel, RecognitionPipeline};
 use crate::validate;
 
@@ -104,6 +104,34 @@ pub fn children(inputs: &Inputs, platform: &Platform) -> Result<Vec<Value>, Rend
         }
         out.push(to_value(&c.network_policy)?);
         out.push(to_value(&c.monitor)?);
+        // A model given in mid-canary (its `status.rollout`, as `kubectl get -o yaml`
+        // shows it) renders the candidate's objects and the traffic split too.
+        let rollout = m
+            .status
+            .as_ref()
+            .and_then(|s| s.rollout.as_ref())
+            .filter(|r| matches!(r.phase.as_str(), "Progressing" | "Paused" | "Promoting"));
+        let canary = m
+            .spec
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.strategy == crate::crd::Strategy::Canary);
+        let traffic = match rollout.filter(|_| canary) {
+            Some(r) => {
+                let replicas = c
+                    .deployment
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.replicas)
+                    .unwrap_or(1);
+                out.push(to_value(&canary::deployment(&c.deployment, m, replicas))?);
+                out.push(to_value(&canary::service(&c.service, m))?);
+                out.push(to_value(&canary::network_policy(&c.network_policy, m))?);
+                canary::Traffic::split(m, &r.revision, r.candidate_weight, r.mirror_percent)
+            }
+            None => canary::Traffic::stable_only(m),
+        };
+        out.push(to_value(&canary::traffic_config(m, &traffic))?);
     }
     for p in &inputs.pipelines {
         let name = kube::ResourceExt::name_any(p);

@@ -506,7 +506,7 @@ fn every_workload_has_a_service_monitor_the_clusters_prometheus_selects() {
     let model = find(&objects, "ServiceMonitor", "efficientnet-lite0");
     assert_eq!(
         model["spec"]["selector"]["matchExpressions"][0]["values"],
-        json!(["recognize"])
+        json!(["recognize", "recognize-canary"])
     );
     let pipeline = find(&objects, "ServiceMonitor", "photos");
     assert_eq!(

@@ -464,7 +464,7 @@ fn the_pipeline_is_wired_routed_and_fenced() {
     let objects = rendered();
     let config = objects
         .iter()
-        .find(|o| o["kind"] == "ConfigMap")
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "photos-config")
         .expect("config map");
     assert_eq!(
         config["data"]["SIGHTLINE_RECOGNIZE_URL"],
@@ -614,4 +614,37 @@ fn the_install_kustomization_builds_validates_and_runs_a_restricted_operator() {
         objects.len(),
         "every object validated:\n{said}"
     );
+}
+
+#[test]
+fn a_model_in_mid_canary_renders_its_candidate_and_the_traffic_split() {
+    let text = std::fs::read_to_string(
+        root().join("manifests/examples/imagemodel-canary-mid-rollout.yaml"),
+    )
+    .expect("example");
+    let inputs = render::parse(&text).expect("parse");
+    let objects = render::children(&inputs, &Platform::default()).expect("render");
+    let candidate = deployment(&objects, "efficientnet-lite0-recognize-canary");
+    assert_eq!(
+        candidate["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "recognize-canary",
+        "the stable Deployment must not select the candidate's pods"
+    );
+    let stable = deployment(&objects, "efficientnet-lite0-recognize");
+    assert_eq!(
+        stable["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+        "recognize"
+    );
+    assert!(objects.iter().any(|o| o["kind"] == "Service"
+        && o["metadata"]["name"] == "efficientnet-lite0-recognize-canary"));
+    let traffic = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "efficientnet-lite0-traffic")
+        .expect("traffic ConfigMap");
+    let split: Value =
+        serde_json::from_str(traffic["data"]["traffic.json"].as_str().expect("file"))
+            .expect("json");
+    assert_eq!(split["candidateWeight"], 10);
+    assert_eq!(split["mirrorPercent"], 10);
+    assert_eq!(split["revision"], "3f9a1c77e2b0");
 }

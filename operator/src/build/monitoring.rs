@@ -89,8 +89,12 @@ pub fn pipeline_monitor(p: &RecognitionPipeline, platform: &Platform) -> Service
     )
 }
 
-/// The `ServiceMonitor` of a model: its recognize Service (once, however many pipelines
-/// share the model).
+/// The `ServiceMonitor` of a model: its recognize Service and a canary candidate's (once,
+/// however many pipelines share the model).
 pub fn model_monitor(m: &ImageModel, platform: &Platform) -> ServiceMonitor {
-    monitor(m, platform, &[super::model::COMPONENT])
+    monitor(
+        m,
+        platform,
+        &[super::model::COMPONENT, super::canary::COMPONENT],
+    )
 }

@@ -482,6 +482,7 @@ async fn rolled_back(
     ctx.apply(&build::traffic_config(m, &traffic), &mut Vec::new())
         .await?;
     remove_candidate(ctx, ns, m, uid).await?;
+    ctx.metrics.rollout_ended("RolledBack");
     Ok(Step {
         ready: Cond::no(types::READY, reasons::ROLLED_BACK, message.clone()),
         progressing: Cond::no(types::PROGRESSING, reasons::ROLLED_BACK, message),

@@ -217,6 +217,7 @@ async fn after_canary(
             return Ok((traffic, Some(status)));
         }
         status.phase = "Promoted".into();
+        ctx.metrics.rollout_ended("Promoted");
         let message = "every step passed; the stable Deployment serves it".to_string();
         status.history.insert(
             0,
