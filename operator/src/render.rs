@@ -67,6 +67,13 @@ pub fn parse(text: &str) -> Result<Inputs, RenderError> {
             "RecognitionPipeline" => inputs
                 .pipelines
                 .push(serde_json::from_value(value).map_err(invalid)?),
+            // Other objects in the same stream (a kustomization's Namespace, Secrets) are
+            // not the operator's to render.
+            _ if !kind.is_empty()
+                && !value["apiVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("sightline.io/") => {}
             _ => return Err(RenderError::UnknownKind { index, kind }),
         }
     }
