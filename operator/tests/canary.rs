@@ -37,6 +37,13 @@ fn served(requests: u64, errors: u64, fast: u64) -> String {
     )
 }
 
+fn evaluation(top1: f64) -> String {
+    json!({"id": "startup", "status": "succeeded", "report": {
+        "images": 500, "accuracy": top1, "top5_accuracy": 0.95,
+        "macro": {"precision": 0.8, "recall": 0.8, "f1": 0.8}}})
+    .to_string()
+}
+
 fn mirrored(agree: u64, disagree: u64) -> String {
     format!(
         "sightline_frontdoor_mirrored_total{{model=\"{MODEL}\",outcome=\"agree\"}} {agree}\n\
@@ -125,11 +132,19 @@ impl Scene {
     /// A serving model with a canary rollout, a pipeline whose front door serves, and
     /// then a spec change: the candidate is created and starts.
     async fn new() -> (Scene, Value) {
+        Scene::with(false).await
+    }
+
+    /// As [`Scene::new`]; with `evaluated`, the model has a labelled set and the stable
+    /// revision's start-up evaluation scored 0.80 top-1.
+    async fn with(evaluated: bool) -> (Scene, Value) {
         let cluster = Cluster::new().await;
         let clock = TestClock::new();
         let ctx = cluster.context_with(full_apis(), clock.clone());
         let mut m = sample_model();
-        m.spec.evaluation = None;
+        if !evaluated {
+            m.spec.evaluation = None;
+        }
         m.spec.rollout = serde_json::from_value(json!({
             "strategy": "Canary", "steps": [50, 100], "stepDuration": "60s",
             "minRequestsPerStep": 100, "mirrorPercent": 10}))
@@ -145,7 +160,20 @@ impl Scene {
         };
         scene.reconcile().await.expect("first");
         roll(&scene.cluster, STABLE, Pods::Serving, Deadline::Within).await;
+        if evaluated {
+            support::sim::answer_every_pod(
+                &scene.cluster,
+                "/api/v1/evaluations/startup",
+                200,
+                evaluation(0.80),
+            )
+            .await;
+        }
         scene.reconcile().await.expect("serving");
+        if evaluated {
+            scene.reconcile().await.expect("evaluated");
+            assert_eq!(scene.status().await["evaluation"]["accuracy"], 0.8);
+        }
         let status = scene.status().await;
         assert_eq!(status["conditions"][0]["status"], "True", "{status:#}");
 
@@ -361,4 +389,36 @@ async fn a_crash_looping_candidate_is_rolled_back_on_readiness() {
     .await;
     scene.reconcile().await.expect("analysis");
     rolled_back(&scene, &stable, "CrashLoopBackOff").await;
+}
+
+#[tokio::test]
+async fn a_candidate_worse_on_the_labelled_set_is_rolled_back() {
+    let (scene, stable) = Scene::with(true).await;
+    roll(&scene.cluster, CANDIDATE, Pods::Serving, Deadline::Within).await;
+    let pods = Api::<Pod>::namespaced(scene.cluster.admin.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .expect("pods");
+    for pod in pods
+        .items
+        .iter()
+        .filter(|p| p.name_any().starts_with(CANDIDATE))
+    {
+        scene.cluster.answer_pod(
+            &pod.name_any(),
+            "/api/v1/evaluations/startup",
+            200,
+            evaluation(0.70),
+        );
+    }
+    scene.open_window().await;
+    let status = scene.status().await;
+    assert_eq!(
+        status["evaluation"]["accuracy"], 0.8,
+        "the stable revision's figures stay during the canary"
+    );
+    report(&scene.cluster, CANDIDATE, served(150, 0, 150)).await;
+    report(&scene.cluster, "photos-upload", mirrored(40, 0)).await;
+    scene.reconcile().await.expect("analysis");
+    rolled_back(&scene, &stable, "top1Drop 0.1000 (at most 0.0100)").await;
 }

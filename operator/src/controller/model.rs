@@ -157,7 +157,19 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
         validated,
     ];
     let mut evaluation = None;
-    if m.spec.evaluation.is_some() {
+    if canary_step.is_some() {
+        // The stable pods run the previous revision: their figures stay the stable
+        // revision's (the canary's labelled-set check compares the candidate's with them).
+        evaluation = m.status.as_ref().and_then(|s| s.evaluation.clone());
+        if m.spec.evaluation.is_some() {
+            conditions.push(Cond::no(
+                types::EVALUATED,
+                reasons::EVALUATION_PENDING,
+                "the new revision is evaluated as a canary candidate; status.evaluation keeps \
+                 the stable revision's figures until it is promoted",
+            ));
+        }
+    } else if m.spec.evaluation.is_some() {
         let (cond, figures) = evaluation_now(m, ctx, &ns, &rollout, is_ready).await;
         evaluation = figures;
         conditions.push(cond);
