@@ -62,6 +62,10 @@ def main() -> None:
             for row in result.as_numpy(output_name)
         ]
     try:
+        seen["repository_index"] = client.get_model_repository_index(headers=auth())
+    except Exception as e:  # the client raises InferenceServerException
+        seen["repository_index"] = str(e)
+    try:
         client.get_model_metadata("no-such-model", headers=auth())
         seen["unknown_model_error"] = None
     except Exception as e:  # the client raises InferenceServerException

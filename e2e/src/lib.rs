@@ -1,7 +1,9 @@
 //! Helpers shared by the end-to-end tests and the benchmark: repository paths, a
 //! `sightline-server` listening on a real loopback port, and the Python venv's tools.
 
+pub mod canary;
 pub mod load;
+pub mod mirror_bench;
 pub mod netfault;
 pub mod process;
 pub mod split;

@@ -1,7 +1,8 @@
 //! The Open Inference Protocol endpoints answer NVIDIA Triton's stock Python client
 //! (`tritonclient[http]` from PyPI) unchanged: health, metadata, inference with binary and
-//! JSON tensors, and the classification extension — from a recognize server, and through
-//! the upload role as the pipeline's front door (with its API key, which only it checks).
+//! JSON tensors, the classification extension and the model repository index
+//! (`get_model_repository_index()`) — from a recognize server, and through the upload role
+//! as the pipeline's front door (with its API key, which only it checks).
 
 use std::process::Command;
 use std::time::Duration;
@@ -118,6 +119,11 @@ fn check(seen: &serde_json::Value) {
             "{classes}"
         );
     }
+    assert_eq!(
+        seen["repository_index"],
+        serde_json::json!([{"name": "test-classifier", "version": "1", "state": "READY", "reason": ""}]),
+        "get_model_repository_index()"
+    );
     let unknown = seen["unknown_model_error"]
         .as_str()
         .expect("an error for an unknown model");

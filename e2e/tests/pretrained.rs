@@ -1,6 +1,7 @@
 //! The pretrained EfficientNet-Lite0 names real photographs (shipped inside registry
-//! packages, see models/README.md) correctly through the HTTP API, and the Rust
-//! preprocessing matches the NumPy/PIL reference (`models/preprocess_reference.py`).
+//! packages, see models/README.md) correctly through the HTTP API, the Rust
+//! preprocessing matches the NumPy/PIL reference (`models/preprocess_reference.py`), and
+//! phone-size (12 MP) JPEGs decoded at a reduced DCT scale are named as at full size.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use sightline_e2e::{RunningServer, models, ort_lib, repo_root, require, serve_args, venv_python};
 use sightline_server::model_config::ModelSidecar;
-use sightline_server::preprocess::{DecodeLimits, preprocess};
+use sightline_server::preprocess::{DecodeLimits, decode_for, preprocess, preprocess_full};
 
 /// `photos/<file>`: photo name → the ImageNet class indices accepted (as top-1 in
 /// `expected.json`, within the top 5 in `expected-top5.json`).
@@ -164,7 +165,9 @@ fn preprocessing_matches_the_numpy_pil_reference() {
         );
         for file in &files {
             let bytes = std::fs::read(file).expect("photo");
-            let ours = preprocess(&bytes, &DecodeLimits::default(), &sidecar.preprocess)
+            // At full size, as PIL decodes (the server decodes JPEGs large enough for it at a
+            // reduced DCT scale: see the 12 MP test below).
+            let ours = preprocess_full(&bytes, &DecodeLimits::default(), &sidecar.preprocess)
                 .expect("preprocess");
             let theirs = reference(file, &config);
             let (max, mean) = compare(&ours, &theirs, &sidecar);
@@ -185,4 +188,107 @@ fn preprocessing_matches_the_numpy_pil_reference() {
             );
         }
     }
+}
+
+/// The photo at `path` scaled up to about 12 megapixels (a phone photo: 4032×3024 for 4:3)
+/// by Pillow (bicubic), as a quality-90 JPEG. (Pillow, because the `image` crate's generic
+/// resize and encoder run unoptimised in a test build: seconds per photo.)
+fn phone_size_jpeg(path: &Path) -> Vec<u8> {
+    const SCRIPT: &str = "import sys\n\
+        from PIL import Image\n\
+        im = Image.open(sys.argv[1]).convert('RGB')\n\
+        f = (12192768 / (im.width * im.height)) ** 0.5\n\
+        im = im.resize((round(im.width * f), round(im.height * f)), Image.BICUBIC)\n\
+        im.save(sys.argv[2], quality=90)\n";
+    let out = std::env::temp_dir().join(format!(
+        "sightline-12mp-{}-{}.jpg",
+        std::process::id(),
+        path.file_stem().expect("name").to_string_lossy()
+    ));
+    let status = Command::new(venv_python())
+        .args(["-c", SCRIPT])
+        .arg(path)
+        .arg(&out)
+        .status()
+        .expect("run Pillow");
+    assert!(status.success(), "Pillow failed on {}", path.display());
+    let bytes = std::fs::read(&out).expect("the 12 MP JPEG");
+    let _ = std::fs::remove_file(&out);
+    bytes
+}
+
+/// Every bundled photo as a 12 MP JPEG through EfficientNet-Lite0, decoded at full size and
+/// at the reduced DCT scale the server uses: the same top-1 class, and probabilities that
+/// differ little (the largest difference is printed; BENCHMARKS.md has the figures).
+#[test]
+fn phone_size_photos_decoded_at_a_reduced_scale_name_the_same_class() {
+    let photos = models().join("photos");
+    if !require(&[
+        ort_lib(),
+        venv_python(),
+        models().join("efficientnet-lite0.onnx"),
+        photos.join("expected.json"),
+    ]) {
+        return;
+    }
+    let args = serve_args("efficientnet-lite0.onnx", &[]).expect("args");
+    let setup = sightline_server::serving::model_setup(&args).expect("model setup");
+    let env = sightline_server::ort_runtime::init(&setup.ort_lib).expect("ONNX Runtime");
+    let mut engine =
+        sightline_server::engine::Engine::load(env, &setup.engine).expect("load the model");
+    let softmax = !engine.info().outputs_probabilities;
+    let p = setup.engine.preprocess.clone();
+    let limits = DecodeLimits::default();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&photos)
+        .expect("photos")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "png" || x == "jpg"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    let mut worst = 0.0f32;
+    for file in &files {
+        let jpeg = phone_size_jpeg(file);
+        let decoded = decode_for(&jpeg, &limits, &p).expect("decode");
+        assert_eq!(
+            decoded.reduction,
+            8,
+            "{}: a 12 MP JPEG is decoded at 1/8",
+            file.display()
+        );
+        let mut probabilities = Vec::new();
+        for tensor in [
+            preprocess_full(&jpeg, &limits, &p).expect("full"),
+            preprocess(&jpeg, &limits, &p).expect("reduced"),
+        ] {
+            let row = engine.run(&tensor, 1).expect("inference");
+            probabilities.push(if softmax {
+                sightline_server::postprocess::softmax(&row)
+            } else {
+                row
+            });
+        }
+        let top1 = |row: &[f32]| sightline_server::postprocess::top_k_indices(row, 1)[0];
+        let (full, reduced) = (&probabilities[0], &probabilities[1]);
+        let diff = full
+            .iter()
+            .zip(reduced)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        worst = worst.max(diff);
+        eprintln!(
+            "{} as {} bytes of 12 MP JPEG: top-1 {} ({:.4}) at full size, {} ({:.4}) at 1/8; \
+             largest probability difference {diff:.4}",
+            file.display(),
+            jpeg.len(),
+            top1(full),
+            full[top1(full)],
+            top1(reduced),
+            reduced[top1(reduced)],
+        );
+        assert_eq!(top1(full), top1(reduced), "{}", file.display());
+    }
+    eprintln!("largest probability difference over all photos: {worst:.4}");
+    // Measured: 0.038 (rocket.jpg); the bound leaves room for other encoders and libraries.
+    assert!(worst < 0.1, "largest probability difference {worst}");
 }

@@ -653,6 +653,20 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
         dir.path(),
     )
     .expect("recognize starts");
+    // A canary in progress, as the operator's traffic ConfigMap would say: half the
+    // recognitions to a "candidate" (the same recognize process here) and every stable one
+    // mirrored to it, so the rollout panels have data.
+    let traffic = dir.path().join("traffic.json");
+    std::fs::write(
+        &traffic,
+        serde_json::json!({
+            "model": "test-classifier",
+            "stable": format!("http://127.0.0.1:{recognize_port}"),
+            "candidate": format!("http://127.0.0.1:{recognize_port}"),
+            "candidateWeight": 50, "mirrorPercent": 100, "revision": "e2e"})
+        .to_string(),
+    )
+    .expect("write traffic.json");
     let upload = ServerProcess::start_on(
         &server,
         "upload",
@@ -664,6 +678,8 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
             format!("http://127.0.0.1:{recognize_port}"),
             "--store-url".into(),
             format!("http://127.0.0.1:{store_port}"),
+            "--traffic-file".into(),
+            traffic.display().to_string(),
         ]),
         dir.path(),
     )

@@ -186,6 +186,15 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGHTLINE_STORE_URL")]
     pub store_url: Option<String>,
 
+    /// Upload role: a canary's traffic file (JSON, written by the operator: `model`,
+    /// `stable`, `candidate`, `candidateWeight` and `mirrorPercent` in percent, `revision`).
+    /// Recognitions go to the candidate for `candidateWeight` percent of requests, and
+    /// `mirrorPercent` percent of the others are also sent to it and its top-1 compared. Re-read
+    /// when it changes, by path, every second; while it is absent everything goes to
+    /// --recognize-url, and a malformed one keeps the last good one.
+    #[arg(long, env = "SIGHTLINE_TRAFFIC_FILE")]
+    pub traffic_file: Option<PathBuf>,
+
     /// Upload role: the base of the image URLs it hands out (for example
     /// http://upload:8080) [default: http://<the request's Host>].
     #[arg(long, env = "SIGHTLINE_PUBLIC_URL")]
@@ -387,6 +396,12 @@ pub struct ModelArgs {
     /// Requests waiting for the model; when full, new ones get 503 with Retry-After.
     #[arg(long, env = "SIGHTLINE_QUEUE_CAPACITY", default_value_t = 64)]
     pub queue_capacity: usize,
+
+    /// Bytes of recognition results kept in memory, keyed by the image bytes, the model's
+    /// digest and its preprocessing (least recently used evicted first; identical requests
+    /// in flight share one inference). 0 turns the cache off.
+    #[arg(long, env = "SIGHTLINE_CACHE_BYTES", default_value_t = crate::cache::DEFAULT_BYTES)]
+    pub cache_bytes: usize,
 
     /// The ONNX Runtime shared library (from the onnxruntime wheel; `make deps` puts it in
     /// .ort/).

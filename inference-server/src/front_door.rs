@@ -5,7 +5,8 @@
 //!
 //! - recognition — the seed's `POST /api/images/recognition`, `POST /api/v1/recognize`, the
 //!   evaluations and the Open Inference Protocol's `/v2` — to the recognize service
-//!   (`--recognize-url`);
+//!   (`--recognize-url`), or during a canary to its stable and candidate revisions
+//!   (`--traffic-file`, see [`crate::pipeline::traffic`]);
 //! - results — the seed's `POST /api/results/save` and `/api/v1/results…` — to the store
 //!   service (`--store-url`).
 //!
@@ -19,8 +20,9 @@
 //! bounded retries of requests that got no answer (see [`Downstream::forward`]).
 //!
 //! `/v2/health/live` answers for this process; `/v2/health/ready` is the model's readiness,
-//! asked of recognize. Where a canary's traffic split will live: [`FrontDoorState::recognize`]
-//! is the one place a forwarded recognition picks its backend.
+//! asked of recognize. A canary's traffic split: the recognitions (the seed's, `POST
+//! /api/v1/recognize`, `infer`) pick their revision in [`Traffic::forward`], which may mirror
+//! them; the other recognize routes (readiness, metadata, evaluations) go to stable.
 
 use std::sync::Arc;
 
@@ -36,6 +38,8 @@ use serde_json::json;
 use crate::http::error::{AppError, Json};
 use crate::http::oip::HEADER_LENGTH;
 use crate::http::recognize::{Recognition, SEED_TOP_K, UrlRequest};
+use crate::pipeline::traffic::Traffic;
+use crate::pipeline::traffic::mirror::Compare;
 use crate::pipeline::{Answer, Downstream, DownstreamError, FORWARDED};
 use crate::upload::http::{UploadState, image_base};
 use crate::upload::is_image_id;
@@ -48,8 +52,8 @@ const MIN_ANSWER_BYTES: usize = 32 * 1024 * 1024;
 #[derive(Clone)]
 pub struct FrontDoorState {
     pub upload: UploadState,
-    /// The recognize service (`--recognize-url`).
-    pub recognize: Option<Arc<Downstream>>,
+    /// The recognize service (`--recognize-url`, and a canary's revisions).
+    pub recognize: Option<Arc<Traffic>>,
     /// The store service (`--store-url`).
     pub store: Option<Arc<Downstream>>,
     /// Largest answer passed back; larger is a `502`.
@@ -59,7 +63,7 @@ pub struct FrontDoorState {
 impl FrontDoorState {
     pub fn new(
         upload: UploadState,
-        recognize: Option<Arc<Downstream>>,
+        recognize: Option<Arc<Traffic>>,
         store: Option<Arc<Downstream>>,
         max_body_bytes: usize,
     ) -> FrontDoorState {
@@ -82,12 +86,13 @@ impl FromRef<FrontDoorState> for UploadState {
 pub fn recognize_router() -> Router<FrontDoorState> {
     Router::new()
         .route("/api/images/recognition", post(seed_recognition))
-        .route("/api/v1/recognize", post(to_recognize))
+        .route("/api/v1/recognize", post(to_recognition))
         .route("/api/v1/evaluations", post(to_recognize))
         .route("/api/v1/evaluations/{id}", get(to_recognize))
         .route("/v2", get(to_recognize))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(to_recognize))
+        .route("/v2/repository/index", post(to_recognize))
         .route("/v2/models/{name}", get(to_recognize))
         .route("/v2/models/{name}/versions/{version}", get(to_recognize))
         .route("/v2/models/{name}/ready", get(to_recognize))
@@ -95,10 +100,10 @@ pub fn recognize_router() -> Router<FrontDoorState> {
             "/v2/models/{name}/versions/{version}/ready",
             get(to_recognize),
         )
-        .route("/v2/models/{name}/infer", post(to_recognize))
+        .route("/v2/models/{name}/infer", post(to_inference))
         .route(
             "/v2/models/{name}/versions/{version}/infer",
-            post(to_recognize),
+            post(to_inference),
         )
 }
 
@@ -132,26 +137,46 @@ async fn live() -> Response {
     axum::Json(json!({ "live": true })).into_response()
 }
 
+/// What the recognize role serves besides recognitions: to stable.
 async fn to_recognize(State(door): State<FrontDoorState>, request: Request) -> Response {
-    let downstream = door.recognize.clone();
-    forward(&door, downstream.as_deref(), "recognize", request).await
+    let Some(traffic) = door.recognize.clone() else {
+        return not_configured("recognize").into_response();
+    };
+    forward(&door, Backend::One(&traffic.stable()), request).await
+}
+
+/// `POST /api/v1/recognize`: split, and mirrored on its labels.
+async fn to_recognition(State(door): State<FrontDoorState>, request: Request) -> Response {
+    let Some(traffic) = door.recognize.clone() else {
+        return not_configured("recognize").into_response();
+    };
+    forward(&door, Backend::Split(&traffic, Compare::Labels), request).await
+}
+
+/// The Open Inference Protocol's `infer`: split, and mirrored on its top class.
+async fn to_inference(State(door): State<FrontDoorState>, request: Request) -> Response {
+    let Some(traffic) = door.recognize.clone() else {
+        return not_configured("recognize").into_response();
+    };
+    forward(&door, Backend::Split(&traffic, Compare::Oip), request).await
 }
 
 async fn to_store(State(door): State<FrontDoorState>, request: Request) -> Response {
-    let downstream = door.store.clone();
-    forward(&door, downstream.as_deref(), "store", request).await
+    let Some(store) = door.store.clone() else {
+        return not_configured("store").into_response();
+    };
+    forward(&door, Backend::One(&store), request).await
 }
 
-/// Passes `request` on to `downstream` and its answer back.
-async fn forward(
-    door: &FrontDoorState,
-    downstream: Option<&Downstream>,
-    component: &'static str,
-    request: Request,
-) -> Response {
-    let Some(downstream) = downstream else {
-        return not_configured(component).into_response();
-    };
+/// Where a forwarded request goes.
+enum Backend<'a> {
+    One(&'a Downstream),
+    /// A recognition: the revision the traffic split picks.
+    Split(&'a Traffic, Compare),
+}
+
+/// Passes `request` on to `backend` and its answer back.
+async fn forward(door: &FrontDoorState, backend: Backend<'_>, request: Request) -> Response {
     let method = request.method().clone();
     let target = request
         .uri()
@@ -164,10 +189,20 @@ async fn forward(
         Ok(body) => body,
         Err(rejection) => return AppError::from(rejection).into_response(),
     };
-    match downstream
-        .forward(method, &target, headers, body, door.max_answer_bytes)
-        .await
-    {
+    let max = door.max_answer_bytes;
+    let answer = match backend {
+        Backend::One(downstream) => {
+            downstream
+                .forward(method, &target, headers, body, max)
+                .await
+        }
+        Backend::Split(traffic, compare) => {
+            traffic
+                .forward(compare, method, &target, headers, body, max)
+                .await
+        }
+    };
+    match answer {
         Ok(answer) => passed_back(answer),
         Err(e) => downstream_error(e).into_response(),
     }
@@ -196,7 +231,7 @@ async fn seed_recognition(
         .get(&id)
         .await?
         .ok_or_else(|| AppError::NotFound("no image at this URL".into()))?;
-    let downstream = door
+    let traffic = door
         .recognize
         .as_deref()
         .ok_or_else(|| not_configured("recognize"))?;
@@ -207,8 +242,9 @@ async fn seed_recognition(
     );
     // The default top k (5, or every class of a smaller model), cut to the seed's 3: the
     // same labels as `classify(.., 3)` for any number of classes.
-    let answer = downstream
+    let answer = traffic
         .forward(
+            Compare::Labels,
             Method::POST,
             "/api/v1/recognize",
             forwarded,

@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod batching;
+pub mod cache;
 pub mod cli;
 pub mod drain;
 pub mod engine;

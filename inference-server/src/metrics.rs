@@ -80,6 +80,7 @@ pub struct Metrics {
     pub inference: InferenceMetrics,
     pub pipeline: PipelineMetrics,
     pub store: StoreMetrics,
+    pub front_door: FrontDoorMetrics,
 }
 
 impl Metrics {
@@ -99,6 +100,7 @@ impl Metrics {
         let inference = InferenceMetrics::register(registry, model);
         let pipeline = PipelineMetrics::register(registry);
         let store = StoreMetrics::register(registry);
+        let front_door = FrontDoorMetrics::register(registry);
         Metrics {
             registry: Arc::new(root),
             info,
@@ -106,6 +108,7 @@ impl Metrics {
             inference,
             pipeline,
             store,
+            front_door,
         }
     }
 
@@ -187,6 +190,10 @@ pub struct InferenceMetrics {
     load_seconds: Family<ModelLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     ready: Family<ModelLabels, Gauge>,
     info: Family<ModelInfoLabels, Gauge>,
+    cache_hits: Family<ModelLabels, Counter>,
+    cache_misses: Family<ModelLabels, Counter>,
+    cache_evictions: Family<ModelLabels, Counter>,
+    cache_bytes: Family<ModelLabels, Gauge>,
 }
 
 impl InferenceMetrics {
@@ -206,6 +213,10 @@ impl InferenceMetrics {
             load_seconds: Family::default(),
             ready: Family::default(),
             info: Family::default(),
+            cache_hits: Family::default(),
+            cache_misses: Family::default(),
+            cache_evictions: Family::default(),
+            cache_bytes: Family::default(),
         }
     }
 
@@ -265,6 +276,26 @@ impl InferenceMetrics {
             "model_info",
             "The model being served (value is always 1)",
             m.info.clone(),
+        );
+        registry.register(
+            "cache_hits",
+            "Recognitions answered from the result cache, or shared with an identical request in flight",
+            m.cache_hits.clone(),
+        );
+        registry.register(
+            "cache_misses",
+            "Recognitions the result cache did not have (the model ran)",
+            m.cache_misses.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Result cache entries dropped to stay within --cache-bytes",
+            m.cache_evictions.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes the result cache holds (at most --cache-bytes)",
+            m.cache_bytes.clone(),
         );
         if !model.is_empty() {
             // Zero series from the start, so rates and alerts have data before the first event.
@@ -338,6 +369,34 @@ impl InferenceMetrics {
 
     pub fn not_ready(&self) {
         self.ready.get_or_create(&self.model).set(0);
+    }
+
+    /// The result cache is on: its series start at zero.
+    pub fn cache_enabled(&self) {
+        self.cache_hits.get_or_create(&self.model).inc_by(0);
+        self.cache_misses.get_or_create(&self.model).inc_by(0);
+        self.cache_evictions.get_or_create(&self.model).inc_by(0);
+        self.cache_bytes.get_or_create(&self.model).set(0);
+    }
+
+    pub fn cache_hit(&self) {
+        self.cache_hits.get_or_create(&self.model).inc();
+    }
+
+    pub fn cache_miss(&self) {
+        self.cache_misses.get_or_create(&self.model).inc();
+    }
+
+    pub fn cache_evicted(&self, entries: u64) {
+        self.cache_evictions
+            .get_or_create(&self.model)
+            .inc_by(entries);
+    }
+
+    pub fn cache_bytes(&self, bytes: usize) {
+        self.cache_bytes
+            .get_or_create(&self.model)
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 }
 
@@ -569,6 +628,155 @@ impl StoreMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevisionLabels {
+    pub model: String,
+    /// `stable` or `candidate` (never the revision's digest).
+    pub revision: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelOutcomeLabels {
+    pub model: String,
+    pub outcome: String,
+}
+
+type F64Gauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// The front door's traffic split and mirroring ([`crate::pipeline::traffic`]). The
+/// operator reads `sightline_frontdoor_mirrored_total{model,outcome}` from each front door
+/// to decide a canary's top-1 agreement: keep its name and labels.
+#[derive(Clone)]
+pub struct FrontDoorMetrics {
+    requests: Family<RevisionLabels, Counter>,
+    mirrored: Family<ModelOutcomeLabels, Counter>,
+    candidate_weight: Family<ModelLabels, F64Gauge>,
+    mirror_percent: Family<ModelLabels, F64Gauge>,
+    reloads: Family<OutcomeLabels, Counter>,
+}
+
+impl FrontDoorMetrics {
+    /// The outcomes of a mirrored request (label values).
+    pub const MIRRORED: [&'static str; 5] = ["agree", "disagree", "error", "timeout", "dropped"];
+
+    fn families() -> FrontDoorMetrics {
+        FrontDoorMetrics {
+            requests: Family::default(),
+            mirrored: Family::default(),
+            candidate_weight: Family::default(),
+            mirror_percent: Family::default(),
+            reloads: Family::default(),
+        }
+    }
+
+    fn register(registry: &mut Registry) -> FrontDoorMetrics {
+        let m = Self::families();
+        registry.register(
+            "frontdoor_requests",
+            "Recognitions the front door forwarded, by model, revision (stable, candidate) and \
+             outcome (ok: an answer below 500; error: none, or a 5xx — a candidate's is then \
+             retried on stable)",
+            m.requests.clone(),
+        );
+        registry.register(
+            "frontdoor_mirrored",
+            "Stable recognitions mirrored to the candidate, by model and outcome (agree, \
+             disagree: the top-1 answers compared; error, timeout; dropped: over the bound on \
+             mirrors in flight)",
+            m.mirrored.clone(),
+        );
+        registry.register(
+            "frontdoor_candidate_weight",
+            "Percent of recognitions sent to the candidate revision (from the traffic file)",
+            m.candidate_weight.clone(),
+        );
+        registry.register(
+            "frontdoor_mirror_percent",
+            "Percent of stable recognitions mirrored to the candidate (from the traffic file)",
+            m.mirror_percent.clone(),
+        );
+        registry.register(
+            "frontdoor_traffic_reloads",
+            "Changes of the traffic file seen, by outcome (applied; absent: everything to \
+             --recognize-url; invalid: unreadable or malformed, the last good one kept)",
+            m.reloads.clone(),
+        );
+        m
+    }
+
+    /// Families that belong to no registry (for tests).
+    pub fn unregistered() -> FrontDoorMetrics {
+        Self::families()
+    }
+
+    /// A forwarded recognition's answer from `revision` (`stable` or `candidate`).
+    pub fn request(&self, model: &str, revision: &'static str, ok: bool) {
+        self.requests
+            .get_or_create(&RevisionLabels {
+                model: model.to_string(),
+                revision: revision.to_string(),
+                outcome: if ok { "ok" } else { "error" }.to_string(),
+            })
+            .inc();
+    }
+
+    /// A mirrored request's outcome, one of [`FrontDoorMetrics::MIRRORED`].
+    pub fn mirrored(&self, model: &str, outcome: &'static str) {
+        self.mirrored
+            .get_or_create(&ModelOutcomeLabels {
+                model: model.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// The weights now applied for `model` (the series of a previous model are dropped),
+    /// with zero series for every request and mirror outcome, so rates have data before
+    /// the first event.
+    pub fn weights(&self, model: &str, candidate_weight: f64, mirror_percent: f64) {
+        let labels = ModelLabels {
+            model: model.to_string(),
+        };
+        self.candidate_weight.clear();
+        self.mirror_percent.clear();
+        self.candidate_weight
+            .get_or_create(&labels)
+            .set(candidate_weight);
+        self.mirror_percent
+            .get_or_create(&labels)
+            .set(mirror_percent);
+        for revision in ["stable", "candidate"] {
+            for outcome in ["ok", "error"] {
+                self.requests
+                    .get_or_create(&RevisionLabels {
+                        model: model.to_string(),
+                        revision: revision.to_string(),
+                        outcome: outcome.to_string(),
+                    })
+                    .inc_by(0);
+            }
+        }
+        for outcome in Self::MIRRORED {
+            self.mirrored
+                .get_or_create(&ModelOutcomeLabels {
+                    model: model.to_string(),
+                    outcome: outcome.to_string(),
+                })
+                .inc_by(0);
+        }
+    }
+
+    /// A change of the traffic file: `applied`, `absent` or `invalid`.
+    pub fn reload(&self, outcome: &'static str) {
+        self.reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,5 +802,29 @@ mod tests {
             text.contains("sightline_model_load_duration_seconds{model=\"resnet\"} 1.5"),
             "{text}"
         );
+    }
+
+    /// The operator parses exactly these lines from a front door's `/metrics`.
+    #[test]
+    fn front_door_series_are_the_ones_the_operator_reads() {
+        let m = Metrics::new("");
+        m.front_door.weights("lite0", 20.0, 10.0);
+        m.front_door.request("lite0", "candidate", true);
+        m.front_door.mirrored("lite0", "agree");
+        m.front_door.mirrored("lite0", "agree");
+        let text = m.encode();
+        for line in [
+            "sightline_frontdoor_mirrored_total{model=\"lite0\",outcome=\"agree\"} 2",
+            "sightline_frontdoor_mirrored_total{model=\"lite0\",outcome=\"disagree\"} 0",
+            "sightline_frontdoor_requests_total{model=\"lite0\",revision=\"candidate\",outcome=\"ok\"} 1",
+            "sightline_frontdoor_requests_total{model=\"lite0\",revision=\"stable\",outcome=\"error\"} 0",
+            "sightline_frontdoor_candidate_weight{model=\"lite0\"} 20.0",
+            "sightline_frontdoor_mirror_percent{model=\"lite0\"} 10.0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        m.front_door.weights("other", 0.0, 0.0);
+        let text = m.encode();
+        assert!(!text.contains("sightline_frontdoor_candidate_weight{model=\"lite0\"}"));
     }
 }

@@ -35,6 +35,11 @@ pub enum ServerError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Upload(#[from] crate::upload::UploadError),
+    #[error(
+        "--traffic-file needs --recognize-url: the revision that answers while the file is \
+         absent"
+    )]
+    TrafficWithoutRecognize,
     #[error("invalid --{flag} {value:?}: {source}")]
     DownstreamUrl {
         flag: &'static str,
@@ -184,10 +189,31 @@ pub async fn role_state(
                 })
                 .transpose()
         };
+        let traffic_file = args
+            .traffic_file
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty());
+        let recognize = match downstream("recognize", "recognize-url", &args.recognize_url)? {
+            Some(fallback) => Some(
+                crate::pipeline::traffic::Traffic::start(
+                    fallback,
+                    traffic_file,
+                    state.metrics.front_door.clone(),
+                )
+                .await,
+            ),
+            None if traffic_file.is_some() => return Err(ServerError::TrafficWithoutRecognize),
+            None => None,
+        };
         state.downstream = crate::pipeline::Downstreams {
-            recognize: downstream("recognize", "recognize-url", &args.recognize_url)?,
+            recognize,
             store: downstream("store", "store-url", &args.store_url)?,
         };
+    } else if args.traffic_file.is_some() {
+        tracing::warn!(
+            role = role.as_str(),
+            "--traffic-file is read by the upload role (the front door) only; ignored"
+        );
     }
     Ok(state)
 }

@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::batching::{BatchConfig, Batcher, InferError};
+use crate::cache::{KeyPrefix, ResultCache, Scores};
 use crate::cli::ServeArgs;
 use crate::engine::{Engine, EngineConfig, LoadError, ModelInfo};
 use crate::metrics::InferenceMetrics;
@@ -30,10 +31,18 @@ pub struct ServingModel {
     /// large; this keeps image work from crowding out inference).
     cpu: Arc<Semaphore>,
     metrics: InferenceMetrics,
+    /// Scores of images seen before (`--cache-bytes`; `None` when 0), keyed by `key_prefix`
+    /// plus the image bytes.
+    cache: Option<ResultCache<RecognizeError>>,
+    key_prefix: KeyPrefix,
 }
 
+/// Images up to this size are hashed for the cache on the calling thread (well under a
+/// millisecond); larger ones on the blocking pool.
+const HASH_INLINE_BYTES: usize = 256 * 1024;
+
 /// Why a recognition did not produce predictions.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RecognizeError {
     #[error(transparent)]
     Image(#[from] PreprocessError),
@@ -46,12 +55,42 @@ impl ServingModel {
         self.batcher.config()
     }
 
-    /// Decodes and classifies one image; returns the top `k` predictions.
+    /// Decodes and classifies one image; returns the top `k` predictions. The same bytes
+    /// seen before (or being classified right now) are answered from the result cache.
     pub async fn classify(
         &self,
         bytes: bytes::Bytes,
         k: usize,
     ) -> Result<Vec<Prediction>, RecognizeError> {
+        let row = match &self.cache {
+            None => self.scores(bytes).await?,
+            Some(cache) => {
+                let key = if bytes.len() <= HASH_INLINE_BYTES {
+                    self.key_prefix.key(&bytes)
+                } else {
+                    let (prefix, image) = (self.key_prefix.clone(), bytes.clone());
+                    tokio::task::spawn_blocking(move || prefix.key(&image))
+                        .await
+                        .map_err(|_| InferError::Failed("image worker panicked".into()))?
+                };
+                cache.get_or_compute(key, || self.scores(bytes)).await?
+            }
+        };
+        Ok(top_k(
+            &row,
+            self.info.outputs_probabilities,
+            &self.labels,
+            k,
+        ))
+    }
+
+    /// The result cache, when there is one.
+    pub fn cache(&self) -> Option<&ResultCache<RecognizeError>> {
+        self.cache.as_ref()
+    }
+
+    /// The model's output row for one image: decode, queue, run.
+    async fn scores(&self, bytes: bytes::Bytes) -> Result<Scores, RecognizeError> {
         let incoming = self.batcher.incoming();
         let tensor = self.preprocess_bytes(bytes).await?;
         let answer = self.batcher.submit(tensor, 1)?;
@@ -59,12 +98,7 @@ impl ServingModel {
         let row = answer
             .instrument(tracing::debug_span!("queue_wait_and_inference"))
             .await?;
-        Ok(top_k(
-            &row,
-            self.info.outputs_probabilities,
-            &self.labels,
-            k,
-        ))
+        Ok(row.into())
     }
 
     /// Runs already-preprocessed rows (the Open Inference Protocol path).
@@ -147,6 +181,8 @@ pub struct ModelSetup {
     pub batching: BatchConfig,
     pub limits: DecodeLimits,
     pub preprocess_workers: usize,
+    /// Bytes of the result cache (`--cache-bytes`); 0 turns it off.
+    pub cache_bytes: usize,
 }
 
 /// Loads the model on a blocking thread and publishes the outcome into `slot`.
@@ -203,6 +239,7 @@ fn load(
             format!("cannot start the inference thread: {e}"),
         )
     })?;
+    let key_prefix = KeyPrefix::new(&info.sha256, &setup.engine.preprocess);
     Ok(ServingModel {
         name: setup.name,
         info,
@@ -211,6 +248,8 @@ fn load(
         limits: setup.limits,
         batcher,
         cpu: Arc::new(Semaphore::new(setup.preprocess_workers.max(1))),
+        cache: ResultCache::new(setup.cache_bytes, metrics.clone()),
+        key_prefix,
         metrics,
     })
 }
@@ -314,5 +353,6 @@ pub fn model_setup(args: &ServeArgs) -> Result<ModelSetup, SetupError> {
             ..DecodeLimits::default()
         },
         preprocess_workers: cores,
+        cache_bytes: m.cache_bytes,
     })
 }

@@ -330,6 +330,7 @@ fn example(method: &str, route: &str, made: &Made) -> Option<Call> {
             | "/v2/models/{name}/versions/{version}"
             | "/v2/models/{name}/versions/{version}/ready",
         ) => Call::get(route.replace("{name}", MODEL).replace("{version}", "1")),
+        ("post", "/v2/repository/index") => Call::post(route, "application/json", ""),
         ("post", "/v2/models/{name}/infer" | "/v2/models/{name}/versions/{version}/infer") => {
             Call::json(
                 route.replace("{name}", MODEL).replace("{version}", "1"),

@@ -1,7 +1,9 @@
 //! The KServe Open Inference Protocol (v2), REST flavour, so KServe and Triton clients work
 //! unchanged: server and model metadata, liveness/readiness, and `infer` with JSON tensors
 //! (nested or flat `data`) or the binary tensor extension (`Inference-Header-Content-Length`),
-//! plus the classification extension (`"parameters": {"classification": k}` on an output).
+//! plus the classification extension (`"parameters": {"classification": k}` on an output)
+//! and the index of Triton's model repository extension (`POST /v2/repository/index`, how
+//! Triton clients discover models).
 
 use axum::Router;
 use axum::body::Body;
@@ -40,6 +42,7 @@ pub fn router() -> Router<RecognizeState> {
             "/v2/models/{name}/versions/{version}/infer",
             post(infer_version),
         )
+        .route("/v2/repository/index", post(repository_index))
 }
 
 async fn server_metadata() -> Json {
@@ -150,6 +153,42 @@ async fn model_ready_version(
         return e.into_response();
     }
     model_ready(state, Path(name)).await
+}
+
+/// The optional body of a repository index request.
+#[derive(Debug, Default, Deserialize)]
+struct IndexRequest {
+    /// Only the models that are ready.
+    #[serde(default)]
+    ready: bool,
+}
+
+/// Triton's model repository index: `[{"name", "version", "state", "reason"}]` for the one
+/// model this server serves, `READY` or `UNAVAILABLE` with the reason. The body is optional
+/// (Triton's client sends none); `{"ready": true}` lists only ready models.
+async fn repository_index(
+    State(state): State<RecognizeState>,
+    body: Bytes,
+) -> Result<Json, AppError> {
+    let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        IndexRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| AppError::bad_request(format!("invalid repository index request: {e}")))?
+    };
+    let (ready, reason) = match state.model.ready() {
+        Ok(_) => (true, String::new()),
+        Err(why) => (false, why),
+    };
+    if request.ready && !ready {
+        return Ok(Json(json!([])));
+    }
+    Ok(Json(json!([{
+        "name": state.model_name(),
+        "version": "1",
+        "state": if ready { "READY" } else { "UNAVAILABLE" },
+        "reason": reason,
+    }])))
 }
 
 /// One input tensor of an inference request.

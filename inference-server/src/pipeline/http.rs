@@ -223,9 +223,7 @@ async fn recognize(
         Some(k) => format!("/api/v1/recognize?top_k={k}"),
         None => "/api/v1/recognize".to_string(),
     };
-    let (_, recognition) = remote
-        .post(&path, "application/octet-stream", bytes, headers)
-        .await?;
+    let (_, recognition) = remote.recognize(&path, bytes, headers).await?;
     Ok(recognition)
 }
 

@@ -11,9 +11,12 @@
 //!
 //! The same [`Downstream`]s carry the front door's forwarded calls
 //! ([`crate::front_door`]), through [`Downstream::forward`], so each service has one
-//! breaker whichever route calls it.
+//! breaker whichever route calls it. Recognitions reach the recognize service through
+//! [`traffic::Traffic`], which splits them between a canary's stable and candidate
+//! revisions when the operator's traffic file says so.
 
 pub mod http;
+pub mod traffic;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -148,8 +151,8 @@ pub const FORWARDED: [HeaderName; 3] = [
 /// The other services the upload role calls (none in `all`, where everything is local).
 #[derive(Clone, Default)]
 pub struct Downstreams {
-    /// `--recognize-url`.
-    pub recognize: Option<Arc<Downstream>>,
+    /// `--recognize-url`, and a canary's revisions from `--traffic-file`.
+    pub recognize: Option<Arc<traffic::Traffic>>,
     /// `--store-url`.
     pub store: Option<Arc<Downstream>>,
 }
@@ -200,6 +203,19 @@ impl Downstream {
             breaker: Breaker::default(),
             metrics,
         })
+    }
+
+    /// The base URL calls go to (no trailing slash).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn policy(&self) -> CallPolicy {
+        self.policy
+    }
+
+    pub fn metrics(&self) -> &PipelineMetrics {
+        &self.metrics
     }
 
     /// POSTs `body` to `path` and decodes a 2xx JSON answer, retrying what is safe to retry.

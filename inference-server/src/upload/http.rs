@@ -39,7 +39,9 @@ impl From<UploadError> for AppError {
     fn from(e: UploadError) -> Self {
         match e {
             UploadError::Image(e) => e.into(),
-            UploadError::TrailingData(_) => AppError::BadRequest(e.to_string()),
+            UploadError::TrailingData(_) | UploadError::Truncated { .. } => {
+                AppError::BadRequest(e.to_string())
+            }
             UploadError::Io { .. } if e.is_storage_full() => AppError::InsufficientStorage(
                 format!("the image store is full; nothing was stored: {e}"),
             ),

@@ -31,6 +31,10 @@ pub enum UploadError {
         "the file is not only an image: {0} bytes follow the end of the image (a polyglot file?)"
     )]
     TrailingData(usize),
+    #[error(
+        "the {format} image is cut short: the file ends before the image does (an interrupted upload?)"
+    )]
+    Truncated { format: &'static str },
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -134,11 +138,22 @@ pub fn format_name(format: image::ImageFormat) -> &'static str {
 }
 
 /// Checks that `bytes` are one whole image and nothing else: the magic bytes name a
-/// supported format, the header's dimensions are within `limits` (before any pixel is
+/// supported format, a JPEG or PNG is complete (decoders fill a cut-off image with grey
+/// instead of failing), the header's dimensions are within `limits` (before any pixel is
 /// decoded), the pixels decode, and no other file hides after the image's end.
 /// CPU-bound: call from a blocking thread.
 pub fn check_image(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageInfo, UploadError> {
     let format = crate::preprocess::sniff(bytes)?;
+    let complete = match format {
+        image::ImageFormat::Jpeg => jpeg_complete(bytes),
+        image::ImageFormat::Png => png_complete(bytes),
+        _ => true,
+    };
+    if !complete {
+        return Err(UploadError::Truncated {
+            format: format_name(format),
+        });
+    }
     let decoded = crate::preprocess::decode(bytes, limits)?;
     let trailing = match format {
         image::ImageFormat::Png => png_trailing(bytes),
@@ -155,6 +170,87 @@ pub fn check_image(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageInfo, Upl
         format: format_name(format).to_string(),
         bytes: bytes.len() as u64,
     })
+}
+
+/// True when the PNG's chunks run, whole, up to its `IEND` chunk.
+fn png_complete(bytes: &[u8]) -> bool {
+    let mut pos: usize = 8;
+    while let Some(header) = bytes.get(pos..pos.saturating_add(8)) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        // Length, type, data, CRC.
+        let end = pos.saturating_add(12).saturating_add(len);
+        if end > bytes.len() {
+            return false;
+        }
+        if &header[4..8] == b"IEND" {
+            return true;
+        }
+        pos = end;
+    }
+    false
+}
+
+/// True when the JPEG's marker segments and entropy-coded scans run up to the
+/// end-of-image marker of its main picture. Segments are skipped by their length, so the
+/// thumbnail inside an Exif segment (which has its own end marker) does not count.
+fn jpeg_complete(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let mut pos = 2;
+    loop {
+        // The next marker: 0xFF, any fill bytes, then the marker's code. Stray bytes
+        // between segments are passed over, as lenient decoders do.
+        let Some(ff) = bytes
+            .get(pos..)
+            .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
+        else {
+            return false;
+        };
+        pos += ff;
+        while bytes.get(pos) == Some(&0xFF) {
+            pos += 1;
+        }
+        let Some(&marker) = bytes.get(pos) else {
+            return false;
+        };
+        pos += 1;
+        match marker {
+            0xD9 => return true,
+            // Markers without a length: TEM, RSTn, a stray SOI; 0x00 is no marker.
+            0x00 | 0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let Some(len) = bytes
+            .get(pos..pos + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        else {
+            return false;
+        };
+        if len < 2 || pos + len > bytes.len() {
+            return false;
+        }
+        pos += len;
+        if marker == 0xDA {
+            // A scan's entropy-coded data: runs until a marker other than a stuffed zero
+            // (0xFF 0x00) or a restart marker.
+            loop {
+                let Some(ff) = bytes
+                    .get(pos..)
+                    .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
+                else {
+                    return false;
+                };
+                pos += ff;
+                match bytes.get(pos + 1) {
+                    None => return false,
+                    Some(0x00 | 0xD0..=0xD7) => pos += 2,
+                    Some(0xFF) => pos += 1,
+                    Some(_) => break,
+                }
+            }
+        }
+    }
 }
 
 /// Bytes after the PNG `IEND` chunk.
@@ -479,6 +575,72 @@ mod tests {
         assert!(!is_image_id("../../etc/passwd"));
         assert!(!is_image_id(&"A".repeat(64)));
         assert!(is_image_id(&sha256_hex(b"x")));
+    }
+
+    /// A `w×h` JPEG of noise-like content (so its scan data is long).
+    fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) as u8;
+            image::Rgb([v, v.wrapping_mul(3), v.wrapping_add(x as u8)])
+        });
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut out, image::ImageFormat::Jpeg)
+            .expect("encode");
+        out.into_inner()
+    }
+
+    #[test]
+    fn cut_off_jpegs_and_pngs_are_refused_whole_ones_pass() {
+        let limits = DecodeLimits::default();
+        let whole = jpeg(256, 192);
+        assert!(jpeg_complete(&whole));
+        check_image(&whole, &limits).expect("a whole JPEG");
+        for keep in [whole.len() / 3, whole.len() - 2, 200] {
+            assert!(
+                matches!(
+                    check_image(&whole[..keep], &limits),
+                    Err(UploadError::Truncated { format: "jpeg" })
+                ),
+                "{keep} of {} bytes",
+                whole.len()
+            );
+        }
+        // A thumbnail in an Exif segment has its own end marker: skipped by length.
+        let thumbnail = jpeg(16, 16);
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend_from_slice(&thumbnail);
+        let mut with_thumbnail = whole[..2].to_vec();
+        with_thumbnail.extend_from_slice(&[0xFF, 0xE1]);
+        with_thumbnail.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+        with_thumbnail.extend_from_slice(&app1);
+        with_thumbnail.extend_from_slice(&whole[2..]);
+        assert!(jpeg_complete(&with_thumbnail));
+        let cut = &with_thumbnail[..with_thumbnail.len() / 2];
+        assert!(
+            !jpeg_complete(cut),
+            "the thumbnail's end is not the image's"
+        );
+
+        let png = {
+            let img = image::RgbImage::from_fn(128, 96, |x, y| image::Rgb([x as u8, y as u8, 7]));
+            let mut out = std::io::Cursor::new(Vec::new());
+            image::DynamicImage::ImageRgb8(img)
+                .write_to(&mut out, image::ImageFormat::Png)
+                .expect("encode");
+            out.into_inner()
+        };
+        assert!(png_complete(&png));
+        for keep in [png.len() / 3, png.len() - 12, png.len() - 1] {
+            assert!(
+                matches!(
+                    check_image(&png[..keep], &limits),
+                    Err(UploadError::Truncated { format: "png" })
+                ),
+                "{keep} of {} bytes",
+                png.len()
+            );
+        }
     }
 
     #[tokio::test]
