@@ -227,8 +227,11 @@ pub struct EvaluationStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct FileSource {
-    /// `https://host/path`, `s3://bucket/key`, or `pvc://claim/path/in/claim`.
-    #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') || self.startsWith('s3://') || self.startsWith('pvc://')").message("uri must start with https://, s3:// or pvc://"))]
+    /// `https://host/path`, `s3://bucket/key`, `pvc://claim/path/in/claim`, or (model and
+    /// labels only) `oci://registry/repository@sha256:…`: a model image (`make
+    /// model-image`, docs/install.md) mounted as an image volume — no download, the digest
+    /// pinned by the reference (needs Kubernetes' ImageVolume feature).
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') || self.startsWith('s3://') || self.startsWith('pvc://') || self.startsWith('oci://')").message("uri must start with https://, s3://, pvc:// or oci://"))]
     pub uri: String,
     /// Lower-case hex SHA-256 of the file. When set, the file is verified before serving
     /// and a mismatch keeps the model not ready (reason `DigestMismatch`).

@@ -35,7 +35,7 @@ pub enum RenderError {
 }
 
 /// The custom resources found in a YAML stream.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Inputs {
     pub models: Vec<ImageModel>,
     pub pipelines: Vec<RecognitionPipeline>,

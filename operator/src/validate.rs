@@ -18,6 +18,21 @@ fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
 }
 
 fn check_uri(field: &'static str, uri: &str) -> Result<(), Invalid> {
+    if let Some(reference) = uri.strip_prefix("oci://") {
+        return match reference.split_once("@sha256:") {
+            Some((repository, digest))
+                if repository.contains('/')
+                    && digest.len() == 64
+                    && digest.chars().all(|c| c.is_ascii_hexdigit()) =>
+            {
+                Ok(())
+            }
+            _ => Err(invalid(
+                field,
+                "oci:// needs an image pinned by digest: oci://registry/repository@sha256:<64 hex>",
+            )),
+        };
+    }
     if let Some(rest) = uri.strip_prefix("pvc://") {
         match rest.split_once('/') {
             Some((claim, path)) if !claim.is_empty() && !path.is_empty() => Ok(()),
@@ -47,8 +62,23 @@ pub fn model(m: &ImageModel) -> Result<(), Invalid> {
     let source = &m.spec.source;
     check_uri("spec.source.uri", &source.model.uri)?;
     check_uri("spec.source.labels.uri", &source.labels.uri)?;
+    let oci = |uri: &str| uri.starts_with("oci://");
+    if oci(&source.model.uri) != oci(&source.labels.uri)
+        || (oci(&source.model.uri) && source.model.uri != source.labels.uri)
+    {
+        return Err(invalid(
+            "spec.source.labels.uri",
+            "a model image carries its labels: give the same oci:// reference for both",
+        ));
+    }
     if let Some(evaluation) = &m.spec.evaluation {
         check_uri("spec.evaluation.dataset.uri", &evaluation.dataset.uri)?;
+        if evaluation.dataset.uri.starts_with("oci://") {
+            return Err(invalid(
+                "spec.evaluation.dataset.uri",
+                "a labelled set comes from https://, s3:// or pvc://",
+            ));
+        }
     }
     if let Some(resource) = &m.spec.runtime.gpu_resource
         && !resource.contains('/')

@@ -692,3 +692,64 @@ fn the_samples_kustomization_builds_and_validates_with_the_crds() {
     assert_eq!((inputs.models.len(), inputs.pipelines.len()), (2, 1));
     render::children(&inputs, &Platform::default()).expect("and render");
 }
+
+#[test]
+fn a_model_image_is_mounted_as_an_image_volume_pinned_by_digest() {
+    let reference = format!(
+        "oci://ghcr.io/sightline/sightline-model-lite0@sha256:{}",
+        "ab".repeat(32)
+    );
+    let mut inputs = samples();
+    inputs.pipelines.clear();
+    inputs.models.truncate(1);
+    let m = &mut inputs.models[0];
+    m.spec.source.model.uri = reference.clone();
+    m.spec.source.labels.uri = reference.clone();
+    m.spec.evaluation = None;
+    let objects = render::children(&inputs, &Platform::default()).expect("render");
+    let d = deployment(&objects, "efficientnet-lite0-recognize");
+    let pod = &d["spec"]["template"]["spec"];
+    assert!(
+        pod["initContainers"].is_null(),
+        "nothing to download: {pod:#}"
+    );
+    let volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "model-image")
+        .expect("the image volume");
+    assert_eq!(
+        volume["image"]["reference"],
+        reference.trim_start_matches("oci://")
+    );
+    let a = args(d);
+    let model = a.iter().position(|x| x == "--model").expect("--model");
+    assert_eq!(a[model + 1], "/model-image/model.onnx");
+    let labels = a.iter().position(|x| x == "--labels").expect("--labels");
+    assert_eq!(a[labels + 1], "/model-image/model.labels.txt");
+    let core: Vec<Value> = objects
+        .iter()
+        .filter(|o| o["kind"] != "ServiceMonitor")
+        .cloned()
+        .collect();
+    if let Some(said) = validate_1_33(&render::to_yaml(&core).expect("yaml"), &[]) {
+        assert_eq!(
+            said.matches(" passed for resource ").count(),
+            core.len(),
+            "{said}"
+        );
+    }
+
+    // A tag is not a digest; the labels come from the same image.
+    let tagged = "oci://ghcr.io/sightline/sightline-model-lite0:latest".to_string();
+    let mut bad = inputs.clone();
+    bad.models[0].spec.source.model.uri = tagged.clone();
+    bad.models[0].spec.source.labels.uri = tagged;
+    let error = render::children(&bad, &Platform::default()).expect_err("a tag");
+    assert!(error.to_string().contains("pinned by digest"), "{error}");
+    let mut mixed = inputs.clone();
+    mixed.models[0].spec.source.labels.uri = "https://models.example.com/labels.txt".into();
+    let error = render::children(&mixed, &Platform::default()).expect_err("mixed");
+    assert!(error.to_string().contains("same oci://"), "{error}");
+}

@@ -12,8 +12,9 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricIdentifier, MetricSpec, MetricTarget, PodsMetricSource, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvFromSource, PersistentVolumeClaimVolumeSource,
-    SecretEnvSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvFromSource, ImageVolumeSource,
+    PersistentVolumeClaimVolumeSource, SecretEnvSource, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -49,9 +50,26 @@ enum Placement {
     Fetched { path: String },
     /// Read from a PVC mounted read-only.
     Mounted { claim: String, path: String },
+    /// Read from a model image mounted as an image volume at [`IMAGE_DIR`].
+    Image { reference: String, path: String },
 }
 
+/// Where a model image (`oci://`) is mounted.
+const IMAGE_DIR: &str = "/model-image";
+
 fn placement(source: &FileSource, fetched_name: &str) -> Placement {
+    if let Some(reference) = source.uri.strip_prefix("oci://") {
+        // The image's files (docs/install.md): /model.onnx, /model.labels.txt.
+        let file = if fetched_name.starts_with("labels") {
+            "model.labels.txt"
+        } else {
+            "model.onnx"
+        };
+        return Placement::Image {
+            reference: reference.to_string(),
+            path: format!("{IMAGE_DIR}/{file}"),
+        };
+    }
     match source
         .uri
         .strip_prefix("pvc://")
@@ -241,6 +259,7 @@ pub fn deployment(model: &ImageModel, platform: &Platform, inputs: &ModelInputs)
     let mut mounts = Vec::new();
     let mut claims: Vec<String> = Vec::new();
     let mut needs_emptydir = false;
+    let mut image_volume: Option<String> = None;
     let mut path_of = |place: &Placement, source: &FileSource, init_name: &str| -> String {
         match place {
             Placement::Fetched { path } => {
@@ -260,6 +279,10 @@ pub fn deployment(model: &ImageModel, platform: &Platform, inputs: &ModelInputs)
                 }
                 path.clone()
             }
+            Placement::Image { reference, path } => {
+                image_volume = Some(reference.clone());
+                path.clone()
+            }
         }
     };
     let model_path = path_of(&model_place, &spec.source.model, "fetch-model");
@@ -276,8 +299,24 @@ pub fn deployment(model: &ImageModel, platform: &Platform, inputs: &ModelInputs)
                     }
                     path
                 }
-                Placement::Fetched { .. } => e.dataset.uri.clone(),
+                Placement::Fetched { .. } | Placement::Image { .. } => e.dataset.uri.clone(),
             });
+    if let Some(reference) = image_volume {
+        volumes.push(Volume {
+            name: "model-image".into(),
+            image: Some(ImageVolumeSource {
+                reference: Some(reference),
+                pull_policy: Some("IfNotPresent".into()),
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "model-image".into(),
+            mount_path: IMAGE_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     if needs_emptydir {
         let room = spec.source.max_size.clone().unwrap_or_else(|| "4Gi".into());
         volumes.push(Volume {

@@ -562,14 +562,16 @@ pub fn parse_evaluation(text: &str, generation: i64) -> Result<Option<Evaluation
 /// one of them in some pod finished cleanly; false with the container's own message when
 /// one failed.
 pub fn fetched_condition(m: &ImageModel, pods: &[Pod]) -> Cond {
-    let fetches_something = !m.spec.source.model.uri.starts_with("pvc://")
-        || !m.spec.source.labels.uri.starts_with("pvc://");
+    let mounted = |uri: &str| uri.starts_with("pvc://") || uri.starts_with("oci://");
+    let fetches_something =
+        !mounted(&m.spec.source.model.uri) || !mounted(&m.spec.source.labels.uri);
     if !fetches_something {
-        return Cond::yes(
-            types::MODEL_FETCHED,
-            reasons::FETCHED,
-            "mounted from a PersistentVolumeClaim",
-        );
+        let from = if m.spec.source.model.uri.starts_with("oci://") {
+            "mounted from the model image (its digest pinned by the reference)"
+        } else {
+            "mounted from a PersistentVolumeClaim"
+        };
+        return Cond::yes(types::MODEL_FETCHED, reasons::FETCHED, from);
     }
     let mut failure: Option<String> = None;
     for pod in pods {
