@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// 5xx, and the latency histogram (cumulative bucket counts by upper bound).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct Served {
+pub struct Counters {
     pub requests: f64,
     pub errors: f64,
     /// Cumulative counts by upper bound, ascending; the last bound is `+Inf` (written as
@@ -85,8 +85,8 @@ fn le_of(text: &str) -> Option<f64> {
 }
 
 /// The recognition figures in one pod's `/metrics` (Prometheus text format).
-pub fn parse_served(text: &str) -> Served {
-    let mut out = Served::default();
+pub fn parse_counters(text: &str) -> Counters {
+    let mut out = Counters::default();
     let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
     for (name, labels, value) in text.lines().filter_map(sample_line) {
         let route = labels.get("route").copied().unwrap_or_default();
@@ -132,9 +132,9 @@ fn delta(now: f64, base: f64) -> f64 {
     if now >= base { now - base } else { now }
 }
 
-impl Served {
+impl Counters {
     /// Sums pods' figures.
-    pub fn add(&mut self, other: &Served) {
+    pub fn add(&mut self, other: &Counters) {
         self.requests += other.requests;
         self.errors += other.errors;
         let mut merged: BTreeMap<u64, (f64, f64)> = self
@@ -149,14 +149,14 @@ impl Served {
     }
 
     /// What was served since `base`.
-    pub fn since(&self, base: &Served) -> Served {
+    pub fn since(&self, base: &Counters) -> Counters {
         let find = |le: f64| {
             base.buckets
                 .iter()
                 .find(|b| b.le == le)
                 .map_or(0.0, |b| b.count)
         };
-        Served {
+        Counters {
             requests: delta(self.requests, base.requests),
             errors: delta(self.errors, base.errors),
             buckets: buckets(
@@ -282,8 +282,8 @@ impl Check {
 /// What one step's window measured.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Window {
-    pub stable: Served,
-    pub candidate: Served,
+    pub stable: Counters,
+    pub candidate: Counters,
     pub mirrored: Mirrored,
     /// Top-1 accuracy on the labelled set: the stable revision's recorded result and the
     /// candidate's start-up evaluation (when the model has `spec.evaluation`).
@@ -417,7 +417,7 @@ sightline_frontdoor_mirrored_total{model="other",outcome="disagree"} 50
 
     #[test]
     fn recognition_figures_are_read_from_the_text_format() {
-        let s = parse_served(METRICS);
+        let s = parse_counters(METRICS);
         assert_eq!(
             (s.requests, s.errors),
             (100.0, 10.0),
@@ -439,12 +439,12 @@ sightline_frontdoor_mirrored_total{model="other",outcome="disagree"} 50
 
     #[test]
     fn windows_are_counter_deltas_and_survive_a_restart() {
-        let base = Served {
+        let base = Counters {
             requests: 100.0,
             errors: 10.0,
             buckets: buckets([(0.01, 50.0), (f64::MAX, 100.0)]),
         };
-        let now = Served {
+        let now = Counters {
             requests: 300.0,
             errors: 12.0,
             buckets: buckets([(0.01, 150.0), (f64::MAX, 300.0)]),
@@ -454,7 +454,7 @@ sightline_frontdoor_mirrored_total{model="other",outcome="disagree"} 50
         assert_eq!(w.error_rate(), Some(0.01));
         assert_eq!(w.buckets, buckets([(0.01, 100.0), (f64::MAX, 200.0)]));
         // A pod restarted: its counters began again from zero.
-        let restarted = Served {
+        let restarted = Counters {
             requests: 20.0,
             errors: 0.0,
             buckets: vec![],
@@ -471,9 +471,9 @@ sightline_frontdoor_mirrored_total{model="other",outcome="disagree"} 50
         }
     }
 
-    fn served(requests: f64, errors: f64, fast: f64) -> Served {
+    fn served(requests: f64, errors: f64, fast: f64) -> Counters {
         // `fast` of the requests took ≤ 10 ms, the rest ≤ 100 ms.
-        Served {
+        Counters {
             requests,
             errors,
             buckets: buckets([(0.01, fast), (0.1, requests), (f64::MAX, requests)]),

@@ -179,8 +179,8 @@ pub struct RolloutStatus {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Baseline {
-    pub stable: crate::canary::Served,
-    pub candidate: crate::canary::Served,
+    pub stable: crate::canary::Counters,
+    pub candidate: crate::canary::Counters,
     pub mirrored: crate::canary::Mirrored,
 }
 

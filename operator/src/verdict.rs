@@ -14,6 +14,18 @@ pub struct Failure {
     pub message: String,
 }
 
+/// The Secrets a spec names that do not exist: pods cannot start (or mount them) until
+/// they do.
+pub fn missing_secrets(missing: &[String]) -> Option<Failure> {
+    (!missing.is_empty()).then(|| Failure {
+        reason: reasons::SECRET_NOT_FOUND.into(),
+        message: format!(
+            "the spec references Secret(s) {} that do not exist in this namespace",
+            missing.join(", ")
+        ),
+    })
+}
+
 /// The readiness condition and `Progressing` of one rolled-out workload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {

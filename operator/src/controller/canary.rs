@@ -18,7 +18,7 @@ use crate::apply::ApplyError;
 use crate::build::canary::{self as build, Traffic};
 use crate::build::meta::{self, LABEL_COMPONENT, LABEL_NAME, NAME};
 use crate::build::model::{self as model_build, ModelChildren};
-use crate::canary::{self, Check, Decision, Mirrored, Position, Served, Thresholds, Window};
+use crate::canary::{self, Check, Counters, Decision, Mirrored, Position, Thresholds, Window};
 use crate::crd::{Baseline, ImageModel, RolloutRecord, RolloutSpec, RolloutStatus};
 use crate::rollout::Phase;
 use crate::status::{Cond, reasons, types};
@@ -129,16 +129,16 @@ async fn counters(ctx: &Context, ns: &str, m: &ImageModel) -> Result<Baseline, E
         ctx,
         ns,
         &meta::selector_labels(&instance, model_build::COMPONENT),
-        canary::parse_served,
-        Served::add,
+        canary::parse_counters,
+        Counters::add,
     )
     .await?;
     let candidate = scrape(
         ctx,
         ns,
         &meta::selector_labels(&instance, build::COMPONENT),
-        canary::parse_served,
-        Served::add,
+        canary::parse_counters,
+        Counters::add,
     )
     .await?;
     let front_doors = std::collections::BTreeMap::from([
@@ -201,7 +201,8 @@ pub async fn remove_candidate(
     Ok(())
 }
 
-fn record(status: &mut RolloutStatus, outcome: &str, at: String, message: String) {
+/// Adds a finished rollout to `status.history` (newest first, at most [`HISTORY`]).
+pub(super) fn record(status: &mut RolloutStatus, outcome: &str, at: String, message: String) {
     status.history.insert(
         0,
         RolloutRecord {

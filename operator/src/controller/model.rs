@@ -24,7 +24,7 @@ use crate::rollout::{Rollout, pod_ready};
 use crate::served::{Readyz, Served, parse_readyz};
 use crate::status::{Cond, merge, reasons, types};
 use crate::validate;
-use crate::verdict::{Failure, verdict};
+use crate::verdict::{Failure, missing_secrets, verdict};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 
@@ -120,7 +120,7 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
     let rollout = observe::rollout(&ctx.client, &ns, &deployment, &selector).await?;
     let answers = ask_readyz(ctx, &ns, &rollout).await;
     let validated = validated_condition(m, &rollout, &answers);
-    let failure = missing_secret(&missing).or_else(|| served_failure(&answers));
+    let failure = missing_secrets(&missing).or_else(|| served_failure(&answers));
     let mut v = verdict(types::READY, reasons::READY, &rollout, failure);
     let (traffic, rollout_status, requeue_canary) = match &canary_step {
         Some(step) => {
@@ -138,12 +138,8 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
             (traffic, status, None)
         }
     };
-    if let Err(error) = ctx
-        .apply(&build_canary::traffic_config(m, &traffic), &mut Vec::new())
-        .await
-    {
-        return Err(error.into());
-    }
+    ctx.apply(&build_canary::traffic_config(m, &traffic), &mut Vec::new())
+        .await?;
     let available = available_condition(&deployment);
     let fetched = fetched_condition(m, &rollout.current);
     let served = served_now(m, &rollout, &answers);
@@ -231,16 +227,12 @@ async fn after_canary(
         status.phase = "Promoted".into();
         ctx.metrics.rollout_ended("Promoted");
         let message = "every step passed; the stable Deployment serves it".to_string();
-        status.history.insert(
-            0,
-            crate::crd::RolloutRecord {
-                revision: status.revision.clone(),
-                outcome: "Promoted".into(),
-                at: ctx.clock.now().to_string(),
-                message,
-            },
+        super::canary::record(
+            &mut status,
+            "Promoted",
+            ctx.clock.now().to_string(),
+            message,
         );
-        status.history.truncate(5);
     } else if live {
         // The spec moved on (or back) before the rollout finished.
         status.phase = "Superseded".into();
@@ -316,16 +308,6 @@ async fn apply_children(
             .await;
     }
     Ok(deployment)
-}
-
-fn missing_secret(missing: &[String]) -> Option<Failure> {
-    (!missing.is_empty()).then(|| Failure {
-        reason: reasons::SECRET_NOT_FOUND.into(),
-        message: format!(
-            "the spec references Secret(s) {} that do not exist in this namespace",
-            missing.join(", ")
-        ),
-    })
 }
 
 /// `/readyz` of up to [`PODS_ASKED`] running pods of the newest revision, by pod name.

@@ -21,7 +21,7 @@ use crate::build::{meta, pipeline};
 use crate::crd::{ImageModel, RecognitionPipeline, RecognitionPipelineStatus};
 use crate::status::{Cond, merge, ready_from, reasons, types};
 use crate::validate;
-use crate::verdict::{Failure, verdict};
+use crate::verdict::{missing_secrets, verdict};
 
 const PENDING: Duration = Duration::from_secs(15);
 
@@ -80,13 +80,7 @@ async fn reconcile_pipeline(p: &RecognitionPipeline, ctx: &Context) -> Result<Ac
     };
 
     let model_ready = model_ready_condition(&model);
-    let missing = (!missing.is_empty()).then(|| Failure {
-        reason: reasons::SECRET_NOT_FOUND.into(),
-        message: format!(
-            "the spec references Secret(s) {} that do not exist in this namespace",
-            missing.join(", ")
-        ),
-    });
+    let missing = missing_secrets(&missing);
     let upload_rollout = observe::rollout(
         &ctx.client,
         &ns,
