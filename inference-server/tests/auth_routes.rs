@@ -7,24 +7,9 @@ mod support;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use support::send;
+use support::{OPEN_ROUTES as OPEN, send};
 
 const KEY: &str = "route-test-key-0123456789";
-
-/// The routes anyone may call, with or without keys: health, readiness, metrics, the index
-/// and API docs, and image downloads by content id (see `inference-server/src/auth.rs`).
-const OPEN: &[(&str, &str)] = &[
-    ("get", "/"),
-    ("get", "/healthz"),
-    ("get", "/readyz"),
-    ("get", "/metrics"),
-    ("get", "/v2/health/live"),
-    ("get", "/v2/health/ready"),
-    ("get", "/api/openapi.json"),
-    ("get", "/api/docs"),
-    ("get", "/api/v1/images/{id}"),
-    ("get", "/uploads/{name}"),
-];
 
 /// A concrete URI for a route template.
 fn concrete(route: &str) -> String {

@@ -22,25 +22,11 @@ use image::ImageFormat;
 use pipeline_support::{role_app, role_args};
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{declared_routes, solid, test_classifier_ready, zip_of};
+use support::{OPEN_ROUTES as OPEN, declared_routes, solid, test_classifier_ready, zip_of};
 use tokio::task::JoinHandle;
 
 const KEY: &str = "front-door-key-0123456789";
 const MODEL: &str = "test-classifier";
-
-/// The routes anyone may call (the reviewed list of `tests/auth_routes.rs`).
-const OPEN: &[(&str, &str)] = &[
-    ("get", "/"),
-    ("get", "/healthz"),
-    ("get", "/readyz"),
-    ("get", "/metrics"),
-    ("get", "/v2/health/live"),
-    ("get", "/v2/health/ready"),
-    ("get", "/api/openapi.json"),
-    ("get", "/api/docs"),
-    ("get", "/api/v1/images/{id}"),
-    ("get", "/uploads/{name}"),
-];
 
 fn png(rgb: [u8; 3], w: u32) -> Vec<u8> {
     solid(w, 20, rgb, ImageFormat::Png)

@@ -236,17 +236,7 @@ impl Downstream {
         let url = format!("{}{path}", self.base);
         let mut attempt = 0u32;
         loop {
-            if let Err(wait) = self.breaker.allow() {
-                self.metrics.downstream_call(component, "circuit_open");
-                let seconds = wait.as_secs() + 1;
-                return Err(DownstreamError::Unavailable {
-                    component,
-                    message: format!(
-                        "circuit open after repeated failures; next try in {seconds}s"
-                    ),
-                    retry_after: seconds,
-                });
-            }
+            self.admit()?;
             let mut request = self
                 .client
                 .post(&url)
@@ -299,21 +289,7 @@ impl Downstream {
                 Err(message) => message,
             };
             attempt += 1;
-            let backoff = self.policy.backoff * 2u32.saturating_pow(attempt - 1);
-            let sleep = backoff + jitter(backoff);
-            if attempt > self.policy.retries || Instant::now() + sleep >= deadline {
-                // The breaker counts calls that failed after their retries, not attempts:
-                // a restart the retries ride out does not open it.
-                if self.breaker.failure() {
-                    self.metrics.breaker_open(component, true);
-                }
-                self.metrics.downstream_call(component, "unavailable");
-                return Err(unavailable(format!(
-                    "{retryable_message} (after {attempt} attempt{})",
-                    if attempt == 1 { "" } else { "s" }
-                )));
-            }
-            self.metrics.downstream_call(component, "retry");
+            let sleep = self.retry_or_give_up(attempt, deadline, true, &retryable_message)?;
             tracing::warn!(component, attempt, error = %retryable_message, "downstream call failed; retrying");
             tokio::time::sleep(sleep).await;
         }
@@ -339,17 +315,7 @@ impl Downstream {
         let idempotent = method == Method::GET || method == Method::HEAD;
         let mut attempt = 0u32;
         loop {
-            if let Err(wait) = self.breaker.allow() {
-                self.metrics.downstream_call(component, "circuit_open");
-                let seconds = wait.as_secs() + 1;
-                return Err(DownstreamError::Unavailable {
-                    component,
-                    message: format!(
-                        "circuit open after repeated failures; next try in {seconds}s"
-                    ),
-                    retry_after: seconds,
-                });
-            }
+            self.admit()?;
             let request = self
                 .client
                 .request(method.clone(), &url)
@@ -404,26 +370,55 @@ impl Downstream {
             self.metrics
                 .downstream_latency(component, started.elapsed());
             attempt += 1;
-            let backoff = self.policy.backoff * 2u32.saturating_pow(attempt - 1);
-            let sleep = backoff + jitter(backoff);
-            if !retryable || attempt > self.policy.retries || Instant::now() + sleep >= deadline {
-                if self.breaker.failure() {
-                    self.metrics.breaker_open(component, true);
-                }
-                self.metrics.downstream_call(component, "unavailable");
-                return Err(DownstreamError::Unavailable {
-                    component,
-                    message: format!(
-                        "{message} (after {attempt} attempt{})",
-                        if attempt == 1 { "" } else { "s" }
-                    ),
-                    retry_after: 1,
-                });
-            }
-            self.metrics.downstream_call(component, "retry");
+            let sleep = self.retry_or_give_up(attempt, deadline, retryable, &message)?;
             tracing::warn!(component, attempt, error = %message, "forwarded call got no answer; retrying");
             tokio::time::sleep(sleep).await;
         }
+    }
+
+    /// Refuses at once while the circuit breaker is open.
+    fn admit(&self) -> Result<(), DownstreamError> {
+        let Err(wait) = self.breaker.allow() else {
+            return Ok(());
+        };
+        self.metrics.downstream_call(self.component, "circuit_open");
+        let seconds = wait.as_secs() + 1;
+        Err(DownstreamError::Unavailable {
+            component: self.component,
+            message: format!("circuit open after repeated failures; next try in {seconds}s"),
+            retry_after: seconds,
+        })
+    }
+
+    /// After failed attempt number `attempt` (saying `message`): how long to wait before
+    /// the next one, or the final error when the failure is not `retryable`, the retries
+    /// are spent or the wait would pass `deadline`. The breaker counts calls that failed
+    /// after their retries, not attempts: a restart the retries ride out does not open it.
+    fn retry_or_give_up(
+        &self,
+        attempt: u32,
+        deadline: Instant,
+        retryable: bool,
+        message: &str,
+    ) -> Result<Duration, DownstreamError> {
+        let backoff = self.policy.backoff * 2u32.saturating_pow(attempt - 1);
+        let sleep = backoff + jitter(backoff);
+        if !retryable || attempt > self.policy.retries || Instant::now() + sleep >= deadline {
+            if self.breaker.failure() {
+                self.metrics.breaker_open(self.component, true);
+            }
+            self.metrics.downstream_call(self.component, "unavailable");
+            return Err(DownstreamError::Unavailable {
+                component: self.component,
+                message: format!(
+                    "{message} (after {attempt} attempt{})",
+                    if attempt == 1 { "" } else { "s" }
+                ),
+                retry_after: 1,
+            });
+        }
+        self.metrics.downstream_call(self.component, "retry");
+        Ok(sleep)
     }
 
     fn record_success(&self) {

@@ -172,22 +172,33 @@ pub fn check_image(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageInfo, Upl
     })
 }
 
-/// True when the PNG's chunks run, whole, up to its `IEND` chunk.
-fn png_complete(bytes: &[u8]) -> bool {
+/// Where the PNG's `IEND` chunk ends, when its chunks run, whole, up to it.
+fn png_end(bytes: &[u8]) -> Option<usize> {
     let mut pos: usize = 8;
     while let Some(header) = bytes.get(pos..pos.saturating_add(8)) {
         let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
         // Length, type, data, CRC.
         let end = pos.saturating_add(12).saturating_add(len);
         if end > bytes.len() {
-            return false;
+            return None;
         }
         if &header[4..8] == b"IEND" {
-            return true;
+            return Some(end);
         }
         pos = end;
     }
-    false
+    None
+}
+
+/// True when the PNG's chunks run, whole, up to its `IEND` chunk.
+fn png_complete(bytes: &[u8]) -> bool {
+    png_end(bytes).is_some()
+}
+
+/// The position of the first 0xFF byte at or after `pos`.
+fn next_ff(bytes: &[u8], pos: usize) -> Option<usize> {
+    let rest = bytes.get(pos..)?;
+    rest.iter().position(|&b| b == 0xFF).map(|at| pos + at)
 }
 
 /// True when the JPEG's marker segments and entropy-coded scans run up to the
@@ -201,13 +212,10 @@ fn jpeg_complete(bytes: &[u8]) -> bool {
     loop {
         // The next marker: 0xFF, any fill bytes, then the marker's code. Stray bytes
         // between segments are passed over, as lenient decoders do.
-        let Some(ff) = bytes
-            .get(pos..)
-            .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
-        else {
+        let Some(next) = next_ff(bytes, pos) else {
             return false;
         };
-        pos += ff;
+        pos = next;
         while bytes.get(pos) == Some(&0xFF) {
             pos += 1;
         }
@@ -235,13 +243,10 @@ fn jpeg_complete(bytes: &[u8]) -> bool {
             // A scan's entropy-coded data: runs until a marker other than a stuffed zero
             // (0xFF 0x00) or a restart marker.
             loop {
-                let Some(ff) = bytes
-                    .get(pos..)
-                    .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
-                else {
+                let Some(next) = next_ff(bytes, pos) else {
                     return false;
                 };
-                pos += ff;
+                pos = next;
                 match bytes.get(pos + 1) {
                     None => return false,
                     Some(0x00 | 0xD0..=0xD7) => pos += 2,
@@ -255,18 +260,7 @@ fn jpeg_complete(bytes: &[u8]) -> bool {
 
 /// Bytes after the PNG `IEND` chunk.
 fn png_trailing(bytes: &[u8]) -> usize {
-    let mut pos = 8;
-    while pos + 12 <= bytes.len() {
-        let len = u32::from_be_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]])
-            as usize;
-        let kind = &bytes[pos + 4..pos + 8];
-        let end = pos.saturating_add(12).saturating_add(len);
-        if kind == b"IEND" {
-            return bytes.len().saturating_sub(end);
-        }
-        pos = end;
-    }
-    0
+    png_end(bytes).map_or(0, |end| bytes.len() - end)
 }
 
 /// Bytes after the last JPEG end-of-image marker, not counting zero padding (some cameras

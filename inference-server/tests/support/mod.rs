@@ -236,3 +236,20 @@ pub async fn unloaded_app(role: &str, data_dir: &Path, extra: &[&str]) -> Router
         .expect("state");
     app(state)
 }
+
+/// The routes anyone may call, with or without keys: health, readiness, metrics, the index
+/// and API docs, and image downloads by content id (see `inference-server/src/auth.rs`).
+/// The reviewed list `tests/auth_routes.rs` and `tests/front_door.rs` check against.
+#[allow(dead_code)]
+pub const OPEN_ROUTES: &[(&str, &str)] = &[
+    ("get", "/"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/v2/health/live"),
+    ("get", "/v2/health/ready"),
+    ("get", "/api/openapi.json"),
+    ("get", "/api/docs"),
+    ("get", "/api/v1/images/{id}"),
+    ("get", "/uploads/{name}"),
+];
