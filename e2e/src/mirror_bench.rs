@@ -72,6 +72,30 @@ fn distinct_jpegs(photo: &image::DynamicImage, tag: u64, n: usize) -> anyhow::Re
 }
 
 /// `images` POSTed to `url`, `concurrency` at a time; each call's latency.
+/// POSTs `jpeg` as a raw `image/jpeg` body to `url`; how long the answer took (an error
+/// unless it is a 2xx).
+pub async fn post_jpeg_timed(
+    client: &reqwest::Client,
+    url: &str,
+    jpeg: Bytes,
+) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let response = client
+        .post(url)
+        .header("content-type", "image/jpeg")
+        .body(jpeg)
+        .send()
+        .await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    anyhow::ensure!(
+        status.is_success(),
+        "HTTP {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(t.elapsed())
+}
+
 async fn send(
     client: &reqwest::Client,
     url: &str,
@@ -79,23 +103,7 @@ async fn send(
     concurrency: usize,
 ) -> anyhow::Result<Vec<Duration>> {
     futures::stream::iter(images)
-        .map(|jpeg| async move {
-            let t = Instant::now();
-            let response = client
-                .post(url)
-                .header("content-type", "image/jpeg")
-                .body(jpeg)
-                .send()
-                .await?;
-            let status = response.status();
-            let body = response.bytes().await?;
-            anyhow::ensure!(
-                status.is_success(),
-                "HTTP {status}: {}",
-                String::from_utf8_lossy(&body)
-            );
-            anyhow::Ok(t.elapsed())
-        })
+        .map(|jpeg| post_jpeg_timed(client, url, jpeg))
         .buffer_unordered(concurrency.max(1))
         .collect::<Vec<_>>()
         .await

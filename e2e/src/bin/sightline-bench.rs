@@ -24,6 +24,7 @@ use anyhow::Context;
 use clap::Parser;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
+use sightline_e2e::mirror_bench::post_jpeg_timed;
 use sightline_e2e::{RunningServer, models, ort_lib, serve_args};
 use sightline_server::model_config::ModelSidecar;
 use sightline_server::preprocess::{DecodeLimits, decode_for, preprocess, preprocess_full};
@@ -199,21 +200,7 @@ async fn http(
         .pool_max_idle_per_host(64)
         .build()?;
     let call = |client: reqwest::Client, jpeg: bytes::Bytes, url: String| async move {
-        let t = Instant::now();
-        let response = client
-            .post(&url)
-            .header("content-type", "image/jpeg")
-            .body(jpeg)
-            .send()
-            .await?;
-        let status = response.status();
-        let body = response.bytes().await?;
-        anyhow::ensure!(
-            status.is_success(),
-            "HTTP {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-        anyhow::Ok(t.elapsed())
+        post_jpeg_timed(&client, &url, jpeg).await
     };
     for _ in 0..10 {
         call(client.clone(), jpeg.clone(), url.to_string()).await?;
@@ -319,24 +306,7 @@ fn main() -> anyhow::Result<()> {
             raw_rows.push(raw(&side, model, &tensor, shape, c, args.requests)?);
             eprintln!("{model}: raw c={c} done");
         }
-        let lib_flag = lib.display().to_string();
-        let serve = serve_args(
-            &format!("{model}.onnx"),
-            &[
-                "--intra-threads",
-                &threads.to_string(),
-                "--max-batch-size",
-                &args.max_batch_size.to_string(),
-                "--queue-capacity",
-                "256",
-                "--device",
-                &args.device,
-                "--ort-lib",
-                &lib_flag,
-                "--cache-bytes",
-                "0",
-            ],
-        )?;
+        let serve = bench_serve_args(&args, model, threads, &lib, "0")?;
         let server = RunningServer::start(serve, 2, Duration::from_secs(120))?;
         let url = server.url("/api/v1/recognize?top_k=5");
         for (&c, raw) in args.concurrency.iter().zip(raw_rows) {
@@ -437,6 +407,35 @@ async fn run_sequence(
     Ok(stats(all, started.elapsed()))
 }
 
+/// `sightline-server all` for `model` as the benchmarks serve it: the bench's threads,
+/// batch size and device, a deep queue, and a result cache of `cache_bytes`.
+fn bench_serve_args(
+    args: &Args,
+    model: &str,
+    threads: usize,
+    lib: &std::path::Path,
+    cache_bytes: &str,
+) -> anyhow::Result<sightline_server::cli::ServeArgs> {
+    let lib_flag = lib.display().to_string();
+    serve_args(
+        &format!("{model}.onnx"),
+        &[
+            "--intra-threads",
+            &threads.to_string(),
+            "--max-batch-size",
+            &args.max_batch_size.to_string(),
+            "--queue-capacity",
+            "256",
+            "--device",
+            &args.device,
+            "--ort-lib",
+            &lib_flag,
+            "--cache-bytes",
+            cache_bytes,
+        ],
+    )
+}
+
 fn cache_bench(
     args: &Args,
     rt: &tokio::runtime::Runtime,
@@ -449,25 +448,8 @@ fn cache_bench(
     let concurrency = args.concurrency.last().copied().unwrap_or(4).max(1);
     let n = args.requests.max(20);
     let rounds = args.rounds.max(1);
-    let lib_flag = lib.display().to_string();
     let start = |cache_bytes: &str| -> anyhow::Result<RunningServer> {
-        let serve = serve_args(
-            &format!("{model}.onnx"),
-            &[
-                "--intra-threads",
-                &threads.to_string(),
-                "--max-batch-size",
-                &args.max_batch_size.to_string(),
-                "--queue-capacity",
-                "256",
-                "--device",
-                &args.device,
-                "--ort-lib",
-                &lib_flag,
-                "--cache-bytes",
-                cache_bytes,
-            ],
-        )?;
+        let serve = bench_serve_args(args, model, threads, lib, cache_bytes)?;
         RunningServer::start(serve, 2, Duration::from_secs(120))
     };
     // A 50%-repeat sequence: every odd request repeats one of the last 16 new images (a
