@@ -22,7 +22,11 @@ use crate::metrics::InferenceMetrics;
 /// Batching settings (the `ImageModel` `spec.runtime.batching` fields).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchConfig {
+    /// Requests are combined into batches of up to this many rows.
     pub max_batch_size: usize,
+    /// The most rows one request may carry (an OIP request with several images); a request
+    /// larger than `max_batch_size` runs as a batch of its own.
+    pub max_request_rows: usize,
     pub max_delay: Duration,
     pub queue_capacity: usize,
     /// Run every batch at `max_batch_size` rows (zero rows fill the rest), so the model
@@ -35,6 +39,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
             max_batch_size: 8,
+            max_request_rows: 8,
             max_delay: Duration::from_millis(2),
             queue_capacity: 64,
             fixed_shape: false,
@@ -139,6 +144,7 @@ impl Batcher {
     ) -> std::io::Result<Batcher> {
         let cfg = BatchConfig {
             max_batch_size: cfg.max_batch_size.max(1),
+            max_request_rows: cfg.max_request_rows.max(1),
             queue_capacity: cfg.queue_capacity.max(1),
             ..cfg
         };
@@ -192,10 +198,10 @@ impl Batcher {
         input: Vec<f32>,
         rows: usize,
     ) -> Result<impl Future<Output = Result<Vec<f32>, InferError>> + use<>, InferError> {
-        if rows == 0 || rows > self.cfg.max_batch_size {
+        if rows == 0 || rows > self.cfg.max_request_rows {
             return Err(InferError::TooManyRows {
                 rows,
-                max: self.cfg.max_batch_size,
+                max: self.cfg.max_request_rows,
             });
         }
         let (reply, answer) = oneshot::channel();
@@ -409,6 +415,7 @@ mod tests {
         let b = batcher(
             BatchConfig {
                 max_batch_size: 4,
+                max_request_rows: 4,
                 max_delay: Duration::ZERO,
                 queue_capacity: 8,
                 fixed_shape: true,
@@ -427,6 +434,7 @@ mod tests {
         let b = batcher(
             BatchConfig {
                 max_batch_size: 4,
+                max_request_rows: 4,
                 max_delay: Duration::from_millis(20),
                 queue_capacity: 64,
                 fixed_shape: false,
@@ -465,6 +473,7 @@ mod tests {
         let b = batcher(
             BatchConfig {
                 max_batch_size: 1,
+                max_request_rows: 1,
                 max_delay: Duration::ZERO,
                 queue_capacity: 2,
                 fixed_shape: false,
@@ -487,6 +496,24 @@ mod tests {
             full >= 2,
             "expected rejections once 1 running + 2 queued, got {full}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_larger_than_the_batch_size_runs_as_a_batch_of_its_own() {
+        let b = batcher(
+            BatchConfig {
+                max_batch_size: 1,
+                max_request_rows: 4,
+                max_delay: Duration::ZERO,
+                queue_capacity: 8,
+                fixed_shape: false,
+            },
+            Duration::ZERO,
+        );
+        let out = b.infer(vec![1.0; 12], 3).await.expect("3 rows");
+        assert_eq!(out, vec![4.0, 3.0, 4.0, 3.0, 4.0, 3.0]);
+        let err = b.infer(vec![0.0; 20], 5).await.expect_err("5 rows");
+        assert_eq!(err, InferError::TooManyRows { rows: 5, max: 4 });
     }
 
     #[tokio::test]

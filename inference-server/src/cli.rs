@@ -384,9 +384,19 @@ pub struct ModelArgs {
     #[arg(long, env = "SIGHTLINE_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
 
-    /// Most images in one model run.
-    #[arg(long, env = "SIGHTLINE_MAX_BATCH_SIZE", default_value_t = 8)]
-    pub max_batch_size: usize,
+    /// Let ONNX Runtime's intra-op threads spin (busy-wait) for work between operators
+    /// instead of sleeping. Spinning burns the CPU that image decoding needs.
+    #[arg(long, env = "SIGHTLINE_INTRA_OP_SPINNING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub intra_op_spinning: bool,
+
+    /// Images decoded and preprocessed at once (0 = one per CPU core).
+    #[arg(long, env = "SIGHTLINE_DECODE_THREADS", default_value_t = 0)]
+    pub decode_threads: usize,
+
+    /// Most images in one model run: `auto` measures batch sizes 1, 2, 4, 8 with the
+    /// model at warm-up and keeps the fastest (`auto:32` tries up to 32); a number fixes it.
+    #[arg(long, env = "SIGHTLINE_MAX_BATCH_SIZE", default_value = "auto")]
+    pub max_batch_size: crate::batch_tuning::BatchSize,
 
     /// Most milliseconds a request waits for others to share its batch (only while more
     /// requests are being decoded; a lone request never waits).
@@ -611,7 +621,11 @@ mod tests {
         .expect("merge");
         let a = serve(Cli::try_parse_from(merged).expect("parses"));
         assert_eq!(a.listen.to_string(), "0.0.0.0:9000");
-        assert_eq!(a.model.max_batch_size, 4, "the flag wins over the file");
+        assert_eq!(
+            a.model.max_batch_size,
+            crate::batch_tuning::BatchSize::Fixed(4),
+            "the flag wins over the file"
+        );
         assert_eq!(a.fetch_allowlist, vec!["http://a/", "http://b/"]);
         assert!(a.model.allow_cpu_fallback);
         let env = |name: &str| (name == "SIGHTLINE_MAX_DELAY_MS").then(|| OsString::from("1"));

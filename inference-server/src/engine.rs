@@ -14,6 +14,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorElementType, ValueType};
 use sha2::{Digest, Sha256};
 
+use crate::batch_tuning::{self, BatchSize, Tuning};
 use crate::model_config::{Layout, OutputKind, Preprocess};
 use crate::postprocess::is_distribution;
 
@@ -51,7 +52,10 @@ pub struct EngineConfig {
     /// staying not-ready).
     pub allow_cpu_fallback: bool,
     pub intra_threads: usize,
-    pub max_batch_size: usize,
+    /// Whether the intra-op threads busy-wait between operators (ONNX Runtime's default).
+    pub intra_op_spinning: bool,
+    /// `auto` (measured at warm-up), `auto:<limit>` or a fixed size.
+    pub batch_size: BatchSize,
 }
 
 /// Why a model is not serving. `reason()` is the stable readiness / metric reason.
@@ -115,6 +119,8 @@ pub struct ModelInfo {
     /// The device actually used (CPU when GPU fell back).
     pub device: Device,
     pub load_seconds: f64,
+    /// The batch size batches are formed up to, and how it was decided.
+    pub batching: Tuning,
 }
 
 /// A loaded, validated, warmed-up session.
@@ -170,6 +176,7 @@ impl Engine {
                 sha256,
                 device,
                 load_seconds: 0.0,
+                batching: Tuning::fixed(1),
             },
             preprocess: cfg.preprocess.clone(),
             row_len,
@@ -225,18 +232,12 @@ impl Engine {
         Ok((shape.to_vec(), data.to_vec()))
     }
 
-    /// Runs a full batch of varied inputs once (so the first request pays no first-run
-    /// cost), checks the output size against the labels and decides, for `auto` models,
-    /// whether the rows are already probabilities.
+    /// Learns the class count if the graph leaves it open, decides the batch size
+    /// (measuring each candidate for `auto`), runs a full batch of varied inputs (so the
+    /// first request pays no first-run cost), checks the output size against the labels and
+    /// decides, for `auto` outputs, whether the rows are already probabilities.
     fn warm_up(&mut self, cfg: &EngineConfig) -> Result<(), LoadError> {
-        // On the GPU every batch runs at max_batch_size rows (batching.rs, `fixed_shape`):
-        // warm up exactly that shape.
-        let rows = if self.info.device == Device::Gpu {
-            cfg.max_batch_size.max(1)
-        } else {
-            cfg.max_batch_size.clamp(1, 8)
-        };
-        let input = input_rows(self.row_len, rows);
+        let input = input_rows(self.row_len, 1);
         if self.info.classes == 0 {
             // The class count is dynamic in the graph: learn it from one run.
             let (_, data) = self
@@ -250,6 +251,10 @@ impl Engine {
                 labels: cfg.labels.len(),
             });
         }
+        self.info.batching = self.tune_batch_size(cfg.batch_size)?;
+        // The largest batch this model will run (on the GPU, the only shape it runs).
+        let rows = self.info.batching.max_batch_size;
+        let input = input_rows(self.row_len, rows);
         let out = self.run(&input, rows).map_err(LoadError::Warmup)?;
         if out.iter().any(|v| !v.is_finite()) {
             return Err(LoadError::Warmup(
@@ -265,6 +270,39 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// The batch size to serve with: the flag's, the model's own fixed batch, or for
+    /// `auto` the fastest of the candidates timed here with this session
+    /// (batch_tuning.rs).
+    fn tune_batch_size(&mut self, wanted: BatchSize) -> Result<Tuning, LoadError> {
+        let model_batch = self
+            .info
+            .input_shape
+            .first()
+            .copied()
+            .filter(|&b| b > 0)
+            .map(|b| b as usize);
+        match (wanted, model_batch) {
+            (BatchSize::Fixed(n), Some(b)) if n != b => Err(LoadError::Invalid(format!(
+                "the model's input has a fixed batch of {b}, so it cannot run batches of up to \
+                 {n}: set the maximum batch size to {b}, or to auto"
+            ))),
+            (BatchSize::Fixed(n), _) => Ok(Tuning::fixed(n)),
+            (BatchSize::Auto { limit }, Some(b)) => Ok(Tuning::by_model(b, limit)),
+            (BatchSize::Auto { limit }, None) => {
+                let sizes = batch_tuning::candidates(limit);
+                let largest = sizes.iter().copied().max().unwrap_or(1);
+                let input = input_rows(self.row_len, largest);
+                let measured = batch_tuning::measure(&sizes, |rows| {
+                    self.run(&input[..rows * self.row_len], rows).map(drop)
+                })
+                .map_err(LoadError::Warmup)?;
+                Ok(Tuning::auto(limit, measured))
+            }
+        }
+    }
+}
+
 fn build_session(
     env: &ort::environment::Environment,
     cfg: &EngineConfig,
@@ -276,6 +314,8 @@ fn build_session(
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| LoadError::Session(e.to_string()))?
             .with_intra_threads(cfg.intra_threads.max(1))
+            .map_err(|e| LoadError::Session(e.to_string()))?
+            .with_intra_op_spinning(cfg.intra_op_spinning)
             .map_err(|e| LoadError::Session(e.to_string()))
     };
     let commit = |builder: ort::session::builder::SessionBuilder| {
@@ -373,12 +413,6 @@ fn check_input(session: &Session, cfg: &EngineConfig) -> Result<(String, Vec<i64
             "input {name:?} has shape {shape:?}, but the preprocessing produces [N, {}, {}, {}] \
              ({:?}, size {})",
             expected[0], expected[1], expected[2], cfg.preprocess.layout, cfg.preprocess.size
-        )));
-    }
-    if shape[0] > 0 && (shape[0] as usize) < cfg.max_batch_size {
-        return Err(LoadError::Invalid(format!(
-            "input {name:?} has a fixed batch of {}, smaller than max batch size {}",
-            shape[0], cfg.max_batch_size
         )));
     }
     Ok((name.to_string(), shape.to_vec()))

@@ -13,6 +13,7 @@
 //! `server` compose them, and no role imports them back.
 
 pub mod auth;
+pub mod batch_tuning;
 pub mod batching;
 pub mod cache;
 pub mod cli;

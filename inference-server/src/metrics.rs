@@ -54,6 +54,12 @@ pub struct ModelReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelRowsLabels {
+    pub model: String,
+    pub rows: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelInfoLabels {
     pub model: String,
     pub sha256: String,
@@ -188,6 +194,8 @@ pub struct InferenceMetrics {
     rejected: Family<ModelReasonLabels, Counter>,
     failures: Family<ModelLabels, Counter>,
     load_seconds: Family<ModelLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    max_batch_size: Family<ModelLabels, Gauge>,
+    batch_throughput: Family<ModelRowsLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     ready: Family<ModelLabels, Gauge>,
     info: Family<ModelInfoLabels, Gauge>,
     cache_hits: Family<ModelLabels, Counter>,
@@ -211,6 +219,8 @@ impl InferenceMetrics {
             rejected: Family::default(),
             failures: Family::default(),
             load_seconds: Family::default(),
+            max_batch_size: Family::default(),
+            batch_throughput: Family::default(),
             ready: Family::default(),
             info: Family::default(),
             cache_hits: Family::default(),
@@ -266,6 +276,16 @@ impl InferenceMetrics {
             "model_load_duration_seconds",
             "Time to read, verify, load and warm up the model",
             m.load_seconds.clone(),
+        );
+        registry.register(
+            "inference_max_batch_size",
+            "Most images in one model run: the flag's size, or the fastest measured at warm-up (--max-batch-size auto)",
+            m.max_batch_size.clone(),
+        );
+        registry.register(
+            "inference_batch_throughput",
+            "Images per second each batch size ran at when measured at warm-up (--max-batch-size auto)",
+            m.batch_throughput.clone(),
         );
         registry.register(
             "model_ready",
@@ -365,6 +385,23 @@ impl InferenceMetrics {
             device: device.to_string(),
         };
         self.info.get_or_create(&info).set(1);
+    }
+
+    /// The batch size the model serves with, and what each candidate ran at.
+    pub fn batch_tuned(&self, tuning: &crate::batch_tuning::Tuning) {
+        self.max_batch_size
+            .get_or_create(&self.model)
+            .set(tuning.max_batch_size as i64);
+        self.batch_throughput.clear();
+        for m in &tuning.measured {
+            let labels = ModelRowsLabels {
+                model: self.model.model.clone(),
+                rows: m.rows.to_string(),
+            };
+            self.batch_throughput
+                .get_or_create(&labels)
+                .set(m.images_per_second);
+        }
     }
 
     pub fn not_ready(&self) {
@@ -802,6 +839,26 @@ mod tests {
             text.contains("sightline_model_load_duration_seconds{model=\"resnet\"} 1.5"),
             "{text}"
         );
+        let measured = vec![
+            crate::batch_tuning::Measured {
+                rows: 1,
+                images_per_second: 200.0,
+            },
+            crate::batch_tuning::Measured {
+                rows: 2,
+                images_per_second: 150.5,
+            },
+        ];
+        m.inference
+            .batch_tuned(&crate::batch_tuning::Tuning::auto(8, measured));
+        let text = m.encode();
+        for line in [
+            "sightline_inference_max_batch_size{model=\"resnet\"} 1",
+            "sightline_inference_batch_throughput{model=\"resnet\",rows=\"1\"} 200.0",
+            "sightline_inference_batch_throughput{model=\"resnet\",rows=\"2\"} 150.5",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 
     /// The operator parses exactly these lines from a front door's `/metrics`.

@@ -229,8 +229,13 @@ fn load(
     let info = engine.info().clone();
     let row_len = engine.row_len();
     metrics.queue_capacity(setup.batching.queue_capacity);
+    metrics.batch_tuned(&info.batching);
     let batching = crate::batching::BatchConfig {
-        fixed_shape: info.device == crate::engine::Device::Gpu,
+        max_batch_size: info.batching.max_batch_size,
+        max_request_rows: info.batching.max_request_rows(),
+        // The GPU runs one shape (batching.rs); so does a model whose batch is fixed.
+        fixed_shape: info.device == crate::engine::Device::Gpu
+            || info.batching.mode == crate::batch_tuning::Mode::Model,
         ..setup.batching
     };
     let batcher = Batcher::start(engine, batching, row_len, metrics.clone()).map_err(|e| {
@@ -339,10 +344,13 @@ pub fn model_setup(args: &ServeArgs) -> Result<ModelSetup, SetupError> {
             } else {
                 m.intra_threads
             },
-            max_batch_size: m.max_batch_size.max(1),
+            intra_op_spinning: m.intra_op_spinning,
+            batch_size: m.max_batch_size,
         },
         batching: BatchConfig {
-            max_batch_size: m.max_batch_size.max(1),
+            // The limit until the model has loaded; then the size it was tuned to.
+            max_batch_size: m.max_batch_size.limit(),
+            max_request_rows: m.max_batch_size.limit(),
             max_delay: Duration::from_millis(m.max_delay_ms),
             queue_capacity: m.queue_capacity.max(1),
             // Decided when the model loads (the device it really got).
@@ -352,7 +360,11 @@ pub fn model_setup(args: &ServeArgs) -> Result<ModelSetup, SetupError> {
             max_pixels: args.max_image_pixels,
             ..DecodeLimits::default()
         },
-        preprocess_workers: cores,
+        preprocess_workers: if m.decode_threads == 0 {
+            cores
+        } else {
+            m.decode_threads
+        },
         cache_bytes: m.cache_bytes,
     })
 }

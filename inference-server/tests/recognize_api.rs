@@ -134,6 +134,75 @@ async fn concurrent_mixed_images_each_get_their_own_answer() {
     );
 }
 
+#[tokio::test]
+async fn auto_batch_size_is_measured_at_warm_up_and_reported() {
+    if !test_classifier_ready() {
+        return;
+    }
+    // The default: `auto` times 1, 2, 4 and 8 rows with the real session.
+    let (app, state) = loaded_app(&args(MODEL, &[])).await;
+    let (status, response) = send(&app, get("/readyz")).await;
+    assert_eq!(status, StatusCode::OK);
+    let body = body_json(response).await;
+    let batching = &body["model"]["batching"];
+    assert_eq!(batching["mode"], "auto", "{body}");
+    assert_eq!(batching["limit"], 8);
+    let measured = batching["measured"].as_array().expect("measured sizes");
+    let rows: Vec<u64> = measured.iter().filter_map(|m| m["rows"].as_u64()).collect();
+    assert_eq!(rows, [1, 2, 4, 8], "{batching}");
+    let speed = |rows: u64| {
+        measured
+            .iter()
+            .find(|m| m["rows"] == rows)
+            .and_then(|m| m["images_per_second"].as_f64())
+            .expect("images per second")
+    };
+    let chosen = batching["max_batch_size"].as_u64().expect("chosen size");
+    assert!(rows.contains(&chosen), "{batching}");
+    assert!(
+        speed(chosen) >= speed(1),
+        "the choice is never slower than batch 1: {batching}"
+    );
+    // The batcher, the OIP metadata and the metrics all use the chosen size.
+    let model = state.model.ready().expect("model ready");
+    assert_eq!(model.batch_config().max_batch_size as u64, chosen);
+    assert_eq!(model.batch_config().max_request_rows, 8);
+    // OIP (Triton's meaning): the most images one request may carry, the limit.
+    let (_, response) = send(&app, get("/v2/models/test-classifier")).await;
+    let metadata = body_json(response).await;
+    assert_eq!(
+        metadata["parameters"]["max_batch_size"].as_u64(),
+        Some(8),
+        "{metadata}"
+    );
+    let metrics = state.metrics.encode();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "sightline_inference_max_batch_size{model=\"test-classifier\"}"
+        ),
+        chosen as f64
+    );
+    for r in rows {
+        let series = format!(
+            "sightline_inference_batch_throughput{{model=\"test-classifier\",rows=\"{r}\"}}"
+        );
+        assert!(
+            metric_value(&metrics, &series) > 0.0,
+            "{series} in {metrics}"
+        );
+    }
+
+    // A number fixes the size: nothing measured.
+    let (app, _) = loaded_app(&args(MODEL, &["--max-batch-size", "4"])).await;
+    let (_, response) = send(&app, get("/readyz")).await;
+    let body = body_json(response).await;
+    assert_eq!(
+        body["model"]["batching"],
+        json!({"mode": "fixed", "limit": 4, "max_batch_size": 4, "measured": []})
+    );
+}
+
 fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {

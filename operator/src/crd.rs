@@ -373,10 +373,17 @@ pub struct PodOverrides {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Batching {
-    /// Most images in one model run (default 8).
+    /// Most images in one model run (default 8). With `tuning: Auto` the server measures
+    /// the sizes up to this one at warm-up and keeps the fastest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 256))]
     pub max_batch_size: Option<u32>,
+    /// `Auto` (default): measure batch sizes 1, 2, 4, … up to `maxBatchSize` on the pod's
+    /// own CPU or GPU when the model loads, and batch up to the fastest (reported in the
+    /// pod's `/readyz` and `sightline_inference_max_batch_size`). `Fixed`: always batch up
+    /// to `maxBatchSize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<BatchTuning>,
     /// Most milliseconds a request waits for others to share its batch (default 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
@@ -385,6 +392,16 @@ pub struct Batching {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub queue_capacity: Option<u32>,
+}
+
+/// How the batch size is decided.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BatchTuning {
+    /// Measured when the model loads; never slower than batch 1.
+    #[default]
+    Auto,
+    /// `maxBatchSize` as given.
+    Fixed,
 }
 
 /// What the autoscaler scales on.

@@ -11,7 +11,7 @@ use kube::CustomResourceExt;
 use serde_json::Value;
 use sightline_operator::build::pod::Platform;
 use sightline_operator::crd::{
-    Autoscaling, Gateway, ImageModel, RecognitionPipeline, Runtime, Storage,
+    Autoscaling, BatchTuning, Gateway, ImageModel, RecognitionPipeline, Runtime, Storage,
 };
 use sightline_operator::render::{self, Inputs};
 
@@ -421,6 +421,47 @@ fn gpu_fields_only_for_gpu_models() {
         gpu["spec"]["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.present"],
         "true"
     );
+}
+
+/// The value after `--max-batch-size`, if the flag is there.
+fn batch_flag(d: &Value) -> Option<String> {
+    args(d)
+        .windows(2)
+        .find(|w| w[0] == "--max-batch-size")
+        .map(|w| w[1].clone())
+}
+
+#[test]
+fn max_batch_size_is_the_tuning_limit_unless_fixed() {
+    let objects = rendered_with_gpu_on_a_claim();
+    // The samples give maxBatchSize 8 (CPU) and 32 (GPU), tuning left at its default.
+    assert_eq!(
+        batch_flag(deployment(&objects, "efficientnet-lite0-recognize")).as_deref(),
+        Some("auto:8")
+    );
+    assert_eq!(
+        batch_flag(deployment(&objects, GPU_DEPLOYMENT)).as_deref(),
+        Some("auto:32")
+    );
+    let with = |tuning: Option<BatchTuning>, max: Option<u32>| {
+        let mut inputs = samples();
+        for m in &mut inputs.models {
+            m.spec.runtime.batching.tuning = tuning;
+            m.spec.runtime.batching.max_batch_size = max;
+        }
+        let objects = render::children(&inputs, &Platform::default()).expect("render");
+        batch_flag(deployment(&objects, "efficientnet-lite0-recognize"))
+    };
+    assert_eq!(with(None, None), None, "the server's default: auto");
+    assert_eq!(
+        with(Some(BatchTuning::Auto), Some(16)).as_deref(),
+        Some("auto:16")
+    );
+    assert_eq!(
+        with(Some(BatchTuning::Fixed), Some(4)).as_deref(),
+        Some("4")
+    );
+    assert_eq!(with(Some(BatchTuning::Fixed), None).as_deref(), Some("8"));
 }
 
 #[test]

@@ -60,6 +60,7 @@ async fn readyz(State(state): State<HealthState>) -> Response {
                 "classes": model.info.classes,
                 "input_shape": model.info.input_shape,
                 "load_seconds": model.info.load_seconds,
+                "batching": model.info.batching,
             }
         }))
         .into_response(),

@@ -118,7 +118,8 @@ async fn model_metadata(
         "parameters": {
             "sha256": model.info.sha256,
             "device": model.info.device.as_str(),
-            "max_batch_size": model.batch_config().max_batch_size,
+            // Triton's meaning: the most images one request may carry.
+            "max_batch_size": model.batch_config().max_request_rows,
         },
     })))
 }
@@ -425,7 +426,7 @@ async fn infer(
         binary,
         &model.info.input_name,
         &model.info.input_shape,
-        model.batch_config().max_batch_size,
+        model.batch_config().max_request_rows,
     )?;
     let scores = model.infer_rows(values, rows).await?;
     let classes = model.info.classes;

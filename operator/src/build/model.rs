@@ -27,7 +27,7 @@ use super::pod::{
     PORT, PORT_NAME, Platform, container_security, default_resources, pod_template,
     readiness_startup_probe, server_container, with_overrides,
 };
-use crate::crd::{Device, DeviceStatus, FileSource, ImageModel, ScaleOn};
+use crate::crd::{BatchTuning, Device, DeviceStatus, FileSource, ImageModel, ScaleOn};
 
 pub const COMPONENT: &str = "recognize";
 const ORT_LIB: &str = "/opt/onnxruntime/lib/libonnxruntime.so";
@@ -198,8 +198,13 @@ fn server_args(model: &ImageModel, gpu: bool, model_path: &str, labels_path: &st
     if let Some(v) = r.threads {
         flag("intra-threads", v.to_string());
     }
-    if let Some(v) = r.batching.max_batch_size {
-        flag("max-batch-size", v.to_string());
+    match (
+        r.batching.tuning.unwrap_or_default(),
+        r.batching.max_batch_size,
+    ) {
+        (BatchTuning::Auto, None) => {}
+        (BatchTuning::Auto, Some(v)) => flag("max-batch-size", format!("auto:{v}")),
+        (BatchTuning::Fixed, v) => flag("max-batch-size", v.unwrap_or(8).to_string()),
     }
     if let Some(v) = r.batching.max_delay_ms {
         flag("max-delay-ms", v.to_string());
