@@ -1,5 +1,6 @@
-//! Dynamic batching: requests queue, one worker thread owns the session and runs them in
-//! batches of up to `max_batch_size` rows.
+//! Dynamic batching: requests queue, a worker thread per model instance owns its session
+//! and runs them in batches of up to `max_batch_size` rows. With several instances
+//! (`--instances`), an idle worker forms the next batch while the others run theirs.
 //!
 //! The policy is a pure function ([`decide`]): a batch is flushed when it is full, when its
 //! oldest request has waited `max_delay`, or at once when no other request is on its way
@@ -8,11 +9,11 @@
 //!
 //! The queue is bounded (`queue_capacity` jobs); a full queue is an immediate
 //! [`InferError::QueueFull`] (HTTP 503 with `Retry-After`), never unbounded memory. The
-//! worker is a dedicated OS thread, not a task on the async reactor.
+//! workers are dedicated OS threads, not tasks on the async reactor.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -135,9 +136,11 @@ impl Drop for Incoming {
 }
 
 impl Batcher {
-    /// Starts the worker thread, which owns `runner` until every handle is dropped.
+    /// Starts one worker thread per runner (model instance); each owns its runner until
+    /// every handle is dropped. An idle worker takes the queue, forms the next batch and
+    /// lets go of the queue before it runs the batch, so instances run side by side.
     pub fn start<R: BatchRunner>(
-        runner: R,
+        runners: Vec<R>,
         cfg: BatchConfig,
         row_len: usize,
         metrics: InferenceMetrics,
@@ -149,20 +152,23 @@ impl Batcher {
             ..cfg
         };
         let (tx, rx) = sync_channel(cfg.queue_capacity);
+        let rx = Arc::new(Mutex::new(rx));
         let depth = Arc::new(AtomicUsize::new(0));
         let incoming = Arc::new(AtomicUsize::new(0));
-        let worker = Worker {
-            rx,
-            runner,
-            cfg,
-            row_len,
-            depth: depth.clone(),
-            incoming: incoming.clone(),
-            metrics: metrics.clone(),
-        };
-        std::thread::Builder::new()
-            .name("sightline-batcher".into())
-            .spawn(move || worker.run())?;
+        for (i, runner) in runners.into_iter().enumerate() {
+            let worker = Worker {
+                rx: rx.clone(),
+                runner,
+                cfg,
+                row_len,
+                depth: depth.clone(),
+                incoming: incoming.clone(),
+                metrics: metrics.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("sightline-batcher-{i}"))
+                .spawn(move || worker.run())?;
+        }
         Ok(Batcher {
             tx,
             cfg,
@@ -232,7 +238,8 @@ impl Batcher {
 }
 
 struct Worker<R> {
-    rx: Receiver<Job>,
+    /// Shared by every instance's worker: whoever holds it forms the next batch.
+    rx: Arc<Mutex<Receiver<Job>>>,
     runner: R,
     cfg: BatchConfig,
     row_len: usize,
@@ -249,50 +256,60 @@ impl<R: BatchRunner> Worker<R> {
     fn run(mut self) {
         let mut carry: Option<Job> = None;
         loop {
-            let first = match carry.take() {
-                Some(job) => job,
-                None => match self.rx.recv() {
-                    Ok(job) => job,
-                    Err(_) => return, // every handle dropped: shut down
-                },
+            let Some((jobs, rows)) = self.next_batch(&mut carry) else {
+                return; // every handle dropped: shut down
             };
-            self.taken();
-            let mut rows = first.rows;
-            let oldest = first.enqueued;
-            let mut jobs = vec![first];
-            loop {
-                // Take what is already queued, as far as it fits.
-                while carry.is_none() && rows < self.cfg.max_batch_size {
-                    match self.rx.try_recv() {
-                        Ok(job) => carry = self.add(job, &mut jobs, &mut rows),
-                        Err(_) => break,
-                    }
+            self.run_batch(jobs, rows);
+        }
+    }
+
+    /// Holds the queue while it forms one batch (starting with `carry`, a job that did
+    /// not fit the last one); `None` once every handle is dropped and nothing is left.
+    fn next_batch(&self, carry: &mut Option<Job>) -> Option<(Vec<Job>, usize)> {
+        let rx = self
+            .rx
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let first = match carry.take() {
+            Some(job) => job,
+            None => rx.recv().ok()?,
+        };
+        self.taken();
+        let mut rows = first.rows;
+        let oldest = first.enqueued;
+        let mut jobs = vec![first];
+        loop {
+            // Take what is already queued, as far as it fits.
+            while carry.is_none() && rows < self.cfg.max_batch_size {
+                match rx.try_recv() {
+                    Ok(job) => *carry = self.add(job, &mut jobs, &mut rows),
+                    Err(_) => break,
                 }
-                let incoming = self.incoming.load(Ordering::SeqCst);
-                let now = Instant::now();
-                let full = carry.is_some();
-                match decide(
-                    rows,
-                    self.cfg.max_batch_size,
-                    oldest,
-                    now,
-                    self.cfg.max_delay,
-                    incoming,
-                ) {
-                    Decision::Flush => break,
-                    _ if full => break,
-                    Decision::WaitUntil(deadline) => {
-                        let wait = deadline.saturating_duration_since(now).min(POLL);
-                        match self.rx.recv_timeout(wait) {
-                            Ok(job) => carry = self.add(job, &mut jobs, &mut rows),
-                            Err(RecvTimeoutError::Timeout) => {}
-                            Err(RecvTimeoutError::Disconnected) => break,
-                        }
+            }
+            let incoming = self.incoming.load(Ordering::SeqCst);
+            let now = Instant::now();
+            let full = carry.is_some();
+            match decide(
+                rows,
+                self.cfg.max_batch_size,
+                oldest,
+                now,
+                self.cfg.max_delay,
+                incoming,
+            ) {
+                Decision::Flush => break,
+                _ if full => break,
+                Decision::WaitUntil(deadline) => {
+                    let wait = deadline.saturating_duration_since(now).min(POLL);
+                    match rx.recv_timeout(wait) {
+                        Ok(job) => *carry = self.add(job, &mut jobs, &mut rows),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
             }
-            self.run_batch(jobs, rows);
         }
+        Some((jobs, rows))
     }
 
     /// Adds a job taken from the queue to the batch, or hands it back when it does not fit
@@ -400,7 +417,7 @@ mod tests {
 
     fn batcher(cfg: BatchConfig, delay: Duration) -> Batcher {
         Batcher::start(
-            SumRunner { row_len: 4, delay },
+            vec![SumRunner { row_len: 4, delay }],
             cfg,
             4,
             InferenceMetrics::unregistered(),
@@ -495,6 +512,50 @@ mod tests {
         assert!(
             full >= 2,
             "expected rejections once 1 running + 2 queued, got {full}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_instances_run_batches_side_by_side() {
+        // Each run takes 100 ms; batches of one. Four requests on one instance take 400 ms,
+        // on two instances 200 ms.
+        let runner = || SumRunner {
+            row_len: 4,
+            delay: Duration::from_millis(100),
+        };
+        let cfg = BatchConfig {
+            max_batch_size: 1,
+            max_request_rows: 1,
+            max_delay: Duration::ZERO,
+            queue_capacity: 8,
+            fixed_shape: false,
+        };
+        let b = Batcher::start(
+            vec![runner(), runner()],
+            cfg,
+            4,
+            InferenceMetrics::unregistered(),
+        )
+        .expect("start");
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..4)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { b.infer(vec![i as f32; 4], 1).await })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let out = t.await.expect("join").expect("inference");
+            assert_eq!(
+                out,
+                vec![4.0 * i as f32, 1.0],
+                "request {i} got another's row"
+            );
+        }
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(380),
+            "4 runs of 100 ms on two instances took {took:?}: they did not run side by side"
         );
     }
 

@@ -389,6 +389,12 @@ pub struct ModelArgs {
     #[arg(long, env = "SIGHTLINE_INTRA_OP_SPINNING", default_value_t = true, action = clap::ArgAction::Set)]
     pub intra_op_spinning: bool,
 
+    /// Copies of the model, each its own ONNX Runtime session and inference thread, taking
+    /// batches from one queue side by side (Triton's instance count). On a CPU, give each
+    /// `--intra-threads` cores ÷ instances.
+    #[arg(long, env = "SIGHTLINE_INSTANCES", default_value_t = 1)]
+    pub instances: usize,
+
     /// Images decoded and preprocessed at once (0 = one per CPU core).
     #[arg(long, env = "SIGHTLINE_DECODE_THREADS", default_value_t = 0)]
     pub decode_threads: usize,

@@ -26,6 +26,8 @@ pub struct ServingModel {
     pub labels: Arc<Vec<String>>,
     pub preprocess: Preprocess,
     pub limits: DecodeLimits,
+    /// Sessions of the model running side by side (`--instances`).
+    pub instances: usize,
     batcher: Batcher,
     /// Bounds concurrent decode+resize work to the CPU count (the blocking pool itself is
     /// large; this keeps image work from crowding out inference).
@@ -181,6 +183,8 @@ pub struct ModelSetup {
     pub batching: BatchConfig,
     pub limits: DecodeLimits,
     pub preprocess_workers: usize,
+    /// Sessions of the model, each with its own inference thread (`--instances`).
+    pub instances: usize,
     /// Bytes of the result cache (`--cache-bytes`); 0 turns it off.
     pub cache_bytes: usize,
 }
@@ -224,10 +228,19 @@ fn load(
 ) -> Result<ServingModel, (&'static str, String)> {
     let env = crate::ort_runtime::init(&setup.ort_lib)
         .map_err(|e| ("RuntimeUnavailable", e.to_string()))?;
-    let engine =
-        Engine::load(env, &setup.engine).map_err(|e: LoadError| (e.reason(), e.to_string()))?;
+    let load_err = |e: LoadError| (e.reason(), e.to_string());
+    let engine = Engine::load(env, &setup.engine).map_err(load_err)?;
     let info = engine.info().clone();
     let row_len = engine.row_len();
+    // More instances: the same model, each its own session, at the size the first chose.
+    let mut engines = vec![engine];
+    let same_size = EngineConfig {
+        batch_size: crate::batch_tuning::BatchSize::Fixed(info.batching.max_batch_size),
+        ..setup.engine.clone()
+    };
+    for _ in 1..setup.instances.max(1) {
+        engines.push(Engine::load(env, &same_size).map_err(load_err)?);
+    }
     metrics.queue_capacity(setup.batching.queue_capacity);
     metrics.batch_tuned(&info.batching);
     let batching = crate::batching::BatchConfig {
@@ -238,7 +251,7 @@ fn load(
             || info.batching.mode == crate::batch_tuning::Mode::Model,
         ..setup.batching
     };
-    let batcher = Batcher::start(engine, batching, row_len, metrics.clone()).map_err(|e| {
+    let batcher = Batcher::start(engines, batching, row_len, metrics.clone()).map_err(|e| {
         (
             "WorkerFailed",
             format!("cannot start the inference thread: {e}"),
@@ -251,6 +264,7 @@ fn load(
         labels: Arc::new(setup.engine.labels),
         preprocess: setup.engine.preprocess,
         limits: setup.limits,
+        instances: setup.instances.max(1),
         batcher,
         cpu: Arc::new(Semaphore::new(setup.preprocess_workers.max(1))),
         cache: ResultCache::new(setup.cache_bytes, metrics.clone()),
@@ -360,6 +374,7 @@ pub fn model_setup(args: &ServeArgs) -> Result<ModelSetup, SetupError> {
             max_pixels: args.max_image_pixels,
             ..DecodeLimits::default()
         },
+        instances: m.instances.max(1),
         preprocess_workers: if m.decode_threads == 0 {
             cores
         } else {

@@ -193,10 +193,18 @@ async fn auto_batch_size_is_measured_at_warm_up_and_reported() {
         );
     }
 
-    // A number fixes the size: nothing measured.
-    let (app, _) = loaded_app(&args(MODEL, &["--max-batch-size", "4"])).await;
+    assert_eq!(body["model"]["instances"], 1);
+
+    // A number fixes the size: nothing measured. Two instances answer alike.
+    let (app, _) = loaded_app(&args(MODEL, &["--max-batch-size", "4", "--instances", "2"])).await;
     let (_, response) = send(&app, get("/readyz")).await;
     let body = body_json(response).await;
+    assert_eq!(body["model"]["instances"], 2, "{body}");
+    for (rgb, label) in [([240, 10, 10], "red"), ([10, 10, 240], "blue")] {
+        let (status, response) = send(&app, post("/api/v1/recognize", "image/png", png(rgb))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body_json(response).await["predictions"][0]["label"], label);
+    }
     assert_eq!(
         body["model"]["batching"],
         json!({"mode": "fixed", "limit": 4, "max_batch_size": 4, "measured": []})

@@ -466,6 +466,11 @@ pub struct Runtime {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 256))]
     pub threads: Option<u32>,
+    /// Copies of the model in each pod, each its own session and inference thread, taking
+    /// batches side by side (default 1). On CPU, set `threads` to the pod's cores ÷ this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub instances: Option<u32>,
     /// Dynamic batching.
     #[serde(default)]
     pub batching: Batching,

@@ -465,6 +465,19 @@ fn max_batch_size_is_the_tuning_limit_unless_fixed() {
 }
 
 #[test]
+fn instances_reach_the_server() {
+    let mut inputs = samples();
+    for m in &mut inputs.models {
+        m.spec.runtime.instances = Some(2);
+        m.spec.runtime.threads = Some(1);
+    }
+    let objects = render::children(&inputs, &Platform::default()).expect("render");
+    let a = args(deployment(&objects, "efficientnet-lite0-recognize"));
+    assert!(a.windows(2).any(|w| w == ["--instances", "2"]), "{a:?}");
+    assert!(a.windows(2).any(|w| w == ["--intra-threads", "1"]), "{a:?}");
+}
+
+#[test]
 fn replicas_are_left_to_the_hpa_and_models_are_fetched_or_mounted() {
     let objects = rendered_with_gpu_on_a_claim();
     let gpu = deployment(&objects, GPU_DEPLOYMENT);

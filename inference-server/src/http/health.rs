@@ -61,6 +61,7 @@ async fn readyz(State(state): State<HealthState>) -> Response {
                 "input_shape": model.info.input_shape,
                 "load_seconds": model.info.load_seconds,
                 "batching": model.info.batching,
+                "instances": model.instances,
             }
         }))
         .into_response(),

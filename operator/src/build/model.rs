@@ -198,6 +198,9 @@ fn server_args(model: &ImageModel, gpu: bool, model_path: &str, labels_path: &st
     if let Some(v) = r.threads {
         flag("intra-threads", v.to_string());
     }
+    if let Some(v) = r.instances {
+        flag("instances", v.to_string());
+    }
     match (
         r.batching.tuning.unwrap_or_default(),
         r.batching.max_batch_size,
