@@ -3,6 +3,8 @@
 #   make run     build and start `sightline-server all` on 127.0.0.1:8080 (pretrained model)
 #   make test    the whole test suite (unit, integration, e2e, operator)
 #   make bench   HTTP vs raw ONNX Runtime benchmark (writes the table for BENCHMARKS.md)
+#   make bench-peers  Sightline against KServe, BentoML, LitServe and PyTriton, same model
+#                and photos (bench/peers/; writes target/bench-peers.md; BENCHMARKS.md)
 #   make load    mixed load on the three split services: figures + no loss/duplicates (RELIABILITY.md)
 #   make lint    rustfmt check + clippy with warnings as errors
 #   make deny    cargo-deny: licences, bans, sources (installs cargo-deny when missing)
@@ -19,7 +21,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so
 MODELS := models/build/efficientnet-lite0.onnx models/build/test-classifier.onnx
 CARGO ?= cargo
 
-.PHONY: run test bench load lint deps deps-gpu models clean-models deny deny-advisories fuzz
+.PHONY: run test bench bench-peers load lint deps deps-gpu models clean-models deny deny-advisories fuzz
 
 run: deps models
 	$(CARGO) run --release -p sightline-server -- all
@@ -30,6 +32,18 @@ test: deps models
 
 bench: deps models
 	$(CARGO) run --release -p sightline-e2e --bin sightline-bench -- --out target/bench.md
+
+# The four Python servers (bench/peers/*_server.py) in a venv of their own: their pins
+# (bench/peers/requirements.txt) differ from the project's. Too slow for `make test`.
+PEERS_VENV := .venv-peers
+$(PEERS_VENV)/.installed: bench/peers/requirements.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/peers/requirements.txt
+	touch $@
+
+bench-peers: deps models $(PEERS_VENV)/.installed
+	$(CARGO) build --release -p sightline-server
+	$(CARGO) run --release -p sightline-e2e --bin sightline-bench -- --peers --out target/bench-peers.md
 
 LOAD_REQUESTS ?= 5000
 LOAD_CONCURRENCY ?= 32

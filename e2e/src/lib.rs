@@ -2,9 +2,11 @@
 //! `sightline-server` listening on a real loopback port, and the Python venv's tools.
 
 pub mod canary;
+pub mod cpu_bench;
 pub mod load;
 pub mod mirror_bench;
 pub mod netfault;
+pub mod peers_bench;
 pub mod process;
 pub mod split;
 
@@ -44,6 +46,31 @@ pub fn require(paths: &[PathBuf]) -> bool {
         "missing {missing:?}: run `make deps models` from the repository root"
     ));
     false
+}
+
+/// `sightline-server eval` of `model` on the labelled CSV `dataset`, writing the JSON report
+/// to `json`, against `baseline`; its output (stdout has the summary).
+pub fn run_eval(
+    binary: &Path,
+    model: &Path,
+    dataset: &Path,
+    json: &Path,
+    baseline: &Path,
+) -> std::io::Result<std::process::Output> {
+    std::process::Command::new(binary)
+        .arg("eval")
+        .arg("--model")
+        .arg(model)
+        .arg("--ort-lib")
+        .arg(ort_lib())
+        .arg("--dataset")
+        .arg(dataset)
+        .arg("--json")
+        .arg(json)
+        .arg("--baseline")
+        .arg(baseline)
+        .env("RUST_BACKTRACE", "0")
+        .output()
 }
 
 /// Something a test needs is not there: under CI a failure, locally a loud skip.

@@ -1,15 +1,20 @@
 //! `sightline-bench --mirror`: what mirroring costs the callers of a canary's front door.
 //!
-//! A stable recognize server, two candidates — the same model (same file) and the tiny
-//! test classifier — and a front door (the upload role reading a traffic file), all in
-//! this process with `threads` ONNX Runtime threads each; `c` clients POST distinct JPEGs
-//! (no two alike, so no answer comes from a result cache) to the front door's
-//! `/api/v1/recognize`. Three settings, alternated round after round so that drift hits
-//! them alike: mirroring off; 100 % mirrored to the same model (on one machine the
-//! candidate's inference competes with stable's for the cores, which a cluster would not
-//! make it do); 100 % mirrored to the test classifier (what the front door itself pays:
-//! the copy, the second call, the comparison). The table has each setting's p50/p99, their
-//! ratios to mirroring off, and what became of the mirrored requests.
+//! A stable recognize server and a front door (the upload role reading a traffic file) in
+//! this process, two candidate recognize processes — the same model (same file) and the
+//! tiny test classifier — with `threads` ONNX Runtime threads each; `c` clients POST
+//! distinct JPEGs (no two alike, so no answer comes from a result cache) to the front
+//! door's `/api/v1/recognize`. The settings, alternated round after round so that drift
+//! hits them alike: mirroring off; 10 % and 100 % mirrored to the same model; 100 %
+//! mirrored to the test classifier (what the front door itself pays: the copy, the second
+//! call, the comparison, nearly without the candidate's inference). The table has each
+//! setting's p50/p99, their ratios to mirroring off, and what became of the mirrored
+//! requests.
+//!
+//! `pin`: in a cluster the candidate runs in its own pods, on CPU the stable revision does
+//! not use. On one machine the candidate's inference competes with stable's for the same
+//! cores instead, which measures the machine, not mirroring. Pinned, this process (clients,
+//! front door, stable) runs on CPU 0 and the candidates on CPU 1, in every setting alike.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,8 +23,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::canary::{TrafficDir, scrape, sum};
-use crate::process::ScratchDir;
+use crate::canary::{TrafficDir, model_flags, scrape, sum};
+use crate::process::{ScratchDir, ServerProcess, require_server_binary};
 use crate::{RunningServer, serve_args};
 
 /// What to measure.
@@ -34,10 +39,13 @@ pub struct MirrorBench {
     pub rounds: usize,
     /// ONNX Runtime intra-op threads of each server.
     pub threads: usize,
-    pub max_batch_size: usize,
+    /// `--max-batch-size` of every server (`auto`, `auto:<n>` or a number).
+    pub max_batch_size: String,
     /// The photo the JPEGs are made from.
     pub image: PathBuf,
     pub ort_lib: PathBuf,
+    /// This process on CPU 0, the candidates on CPU 1 (as if on their own node).
+    pub pin: bool,
 }
 
 const OUTCOMES: [&str; 5] = ["agree", "disagree", "error", "timeout", "dropped"];
@@ -186,24 +194,50 @@ fn figures(mut latencies: Vec<Duration>, wall: Duration) -> (f64, f64, f64) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Setting {
     Off,
-    /// 100 % mirrored to a candidate serving the same model (it competes with stable for
-    /// the machine's cores).
-    SameModel,
+    /// This share mirrored to a candidate serving the same model.
+    SameModel(u32),
     /// 100 % mirrored to a candidate serving the tiny test classifier: what the front door
     /// itself pays for mirroring, nearly without the candidate's inference.
     Cheap,
 }
 
 impl Setting {
-    const ALL: [Setting; 3] = [Setting::Off, Setting::SameModel, Setting::Cheap];
+    const ALL: [Setting; 4] = [
+        Setting::Off,
+        Setting::SameModel(10),
+        Setting::SameModel(100),
+        Setting::Cheap,
+    ];
 
-    fn name(self) -> &'static str {
+    fn name(self) -> String {
         match self {
-            Setting::Off => "mirroring off",
-            Setting::SameModel => "100 % mirrored, candidate = the same model",
-            Setting::Cheap => "100 % mirrored, candidate = test classifier",
+            Setting::Off => "mirroring off".into(),
+            Setting::SameModel(p) => format!("{p} % mirrored, candidate = the same model"),
+            Setting::Cheap => "100 % mirrored, candidate = test classifier".into(),
         }
     }
+
+    fn mirror_percent(self) -> u32 {
+        match self {
+            Setting::Off => 0,
+            Setting::SameModel(p) => p,
+            Setting::Cheap => 100,
+        }
+    }
+}
+
+/// Restricts every thread of process `pid` to `cpu` (threads they start inherit it).
+fn pin(pid: u32, cpu: usize) -> anyhow::Result<()> {
+    let out = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .output()
+        .context("run taskset (util-linux)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "taskset -a -p -c {cpu} {pid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 /// Runs the measurement; the Markdown table.
@@ -221,17 +255,49 @@ pub fn run(bench: &MirrorBench) -> anyhow::Result<String> {
                 "--intra-threads",
                 &threads.to_string(),
                 "--max-batch-size",
-                &bench.max_batch_size.to_string(),
+                &bench.max_batch_size,
+                "--cache-bytes",
+                "0",
                 "--ort-lib",
                 &lib,
             ],
         )
     };
-    let start = |model: &str| RunningServer::start(recognize(model)?, 2, Duration::from_secs(120));
-    let stable = start(model)?;
-    let same = start(model)?;
-    let cheap = start("test-classifier")?;
+    if bench.pin {
+        anyhow::ensure!(cores >= 2, "--pin needs two CPUs, this machine has {cores}");
+        pin(std::process::id(), 0)?;
+    }
+    let stable = RunningServer::start(recognize(model)?, 2, Duration::from_secs(120))?;
     let scratch = ScratchDir::new("mirror-bench")?;
+    let binary = require_server_binary().context("the candidates run as processes")?;
+    let candidate = |name: &str, file: &str| -> anyhow::Result<ServerProcess> {
+        let extra = [
+            "--intra-threads".to_string(),
+            threads.to_string(),
+            "--max-batch-size".to_string(),
+            bench.max_batch_size.clone(),
+            "--cache-bytes".to_string(),
+            "0".to_string(),
+            "--ort-lib".to_string(),
+            lib.clone(),
+        ];
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let port = crate::process::free_port()?;
+        let process = ServerProcess::start_named(
+            &binary,
+            "recognize",
+            name,
+            port,
+            &model_flags(file, &extra),
+            scratch.path(),
+        )?;
+        if bench.pin {
+            pin(process.pid().context("the candidate's pid")?, 1)?;
+        }
+        Ok(process)
+    };
+    let same = candidate("same-model", &format!("{model}.onnx"))?;
+    let cheap = candidate("test-classifier", "test-classifier.onnx")?;
     let mut traffic = TrafficDir::new(scratch.path().join("traffic"))?;
     let data_dir = scratch.path().join("front").display().to_string();
     let (stable_url, traffic_path) = (stable.url(""), traffic.path().display().to_string());
@@ -269,11 +335,11 @@ pub fn run(bench: &MirrorBench) -> anyhow::Result<String> {
     let writes = std::cell::Cell::new(0u32);
     let file = |setting: Setting| {
         writes.set(writes.get() + 1);
-        let (candidate, mirror) = match setting {
-            Setting::Off => (same.url(""), 0),
-            Setting::SameModel => (same.url(""), 100),
-            Setting::Cheap => (cheap.url(""), 100),
+        let candidate = match setting {
+            Setting::Cheap => cheap.url(""),
+            Setting::Off | Setting::SameModel(_) => same.url(""),
         };
+        let mirror = setting.mirror_percent();
         serde_json::json!({
             "model": model, "stable": stable.url(""), "candidate": candidate,
             "candidateWeight": 0, "mirrorPercent": mirror,
@@ -283,10 +349,10 @@ pub fn run(bench: &MirrorBench) -> anyhow::Result<String> {
 
     let mut table = format!(
         "Machine: {} ({cores} cores; 1-minute load average {} at the start). Stable: {model}, \
-         ONNX Runtime intra-op threads {threads}, max batch {}; candidates the same (same \
-         model file) and the test classifier; the front door, the servers and the clients in \
-         one process. {} distinct {}-derived JPEGs (224 px) per phase; {} rounds of the \
-         three settings, alternated.\n\n\
+         ONNX Runtime intra-op threads {threads}, max batch {}, result cache off; candidates \
+         the same (same model file) and the test classifier, each its own process; the front \
+         door, stable and the clients in this one. {}. {} distinct {}-derived JPEGs (224 px) \
+         per phase; {} rounds of the {} settings, alternated.\n\n\
          | concurrency | setting | p50 ms | p50 ÷ off | p99 ms | p99 ÷ off | calls/s | \
          mirrored: agree / disagree / error / timeout / dropped |\n\
          |---:|---|---:|---:|---:|---:|---:|---|\n",
@@ -296,6 +362,11 @@ pub fn run(bench: &MirrorBench) -> anyhow::Result<String> {
             .and_then(|l| l.split(' ').next().map(str::to_string))
             .unwrap_or_else(|| "?".into()),
         bench.max_batch_size,
+        if bench.pin {
+            "Pinned: this process on CPU 0, the candidates on CPU 1"
+        } else {
+            "Not pinned: every process shares every core"
+        },
         bench.requests,
         bench
             .image
@@ -303,6 +374,7 @@ pub fn run(bench: &MirrorBench) -> anyhow::Result<String> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         bench.rounds,
+        Setting::ALL.len(),
     );
     let mut tag = 0u64;
     for &c in &bench.concurrency {
@@ -310,7 +382,7 @@ pub fn run(bench: &MirrorBench) -> anyhow::Result<String> {
         let mut walls = vec![Duration::ZERO; Setting::ALL.len()];
         let mut outcomes = vec![vec![0.0; OUTCOMES.len()]; Setting::ALL.len()];
         // Warm-up of every server through the front door, not measured.
-        for setting in [Setting::SameModel, Setting::Cheap] {
+        for setting in [Setting::SameModel(100), Setting::Cheap] {
             tag += 1;
             let warm = distinct_jpegs(&photo, tag, 20)?;
             runtime.block_on(async {

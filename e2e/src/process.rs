@@ -27,12 +27,16 @@ pub fn operator_binary() -> Option<PathBuf> {
     built_binary("sightline-operator")
 }
 
-/// target/<profile>/deps/<test> → target/<profile>/<name>, when it exists.
+/// target/<profile>/deps/<test> → target/<profile>/<name> (from a test), or
+/// target/<profile>/<bin> → target/<profile>/<name> (from a binary such as the
+/// benchmark), when it exists.
 fn built_binary(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    let profile_dir = exe.parent()?.parent()?;
-    let candidate = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    candidate.is_file().then_some(candidate)
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    let dir = exe.parent()?;
+    [dir.parent()?.join(&file), dir.join(&file)]
+        .into_iter()
+        .find(|candidate| candidate.is_file())
 }
 
 /// The binary, or `None` after a loud notice (a failure under CI).

@@ -48,9 +48,9 @@ struct Args {
     /// ONNX Runtime intra-op threads, for both sides (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Largest batch the server forms.
-    #[arg(long, default_value_t = 8)]
-    max_batch_size: usize,
+    /// The server's `--max-batch-size` (`auto`: measured at warm-up, as by default).
+    #[arg(long, default_value = "auto")]
+    max_batch_size: String,
     /// The JPEG sent over HTTP [default: the first JPEG in models/build/photos].
     #[arg(long)]
     image: Option<PathBuf>,
@@ -70,6 +70,28 @@ struct Args {
     /// at 100 % to each candidate, alternated for --rounds rounds.
     #[arg(long)]
     mirror: bool,
+    /// Measure the server's CPU time per request (a `sightline-server recognize` process,
+    /// several settings) against the raw inference and decode CPU time instead
+    /// (`sightline_e2e::cpu_bench`); the first of --models, --image, --threads.
+    #[arg(long)]
+    cpu: bool,
+    /// With --mirror: this process on CPU 0 and the candidates on CPU 1, as if the
+    /// candidate ran on its own node (it does, in a cluster).
+    #[arg(long)]
+    pin: bool,
+    /// Compare with four Python servers instead — KServe, BentoML, LitServe, PyTriton
+    /// (`sightline_e2e::peers_bench`, `make bench-peers`): the first of --models, --image and
+    /// a 12-MP photo made from it, --threads each (default 2), a --max-batch-size number
+    /// (default 8).
+    #[arg(long)]
+    peers: bool,
+    /// With --peers: the peers to run, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kserve,bentoml,litserve,pytriton"
+    )]
+    peers_list: Vec<String>,
     /// With --mirror or --cache: rounds of each setting.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -231,6 +253,9 @@ fn main() -> anyhow::Result<()> {
     if args.mirror {
         return mirror_bench(&args);
     }
+    if args.peers {
+        return peers_bench(&args);
+    }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -263,19 +288,27 @@ fn main() -> anyhow::Result<()> {
 
     if args.decode {
         let table = decode_bench(&args, &image_path, &jpeg)?;
-        println!("{table}");
-        if let Some(out) = &args.out {
-            std::fs::write(out, &table).with_context(|| format!("writing {}", out.display()))?;
-        }
-        return Ok(());
+        return emit(&table, args.out.as_deref());
+    }
+    if args.cpu {
+        let bench = sightline_e2e::cpu_bench::CpuBench {
+            model: args
+                .models
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "efficientnet-lite0".into()),
+            image: image_path.clone(),
+            threads,
+            concurrency: args.concurrency.clone(),
+            requests: args.requests,
+            ort_lib: lib.clone(),
+        };
+        let table = sightline_e2e::cpu_bench::run(&bench, &client_rt)?;
+        return emit(&table, args.out.as_deref());
     }
     if args.cache {
         let table = cache_bench(&args, &client_rt, &lib, threads, &image_path, jpeg)?;
-        println!("{table}");
-        if let Some(out) = &args.out {
-            std::fs::write(out, &table).with_context(|| format!("writing {}", out.display()))?;
-        }
-        return Ok(());
+        return emit(&table, args.out.as_deref());
     }
 
     let mut table = String::new();
@@ -288,6 +321,7 @@ fn main() -> anyhow::Result<()> {
         image_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         jpeg.len()
     ));
+    let mut notes = Vec::new();
     table.push_str("| model | concurrency | raw img/s | HTTP img/s | HTTP ÷ raw | raw p50 ms | HTTP p50 ms | p50 overhead ms | raw p99 ms | HTTP p99 ms |\n");
     table.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for model in &args.models {
@@ -309,6 +343,7 @@ fn main() -> anyhow::Result<()> {
         let serve = bench_serve_args(&args, model, threads, &lib, "0")?;
         let server = RunningServer::start(serve, 2, Duration::from_secs(120))?;
         let url = server.url("/api/v1/recognize?top_k=5");
+        notes.push(client_rt.block_on(batching_note(model, &server.url("/readyz")))?);
         for (&c, raw) in args.concurrency.iter().zip(raw_rows) {
             let h = client_rt.block_on(http(&url, jpeg.clone(), c, args.requests))?;
             eprintln!("{model}: http c={c} done");
@@ -319,11 +354,39 @@ fn main() -> anyhow::Result<()> {
         }
         drop(server);
     }
-    println!("{table}");
-    if let Some(out) = &args.out {
-        std::fs::write(out, &table).with_context(|| format!("writing {}", out.display()))?;
+    table.push('\n');
+    for note in notes {
+        table.push_str(&format!("- {note}\n"));
     }
-    Ok(())
+    emit(&table, args.out.as_deref())
+}
+
+/// The server's batch size and how it was decided, from its `/readyz`.
+async fn batching_note(model: &str, readyz: &str) -> anyhow::Result<String> {
+    let body: serde_json::Value = reqwest::get(readyz).await?.json().await?;
+    let b = &body["model"]["batching"];
+    let measured: Vec<String> = b["measured"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            format!(
+                "{}: {:.1}",
+                m["rows"],
+                m["images_per_second"].as_f64().unwrap_or(f64::NAN)
+            )
+        })
+        .collect();
+    Ok(format!(
+        "{model}: server batch size {} ({}; images/s per batch size at warm-up: {})",
+        b["max_batch_size"],
+        b["mode"].as_str().unwrap_or("?"),
+        if measured.is_empty() {
+            "not measured".into()
+        } else {
+            measured.join(", ")
+        }
+    ))
 }
 
 /// `jpeg` with a comment segment saying `n` after its start marker: other bytes (another
@@ -423,7 +486,7 @@ fn bench_serve_args(
             "--intra-threads",
             &threads.to_string(),
             "--max-batch-size",
-            &args.max_batch_size.to_string(),
+            &args.max_batch_size,
             "--queue-capacity",
             "256",
             "--device",
@@ -601,19 +664,16 @@ fn mirror_bench(args: &Args) -> anyhow::Result<()> {
         requests: args.requests,
         rounds: args.rounds.max(1),
         threads: args.threads.max(1),
-        max_batch_size: args.max_batch_size,
+        max_batch_size: args.max_batch_size.clone(),
         image: match &args.image {
             Some(p) => p.clone(),
             None => find_jpeg()?,
         },
         ort_lib: args.ort_lib.clone().unwrap_or_else(ort_lib),
+        pin: args.pin,
     };
     let table = sightline_e2e::mirror_bench::run(&bench)?;
-    println!("{table}");
-    if let Some(out) = &args.out {
-        std::fs::write(out, &table).with_context(|| format!("writing {}", out.display()))?;
-    }
-    Ok(())
+    emit(&table, args.out.as_deref())
 }
 
 /// Preprocessing time of one image at full size and as the server does it, per model.
@@ -660,4 +720,35 @@ fn decode_bench(args: &Args, image_path: &std::path::Path, jpeg: &[u8]) -> anyho
         ));
     }
     Ok(table)
+}
+
+/// `--peers`: see [`sightline_e2e::peers_bench`].
+fn peers_bench(args: &Args) -> anyhow::Result<()> {
+    let mut bench = sightline_e2e::peers_bench::PeersBench::prepare(
+        &args.peers_list,
+        args.models
+            .first()
+            .map_or("efficientnet-lite0", String::as_str),
+        &args.concurrency,
+        args.requests,
+        if args.threads == 0 { 2 } else { args.threads },
+        args.max_batch_size.parse().unwrap_or(8),
+        &match &args.image {
+            Some(p) => p.clone(),
+            None => find_jpeg()?,
+        },
+        &args.ort_lib.clone().unwrap_or_else(ort_lib),
+    )?;
+    bench.sightline_batch = args.max_batch_size.clone();
+    let table = sightline_e2e::peers_bench::run(&bench)?;
+    emit(&table, args.out.as_deref())
+}
+
+/// Prints the table and writes it to `out` when given.
+fn emit(table: &str, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    println!("{table}");
+    if let Some(out) = out {
+        std::fs::write(out, table).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
 }
