@@ -385,8 +385,9 @@ pub struct ModelArgs {
     pub intra_threads: usize,
 
     /// Let ONNX Runtime's intra-op threads spin (busy-wait) for work between operators
-    /// instead of sleeping. Spinning burns the CPU that image decoding needs.
-    #[arg(long, env = "SIGHTLINE_INTRA_OP_SPINNING", default_value_t = true, action = clap::ArgAction::Set)]
+    /// instead of sleeping (ONNX Runtime's own default). Off by default: spinning burned
+    /// the CPU that image decoding and HTTP need (BENCHMARKS.md, "CPU per request").
+    #[arg(long, env = "SIGHTLINE_INTRA_OP_SPINNING", default_value_t = false, action = clap::ArgAction::Set)]
     pub intra_op_spinning: bool,
 
     /// Copies of the model, each its own ONNX Runtime session and inference thread, taking
