@@ -73,6 +73,34 @@ pub fn run_eval(
         .output()
 }
 
+/// The batch size the server at `base` (`http://host:port`) serves with and how it was
+/// decided, from its `/readyz`, as one line for a benchmark's notes.
+pub fn batching_note(model: &str, base: &str) -> anyhow::Result<String> {
+    let (status, body) = plain_http::get(&format!("{base}/readyz"))?;
+    anyhow::ensure!(status == 200, "{base}/readyz answered {status}: {body}");
+    let body: serde_json::Value = serde_json::from_str(&body)?;
+    let b = &body["model"]["batching"];
+    let measured: Vec<String> = b["measured"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let ips = m["images_per_second"].as_f64().unwrap_or(f64::NAN);
+            format!("{}: {ips:.1}", m["rows"])
+        })
+        .collect();
+    Ok(format!(
+        "{model}: server batch size {} ({}; images/s per batch size at warm-up: {})",
+        b["max_batch_size"],
+        b["mode"].as_str().unwrap_or("?"),
+        if measured.is_empty() {
+            "not measured".into()
+        } else {
+            measured.join(", ")
+        }
+    ))
+}
+
 /// Something a test needs is not there: under CI a failure, locally a loud skip.
 pub fn skip(message: &str) {
     if std::env::var_os("CI").is_some() {

@@ -548,6 +548,7 @@ fn measure(
     runtime: &tokio::runtime::Runtime,
     server: Server,
     expected: &mut [Option<String>],
+    notes: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Vec<Cell>>> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
@@ -566,6 +567,9 @@ fn measure(
     let result = runtime.block_on(async {
         wait_answering(&mut process, &client, first, Duration::from_secs(300)).await?;
         eprintln!("peers: {} answers", server.name());
+        if server == Server::Sightline {
+            notes.push(crate::batching_note("Sightline", &process.base)?);
+        }
         let url = format!("{}{}", process.base, server.path());
         let ticks_per_second = clock_ticks_per_second();
         let mut rows = Vec::new();
@@ -659,11 +663,18 @@ pub fn run(bench: &PeersBench) -> anyhow::Result<String> {
     };
     let load_before = load();
     let mut expected = vec![None; bench.photos.len()];
-    let sightline = measure(bench, &runtime, Server::Sightline, &mut expected)?;
+    let mut notes = Vec::new();
+    let sightline = measure(
+        bench,
+        &runtime,
+        Server::Sightline,
+        &mut expected,
+        &mut notes,
+    )?;
     let mut peers: Vec<(Server, Vec<Vec<Cell>>)> = Vec::new();
     let mut failed: Vec<(Server, String)> = Vec::new();
     for &peer in &bench.peers {
-        match measure(bench, &runtime, peer, &mut expected) {
+        match measure(bench, &runtime, peer, &mut expected, &mut notes) {
             Ok(rows) => peers.push((peer, rows)),
             Err(e) => {
                 eprintln!("peers: {} failed: {e:#}", peer.name());
@@ -741,6 +752,9 @@ pub fn run(bench: &PeersBench) -> anyhow::Result<String> {
         "\nRatios: req/s above 1 and latency or CPU below 1 favour Sightline; each against \
          the peer best at that figure in that cell.\n",
     );
+    for note in notes {
+        table.push_str(&format!("\n{note}\n"));
+    }
     for (peer, why) in &failed {
         table.push_str(&format!(
             "\n**{} did not run**: {}\n",

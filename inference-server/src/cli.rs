@@ -401,7 +401,8 @@ pub struct ModelArgs {
     pub decode_threads: usize,
 
     /// Most images in one model run: `auto` measures batch sizes 1, 2, 4, 8 with the
-    /// model at warm-up and keeps the fastest (`auto:32` tries up to 32); a number fixes it.
+    /// model at warm-up and keeps the largest within 2 % of the fastest, never one slower
+    /// than batch 1 (`auto:32` tries up to 32); a number fixes it.
     #[arg(long, env = "SIGHTLINE_MAX_BATCH_SIZE", default_value = "auto")]
     pub max_batch_size: crate::batch_tuning::BatchSize,
 

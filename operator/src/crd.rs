@@ -374,7 +374,7 @@ pub struct PodOverrides {
 #[serde(rename_all = "camelCase")]
 pub struct Batching {
     /// Most images in one model run (default 8). With `tuning: Auto` the server measures
-    /// the sizes up to this one at warm-up and keeps the fastest.
+    /// the sizes up to this one at warm-up and keeps the largest within 2 % of the fastest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 256))]
     pub max_batch_size: Option<u32>,

@@ -343,7 +343,7 @@ fn main() -> anyhow::Result<()> {
         let serve = bench_serve_args(&args, model, threads, &lib, "0")?;
         let server = RunningServer::start(serve, 2, Duration::from_secs(120))?;
         let url = server.url("/api/v1/recognize?top_k=5");
-        notes.push(client_rt.block_on(batching_note(model, &server.url("/readyz")))?);
+        notes.push(sightline_e2e::batching_note(model, &server.url(""))?);
         for (&c, raw) in args.concurrency.iter().zip(raw_rows) {
             let h = client_rt.block_on(http(&url, jpeg.clone(), c, args.requests))?;
             eprintln!("{model}: http c={c} done");
@@ -359,34 +359,6 @@ fn main() -> anyhow::Result<()> {
         table.push_str(&format!("- {note}\n"));
     }
     emit(&table, args.out.as_deref())
-}
-
-/// The server's batch size and how it was decided, from its `/readyz`.
-async fn batching_note(model: &str, readyz: &str) -> anyhow::Result<String> {
-    let body: serde_json::Value = reqwest::get(readyz).await?.json().await?;
-    let b = &body["model"]["batching"];
-    let measured: Vec<String> = b["measured"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|m| {
-            format!(
-                "{}: {:.1}",
-                m["rows"],
-                m["images_per_second"].as_f64().unwrap_or(f64::NAN)
-            )
-        })
-        .collect();
-    Ok(format!(
-        "{model}: server batch size {} ({}; images/s per batch size at warm-up: {})",
-        b["max_batch_size"],
-        b["mode"].as_str().unwrap_or("?"),
-        if measured.is_empty() {
-            "not measured".into()
-        } else {
-            measured.join(", ")
-        }
-    ))
 }
 
 /// `jpeg` with a comment segment saying `n` after its start marker: other bytes (another
