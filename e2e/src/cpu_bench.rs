@@ -11,17 +11,17 @@
 //! same cores, in every setting alike.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use bytes::Bytes;
-use futures::StreamExt;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 
 use crate::canary::model_flags;
-use crate::mirror_bench::{cpu_model, post_jpeg_timed};
+use crate::mirror_bench::{cpu_model, send};
 use crate::models;
+use crate::proc_stat::process_cpu_seconds;
 use crate::process::{ScratchDir, ServerProcess, free_port, require_server_binary};
 
 /// What to measure.
@@ -76,36 +76,6 @@ const SETTINGS: [(&str, &[&str]); 5] = [
         ],
     ),
 ];
-
-/// CPU seconds (user + system, all threads) that process `pid` has used.
-pub fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    parse_cpu_ticks(&text)
-        .map(|ticks| ticks as f64 / clock_ticks_per_second())
-        .with_context(|| format!("no utime/stime in {path}: {text:?}"))
-}
-
-/// utime + stime, in clock ticks, from a `/proc/<pid>/stat` line (fields 14 and 15; the
-/// command name in field 2 may hold spaces and parentheses, so count from its last `)`).
-pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // fields[0] is field 3 (state): utime is field 14, stime field 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
 
 /// CPU milliseconds per call of `f`, run `n` times in this process (after 10 untimed).
 fn cpu_ms_per_call(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
@@ -222,10 +192,11 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
         let pid = server.pid().context("the server's pid")?;
         let url = server.url("/api/v1/recognize");
         for &c in &bench.concurrency {
-            client.block_on(load(&http, &url, &jpeg, c, 20))?;
+            client.block_on(send(&http, &url, vec![jpeg.clone(); 20], c))?;
             let before = process_cpu_seconds(pid)?;
             let started = Instant::now();
-            let mut latencies = client.block_on(load(&http, &url, &jpeg, c, bench.requests))?;
+            let mut latencies =
+                client.block_on(send(&http, &url, vec![jpeg.clone(); bench.requests], c))?;
             let wall = started.elapsed().as_secs_f64();
             let cpu_ms = (process_cpu_seconds(pid)? - before) * 1000.0 / bench.requests as f64;
             latencies.sort();
@@ -242,48 +213,4 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
         }
     }
     Ok(table)
-}
-
-/// `n` POSTs of `jpeg`, `concurrency` at a time; each one's latency.
-async fn load(
-    client: &reqwest::Client,
-    url: &str,
-    jpeg: &Bytes,
-    concurrency: usize,
-    n: usize,
-) -> anyhow::Result<Vec<Duration>> {
-    futures::stream::iter(0..n)
-        .map(|_| post_jpeg_timed(client, url, jpeg.clone()))
-        .buffer_unordered(concurrency.max(1))
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_ticks_are_fields_14_and_15_even_with_odd_command_names() {
-        let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 500 0 0 0 \
-                    1234 56 0 0 20 0 9 0 100 1000 200";
-        assert_eq!(parse_cpu_ticks(stat), Some(1234 + 56));
-        assert_eq!(parse_cpu_ticks("4242 (x) S 1 2"), None);
-        assert_eq!(parse_cpu_ticks("no parenthesis"), None);
-    }
-
-    #[test]
-    fn this_process_cpu_time_grows_with_work() {
-        let me = std::process::id();
-        let before = process_cpu_seconds(me).expect("cpu time");
-        let started = Instant::now();
-        let mut x = 0u64;
-        while started.elapsed() < Duration::from_millis(300) {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-        }
-        let used = process_cpu_seconds(me).expect("cpu time") - before;
-        assert!(used >= 0.1, "300 ms of spinning counted {used} s");
-    }
 }

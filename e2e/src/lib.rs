@@ -7,6 +7,7 @@ pub mod load;
 pub mod mirror_bench;
 pub mod netfault;
 pub mod peers_bench;
+pub mod proc_stat;
 pub mod process;
 pub mod split;
 

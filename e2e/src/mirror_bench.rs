@@ -79,7 +79,6 @@ fn distinct_jpegs(photo: &image::DynamicImage, tag: u64, n: usize) -> anyhow::Re
         .collect()
 }
 
-/// `images` POSTed to `url`, `concurrency` at a time; each call's latency.
 /// POSTs `jpeg` as a raw `image/jpeg` body to `url`; how long the answer took (an error
 /// unless it is a 2xx).
 pub async fn post_jpeg_timed(
@@ -104,7 +103,8 @@ pub async fn post_jpeg_timed(
     Ok(t.elapsed())
 }
 
-async fn send(
+/// `images` POSTed to `url`, `concurrency` at a time; each call's latency.
+pub async fn send(
     client: &reqwest::Client,
     url: &str,
     images: Vec<Bytes>,
