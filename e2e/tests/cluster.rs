@@ -195,7 +195,7 @@ fn the_operator_reconciles_on_a_real_cluster() {
         jsonpath(
             &ns,
             "recognitionpipeline/photos",
-            "{.status.conditions[?(@.type==\"ModelReady\")].reason}",
+            "{.status.conditions[?(@.type==\"ModelAvailable\")].reason}",
         )
         .filter(|r| r != "ModelNotFound")
     });

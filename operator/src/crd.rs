@@ -500,6 +500,15 @@ pub struct Runtime {
     /// Pod settings merged over what the operator builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_overrides: Option<PodOverrides>,
+    // --- rollouts without an outage (issue 23) ---
+    /// How a new revision replaces the pods (`maxSurge`, `maxUnavailable`). Default: one
+    /// surge pod and none unavailable, so a rollout never serves from fewer pods — except
+    /// a GPU model with two or more replicas, which replaces one pod at a time within
+    /// its GPUs (`maxSurge: 0`, `maxUnavailable: 1`). Set `maxSurge: 0, maxUnavailable: 1`
+    /// on a one-replica GPU model whose cluster has no room for a second GPU pod to
+    /// accept a brief outage on each rollout instead of a rollout that waits for room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<k8s_openapi::api::apps::v1::RollingUpdateDeployment>,
 }
 
 /// What the operator observed of an `ImageModel`.
@@ -509,8 +518,9 @@ pub struct ImageModelStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Progressing`, `Available`, `ModelFetched`, `ModelValidated` and (with
-    /// `spec.evaluation`) `Evaluated`, each with a reason; see docs/status.md.
+    /// `Ready`, `Progressing`, `Available`, `ModelFetched`, `ModelValidated`, (with
+    /// `spec.evaluation`) `Evaluated`, and kstatus' `Reconciling` and `Stalled`, each with
+    /// a reason; see docs/status.md.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// SHA-256 of the model the serving pods loaded (as they report it).
@@ -814,8 +824,8 @@ pub struct RecognitionPipelineStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready` and `Progressing`, plus `ModelReady`, `UploadReady`, `StoreReady` and
-    /// `RouteAccepted`; see docs/status.md.
+    /// `Ready` and `Progressing`, plus `ModelAvailable`, `UploadReady`, `StoreReady` and
+    /// `RouteAccepted`, and kstatus' `Reconciling` and `Stalled`; see docs/status.md.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Where users reach the pipeline.

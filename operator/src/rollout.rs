@@ -4,6 +4,12 @@
 //! condition — plus what the newest revision's pods say about themselves (waiting and
 //! terminated reasons, the scheduler's verdict). Pure: the reconcilers list the objects
 //! and pass them in.
+//!
+//! A pod problem is either **lasting** (it fails the rollout at once: no retry the kubelet
+//! makes can fix it) or **transient** (named at once, but a failure only once Kubernetes
+//! itself gives up on the rollout: the Deployment's `Progressing` condition turns
+//! `ProgressDeadlineExceeded` after `progressDeadlineSeconds` without progress). The rules
+//! are in [`pod_failure`] and docs/status.md.
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
@@ -14,16 +20,23 @@ pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 /// The label that ties a pod to its ReplicaSet's template.
 pub const HASH_LABEL: &str = "pod-template-hash";
 
-/// Container waiting reasons that mean the pod will not start without a change.
-const STUCK_WAITING: [&str; 7] = [
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
+/// Container waiting reasons that no retry can fix: the image reference does not parse,
+/// or a ConfigMap/Secret key the container needs is missing.
+const LASTING_WAITING: [&str; 2] = ["InvalidImageName", "CreateContainerConfigError"];
+/// Container waiting reasons the kubelet retries with back-off (a registry that
+/// hiccups, a rate limit, a node still pulling): transient until the progress deadline.
+const PULL_WAITING: [&str; 2] = ["ErrImagePull", "ImagePullBackOff"];
+/// Container waiting reasons of a container that starts and dies: lasting once it has
+/// been restarted [`RESTARTS_TO_FAIL`] times.
+const CRASH_WAITING: [&str; 3] = [
     "CrashLoopBackOff",
-    "CreateContainerConfigError",
-    "CreateContainerError",
     "RunContainerError",
+    "CreateContainerError",
 ];
+/// Restarts after which a container that keeps dying (crash loop, OOM kill, failed fetch)
+/// fails the rollout: the kubelet's back-off is then 40 s and growing, about a minute
+/// after the first start, and three identical deaths are not a passing hiccup.
+pub const RESTARTS_TO_FAIL: i32 = 3;
 
 /// Why a pod of the newest revision cannot serve, in the kubelet's or scheduler's words.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +45,9 @@ pub struct PodFailure {
     pub reason: String,
     /// The pod, the container, and what Kubernetes said.
     pub message: String,
+    /// No retry fixes it: the rollout fails now. `false`: Kubernetes retries (the
+    /// scheduler, the kubelet's back-off); it fails at the progress deadline.
+    pub lasting: bool,
 }
 
 /// Where a rollout stands.
@@ -39,7 +55,8 @@ pub struct PodFailure {
 pub enum Phase {
     /// Every replica runs the current template and is available; nothing old is left.
     Complete,
-    /// Still moving (pods starting, old ones draining).
+    /// Still moving (pods starting, old ones draining, or waiting on a transient cause:
+    /// [`Rollout::waiting`]).
     Progressing(String),
     /// The current template cannot roll out: `reason` names why.
     Failed { reason: String, message: String },
@@ -58,6 +75,11 @@ pub struct Rollout {
     /// The newest revision before this one that had pods (for "revision N still serves").
     pub previous_revision: Option<i64>,
     pub wanted: Option<i32>,
+    /// While [`Phase::Progressing`]: a transient cause the newest pods wait on (no node
+    /// yet, an image pull being retried), named but not yet a failure.
+    pub waiting: Option<PodFailure>,
+    /// The Deployment's `progressDeadlineSeconds` (Kubernetes' default 600 when unset).
+    pub deadline_seconds: i32,
 }
 
 impl Rollout {
@@ -136,33 +158,48 @@ fn container_failure(pod: &str, s: &ContainerStatus, init: bool) -> Option<PodFa
     let kind = if init { "init container" } else { "container" };
     let last = s.last_state.as_ref().and_then(|st| st.terminated.as_ref());
     let now = s.state.as_ref().and_then(|st| st.terminated.as_ref());
+    let running = s.state.as_ref().is_some_and(|st| st.running.is_some());
+    let repeated = s.restart_count >= RESTARTS_TO_FAIL;
     // A fetch init container that failed: its termination message is the reason.
     if init
         && s.name.starts_with("fetch-")
+        && !running
         && let Some(t) = now.or(last).filter(|t| t.exit_code != 0)
     {
         return Some(PodFailure {
             reason: "FetchFailed".into(),
             message: format!("pod {pod}, {kind} {}{}", s.name, said(t.message.as_ref())),
+            lasting: repeated,
         });
     }
-    if let Some(t) = now
-        .or(last)
-        .filter(|t| t.reason.as_deref() == Some("OOMKilled"))
+    // Killed for memory and not running again yet (a container that runs again after an
+    // OOM kill in `lastState` has recovered: nothing is wrong now).
+    if !running
+        && let Some(t) = now
+            .or(last)
+            .filter(|t| t.reason.as_deref() == Some("OOMKilled"))
     {
         return Some(PodFailure {
             reason: "OOMKilled".into(),
             message: format!(
-                "pod {pod}, {kind} {} was killed for using more memory than its limit (exit code {})",
-                s.name, t.exit_code
+                "pod {pod}, {kind} {} was killed for using more memory than its limit \
+                 (exit code {}, {} restarts)",
+                s.name, t.exit_code, s.restart_count
             ),
+            lasting: repeated,
         });
     }
     let waiting = s.state.as_ref().and_then(|st| st.waiting.as_ref())?;
     let reason = waiting.reason.clone().unwrap_or_default();
-    if !STUCK_WAITING.contains(&reason.as_str()) {
+    let lasting = if LASTING_WAITING.contains(&reason.as_str()) {
+        true
+    } else if CRASH_WAITING.contains(&reason.as_str()) {
+        repeated
+    } else if PULL_WAITING.contains(&reason.as_str()) {
+        false
+    } else {
         return None;
-    }
+    };
     let mut message = format!(
         "pod {pod}, {kind} {}{}",
         s.name,
@@ -175,10 +212,16 @@ fn container_failure(pod: &str, s: &ContainerStatus, init: bool) -> Option<PodFa
             said(t.message.as_ref())
         ));
     }
-    Some(PodFailure { reason, message })
+    Some(PodFailure {
+        reason,
+        message,
+        lasting,
+    })
 }
 
-/// Why `pod` cannot serve, when Kubernetes says so (not merely "still starting").
+/// Why `pod` cannot serve, when Kubernetes says so (not merely "still starting"), and
+/// whether that lasts. `Unschedulable` is transient: a cluster autoscaler may be adding
+/// the node it needs.
 pub fn pod_failure(pod: &Pod) -> Option<PodFailure> {
     let name = pod.name_any();
     let status = pod.status.as_ref()?;
@@ -190,6 +233,7 @@ pub fn pod_failure(pod: &Pod) -> Option<PodFailure> {
         return Some(PodFailure {
             reason: "Unschedulable".into(),
             message: format!("pod {name} cannot be scheduled{}", said(c.message.as_ref())),
+            lasting: false,
         });
     }
     let init = status
@@ -202,9 +246,20 @@ pub fn pod_failure(pod: &Pod) -> Option<PodFailure> {
         .iter()
         .flatten()
         .map(|s| (s, false));
-    init.chain(main)
-        .find_map(|(s, is_init)| container_failure(&name, s, is_init))
+    let found: Vec<PodFailure> = init
+        .chain(main)
+        .filter_map(|(s, is_init)| container_failure(&name, s, is_init))
+        .collect();
+    // A lasting problem outranks a transient one of the same pod.
+    found
+        .iter()
+        .find(|f| f.lasting)
+        .or_else(|| found.first())
+        .cloned()
 }
+
+/// Kubernetes' default `progressDeadlineSeconds`.
+const DEFAULT_DEADLINE: i32 = 600;
 
 /// Reads the rollout of `d` from its ReplicaSets and the pods its selector matches.
 pub fn assess(d: &Deployment, replica_sets: &[ReplicaSet], pods: &[Pod]) -> Rollout {
@@ -222,7 +277,12 @@ pub fn assess(d: &Deployment, replica_sets: &[ReplicaSet], pods: &[Pod]) -> Roll
         .filter(|r| *r < revision)
         .max();
     let current: Vec<Pod> = current.into_iter().cloned().collect();
-    let phase = phase(d, newest.is_some(), &current);
+    let problems: Vec<PodFailure> = current.iter().filter_map(pod_failure).collect();
+    let phase = phase(d, newest.is_some(), &problems);
+    let waiting = match phase {
+        Phase::Progressing(_) => problems.into_iter().find(|p| !p.lasting),
+        _ => None,
+    };
     Rollout {
         phase,
         revision,
@@ -230,10 +290,16 @@ pub fn assess(d: &Deployment, replica_sets: &[ReplicaSet], pods: &[Pod]) -> Roll
         previous_ready,
         previous_revision,
         wanted,
+        waiting,
+        deadline_seconds: d
+            .spec
+            .as_ref()
+            .and_then(|s| s.progress_deadline_seconds)
+            .unwrap_or(DEFAULT_DEADLINE),
     }
 }
 
-fn phase(d: &Deployment, has_newest: bool, current: &[Pod]) -> Phase {
+fn phase(d: &Deployment, has_newest: bool, problems: &[PodFailure]) -> Phase {
     let status = d.status.clone().unwrap_or_default();
     let observed = match (status.observed_generation, d.metadata.generation) {
         (Some(seen), Some(generation)) => seen >= generation,
@@ -243,23 +309,28 @@ fn phase(d: &Deployment, has_newest: bool, current: &[Pod]) -> Phase {
     if !observed {
         return Phase::Progressing("waiting for the Deployment's new spec to be observed".into());
     }
+    // A pod that no retry can fix is a failure now, not after the deadline.
+    if let Some(failure) = problems.iter().find(|p| p.lasting) {
+        return Phase::Failed {
+            reason: failure.reason.clone(),
+            message: failure.message.clone(),
+        };
+    }
     let deadline = status.conditions.iter().flatten().find(|c| {
         c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     });
-    // A pod that cannot start is a failure now, not after the deadline.
-    if let Some(failure) = current.iter().find_map(pod_failure) {
-        return Phase::Failed {
-            reason: failure.reason,
-            message: failure.message,
-        };
-    }
     if let Some(c) = deadline {
+        let said = c
+            .message
+            .clone()
+            .unwrap_or_else(|| "the rollout made no progress within its deadline".into());
+        let message = match problems.first() {
+            Some(p) => format!("{said} ({}: {})", p.reason, p.message),
+            None => said,
+        };
         return Phase::Failed {
             reason: "ProgressDeadlineExceeded".into(),
-            message: c
-                .message
-                .clone()
-                .unwrap_or_else(|| "the rollout made no progress within its deadline".into()),
+            message,
         };
     }
     let wanted = d.spec.as_ref().and_then(|s| s.replicas);
@@ -271,6 +342,9 @@ fn phase(d: &Deployment, has_newest: bool, current: &[Pod]) -> Phase {
     }
     if !has_newest {
         return Phase::Progressing("waiting for the deployment controller".into());
+    }
+    if let Some(p) = problems.first() {
+        return Phase::Progressing(format!("waiting: {}: {}", p.reason, p.message));
     }
     let want = wanted.unwrap_or(updated.max(1));
     if updated < want {

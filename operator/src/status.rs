@@ -20,8 +20,9 @@ pub mod types {
     pub const MODEL_VALIDATED: &str = "ModelValidated";
     /// Model: the pods fetched and verified the model (their init containers finished).
     pub const MODEL_FETCHED: &str = "ModelFetched";
-    /// Pipeline: the referenced `ImageModel` exists and is ready.
-    pub const MODEL_READY: &str = "ModelReady";
+    /// Pipeline: the referenced `ImageModel` exists and some revision of it serves (its
+    /// `Available`), whether or not a rollout of it is under way.
+    pub const MODEL_AVAILABLE: &str = "ModelAvailable";
     pub const UPLOAD_READY: &str = "UploadReady";
     pub const STORE_READY: &str = "StoreReady";
     /// Pipeline: every parent Gateway accepted the HTTPRoute (or the Ingress exists).
@@ -29,6 +30,13 @@ pub mod types {
     /// Model: the start-up evaluation of `spec.evaluation` finished (its figures are in
     /// `status.evaluation`).
     pub const EVALUATED: &str = "Evaluated";
+    /// kstatus' "abnormal-true" pair (sigs.k8s.io/cli-utils/pkg/kstatus, read by Flux,
+    /// kpt and `kubectl`-side waiters, which otherwise call any observed resource
+    /// `Current`): the spec is still being realised ([`kstatus`]).
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: the spec cannot be realised without a change (a failed rollout, a
+    /// rollback, an invalid spec, a refused apply).
+    pub const STALLED: &str = "Stalled";
 }
 
 /// Reasons (CamelCase, stable: they are also metric label values).
@@ -56,14 +64,19 @@ pub mod reasons {
     pub const CANARY: &str = "Canary";
     /// A canary failed a check; traffic went back to the stable revision.
     pub const ROLLED_BACK: &str = "RolledBack";
-    /// Pipeline: the model's status does not describe its current generation yet.
-    pub const MODEL_CHANGING: &str = "ModelChanging";
     pub const FETCHED: &str = "Fetched";
     pub const FETCHING: &str = "Fetching";
     pub const FETCH_FAILED: &str = "FetchFailed";
     pub const MODEL_NOT_FOUND: &str = "ModelNotFound";
-    pub const MODEL_NOT_READY: &str = "ModelNotReady";
-    pub const MODEL_READY: &str = "ModelReady";
+    /// Pipeline: no revision of the model serves.
+    pub const MODEL_UNAVAILABLE: &str = "ModelUnavailable";
+    pub const MODEL_AVAILABLE: &str = "ModelAvailable";
+    /// The newest revision's pods serve another model file than `spec.source.sha256`.
+    pub const DIGEST_MISMATCH: &str = "DigestMismatch";
+    /// kstatus: the spec is realised (`Reconciling=False`).
+    pub const RECONCILED: &str = "Reconciled";
+    /// kstatus: nothing needs a person (`Stalled=False`).
+    pub const NOT_STALLED: &str = "NotStalled";
     pub const ACCEPTED: &str = "Accepted";
     pub const NOT_ACCEPTED: &str = "NotAccepted";
     pub const PENDING: &str = "Pending";
@@ -205,6 +218,53 @@ pub fn ready_from(components: &[Cond]) -> Cond {
     }
 }
 
+/// Reasons of a false `Ready` that no waiting cures: the spec, a refusal or a failed
+/// rollout needs a person (Argo CD's `Degraded` in manifests/argocd/health.lua).
+pub const STALLED_REASONS: [&str; 10] = [
+    reasons::INVALID_SPEC,
+    reasons::APPLY_FAILED,
+    reasons::CONFLICTING_OBJECT,
+    reasons::ROLLOUT_FAILED,
+    reasons::ROLLED_BACK,
+    reasons::SECRET_NOT_FOUND,
+    reasons::MODEL_NOT_FOUND,
+    reasons::GATEWAY_API_MISSING,
+    reasons::NOT_ACCEPTED,
+    "ProgressDeadlineExceeded",
+];
+
+/// kstatus' `Reconciling` and `Stalled`, from `Ready` and `Progressing` by the rule the
+/// Argo CD health script uses: stalled when `Ready` is false for a reason in
+/// [`STALLED_REASONS`] or `Progressing` is false; reconciling when `Ready` is false
+/// otherwise (scaled to zero is neither: it is what the spec asks).
+pub fn kstatus(conditions: &[Cond]) -> [Cond; 2] {
+    let find = |t: &str| conditions.iter().find(|c| c.type_ == t);
+    let ready = find(types::READY);
+    let stuck = find(types::PROGRESSING).filter(|c| !c.status);
+    let (stalled, reconciling) = match ready {
+        Some(r) if r.status => (None, None),
+        Some(r) if r.reason == reasons::SCALED_TO_ZERO => (None, None),
+        Some(r) if STALLED_REASONS.contains(&r.reason.as_str()) => (Some(r), None),
+        Some(_) if stuck.is_some() => (stuck, None),
+        Some(r) => (None, Some(r)),
+        None => (None, None),
+    };
+    let reconciling = match (reconciling, stalled) {
+        (Some(r), _) => Cond::yes(types::RECONCILING, r.reason.clone(), r.message.clone()),
+        (None, Some(_)) => Cond::no(types::RECONCILING, "Stalled", "stuck: see Stalled"),
+        (None, None) => Cond::no(types::RECONCILING, reasons::RECONCILED, "nothing is moving"),
+    };
+    let stalled = match stalled {
+        Some(r) => Cond::yes(types::STALLED, r.reason.clone(), r.message.clone()),
+        None => Cond::no(
+            types::STALLED,
+            reasons::NOT_STALLED,
+            "nothing needs a change",
+        ),
+    };
+    [reconciling, stalled]
+}
+
 /// Whether `conditions` has `type_` with status True.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions
@@ -256,7 +316,11 @@ mod tests {
     fn ready_takes_the_first_failing_component() {
         let ready = ready_from(&[
             Cond::yes(types::UPLOAD_READY, reasons::AVAILABLE, "1/1"),
-            Cond::no(types::MODEL_READY, reasons::MODEL_NOT_FOUND, "no model x"),
+            Cond::no(
+                types::MODEL_AVAILABLE,
+                reasons::MODEL_NOT_FOUND,
+                "no model x",
+            ),
             Cond::no(types::STORE_READY, reasons::PROGRESSING, "0/1"),
         ]);
         assert!(!ready.status);

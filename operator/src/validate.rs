@@ -1,6 +1,8 @@
 //! Checks the CRD schema cannot express. A spec that fails here is reported in the status
 //! (`Ready=False`, reason `InvalidSpec`) and waits for a change; nothing is applied for it.
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
 use crate::crd::{ImageModel, RecognitionPipeline};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +89,19 @@ pub fn model(m: &ImageModel) -> Result<(), Invalid> {
             "spec.runtime.gpuResource",
             "an extended resource name such as nvidia.com/gpu",
         ));
+    }
+    if let Some(update) = &m.spec.runtime.rolling_update {
+        let zero = |v: &Option<IntOrString>| match v {
+            Some(IntOrString::Int(n)) => *n == 0,
+            Some(IntOrString::String(p)) => p.trim_end_matches('%').trim() == "0",
+            None => false,
+        };
+        if zero(&update.max_surge) && zero(&update.max_unavailable) {
+            return Err(invalid(
+                "spec.runtime.rollingUpdate",
+                "maxSurge and maxUnavailable cannot both be 0 (no pod could be replaced)",
+            ));
+        }
     }
     if let Some(auto) = &m.spec.runtime.autoscaling
         && auto.min_replicas > auto.max_replicas

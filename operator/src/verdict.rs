@@ -83,15 +83,31 @@ pub fn verdict(
                 failed: false,
             }
         }
-        Phase::Progressing(message) => Verdict {
-            ready: Cond::no(
-                type_,
-                reasons::ROLLING_OUT,
-                format!("revision {rev}: {message}{}", serving_meanwhile(rollout)),
-            ),
-            progressing: Cond::yes(types::PROGRESSING, reasons::ROLLING_OUT, message),
-            failed: false,
-        },
+        Phase::Progressing(message) => {
+            // A transient cause with nothing older serving is what a person must see:
+            // it is the reason, and the message says when it would become a failure.
+            let ready = match &rollout.waiting {
+                Some(w) if rollout.previous_ready == 0 => Cond::no(
+                    type_,
+                    w.reason.clone(),
+                    format!(
+                        "{}; Kubernetes retries, and the rollout fails only if this lasts past \
+                         its progress deadline ({} s)",
+                        w.message, rollout.deadline_seconds
+                    ),
+                ),
+                _ => Cond::no(
+                    type_,
+                    reasons::ROLLING_OUT,
+                    format!("revision {rev}: {message}{}", serving_meanwhile(rollout)),
+                ),
+            };
+            Verdict {
+                ready,
+                progressing: Cond::yes(types::PROGRESSING, reasons::ROLLING_OUT, message),
+                failed: false,
+            }
+        }
         Phase::Failed { reason, message } => {
             let ready = if rollout.previous_ready > 0 {
                 Cond::no(
@@ -126,6 +142,8 @@ mod tests {
             previous_ready,
             previous_revision: Some(1),
             wanted: Some(2),
+            waiting: None,
+            deadline_seconds: 600,
         }
     }
 

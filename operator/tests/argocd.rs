@@ -85,6 +85,40 @@ fn the_configmap_embeds_the_script_verbatim_for_both_kinds() {
     }
 }
 
+/// What kstatus reads from `object` (its generic rule for custom resources: the
+/// generation, then `Reconciling=True` → InProgress, `Stalled=True` → Failed, else
+/// Current), in Argo CD's words, so the two can be compared.
+fn kstatus(object: &Value) -> &'static str {
+    let observed = object["status"]["observedGeneration"].as_i64();
+    if observed != object["metadata"]["generation"].as_i64() {
+        return "Progressing";
+    }
+    let is_true = |t: &str| {
+        object["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == t && c["status"] == "True"))
+    };
+    if is_true("Reconciling") {
+        "Progressing"
+    } else if is_true("Stalled") {
+        "Degraded"
+    } else {
+        "Healthy"
+    }
+}
+
+/// Argo CD's health of `object`, checked against kstatus' reading.
+fn health_agreed(object: &Value) -> (String, String) {
+    let (status, message) = health(object).expect("lua");
+    assert_eq!(
+        kstatus(object),
+        status,
+        "Argo CD and kstatus disagree ({message}): {:#}",
+        object["status"]
+    );
+    (status, message)
+}
+
 async fn model_object(cluster: &Cluster) -> Value {
     let m = Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
         .get("efficientnet-lite0")
@@ -120,12 +154,12 @@ async fn argo_cd_reads_healthy_progressing_and_degraded_from_the_status() {
     assert_eq!(status, "Progressing", "no status yet");
 
     reconcile(&cluster, &ctx).await;
-    let (status, message) = health(&model_object(&cluster).await).expect("lua");
+    let (status, message) = health_agreed(&model_object(&cluster).await);
     assert_eq!(status, "Progressing", "pods starting: {message}");
 
     roll(&cluster, DEPLOYMENT, Pods::Serving, Deadline::Within).await;
     reconcile(&cluster, &ctx).await;
-    let (status, message) = health(&model_object(&cluster).await).expect("lua");
+    let (status, message) = health_agreed(&model_object(&cluster).await);
     assert_eq!(status, "Healthy", "{message}");
 
     // A spec change the operator has not observed yet is not Healthy.
@@ -149,7 +183,49 @@ async fn argo_cd_reads_healthy_progressing_and_degraded_from_the_status() {
     )
     .await;
     reconcile(&cluster, &ctx).await;
-    let (status, message) = health(&model_object(&cluster).await).expect("lua");
+    let (status, message) = health_agreed(&model_object(&cluster).await);
     assert_eq!(status, "Degraded", "{message}");
     assert!(message.starts_with("RolloutFailed"), "{message}");
+
+    // Back to the serving spec; then a canary whose candidate waits for a node (a
+    // transient cause: still progressing), then crash-loops (rolled back: degraded).
+    Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
+        .patch(
+            &m.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"source": {"sha256": m.spec.source.model.sha256}}})),
+        )
+        .await
+        .expect("edit");
+    reconcile(&cluster, &ctx).await;
+    roll(&cluster, DEPLOYMENT, Pods::Serving, Deadline::Within).await;
+    reconcile(&cluster, &ctx).await;
+    let (status, message) = health_agreed(&model_object(&cluster).await);
+    assert_eq!(status, "Healthy", "{message}");
+    Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
+        .patch(
+            &m.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"runtime": {"threads": 3},
+                "rollout": {"strategy": "Canary"}}})),
+        )
+        .await
+        .expect("edit");
+    reconcile(&cluster, &ctx).await;
+    let candidate = format!("{DEPLOYMENT}-canary");
+    roll(&cluster, &candidate, Pods::Unschedulable, Deadline::Within).await;
+    reconcile(&cluster, &ctx).await;
+    let (status, message) = health_agreed(&model_object(&cluster).await);
+    assert_eq!(status, "Progressing", "{message}");
+    roll(
+        &cluster,
+        &candidate,
+        Pods::CrashLoopBackOff,
+        Deadline::Within,
+    )
+    .await;
+    reconcile(&cluster, &ctx).await;
+    let (status, message) = health_agreed(&model_object(&cluster).await);
+    assert_eq!(status, "Degraded", "{message}");
+    assert!(message.starts_with("RolledBack"), "{message}");
 }

@@ -156,9 +156,29 @@ fn no_route_reaches_a_pod_that_does_not_check_keys() {
         for backend in &backends {
             assert_eq!(backend, "photos-upload", "a route bypasses the keys");
         }
-        // The front door is the role that checks them.
-        let config = find(&objects, "ConfigMap", "photos-config");
-        assert!(config["data"]["SIGHTLINE_API_KEYS_FILE"].is_string());
+        // The front door is the role that checks them: from a file it re-reads, the
+        // Secret mounted as a whole volume (a `subPath` mount is never updated).
+        let d = find(&objects, "Deployment", "photos-upload");
+        let server = &d["spec"]["template"]["spec"]["containers"][0];
+        let args: Vec<&str> = server["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let at = args
+            .iter()
+            .position(|a| *a == "--api-keys-file")
+            .expect("--api-keys-file");
+        assert_eq!(args[at + 1], "/etc/sightline/keys/keys");
+        let mount = server["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|m| m["name"] == "api-keys")
+            .expect("the keys are mounted");
+        assert_eq!(mount["mountPath"], "/etc/sightline/keys");
+        assert!(mount["subPath"].is_null(), "{mount}");
     }
 }
 
@@ -377,7 +397,7 @@ async fn device_auto_takes_a_gpu_where_a_node_offers_one_and_says_why() {
 }
 
 #[test]
-fn a_models_own_image_wins_and_gpu_models_replace_pods_one_at_a_time() {
+fn a_models_own_image_wins_and_gpu_models_roll_without_an_outage() {
     let mut m = gpu_sample();
     m.spec.runtime.device = sightline_operator::crd::Device::Gpu;
     let objects = render_with(vec![m.clone()], vec![]);
@@ -388,8 +408,35 @@ fn a_models_own_image_wins_and_gpu_models_replace_pods_one_at_a_time() {
     );
     assert_eq!(
         d["spec"]["strategy"]["rollingUpdate"],
+        json!({"maxSurge": 1, "maxUnavailable": 0}),
+        "as few as one replica: replacing it first would be an outage"
+    );
+    let mut several = m.clone();
+    several.spec.runtime.autoscaling = None;
+    several.spec.runtime.replicas = Some(3);
+    let objects = render_with(vec![several], vec![]);
+    let d = find(&objects, "Deployment", "efficientnet-lite0-gpu-recognize");
+    assert_eq!(
+        d["spec"]["strategy"]["rollingUpdate"],
         json!({"maxSurge": 0, "maxUnavailable": 1}),
-        "a surge pod would wait for a GPU a full node does not have"
+        "three replicas replace one at a time within their GPUs"
+    );
+    let mut chosen = m.clone();
+    chosen.spec.runtime.rolling_update =
+        serde_json::from_value(json!({"maxSurge": 0, "maxUnavailable": 1})).expect("update");
+    let objects = render_with(vec![chosen.clone()], vec![]);
+    let d = find(&objects, "Deployment", "efficientnet-lite0-gpu-recognize");
+    assert_eq!(
+        d["spec"]["strategy"]["rollingUpdate"],
+        json!({"maxSurge": 0, "maxUnavailable": 1}),
+        "the user may choose the outage"
+    );
+    chosen.spec.runtime.rolling_update =
+        serde_json::from_value(json!({"maxSurge": 0, "maxUnavailable": "0%"})).expect("update");
+    let refused = render::children(&inputs(vec![chosen], vec![]), &Platform::default());
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("cannot both be 0")),
+        "a strategy that can replace nothing is refused"
     );
     m.spec.runtime.image = Some("registry.example.com/sightline-server-gpu:cuda12".into());
     let objects = render_with(vec![m], vec![]);
@@ -581,4 +628,74 @@ fn the_samples_bring_their_namespace_and_secrets() {
     for name in sightline_operator::build::pipeline::secret_names(&sample_pipeline()) {
         assert!(secrets.contains(&format!("name: {name}")), "{name}");
     }
+}
+
+/// `--NAME VALUE` among a container's arguments.
+fn flag_value(container: &Value, name: &str) -> Option<i64> {
+    let args: Vec<&str> = container["args"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let at = args.iter().position(|a| *a == name)?;
+    args.get(at + 1)?.parse().ok()
+}
+
+#[test]
+fn the_progress_deadline_outlasts_scheduling_the_fetch_and_the_startup_probe() {
+    let objects = render_with(vec![sample_model()], vec![sample_pipeline()]);
+    for name in [
+        "efficientnet-lite0-recognize",
+        "photos-upload",
+        "photos-store",
+    ] {
+        let d = find(&objects, "Deployment", name);
+        let pod = &d["spec"]["template"]["spec"];
+        let probe = &pod["containers"][0]["startupProbe"];
+        let startup = probe["failureThreshold"].as_i64().expect("failures")
+            * probe["periodSeconds"].as_i64().expect("period");
+        // Init containers run one after the other, each up to attempts × timeout.
+        let fetch: i64 = pod["initContainers"]
+            .as_array()
+            .map(|inits| {
+                inits
+                    .iter()
+                    .map(|c| {
+                        flag_value(c, "--attempts").expect("bounded attempts")
+                            * flag_value(c, "--timeout-secs").expect("bounded attempts")
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        let deadline = d["spec"]["progressDeadlineSeconds"].as_i64().unwrap_or(600);
+        // At least five minutes for scheduling (a node a cluster autoscaler adds) and
+        // the image pull, beyond what the pod itself may take.
+        assert!(
+            deadline >= startup + fetch + 300,
+            "{name}: progressDeadlineSeconds {deadline} < startup {startup} s + fetch \
+             {fetch} s + 300 s"
+        );
+    }
+}
+
+#[test]
+fn a_budget_guards_every_model_that_may_run_more_than_one_pod() {
+    let mut m = sample_model();
+    m.spec.runtime.replicas = None;
+    m.spec.runtime.autoscaling =
+        serde_json::from_value(json!({"minReplicas": 1, "maxReplicas": 4})).expect("auto");
+    let objects = render_with(vec![m.clone()], vec![]);
+    let pdb = find(
+        &objects,
+        "PodDisruptionBudget",
+        "efficientnet-lite0-recognize",
+    );
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1, "{pdb}");
+    m.spec.runtime.autoscaling = None;
+    m.spec.runtime.replicas = Some(1);
+    let objects = render_with(vec![m], vec![]);
+    assert!(
+        !objects.iter().any(|o| o["kind"] == "PodDisruptionBudget"),
+        "one replica: a budget could only block drains"
+    );
 }

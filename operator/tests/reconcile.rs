@@ -340,7 +340,10 @@ async fn a_pipeline_waits_for_its_model_then_becomes_ready_by_itself() {
         "ServiceMonitor"
     );
     let conditions = pipeline_conditions(&cluster, &p.name_any()).await;
-    assert_eq!(condition(&conditions, "ModelReady").reason, "ModelNotReady");
+    assert_eq!(
+        condition(&conditions, "ModelAvailable").reason,
+        "ModelUnavailable"
+    );
 
     // Everything comes up; the Gateway accepts the route.
     for name in [

@@ -540,11 +540,14 @@ fn the_pipeline_is_wired_routed_and_fenced() {
         config["data"]["SIGHTLINE_STORE_URL"],
         "http://photos-store.sightline-demo.svc:8080"
     );
-    assert_eq!(
-        config["data"]["SIGHTLINE_API_KEYS_FILE"],
-        "/etc/sightline/keys/keys"
-    );
     let store = deployment(&objects, "photos-store");
+    assert!(
+        args(store)
+            .windows(2)
+            .any(|w| w[0] == "--api-keys-file" && w[1] == "/etc/sightline/keys/keys"),
+        "{:?}",
+        args(store)
+    );
     assert_eq!(
         store["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"],
         "photos-db"

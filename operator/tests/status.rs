@@ -268,15 +268,29 @@ async fn an_invalid_model_is_named_by_the_servers_own_reason() {
     );
 }
 
+/// The model's pods still behave as `pods` when the Deployment's progress deadline
+/// passes; the status once the operator has looked (the rollout failed).
+async fn past_the_deadline(cluster: &Cluster, ctx: &Arc<Context>, pods: Pods) -> Value {
+    roll(cluster, DEPLOYMENT, pods, Deadline::Exceeded).await;
+    reconcile_model(cluster, ctx).await.expect("observe");
+    let status = model_status(cluster).await;
+    assert_eq!(
+        said(&status, "Progressing"),
+        ("False".into(), "ProgressDeadlineExceeded".into()),
+        "{status:#}"
+    );
+    status
+}
+
 #[tokio::test]
-async fn an_image_pull_failure_is_named() {
+async fn an_image_pull_failure_is_named_at_once_and_fails_at_the_progress_deadline() {
     let cluster = Cluster::new().await;
     let ctx = cluster.context(full_apis());
     let status = first_revision(&cluster, &ctx, |_| {}, Pods::ImagePullBackOff).await;
     assert_eq!(
         said(&status, "Ready"),
         ("False".into(), "ImagePullBackOff".into()),
-        "{status:#}"
+        "the cause is named at once: {status:#}"
     );
     assert!(
         message(&status, "Ready").contains("sightline-server"),
@@ -285,14 +299,75 @@ async fn an_image_pull_failure_is_named() {
     );
     assert_eq!(
         said(&status, "Progressing"),
-        ("False".into(), "ImagePullBackOff".into())
+        ("True".into(), "RollingOut".into()),
+        "the kubelet retries the pull: not a failure yet: {status:#}"
+    );
+    assert!(
+        warnings(&cluster).await.is_empty(),
+        "no Warning for what may pass: {:?}",
+        warnings(&cluster).await
+    );
+    // Kubernetes gives up: the Deployment's progress deadline passed.
+    let status = past_the_deadline(&cluster, &ctx, Pods::ImagePullBackOff).await;
+    assert_eq!(said(&status, "Ready").0, "False");
+    assert!(
+        message(&status, "Ready").contains("ImagePullBackOff"),
+        "the deadline's message keeps the cause: {}",
+        message(&status, "Ready")
     );
     assert!(
         warnings(&cluster)
             .await
             .iter()
-            .any(|(reason, _)| reason == "ImagePullBackOff")
+            .any(|(reason, _)| reason == "ProgressDeadlineExceeded")
     );
+}
+
+#[tokio::test]
+async fn one_failed_pull_of_revision_2_is_progress_while_revision_1_serves() {
+    let cluster = Cluster::new().await;
+    let ctx = cluster.context(full_apis());
+    serving_model(&cluster, &ctx).await;
+    edit_model(&cluster, json!({"spec": {"runtime": {"threads": 3}}})).await;
+    reconcile_model(&cluster, &ctx).await.expect("apply");
+    roll(
+        &cluster,
+        DEPLOYMENT,
+        Pods::ImagePullFailedOnce,
+        Deadline::Within,
+    )
+    .await;
+    reconcile_model(&cluster, &ctx).await.expect("observe");
+    let status = model_status(&cluster).await;
+    assert_eq!(
+        said(&status, "Ready"),
+        ("False".into(), "RollingOut".into()),
+        "{status:#}"
+    );
+    let ready = message(&status, "Ready");
+    assert!(ready.contains("ErrImagePull"), "named: {ready}");
+    assert!(ready.contains("revision 1 still serves"), "{ready}");
+    assert_eq!(said(&status, "Progressing").0, "True", "{status:#}");
+    assert_eq!(said(&status, "Available").0, "True", "{status:#}");
+    assert!(warnings(&cluster).await.is_empty());
+    // The next pull works.
+    roll(&cluster, DEPLOYMENT, Pods::Serving, Deadline::Within).await;
+    reconcile_model(&cluster, &ctx).await.expect("observe");
+    let status = model_status(&cluster).await;
+    assert_eq!(said(&status, "Ready").0, "True", "{status:#}");
+}
+
+#[tokio::test]
+async fn a_pod_that_recovered_from_an_oom_kill_serves() {
+    let cluster = Cluster::new().await;
+    let ctx = cluster.context(full_apis());
+    let status = first_revision(&cluster, &ctx, |_| {}, Pods::RecoveredFromOomKill).await;
+    assert_eq!(
+        said(&status, "Ready"),
+        ("True".into(), "Ready".into()),
+        "an OOM kill in lastState of a container running again is history: {status:#}"
+    );
+    assert_eq!(said(&status, "Progressing").0, "True");
 }
 
 #[tokio::test]
@@ -324,6 +399,32 @@ async fn no_gpu_node_is_unschedulable_in_the_schedulers_words() {
         ("False".into(), "Unschedulable".into()),
         "{status:#}"
     );
+    assert!(message(&status, "Ready").contains("Insufficient nvidia.com/gpu"));
+    assert_eq!(
+        said(&status, "Progressing"),
+        ("True".into(), "RollingOut".into()),
+        "a cluster autoscaler may be adding the node: {status:#}"
+    );
+    // The autoscaler's node arrives; the pod is scheduled and serves.
+    roll(&cluster, DEPLOYMENT, Pods::Serving, Deadline::Within).await;
+    reconcile_model(&cluster, &ctx).await.expect("observe");
+    let status = model_status(&cluster).await;
+    assert_eq!(said(&status, "Ready").0, "True", "{status:#}");
+    assert!(warnings(&cluster).await.is_empty(), "nothing failed");
+}
+
+#[tokio::test]
+async fn unschedulable_past_the_progress_deadline_fails() {
+    let cluster = Cluster::new().await;
+    let ctx = cluster.context(full_apis());
+    first_revision(
+        &cluster,
+        &ctx,
+        |m| m.spec.runtime.device = Device::Gpu,
+        Pods::Unschedulable,
+    )
+    .await;
+    let status = past_the_deadline(&cluster, &ctx, Pods::Unschedulable).await;
     assert!(message(&status, "Ready").contains("Insufficient nvidia.com/gpu"));
 }
 
@@ -407,8 +508,20 @@ async fn deployment_template(cluster: &Cluster, name: &str) -> Value {
     serde_json::to_value(d.spec.expect("spec").template).expect("json")
 }
 
+/// A user rotates what Secret `name` holds.
+async fn rotate(cluster: &Cluster, name: &str, data: Value) {
+    Api::<Secret>::namespaced(cluster.admin.clone(), NS)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": data})),
+        )
+        .await
+        .expect("rotate");
+}
+
 #[tokio::test]
-async fn a_config_only_change_or_a_secret_change_rolls_the_pods() {
+async fn a_config_change_rolls_the_front_door_without_an_outage_and_a_key_rotation_not_at_all() {
     let cluster = Cluster::new().await;
     let ctx = cluster.context(full_apis());
     support::sample_secrets(&cluster).await;
@@ -423,7 +536,19 @@ async fn a_config_only_change_or_a_secret_change_rolls_the_pods() {
     assert_eq!(said(&status, "UploadReady").0, "True", "{status:#}");
     let before = deployment_template(&cluster, "photos-upload").await;
 
-    // Only the rate limit changes: only the ConfigMap's data changes.
+    // The API keys are rotated: the mounted file changes under the running server, which
+    // re-reads it; nothing restarts.
+    rotate(&cluster, "photos-api-keys", json!({"keys": "azIK"})).await;
+    reconcile_pipeline(&cluster, &ctx).await.expect("rotated");
+    let rotated = deployment_template(&cluster, "photos-upload").await;
+    assert_eq!(
+        before, rotated,
+        "a key rotation must not restart the front door"
+    );
+
+    // Only the rate limit changes: only the ConfigMap's data changes, which the pods read
+    // through their environment, so they roll — beside the serving pod (one replica, on
+    // the ReadWriteOnce image volume).
     Api::<RecognitionPipeline>::namespaced(cluster.admin.clone(), NS)
         .patch(
             "photos",
@@ -435,25 +560,37 @@ async fn a_config_only_change_or_a_secret_change_rolls_the_pods() {
     reconcile_pipeline(&cluster, &ctx).await.expect("second");
     let after = deployment_template(&cluster, "photos-upload").await;
     assert_ne!(before, after, "a config change must roll the upload pods");
+    let starting = Pods::NotReady {
+        reason: "Starting",
+        message: "the server is starting",
+    };
+    roll(&cluster, "photos-upload", starting, Deadline::Within).await;
+    reconcile_pipeline(&cluster, &ctx).await.expect("rolling");
     let status = pipeline_status(&cluster).await;
     assert_eq!(
         said(&status, "UploadReady"),
         ("False".into(), "RollingOut".into()),
         "the new config is not served until the pods rolled: {status:#}"
     );
+    assert!(
+        message(&status, "UploadReady").contains("revision 1 still serves (1 pods ready)"),
+        "the only front door keeps serving while its successor starts: {status:#}"
+    );
 
-    // The API keys are rotated: the Secret's data changes, the spec does not.
-    Api::<Secret>::namespaced(cluster.admin.clone(), NS)
-        .patch(
-            "photos-api-keys",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"data": {"keys": "azIK"}})),
-        )
-        .await
-        .expect("rotate");
+    // The database URL is rotated: the store reads it from its environment, so it rolls.
+    let store_before = deployment_template(&cluster, "photos-store").await;
+    rotate(
+        &cluster,
+        "photos-db",
+        json!({"url": "cG9zdGdyZXM6Ly9kYjIvcGhvdG9z"}),
+    )
+    .await;
     reconcile_pipeline(&cluster, &ctx).await.expect("third");
-    let rotated = deployment_template(&cluster, "photos-upload").await;
-    assert_ne!(after, rotated, "a Secret change must roll the upload pods");
+    let store_after = deployment_template(&cluster, "photos-store").await;
+    assert_ne!(
+        store_before, store_after,
+        "a database URL change must roll the store"
+    );
 }
 
 #[tokio::test]
@@ -564,26 +701,151 @@ async fn a_bad_evaluation_dataset_leaves_the_model_serving() {
 }
 
 #[tokio::test]
-async fn the_pipeline_waits_for_the_models_current_generation() {
+async fn a_pipeline_stays_ready_while_its_model_changes_canaries_and_rolls_back() {
     let cluster = Cluster::new().await;
     let ctx = cluster.context(full_apis());
-    serving_model(&cluster, &ctx).await;
-    create(&cluster, &sample_pipeline()).await;
+    support::sample_secrets(&cluster).await;
+    let mut m = sample_model();
+    m.spec.evaluation = None;
+    m.spec.rollout = serde_json::from_value(json!({"strategy": "Canary"})).expect("rollout");
+    create(&cluster, &m).await;
+    reconcile_model(&cluster, &ctx).await.expect("first");
+    roll(&cluster, DEPLOYMENT, Pods::Serving, Deadline::Within).await;
+    reconcile_model(&cluster, &ctx).await.expect("serving");
+    let mut p = sample_pipeline();
+    p.spec.gateway.parent_refs.clear();
+    create(&cluster, &p).await;
+    reconcile_pipeline(&cluster, &ctx).await.expect("pipeline");
+    for name in ["photos-upload", "photos-store"] {
+        roll(&cluster, name, Pods::Serving, Deadline::Within).await;
+    }
     reconcile_pipeline(&cluster, &ctx).await.expect("pipeline");
     let status = pipeline_status(&cluster).await;
-    assert_eq!(said(&status, "ModelReady").0, "True", "{status:#}");
+    assert_eq!(said(&status, "ModelAvailable").0, "True", "{status:#}");
+    let healthy = |status: &Value| {
+        assert_eq!(said(status, "Reconciling").0, "False", "{status:#}");
+        assert_eq!(said(status, "Stalled").0, "False", "{status:#}");
+    };
+    healthy(&status);
 
-    // The model's spec changes; its status still describes generation 1.
-    edit_model(
-        &cluster,
-        json!({"spec": {"runtime": {"batching": {"maxBatchSize": 4}}}}),
-    )
-    .await;
+    // The model's spec changes: its status describes the old generation until the
+    // operator looks, and the stable revision serves throughout.
+    edit_model(&cluster, json!({"spec": {"runtime": {"threads": 3}}})).await;
+    reconcile_pipeline(&cluster, &ctx).await.expect("pipeline");
+    assert_eq!(said(&pipeline_status(&cluster).await, "Ready").0, "True");
+    // The canary's candidate starts.
+    reconcile_model(&cluster, &ctx).await.expect("candidate");
+    let model = model_status(&cluster).await;
+    assert_eq!(
+        said(&model, "Ready"),
+        ("False".into(), "Canary".into()),
+        "the spec's revision does not serve all traffic yet: {model:#}"
+    );
+    assert_eq!(
+        said(&model, "Available").0,
+        "True",
+        "stable serves: {model:#}"
+    );
+    assert_eq!(said(&model, "Reconciling").0, "True", "{model:#}");
+    assert_eq!(said(&model, "Stalled").0, "False", "{model:#}");
     reconcile_pipeline(&cluster, &ctx).await.expect("pipeline");
     let status = pipeline_status(&cluster).await;
     assert_eq!(
-        said(&status, "ModelReady").0,
-        "False",
-        "the model's new generation is not served yet: {status:#}"
+        said(&status, "Ready").0,
+        "True",
+        "a canary of the model is no reason for the pipeline to be unready: {status:#}"
+    );
+    assert!(
+        message(&status, "ModelAvailable").contains("Canary"),
+        "says the model is mid-canary: {status:#}"
+    );
+    healthy(&status);
+
+    // The candidate crash-loops: rolled back, the stable revision serves everything.
+    roll(
+        &cluster,
+        &format!("{DEPLOYMENT}-canary"),
+        Pods::CrashLoopBackOff,
+        Deadline::Within,
+    )
+    .await;
+    reconcile_model(&cluster, &ctx).await.expect("rollback");
+    let model = model_status(&cluster).await;
+    assert_eq!(said(&model, "Ready"), ("False".into(), "RolledBack".into()));
+    assert_eq!(said(&model, "Available").0, "True", "{model:#}");
+    assert_eq!(
+        said(&model, "Stalled").0,
+        "True",
+        "a person must act: {model:#}"
+    );
+    assert_eq!(said(&model, "Reconciling").0, "False", "{model:#}");
+    reconcile_pipeline(&cluster, &ctx).await.expect("pipeline");
+    let status = pipeline_status(&cluster).await;
+    assert_eq!(said(&status, "Ready").0, "True", "{status:#}");
+    healthy(&status);
+}
+
+#[tokio::test]
+async fn pods_serving_another_digest_than_the_spec_are_not_ready() {
+    let cluster = Cluster::new().await;
+    let ctx = cluster.context(full_apis());
+    let mut m = sample_model();
+    m.spec.evaluation = None;
+    create(&cluster, &m).await;
+    reconcile_model(&cluster, &ctx).await.expect("first");
+    roll(&cluster, DEPLOYMENT, Pods::Serving, Deadline::Within).await;
+    // A server that loaded another file and does not check the digest itself (an older
+    // image given the spec's digest by nothing) answers ready with what it loaded.
+    let other = json!({"status": "ready", "model": {"name": MODEL, "sha256": BAD,
+        "device": "cpu", "classes": 1000, "input_shape": [-1, 3, 224, 224]}});
+    support::sim::answer_every_pod(&cluster, "/readyz", 200, other.to_string()).await;
+    reconcile_model(&cluster, &ctx).await.expect("observe");
+    let status = model_status(&cluster).await;
+    assert_eq!(
+        said(&status, "ModelValidated"),
+        ("False".into(), "DigestMismatch".into()),
+        "{status:#}"
+    );
+    assert_eq!(
+        said(&status, "Ready"),
+        ("False".into(), "DigestMismatch".into()),
+        "the spec's model is not what serves: {status:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_one_replica_gpu_model_rolls_without_an_outage() {
+    let cluster = Cluster::new().await;
+    let ctx = cluster.context(full_apis());
+    let status = first_revision(
+        &cluster,
+        &ctx,
+        |m| {
+            m.spec.runtime.device = Device::Gpu;
+            m.spec.runtime.replicas = Some(1);
+        },
+        Pods::Serving,
+    )
+    .await;
+    assert_eq!(said(&status, "Ready").0, "True", "{status:#}");
+    edit_model(&cluster, json!({"spec": {"runtime": {"threads": 3}}})).await;
+    reconcile_model(&cluster, &ctx).await.expect("apply");
+    // The deployment controller applies the Deployment's own strategy while the new pod
+    // loads its model.
+    let loading = Pods::NotReady {
+        reason: "ModelLoading",
+        message: "the model is loading",
+    };
+    roll(&cluster, DEPLOYMENT, loading, Deadline::Within).await;
+    reconcile_model(&cluster, &ctx).await.expect("observe");
+    let status = model_status(&cluster).await;
+    assert_eq!(
+        said(&status, "Available"),
+        ("True".into(), "Available".into()),
+        "the only GPU pod keeps serving while its successor loads: {status:#}"
+    );
+    assert!(
+        message(&status, "Ready").contains("revision 1 still serves (1 pods ready)"),
+        "{status:#}"
     );
 }

@@ -30,6 +30,23 @@ use super::pod::{
 use crate::crd::{BatchTuning, Device, DeviceStatus, FileSource, ImageModel, ScaleOn};
 
 pub const COMPONENT: &str = "recognize";
+
+/// Attempts each fetch init container makes, and the seconds one attempt may take: ten
+/// minutes for the model (gigabytes at tens of MB/s), one for the labels file.
+pub const FETCH_ATTEMPTS: u32 = 2;
+pub const MODEL_ATTEMPT_SECONDS: u32 = 600;
+pub const LABELS_ATTEMPT_SECONDS: u32 = 60;
+/// Seconds the startup probe waits for a loading model: 120 failures × 5 s.
+const STARTUP_FAILURES: i32 = 120;
+/// `progressDeadlineSeconds` of the recognize Deployment: after this long without
+/// progress Kubernetes marks the rollout `ProgressDeadlineExceeded`, which is when a
+/// transient pod problem (no node yet, an image pull being retried) becomes a failure
+/// (docs/status.md). It covers scheduling with a node added by a cluster autoscaler and
+/// the image pull ([`super::pod::SCHEDULE_AND_PULL_SECONDS`]), every fetch attempt of
+/// the model and the labels (one after the other), and the startup probe.
+pub const PROGRESS_DEADLINE: i32 = super::pod::SCHEDULE_AND_PULL_SECONDS
+    + (FETCH_ATTEMPTS * (MODEL_ATTEMPT_SECONDS + LABELS_ATTEMPT_SECONDS)) as i32
+    + STARTUP_FAILURES * super::pod::PROBE_PERIOD;
 const ORT_LIB: &str = "/opt/onnxruntime/lib/libonnxruntime.so";
 const MODEL_DIR: &str = "/models";
 
@@ -102,6 +119,18 @@ fn fetch_container(
     if let Some(sha) = &source.sha256 {
         args.extend(["--sha256".to_string(), sha.clone()]);
     }
+    // Bounded, so the Deployment's progress deadline covers it ([`PROGRESS_DEADLINE`]).
+    args.extend([
+        "--attempts".to_string(),
+        FETCH_ATTEMPTS.to_string(),
+        "--timeout-secs".into(),
+        if name == "fetch-labels" {
+            LABELS_ATTEMPT_SECONDS
+        } else {
+            MODEL_ATTEMPT_SECONDS
+        }
+        .to_string(),
+    ]);
     Container {
         name: name.into(),
         image: Some(platform.server.clone()),
@@ -398,7 +427,7 @@ pub fn deployment(model: &ImageModel, platform: &Platform, inputs: &ModelInputs)
     }));
     // Loading and warming a large model (or a GPU session) takes a while: the startup
     // probe waits up to ten minutes for `/readyz` before liveness takes over.
-    container.startup_probe = Some(readiness_startup_probe(120));
+    container.startup_probe = Some(readiness_startup_probe(STARTUP_FAILURES));
     let mut template = pod_template(
         platform,
         selector_labels(&instance, COMPONENT),
@@ -442,19 +471,38 @@ pub fn deployment(model: &ImageModel, platform: &Platform, inputs: &ModelInputs)
                 match_labels: Some(selector_labels(&instance, COMPONENT)),
                 ..LabelSelector::default()
             },
-            // CPU: surge one pod, never go below the wanted count. GPU: a surge pod would
-            // need a free GPU that a full node does not have, so replace one at a time.
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_unavailable: Some(IntOrString::Int(i32::from(gpu))),
-                    max_surge: Some(IntOrString::Int(i32::from(!gpu))),
-                }),
+                rolling_update: Some(rolling_update(model, gpu)),
             }),
             template,
+            progress_deadline_seconds: Some(PROGRESS_DEADLINE),
             ..DeploymentSpec::default()
         }),
         status: None,
+    }
+}
+
+/// How the recognize Deployment replaces pods: the spec's `rollingUpdate`, else one surge
+/// pod and none unavailable (a rollout never serves from fewer pods, even with one
+/// replica) — except a GPU model with two or more replicas, which replaces one pod at a
+/// time within the GPUs it holds (a surge pod would need a GPU a full node lacks), its
+/// PodDisruptionBudget keeping the others serving. A one-replica GPU model surges: its
+/// second pod waits, named `Unschedulable`, until there is room (a free GPU, or a node a
+/// cluster autoscaler adds) while the first keeps serving.
+pub fn rolling_update(model: &ImageModel, gpu: bool) -> RollingUpdateDeployment {
+    if let Some(chosen) = &model.spec.runtime.rolling_update {
+        return chosen.clone();
+    }
+    let r = &model.spec.runtime;
+    let fewest = match &r.autoscaling {
+        Some(auto) => auto.min_replicas,
+        None => r.replicas.unwrap_or(1),
+    };
+    let one_at_a_time = gpu && fewest > 1;
+    RollingUpdateDeployment {
+        max_surge: Some(IntOrString::Int(i32::from(!one_at_a_time))),
+        max_unavailable: Some(IntOrString::Int(i32::from(one_at_a_time))),
     }
 }
 
@@ -532,11 +580,15 @@ pub fn hpa(model: &ImageModel, inputs: &ModelInputs) -> Option<HorizontalPodAuto
     })
 }
 
-/// A PodDisruptionBudget keeping one pod up, when more than one replica can run.
+/// A PodDisruptionBudget letting one pod go at a time, when more than one replica can
+/// run (with autoscaling: when the HPA may scale beyond one). With a single replica it
+/// is left out: a budget there either allows the one eviction (protecting nothing) or
+/// none (blocking every node drain — the Kubernetes docs' advice for single instances
+/// is to tolerate the occasional restart); rollouts of a single replica surge instead.
 pub fn pdb(model: &ImageModel) -> Option<PodDisruptionBudget> {
     let r = &model.spec.runtime;
     let most = match &r.autoscaling {
-        Some(auto) => auto.min_replicas,
+        Some(auto) => auto.max_replicas,
         None => r.replicas.unwrap_or(1),
     };
     (most > 1).then(|| PodDisruptionBudget {

@@ -10,12 +10,15 @@ use gateway_api::apis::standard::httproutes::{
     HttpRouteRulesFiltersUrlRewritePath, HttpRouteRulesFiltersUrlRewritePathType,
     HttpRouteRulesMatches, HttpRouteRulesMatchesPath, HttpRouteRulesMatchesPathType, HttpRouteSpec,
 };
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    SecretEnvSource, SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount, VolumeResourceRequirements,
+    Affinity, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, EnvFromSource, EnvVar,
+    EnvVarSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodAffinity, PodAffinityTerm, SecretEnvSource,
+    SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -140,12 +143,6 @@ pub fn config_map(p: &RecognitionPipeline, model_endpoint: &str) -> ConfigMap {
         data.insert(
             "SIGHTLINE_RATE_LIMIT_BURST".into(),
             share(limit.burst.unwrap_or(limit.requests_per_second)).to_string(),
-        );
-    }
-    if let Some(keys) = &spec.gateway.api_keys_secret {
-        data.insert(
-            "SIGHTLINE_API_KEYS_FILE".into(),
-            format!("{KEYS_DIR}/{}", keys.key),
         );
     }
     ConfigMap {
@@ -288,23 +285,57 @@ fn deployment(
         p.spec.pod_overrides.as_ref(),
         &selector_labels(&p.name_any(), component),
     );
+    let selector = selector_labels(&p.name_any(), component);
+    if single_writer && let Some(pod) = template.spec.as_mut() {
+        pod.affinity = Some(beside_own_pods(&selector));
+    }
     Deployment {
         metadata: object_meta(p, &name, component),
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
             selector: LabelSelector {
-                match_labels: Some(selector_labels(&p.name_any(), component)),
+                match_labels: Some(selector.clone()),
                 ..LabelSelector::default()
             },
-            // A ReadWriteOnce volume can be attached to one pod: replace, don't surge.
-            strategy: single_writer.then(|| DeploymentStrategy {
-                type_: Some("Recreate".into()),
-                rolling_update: None,
+            // Surge, never go below the wanted count: a config change or a new image is
+            // not an outage, even with one replica. A ReadWriteOnce volume is attached to
+            // one node but mounted by every pod on it, so the surge pod is placed beside
+            // the serving one ([`beside_own_pods`]) and both share it while they overlap
+            // (SQLite in WAL mode with a busy timeout takes two processes on one node).
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
             }),
             template,
+            progress_deadline_seconds: Some(super::pod::ROLE_PROGRESS_DEADLINE),
             ..DeploymentSpec::default()
         }),
         status: None,
+    }
+}
+
+/// Required affinity to the node of the component's own pods: a surge pod lands where the
+/// ReadWriteOnce volume is attached. With no such pod (the first one, or after its node
+/// was drained) the scheduler lets a pod that matches its own affinity term go anywhere
+/// (kubernetes.io/docs/concepts/scheduling-eviction/assign-pod-node, "Inter-pod affinity
+/// and anti-affinity").
+fn beside_own_pods(selector: &BTreeMap<String, String>) -> Affinity {
+    Affinity {
+        pod_affinity: Some(PodAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(selector.clone()),
+                    ..LabelSelector::default()
+                }),
+                topology_key: "kubernetes.io/hostname".into(),
+                ..PodAffinityTerm::default()
+            }]),
+            ..PodAffinity::default()
+        }),
+        ..Affinity::default()
     }
 }
 
@@ -329,7 +360,12 @@ pub fn upload_deployment(
             ..EnvFromSource::default()
         });
     }
-    add_keys(p, &mut volumes, &mut mounts);
+    let mut args = vec![
+        "upload".to_string(),
+        "--listen".into(),
+        format!("0.0.0.0:{PORT}"),
+    ];
+    add_keys(p, &mut args, &mut volumes, &mut mounts);
     // The model's traffic split (a canary's weights and mirroring), re-read by the front
     // door when it changes; optional, so a model without one is all stable.
     volumes.push(Volume {
@@ -350,11 +386,7 @@ pub fn upload_deployment(
     let container = server_container(
         platform,
         "server",
-        vec![
-            "upload".into(),
-            "--listen".into(),
-            format!("0.0.0.0:{PORT}"),
-        ],
+        args,
         spec.resources
             .clone()
             .unwrap_or_else(|| default_resources("100m", "128Mi")),
@@ -378,8 +410,21 @@ pub fn upload_deployment(
     )
 }
 
-fn add_keys(p: &RecognitionPipeline, volumes: &mut Vec<Volume>, mounts: &mut Vec<VolumeMount>) {
+/// The API keys: the Secret mounted as a whole volume (never `subPath`, which the kubelet
+/// does not update) and named by `--api-keys-file`, so a rotation reaches the running
+/// server (the kubelet refreshes the file within its sync period, and the server re-reads
+/// it) and restarts nothing; the Secret is not in the inputs digest ([`rolling_secrets`]).
+fn add_keys(
+    p: &RecognitionPipeline,
+    args: &mut Vec<String>,
+    volumes: &mut Vec<Volume>,
+    mounts: &mut Vec<VolumeMount>,
+) {
     if let Some(keys) = &p.spec.gateway.api_keys_secret {
+        args.extend([
+            "--api-keys-file".to_string(),
+            format!("{KEYS_DIR}/{}", keys.key),
+        ]);
         volumes.push(Volume {
             name: "api-keys".into(),
             secret: Some(SecretVolumeSource {
@@ -404,11 +449,16 @@ pub fn store_deployment(p: &RecognitionPipeline, platform: &Platform) -> Deploym
     let (volume, mount) = data_volume("data", sqlite.then(|| results_claim(p)));
     let mut volumes = vec![volume];
     let mut mounts = vec![mount];
-    add_keys(p, &mut volumes, &mut mounts);
+    let mut args = vec![
+        "store".to_string(),
+        "--listen".into(),
+        format!("0.0.0.0:{PORT}"),
+    ];
+    add_keys(p, &mut args, &mut volumes, &mut mounts);
     let mut container = server_container(
         platform,
         "server",
-        vec!["store".into(), "--listen".into(), format!("0.0.0.0:{PORT}")],
+        args,
         spec.resources
             .clone()
             .unwrap_or_else(|| default_resources("100m", "128Mi")),
@@ -615,15 +665,12 @@ pub struct PipelineChildren {
     pub monitor: super::monitoring::ServiceMonitor,
 }
 
-/// The names of the Secrets a pipeline's pods read (API keys, database URL, S3
-/// credentials).
-pub fn secret_names(p: &RecognitionPipeline) -> Vec<String> {
+/// The Secrets whose change must roll the pods: those read through the environment
+/// (database URL, S3 credentials), which a running process never re-reads. The API keys
+/// are a mounted file the server re-reads, so rotating them restarts nothing.
+pub fn rolling_secrets(p: &RecognitionPipeline) -> Vec<String> {
     let spec = &p.spec;
     let mut names: Vec<String> = [
-        spec.gateway
-            .api_keys_secret
-            .as_ref()
-            .map(|s| s.name.clone()),
         spec.storage.url_secret.as_ref().map(|s| s.name.clone()),
         spec.upload
             .s3
@@ -638,8 +685,25 @@ pub fn secret_names(p: &RecognitionPipeline) -> Vec<String> {
     names
 }
 
+/// The names of the Secrets a pipeline's pods read (API keys, database URL, S3
+/// credentials): each must exist for the pods to start.
+pub fn secret_names(p: &RecognitionPipeline) -> Vec<String> {
+    let mut names = rolling_secrets(p);
+    names.extend(
+        p.spec
+            .gateway
+            .api_keys_secret
+            .iter()
+            .map(|s| s.name.clone()),
+    );
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// Digest of what the pods read besides their own spec: the ConfigMap's data (reached
-/// through `envFrom`, which a running pod never re-reads) and `secrets_digest`.
+/// through `envFrom`, which a running pod never re-reads) and `secrets_digest` (of the
+/// [`rolling_secrets`]).
 pub fn inputs_digest(config: &ConfigMap, secrets_digest: &str) -> String {
     use sha2::{Digest, Sha256};
     let data = serde_json::to_string(&config.data).unwrap_or_default();

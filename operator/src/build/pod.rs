@@ -113,9 +113,23 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-/// A startup probe on `/readyz` every 5 s, allowing `failures` × 5 s to become ready.
+/// Seconds between two startup probes.
+pub const PROBE_PERIOD: i32 = 5;
+/// Failures the startup probe of a role other than recognize allows (5 minutes).
+pub const ROLE_STARTUP_FAILURES: i32 = 60;
+/// What a progress deadline allows before a container starts: scheduling, including a
+/// node that a cluster autoscaler adds (typically 2–5 minutes, longer for GPU nodes),
+/// and the image pull.
+pub const SCHEDULE_AND_PULL_SECONDS: i32 = 600;
+/// `progressDeadlineSeconds` of the upload and store Deployments: scheduling and pull,
+/// then the startup probe.
+pub const ROLE_PROGRESS_DEADLINE: i32 =
+    SCHEDULE_AND_PULL_SECONDS + ROLE_STARTUP_FAILURES * PROBE_PERIOD;
+
+/// A startup probe on `/readyz` every [`PROBE_PERIOD`] s, allowing `failures` periods to
+/// become ready.
 pub fn readiness_startup_probe(failures: i32) -> Probe {
-    http_probe("/readyz", 5, failures)
+    http_probe("/readyz", PROBE_PERIOD, failures)
 }
 
 /// Default requests when the spec gives none: enough to schedule, no limits imposed.
@@ -160,7 +174,7 @@ pub fn server_container(
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         // Liveness waits until the server is ready (the database answers, the model is
         // loaded); a role that is never ready within the window is restarted.
-        startup_probe: Some(readiness_startup_probe(60)),
+        startup_probe: Some(readiness_startup_probe(ROLE_STARTUP_FAILURES)),
         security_context: Some(container_security(platform)),
         volume_mounts: Some(mounts),
         ..Container::default()

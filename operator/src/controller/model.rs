@@ -22,7 +22,7 @@ use crate::build::{canary as build_canary, meta, model};
 use crate::crd::{EvaluationStatus, ImageModel, ImageModelStatus, Strategy};
 use crate::rollout::{Rollout, pod_ready};
 use crate::served::{Readyz, Served, parse_readyz};
-use crate::status::{Cond, merge, reasons, types};
+use crate::status::{Cond, kstatus, merge, reasons, types};
 use crate::validate;
 use crate::verdict::{Failure, missing_secrets, verdict};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -68,7 +68,7 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
     }
 
     let (secrets, missing) =
-        observe::secrets_digest(&ctx.client, &ns, &model::secret_names(m)).await?;
+        observe::secrets_digest(&ctx.client, &ns, &model::secret_names(m), &[]).await?;
 
     let gpu_nodes = match m.spec.runtime.device {
         crate::crd::Device::Auto => Some(observe::gpu_nodes(&ctx.client, gpu_resource(m)).await?),
@@ -120,7 +120,9 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
     let rollout = observe::rollout(&ctx.client, &ns, &deployment, &selector).await?;
     let answers = ask_readyz(ctx, &ns, &rollout).await;
     let validated = validated_condition(m, &rollout, &answers);
-    let failure = missing_secrets(&missing).or_else(|| served_failure(&answers));
+    let failure = missing_secrets(&missing)
+        .or_else(|| served_failure(&answers))
+        .or_else(|| wrong_digest(&validated));
     let mut v = verdict(types::READY, reasons::READY, &rollout, failure);
     let (traffic, rollout_status, requeue_canary) = match &canary_step {
         Some(step) => {
@@ -339,6 +341,15 @@ fn served_failure(answers: &[(String, Readyz)]) -> Option<Failure> {
     })
 }
 
+/// The newest revision serves another model file than the spec names: it cannot be the
+/// spec's revision serving, whatever its pods' readiness says.
+fn wrong_digest(validated: &Cond) -> Option<Failure> {
+    (!validated.status && validated.reason == reasons::DIGEST_MISMATCH).then(|| Failure {
+        reason: validated.reason.clone(),
+        message: validated.message.clone(),
+    })
+}
+
 /// `ModelValidated`: what the newest revision's servers say about the model they loaded.
 pub fn validated_condition(
     m: &ImageModel,
@@ -362,7 +373,7 @@ pub fn validated_condition(
         {
             return Cond::no(
                 t,
-                "DigestMismatch",
+                reasons::DIGEST_MISMATCH,
                 format!(
                     "the pods serve sha256 {}, the spec asks for {expected}",
                     s.digest
@@ -601,11 +612,13 @@ pub fn fetched_condition(m: &ImageModel, pods: &[Pod]) -> Cond {
 async fn write_status(m: &ImageModel, ctx: &Context, observed: Observed) -> Result<(), Error> {
     let previous = m.status.clone().unwrap_or_default();
     let generation = m.meta().generation;
+    let mut conditions = observed.conditions;
+    conditions.extend(kstatus(&conditions));
     let status = ImageModelStatus {
         observed_generation: generation,
         conditions: merge(
             &previous.conditions,
-            &observed.conditions,
+            &conditions,
             generation,
             ctx.clock.as_ref(),
         ),

@@ -78,26 +78,36 @@ pub async fn pod_get(
     }
 }
 
-/// What the named Secrets hold, as one digest (a change of any of them changes it), and
-/// the names of those that do not exist.
+/// What the Secrets `rolling` hold, as one digest (a change of any of them changes it),
+/// and the names among `rolling` and `present` (Secrets that need only exist) that do not
+/// exist.
 pub async fn secrets_digest(
     client: &Client,
     ns: &str,
-    names: &[String],
+    rolling: &[String],
+    present: &[String],
 ) -> Result<(String, Vec<String>), Error> {
     let api = Api::<Secret>::namespaced(client.clone(), ns);
-    let mut names = names.to_vec();
+    let mut names = rolling.to_vec();
+    names.extend(present.iter().cloned());
     names.sort();
     names.dedup();
     let mut hasher = Sha256::new();
     let mut missing = Vec::new();
     for name in &names {
-        hasher.update(name.as_bytes());
-        hasher.update([0]);
-        match api.get_opt(name).await.map_err(|source| Error::Fetch {
+        let secret = api.get_opt(name).await.map_err(|source| Error::Fetch {
             what: "Secret",
             source,
-        })? {
+        })?;
+        if secret.is_none() {
+            missing.push(name.clone());
+        }
+        if !rolling.contains(name) {
+            continue;
+        }
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        match secret {
             Some(secret) => {
                 for (key, value) in secret.data.iter().flatten() {
                     hasher.update(key.as_bytes());
@@ -106,10 +116,7 @@ pub async fn secrets_digest(
                     hasher.update([0]);
                 }
             }
-            None => {
-                hasher.update(b"\x01absent");
-                missing.push(name.clone());
-            }
+            None => hasher.update(b"\x01absent"),
         }
     }
     Ok((hex::encode(hasher.finalize()), missing))

@@ -1,6 +1,6 @@
 //! Reconciling a `RecognitionPipeline`: validate → the referenced `ImageModel` (missing:
 //! `Ready=False`, reason `ModelNotFound`; the model watch brings the pipeline back when it
-//! appears) → build → apply the ConfigMap, PVCs, store and upload Deployments and
+//! appears; the pipeline needs it available, not mid-rollout-free) → build → apply the ConfigMap, PVCs, store and upload Deployments and
 //! Services, the HTTPRoute or Ingress, NetworkPolicies and the ServiceMonitor (pruning the
 //! optional ones no longer wanted) → status per component.
 
@@ -19,7 +19,7 @@ use super::{Context, Error, RESYNC, instrumented, observe};
 use crate::apply::{ApplyError, patch_status};
 use crate::build::{meta, pipeline};
 use crate::crd::{ImageModel, RecognitionPipeline, RecognitionPipelineStatus};
-use crate::status::{Cond, merge, ready_from, reasons, types};
+use crate::status::{Cond, kstatus, merge, ready_from, reasons, types};
 use crate::validate;
 use crate::verdict::{missing_secrets, verdict};
 
@@ -53,7 +53,7 @@ async fn reconcile_pipeline(p: &RecognitionPipeline, ctx: &Context) -> Result<Ac
         })?;
     let Some(model) = model else {
         let missing = Cond::no(
-            types::MODEL_READY,
+            types::MODEL_AVAILABLE,
             reasons::MODEL_NOT_FOUND,
             format!("ImageModel {model_name:?} does not exist in namespace {ns:?}"),
         );
@@ -67,8 +67,13 @@ async fn reconcile_pipeline(p: &RecognitionPipeline, ctx: &Context) -> Result<Ac
         return Ok(Action::requeue(RESYNC));
     };
 
-    let (secrets, missing) =
-        observe::secrets_digest(&ctx.client, &ns, &pipeline::secret_names(p)).await?;
+    let (secrets, missing) = observe::secrets_digest(
+        &ctx.client,
+        &ns,
+        &pipeline::rolling_secrets(p),
+        &pipeline::secret_names(p),
+    )
+    .await?;
     let c = pipeline::children(p, &model, &ctx.platform, &secrets);
     let applied = match apply_children(p, ctx, &ns, &uid, &c).await {
         Ok(applied) => applied,
@@ -79,7 +84,7 @@ async fn reconcile_pipeline(p: &RecognitionPipeline, ctx: &Context) -> Result<Ac
         }
     };
 
-    let model_ready = model_ready_condition(&model);
+    let model_available = model_available_condition(&model);
     let missing = missing_secrets(&missing);
     let upload_rollout = observe::rollout(
         &ctx.client,
@@ -113,7 +118,7 @@ async fn reconcile_pipeline(p: &RecognitionPipeline, ctx: &Context) -> Result<Ac
         .find(|c| !c.status || c.reason != reasons::ROLLED_OUT)
         .unwrap_or_else(|| upload.progressing.clone());
     let failed = upload.failed || store.failed;
-    let mut components = vec![model_ready, upload.ready, store.ready];
+    let mut components = vec![model_available, upload.ready, store.ready];
     components.extend(applied.route);
     let ready = ready_from(&components);
     let is_ready = ready.status;
@@ -214,48 +219,36 @@ async fn apply_children(
     })
 }
 
-/// `ModelReady`: the model is ready and its status describes its current generation (a
-/// model whose spec just changed is not yet serving that change).
-pub fn model_ready_condition(model: &ImageModel) -> Cond {
+/// `ModelAvailable`: some revision of the model serves (its own `Available`), which is
+/// what the pipeline's front door needs. A rollout or canary of the model — its `Ready`
+/// false while the stable revision serves — is quoted in the message, never a reason for
+/// the pipeline to stop being ready.
+pub fn model_available_condition(model: &ImageModel) -> Cond {
     let name = model.name_any();
     let status = model.status.clone().unwrap_or_default();
-    let generation = model.meta().generation;
-    if status.observed_generation.is_some() && status.observed_generation != generation {
-        return Cond::no(
-            types::MODEL_READY,
-            reasons::MODEL_CHANGING,
-            format!(
-                "ImageModel {name:?} changed (generation {}); its status still describes \
-                 generation {}",
-                generation.unwrap_or(0),
-                status.observed_generation.unwrap_or(0)
-            ),
-        );
-    }
-    let ready = status.conditions.iter().find(|c| c.type_ == types::READY);
-    match ready {
-        Some(c) if c.status == "True" && c.observed_generation == generation => Cond::yes(
-            types::MODEL_READY,
-            reasons::MODEL_READY,
-            format!("ImageModel {name:?} is ready"),
+    let find = |t: &str| status.conditions.iter().find(|c| c.type_ == t);
+    let rollout = match find(types::READY) {
+        Some(r) if r.status != "True" => format!(" (its rollout: {}: {})", r.reason, r.message),
+        _ => String::new(),
+    };
+    match find(types::AVAILABLE) {
+        Some(a) if a.status == "True" => Cond::yes(
+            types::MODEL_AVAILABLE,
+            reasons::MODEL_AVAILABLE,
+            format!("ImageModel {name:?} serves: {}{rollout}", a.message),
         ),
-        Some(c) if c.status == "True" => Cond::no(
-            types::MODEL_READY,
-            reasons::MODEL_CHANGING,
-            format!("ImageModel {name:?}'s Ready condition describes an older generation"),
-        ),
-        Some(c) => Cond::no(
-            types::MODEL_READY,
-            reasons::MODEL_NOT_READY,
+        Some(a) => Cond::no(
+            types::MODEL_AVAILABLE,
+            reasons::MODEL_UNAVAILABLE,
             format!(
-                "ImageModel {name:?} is not ready: {}: {}",
-                c.reason, c.message
+                "no revision of ImageModel {name:?} serves: {}{rollout}",
+                a.message
             ),
         ),
         None => Cond::no(
-            types::MODEL_READY,
-            reasons::MODEL_NOT_READY,
-            format!("ImageModel {name:?} has no status yet"),
+            types::MODEL_AVAILABLE,
+            reasons::MODEL_UNAVAILABLE,
+            format!("ImageModel {name:?} has reported no availability yet{rollout}"),
         ),
     }
 }
@@ -301,6 +294,8 @@ async fn write_status(
 ) -> Result<(), Error> {
     let previous = p.status.clone().unwrap_or_default();
     let generation = p.meta().generation;
+    let mut wanted = wanted;
+    wanted.extend(kstatus(&wanted));
     let status = RecognitionPipelineStatus {
         observed_generation: generation,
         conditions: merge(

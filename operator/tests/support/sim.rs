@@ -2,12 +2,14 @@
 //! named as such, so the real reconcilers can be driven through a rollout:
 //!
 //! - the deployment controller: one ReplicaSet per pod template (labelled with a
-//!   `pod-template-hash`, numbered by `deployment.kubernetes.io/revision`), `maxSurge: 1`
-//!   / `maxUnavailable: 0` (a new revision whose pods do not turn ready gets one surge pod
-//!   while the old pods keep serving), and the Deployment's status as the controller
+//!   `pod-template-hash`, numbered by `deployment.kubernetes.io/revision`; a template seen
+//!   before reuses its ReplicaSet, which gets the next revision — [`bump_revision`]), the
+//!   Deployment's own strategy (`Recreate`, or `RollingUpdate` with its `maxSurge` /
+//!   `maxUnavailable` — [`Strategy`]), and the Deployment's status as the controller
 //!   writes it — `observedGeneration`, replica counts, `Available` and `Progressing`
 //!   (including `ProgressDeadlineExceeded`);
-//! - the scheduler and the kubelet: pods whose state each test chooses;
+//! - the scheduler and the kubelet: pods whose state each test chooses, lasting or
+//!   transient ([`Pods`]);
 //! - the server in each pod: what `/readyz` answers through `pods/proxy`.
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -36,8 +38,20 @@ pub enum Pods {
     ImagePullBackOff,
     /// The server exits at once, again and again.
     CrashLoopBackOff,
-    /// No node has what the pod requests (e.g. no GPU node).
+    /// No node has what the pod requests (e.g. no GPU node). Transient: the scheduler
+    /// retries, and a cluster autoscaler may be adding the node (`PodScheduled=False`,
+    /// reason `Unschedulable`: kubernetes.io/docs/concepts/scheduling-eviction/
+    /// pod-scheduling-readiness and the cluster-autoscaler FAQ, "scale-up").
     Unschedulable,
+    /// The first pull of the image failed (`waiting.reason: ErrImagePull`, restart count
+    /// 0): the kubelet retries with back-off (kubernetes.io/docs/concepts/containers/
+    /// images, "ImagePullBackOff"), so one failed pull is transient.
+    ImagePullFailedOnce,
+    /// Serving again after one OOM kill: `state.running`, ready, `restartCount: 1`, and
+    /// the kill kept in `lastState.terminated` (reason `OOMKilled`), as the kubelet reports
+    /// a container it restarted (kubernetes.io/docs/concepts/workloads/pods/
+    /// pod-lifecycle, "Container restarts").
+    RecoveredFromOomKill,
     /// The `fetch-model` init container exits 1 with this termination message (its
     /// download failed, or the digest did not match), and is restarted with back-off.
     FetchFailed(&'static str),
@@ -111,6 +125,23 @@ fn container_statuses(template: &Value, key: &str, state: &Value, ready: bool) -
     )
 }
 
+/// A pod whose image pull fails as `waiting` says: the first container to start (an
+/// init container, when there is one) waits on it, the others wait for it.
+fn pull_failing(template: &Value, waiting: Value) -> Value {
+    let condition = |type_: &str, status: bool| json!({"type": type_, "status": if status { "True" } else { "False" }});
+    let (init, main) = if template["spec"]["initContainers"].is_array() {
+        (waiting, json!({"waiting": {"reason": "PodInitializing"}}))
+    } else {
+        (Value::Null, waiting)
+    };
+    json!({
+        "phase": "Pending",
+        "conditions": [condition("PodScheduled", true), condition("Ready", false)],
+        "initContainerStatuses": container_statuses(template, "initContainers", &init, false),
+        "containerStatuses": container_statuses(template, "containers", &main, false),
+    })
+}
+
 /// The status the kubelet (or the scheduler) reports for a pod behaving as `pods`.
 fn pod_status(template: &Value, pods: &Pods) -> Value {
     let done = json!({"terminated": {"exitCode": 0, "reason": "Completed"}});
@@ -133,22 +164,12 @@ fn pod_status(template: &Value, pods: &Pods) -> Value {
             let image = template["spec"]["containers"][0]["image"]
                 .as_str()
                 .unwrap_or_default();
-            let waiting = json!({"waiting": {"reason": "ImagePullBackOff",
+            pull_failing(
+                template,
+                json!({"waiting": {"reason": "ImagePullBackOff",
                 "message": format!("Back-off pulling image \"{image}\": ErrImagePull: \
-                    failed to pull and unpack image \"{image}\": not found")}});
-            let has_init = template["spec"]["initContainers"].is_array();
-            let (init, main) = if has_init {
-                let pending = json!({"waiting": {"reason": "PodInitializing"}});
-                (waiting, pending)
-            } else {
-                (Value::Null, waiting)
-            };
-            json!({
-                "phase": "Pending",
-                "conditions": [condition("PodScheduled", true), condition("Ready", false)],
-                "initContainerStatuses": container_statuses(template, "initContainers", &init, false),
-                "containerStatuses": container_statuses(template, "containers", &main, false),
-            })
+                    failed to pull and unpack image \"{image}\": not found")}}),
+            )
         }
         Pods::CrashLoopBackOff => {
             let mut statuses = container_statuses(
@@ -192,6 +213,32 @@ fn pod_status(template: &Value, pods: &Pods) -> Value {
                     &json!({"waiting": {"reason": "PodInitializing"}}), false),
             })
         }
+        Pods::ImagePullFailedOnce => {
+            let image = template["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap_or_default();
+            pull_failing(
+                template,
+                json!({"waiting": {"reason": "ErrImagePull",
+                "message": format!("failed to pull and unpack image \"{image}\": \
+                    failed to resolve reference: 503 Service Unavailable")}}),
+            )
+        }
+        Pods::RecoveredFromOomKill => {
+            let mut statuses = container_statuses(template, "containers", &running, true);
+            if let Some(first) = statuses.get_mut(0) {
+                first["restartCount"] = json!(1);
+                first["lastState"] = json!({"terminated": {"exitCode": 137,
+                    "reason": "OOMKilled", "startedAt": "2027-01-01T00:00:00Z",
+                    "finishedAt": "2027-01-01T00:05:00Z"}});
+            }
+            json!({
+                "phase": "Running",
+                "conditions": [condition("PodScheduled", true), condition("Ready", true)],
+                "initContainerStatuses": container_statuses(template, "initContainers", &done, true),
+                "containerStatuses": statuses,
+            })
+        }
         Pods::Unschedulable => json!({
             "phase": "Pending",
             "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
@@ -203,7 +250,101 @@ fn pod_status(template: &Value, pods: &Pods) -> Value {
 }
 
 fn ready(pods: &Pods) -> bool {
-    matches!(pods, Pods::Serving)
+    matches!(pods, Pods::Serving | Pods::RecoveredFromOomKill)
+}
+
+/// How the deployment controller replaces pods (kubernetes.io/docs/concepts/workloads/
+/// controllers/deployment, "Strategy"; pkg/controller/deployment/rolling.go and
+/// recreate.go).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Every old pod is killed before a new one is created.
+    Recreate,
+    /// New pods are added up to `wanted + max_surge` in all, old ones removed while at
+    /// least `wanted - max_unavailable` are available.
+    RollingUpdate {
+        max_surge: i64,
+        max_unavailable: i64,
+    },
+}
+
+/// `maxSurge`/`maxUnavailable` as absolute numbers for `wanted` replicas: a percentage
+/// rounds up for the surge and down for unavailability, and both zero means one may be
+/// unavailable (the deployment controller's `ResolveFenceposts`); unset is 25 % each.
+fn fencepost(value: &Value, wanted: i64, round_up: bool) -> i64 {
+    match value {
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        Value::String(p) => {
+            let percent: i64 = p.trim_end_matches('%').parse().unwrap_or(0);
+            let scaled = wanted * percent;
+            if round_up {
+                (scaled + 99) / 100
+            } else {
+                scaled / 100
+            }
+        }
+        _ => fencepost(&json!("25%"), wanted, round_up),
+    }
+}
+
+/// The Deployment's strategy, resolved for `wanted` replicas.
+pub fn strategy(deployment: &Value, wanted: i64) -> Strategy {
+    let spec = &deployment["spec"]["strategy"];
+    if spec["type"] == "Recreate" {
+        return Strategy::Recreate;
+    }
+    let rolling = &spec["rollingUpdate"];
+    let max_surge = fencepost(&rolling["maxSurge"], wanted, true);
+    let mut max_unavailable = fencepost(&rolling["maxUnavailable"], wanted, false);
+    if max_surge == 0 && max_unavailable == 0 {
+        max_unavailable = 1;
+    }
+    Strategy::RollingUpdate {
+        max_surge,
+        max_unavailable,
+    }
+}
+
+/// Where the deployment controller settles when the new revision's pods never become
+/// available: `(old pods kept, new pods)`. Recreate kills every old pod first; a rolling
+/// update keeps `wanted - maxUnavailable` old pods and adds new ones up to
+/// `wanted + maxSurge` in all.
+fn stalled_counts(strategy: Strategy, wanted: i64, old: i64) -> (i64, i64) {
+    match strategy {
+        Strategy::Recreate => (0, wanted),
+        Strategy::RollingUpdate {
+            max_surge,
+            max_unavailable,
+        } => {
+            let kept = old.min((wanted - max_unavailable).max(0));
+            (kept, wanted.min(wanted + max_surge - kept).max(0))
+        }
+    }
+}
+
+/// A ReplicaSet reused for a template seen before becomes the newest revision: the
+/// deployment controller sets its `deployment.kubernetes.io/revision` to one more than
+/// the highest of its siblings (`SetNewReplicaSetAnnotations` in
+/// pkg/controller/deployment/util/deployment_util.go) — `kubectl rollout undo` relies on
+/// it.
+async fn bump_revision(cluster: &Cluster, rs: &ReplicaSet, newest: i64) {
+    let current: i64 = rs
+        .annotations()
+        .get(REVISION)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    if current >= newest {
+        return;
+    }
+    Api::<ReplicaSet>::namespaced(cluster.admin.clone(), NS)
+        .patch(
+            &rs.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations":
+                {REVISION: (newest + 1).to_string()}}})),
+        )
+        .await
+        .expect("bump the reused ReplicaSet's revision");
 }
 
 /// Brings Deployment `name` to where the deployment controller, the scheduler and the
@@ -241,7 +382,9 @@ pub async fn roll(cluster: &Cluster, name: &str, pods: Pods, deadline: Deadline)
     };
     let newest = owned.iter().map(revision).max().unwrap_or(0);
     let rs_name = format!("{name}-{hash}");
-    if !owned.iter().any(|rs| rs.name_any() == rs_name) {
+    if let Some(reused) = owned.iter().find(|rs| rs.name_any() == rs_name) {
+        bump_revision(cluster, reused, newest).await;
+    } else {
         let mut labels = template["metadata"]["labels"].clone();
         labels[HASH_LABEL] = json!(hash);
         let mut rs_template = template.clone();
@@ -271,21 +414,19 @@ pub async fn roll(cluster: &Cluster, name: &str, pods: Pods, deadline: Deadline)
         .into_iter()
         .partition(|p| p.labels().get(HASH_LABEL) == Some(&hash));
     let wanted = d_json["spec"]["replicas"].as_i64().unwrap_or(1).max(0);
-    let old_ready: Vec<Pod> = old
-        .iter()
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .cloned()
-        .collect();
-    // maxSurge 1, maxUnavailable 0: old pods go only once new ones are available.
-    let new_count = if ready(&pods) || old_ready.is_empty() {
-        wanted
+    let is_ready = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    // Old pods go ready ones last (the controller scales down unavailable pods first).
+    let mut old = old;
+    old.sort_by_key(|p| is_ready(p));
+    let (kept, new_count) = if ready(&pods) {
+        (0, wanted)
     } else {
-        1
+        stalled_counts(strategy(&d_json, wanted), wanted, old.len() as i64)
     };
     for p in &current {
         pod_api
@@ -293,15 +434,15 @@ pub async fn roll(cluster: &Cluster, name: &str, pods: Pods, deadline: Deadline)
             .await
             .expect("delete pod");
     }
-    let keep_old = !ready(&pods);
-    if !keep_old {
-        for p in &old {
-            pod_api
-                .delete(&p.name_any(), &DeleteParams::default())
-                .await
-                .expect("delete old pod");
-        }
+    let gone = old.len().saturating_sub(usize::try_from(kept).unwrap_or(0));
+    for p in old.drain(..gone) {
+        pod_api
+            .delete(&p.name_any(), &DeleteParams::default())
+            .await
+            .expect("delete old pod");
     }
+    let old_ready: Vec<Pod> = old.iter().filter(|p| is_ready(p)).cloned().collect();
+    let keep_old = !old.is_empty();
     let status = pod_status(&template, &pods);
     let mut pod_labels = template["metadata"]["labels"].clone();
     pod_labels[HASH_LABEL] = json!(hash);
@@ -322,7 +463,9 @@ pub async fn roll(cluster: &Cluster, name: &str, pods: Pods, deadline: Deadline)
             .await
             .expect("create pod");
         match &pods {
-            Pods::Serving => cluster.answer_pod(&pod_name, "/readyz", 200, ready_body(&template)),
+            Pods::Serving | Pods::RecoveredFromOomKill => {
+                cluster.answer_pod(&pod_name, "/readyz", 200, ready_body(&template))
+            }
             Pods::NotReady { reason, message } => cluster.answer_pod(
                 &pod_name,
                 "/readyz",
@@ -349,7 +492,15 @@ pub async fn roll(cluster: &Cluster, name: &str, pods: Pods, deadline: Deadline)
             "reason": "ReplicaSetUpdated",
             "message": format!("ReplicaSet \"{rs_name}\" is progressing.")}),
     };
-    let available_cond = if available >= wanted {
+    // Available: at least `wanted - maxUnavailable` pods are (the controller's
+    // `DeploymentAvailable` rule; Recreate counts none as allowed to be unavailable).
+    let may_lack = match strategy(&d_json, wanted) {
+        Strategy::Recreate => 0,
+        Strategy::RollingUpdate {
+            max_unavailable, ..
+        } => max_unavailable,
+    };
+    let available_cond = if available >= wanted - may_lack {
         json!({"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
                "message": "Deployment has minimum availability."})
     } else {
