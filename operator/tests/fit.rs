@@ -526,11 +526,7 @@ fn adding_a_pipeline_never_changes_a_model() {
     other.spec.gateway.hostnames = vec!["more.example.com".into()];
     let shared = render_with(vec![sample_model()], vec![sample_pipeline(), other]);
     for kind in ["Deployment", "Service", "NetworkPolicy", "ServiceMonitor"] {
-        let name = if kind == "ServiceMonitor" {
-            "efficientnet-lite0"
-        } else {
-            "efficientnet-lite0-recognize"
-        };
+        let name = "efficientnet-lite0-recognize";
         assert_eq!(
             find(&alone, kind, name),
             find(&shared, kind, name),
@@ -550,12 +546,12 @@ fn every_workload_has_a_service_monitor_the_clusters_prometheus_selects() {
     for m in &monitors {
         assert_eq!(m["metadata"]["labels"]["release"], "kube-prometheus-stack");
     }
-    let model = find(&objects, "ServiceMonitor", "efficientnet-lite0");
+    let model = find(&objects, "ServiceMonitor", "efficientnet-lite0-recognize");
     assert_eq!(
         model["spec"]["selector"]["matchExpressions"][0]["values"],
         json!(["recognize", "recognize-canary"])
     );
-    let pipeline = find(&objects, "ServiceMonitor", "photos");
+    let pipeline = find(&objects, "ServiceMonitor", "photos-pipeline");
     assert_eq!(
         pipeline["spec"]["selector"]["matchExpressions"][0]["values"],
         json!(["upload", "store"])
@@ -570,7 +566,7 @@ fn every_workload_has_a_service_monitor_the_clusters_prometheus_selects() {
     )
     .expect("render");
     assert_eq!(
-        find(&objects, "ServiceMonitor", "photos")["metadata"]["labels"]["prometheus"],
+        find(&objects, "ServiceMonitor", "photos-pipeline")["metadata"]["labels"]["prometheus"],
         "main"
     );
 }
@@ -698,4 +694,64 @@ fn a_budget_guards_every_model_that_may_run_more_than_one_pod() {
         !objects.iter().any(|o| o["kind"] == "PodDisruptionBudget"),
         "one replica: a budget could only block drains"
     );
+}
+
+#[test]
+fn no_two_owners_share_a_childs_name_whatever_their_names() {
+    // Names chosen to collide: a model and a pipeline of one name, and owners whose names
+    // end in another owner's suffixes.
+    let names = [
+        "photos",
+        "photos-recognize",
+        "photos-canary",
+        "photos-recognize-canary",
+        "photos-upload",
+        "photos-store",
+        "photos-pipeline",
+        "photos-traffic",
+        "photos-config",
+    ];
+    let models: Vec<ImageModel> = names
+        .iter()
+        .map(|name| {
+            let mut m = sample_model();
+            m.metadata.name = Some(name.to_string());
+            // In mid-canary, so the candidate's objects are rendered too.
+            m.spec.rollout =
+                serde_json::from_value(json!({"strategy": "Canary"})).expect("rollout");
+            m.status = serde_json::from_value(json!({"rollout": {"phase": "Progressing",
+                "revision": "3f9a1c77e2b0", "step": 0, "candidateWeight": 10,
+                "mirrorPercent": 0}}))
+            .expect("status");
+            m
+        })
+        .collect();
+    let pipelines: Vec<RecognitionPipeline> = names
+        .iter()
+        .map(|name| {
+            let mut p = sample_pipeline();
+            p.metadata.name = Some(name.to_string());
+            p.spec.model_ref.name = name.to_string();
+            p
+        })
+        .collect();
+    let objects = render_with(models, pipelines);
+    let mut seen = std::collections::BTreeMap::new();
+    for o in &objects {
+        let key = (
+            o["kind"].as_str().unwrap_or_default().to_string(),
+            o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        let owner = format!(
+            "{} {}",
+            o["metadata"]["ownerReferences"][0]["kind"],
+            o["metadata"]["labels"]["app.kubernetes.io/instance"]
+        );
+        if let Some(first) = seen.insert(key.clone(), owner.clone()) {
+            panic!("{key:?} belongs to both {first} and {owner}");
+        }
+    }
 }

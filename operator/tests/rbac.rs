@@ -14,6 +14,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
+use sightline_operator::build::monitoring::ServiceMonitor;
 use sightline_operator::controller::{model, pipeline, run};
 use sightline_operator::crd::{ImageModel, RecognitionPipeline};
 use sightline_operator::leader::LeaseLock;
@@ -69,11 +70,34 @@ async fn exercised() -> BTreeSet<Grant> {
     m.spec.runtime.replicas = None;
     m.spec.runtime.autoscaling =
         serde_json::from_value(json!({"minReplicas": 2, "maxReplicas": 4})).expect("autoscaling");
-    Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
+    let created = Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
         .create(&post, &m)
         .await
         .expect("model");
+    // A ServiceMonitor an older version named after the model alone: pruned.
+    let old_monitor: ServiceMonitor = serde_json::from_value(json!({
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+        "metadata": {"name": "efficientnet-lite0", "namespace": NS,
+            "labels": {"app.kubernetes.io/instance": "efficientnet-lite0",
+                "app.kubernetes.io/managed-by": "sightline-operator"},
+            "ownerReferences": [{"apiVersion": "sightline.io/v1alpha1", "kind": "ImageModel",
+                "name": "efficientnet-lite0", "uid": created.uid(), "controller": true}]},
+        "spec": {"selector": {}, "endpoints": []}}))
+    .expect("monitor");
+    let monitors = Api::<ServiceMonitor>::namespaced(cluster.admin.clone(), NS);
+    monitors
+        .create(&post, &old_monitor)
+        .await
+        .expect("old monitor");
     reconcile_both(&cluster, &ctx).await;
+    assert!(
+        monitors
+            .get_opt("efficientnet-lite0")
+            .await
+            .expect("get")
+            .is_none(),
+        "the old-named monitor would scrape the model twice"
+    );
     // The model serves: its pods' /readyz and start-up evaluation are read through
     // pods/proxy.
     roll(

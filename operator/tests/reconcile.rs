@@ -336,7 +336,9 @@ async fn a_pipeline_waits_for_its_model_then_becomes_ready_by_itself() {
         "route"
     );
     assert!(
-        get::<ServiceMonitor>(&cluster, "photos").await.is_some(),
+        get::<ServiceMonitor>(&cluster, "photos-pipeline")
+            .await
+            .is_some(),
         "ServiceMonitor"
     );
     let conditions = pipeline_conditions(&cluster, &p.name_any()).await;
@@ -411,7 +413,9 @@ async fn without_the_gateway_api_the_route_condition_says_so() {
         "GatewayAPIMissing"
     );
     assert!(
-        get::<ServiceMonitor>(&cluster, "photos").await.is_none(),
+        get::<ServiceMonitor>(&cluster, "photos-pipeline")
+            .await
+            .is_none(),
         "no ServiceMonitor API"
     );
 }

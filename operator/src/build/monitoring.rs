@@ -44,11 +44,12 @@ pub struct ScrapeEndpoint {
 /// labelled so the cluster's Prometheus selects it ([`Platform::monitor_labels`]).
 fn monitor<K: kube::Resource<DynamicType = ()>>(
     owner: &K,
+    name: &str,
     platform: &Platform,
     components: &[&str],
 ) -> ServiceMonitor {
     let mut monitor = ServiceMonitor::new(
-        &owner.name_any(),
+        name,
         ServiceMonitorSpec {
             selector: LabelSelector {
                 match_labels: Some(
@@ -71,7 +72,7 @@ fn monitor<K: kube::Resource<DynamicType = ()>>(
             }],
         },
     );
-    monitor.metadata = object_meta(owner, &owner.name_any(), COMPONENT);
+    monitor.metadata = object_meta(owner, name, COMPONENT);
     if let Some(labels) = monitor.metadata.labels.as_mut() {
         for (k, v) in &platform.monitor_labels {
             labels.entry(k.clone()).or_insert_with(|| v.clone());
@@ -80,20 +81,30 @@ fn monitor<K: kube::Resource<DynamicType = ()>>(
     monitor
 }
 
+/// The name of a pipeline's `ServiceMonitor`. Every child is named `<owner>-<suffix>`,
+/// and no suffix of one kind of owner ends another's (`-pipeline`, `-recognize`, …), so a
+/// model and a pipeline of the same name — or any two owners — never share a child's
+/// name (operator/tests/fit.rs checks every child of adversarially named owners).
+pub fn pipeline_monitor_name(p: &RecognitionPipeline) -> String {
+    format!("{}-pipeline", p.name_any())
+}
+
 /// The `ServiceMonitor` of a pipeline: its upload and store Services.
 pub fn pipeline_monitor(p: &RecognitionPipeline, platform: &Platform) -> ServiceMonitor {
     monitor(
         p,
+        &pipeline_monitor_name(p),
         platform,
         &[super::pipeline::UPLOAD, super::pipeline::STORE],
     )
 }
 
 /// The `ServiceMonitor` of a model: its recognize Service and a canary candidate's (once,
-/// however many pipelines share the model).
+/// however many pipelines share the model), named as the model's other children.
 pub fn model_monitor(m: &ImageModel, platform: &Platform) -> ServiceMonitor {
     monitor(
         m,
+        &super::model::name(m),
         platform,
         &[super::model::COMPONENT, super::canary::COMPONENT],
     )

@@ -12,6 +12,8 @@ use std::time::Duration;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+
+use crate::build::monitoring::ServiceMonitor;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -303,6 +305,10 @@ async fn apply_children(
     if ctx.service_monitors {
         ctx.apply(&children.monitor, &mut changes).await?;
         kinds.push("ServiceMonitor");
+        // Monitors of older versions (named after the model alone) would scrape twice.
+        let keep = [model::name(m)];
+        ctx.prune::<ServiceMonitor>(ns, &m.name_any(), uid, &keep, &mut changes)
+            .await?;
     }
     ctx.metrics.owns(uid, "ImageModel", &kinds);
     if !changes.is_empty() {

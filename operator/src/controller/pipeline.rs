@@ -17,6 +17,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 
 use super::{Context, Error, RESYNC, instrumented, observe};
 use crate::apply::{ApplyError, patch_status};
+use crate::build::monitoring::{self, ServiceMonitor};
 use crate::build::{meta, pipeline};
 use crate::crd::{ImageModel, RecognitionPipeline, RecognitionPipelineStatus};
 use crate::status::{Cond, kstatus, merge, ready_from, reasons, types};
@@ -206,6 +207,10 @@ async fn apply_children(
     if ctx.service_monitors {
         ctx.apply(&c.monitor, &mut changes).await?;
         kinds.push("ServiceMonitor");
+        // Monitors of older versions (named after the pipeline alone) would scrape twice.
+        let keep = [monitoring::pipeline_monitor_name(p)];
+        ctx.prune::<ServiceMonitor>(ns, &name, uid, &keep, &mut changes)
+            .await?;
     }
     ctx.metrics.owns(uid, "RecognitionPipeline", &kinds);
     if !changes.is_empty() {
