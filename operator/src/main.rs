@@ -96,6 +96,13 @@ struct PlatformArgs {
     /// Run pods as user 65532; `false` leaves the user to the platform (OpenShift).
     #[arg(long, env = "SIGHTLINE_RUN_AS_USER", default_value_t = true, action = clap::ArgAction::Set)]
     run_as_user: bool,
+    /// Where the API server's `pods/proxy` connections come from, admitted to the model
+    /// pods by their NetworkPolicy: CIDRs (`172.18.0.0/16`) and/or Konnectivity agent pods
+    /// (`kube-system/k8s-app=konnectivity-agent`), comma-separated. Empty: none are
+    /// admitted, and on a network plugin that enforces policies the operator cannot read
+    /// the pods' own answers (docs/install.md).
+    #[arg(long, env = "SIGHTLINE_API_SERVER_SOURCES", value_delimiter = ',')]
+    api_server_sources: Vec<String>,
 }
 
 impl PlatformArgs {
@@ -107,7 +114,17 @@ impl PlatformArgs {
                 .with_context(|| format!("--service-monitor-label {label:?} is not key=value"))?;
             monitor_labels.insert(key.trim().to_string(), value.trim().to_string());
         }
+        let api_server_sources = self
+            .api_server_sources
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| {
+                s.parse::<pod::ApiServerSource>()
+                    .map_err(|e| anyhow::anyhow!("--api-server-sources: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Platform {
+            api_server_sources,
             server: self.server_image,
             gpu_server: self.gpu_server_image,
             pull_policy: self.image_pull_policy,

@@ -9,24 +9,30 @@
 //! namespace reaches port 8080 of the model and store pods (the metrics share the port
 //! with the API, and those pods check no keys); egress to the database, the object store
 //! and the model source goes to any address on its port (their addresses are outside the
-//! cluster's knowledge). The kubelet's probes and the API server's `pods/proxy` (the
-//! operator reads `/readyz` and the start-up evaluation that way) come from the nodes,
-//! which most network plugins do not subject to NetworkPolicy.
+//! cluster's knowledge). The front doors reach the model's stable **and** canary pods
+//! (`recognize`, `recognize-canary`): a canary's split and mirror go to the candidate.
+//! The API server's `pods/proxy` (the operator reads `/readyz`, the start-up evaluation
+//! and a canary's `/metrics` that way) is admitted to the model pods from the operator's
+//! `--api-server-sources` (CIDRs as `ipBlock`, or Konnectivity agent pods): it comes from
+//! wherever the API server runs, which is the pod's own node only on single-node
+//! clusters. The kubelet's probes come from the pod's own node, which network plugins
+//! admit whatever the policy says. operator/tests/netpol.rs evaluates these policies as a
+//! connectivity matrix.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::meta::{
     LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME, NAME, object_meta, selector_labels,
 };
-use super::pod::{PORT, Platform};
+use super::pod::{ApiServerSource, PORT, Platform};
 use crate::crd::{DatabaseKind, ImageModel, RecognitionPipeline};
 
 fn port(number: i32, protocol: &str) -> NetworkPolicyPort {
@@ -66,21 +72,73 @@ fn serve() -> NetworkPolicyIngressRule {
     }
 }
 
+/// Pods of namespace `ns` (by its `kubernetes.io/metadata.name` label, which the API
+/// server sets on every namespace).
+fn namespace(ns: &str) -> LabelSelector {
+    select(BTreeMap::from([(
+        "kubernetes.io/metadata.name".to_string(),
+        ns.to_string(),
+    )]))
+}
+
 /// Port 8080 from `peers` only, plus the metrics scraper's namespace when there is one.
 fn serve_only(peers: Vec<NetworkPolicyPeer>, platform: &Platform) -> NetworkPolicyIngressRule {
     let mut from = peers;
     if let Some(ns) = &platform.scrape_namespace {
         from.push(NetworkPolicyPeer {
-            namespace_selector: Some(select(BTreeMap::from([(
-                "kubernetes.io/metadata.name".to_string(),
-                ns.clone(),
-            )]))),
+            namespace_selector: Some(namespace(ns)),
             ..NetworkPolicyPeer::default()
         });
     }
     NetworkPolicyIngressRule {
         ports: Some(vec![port(PORT, "TCP")]),
         from: Some(from),
+    }
+}
+
+/// Where the API server's proxied connections come from ([`Platform::api_server_sources`]).
+fn api_server(platform: &Platform) -> Vec<NetworkPolicyPeer> {
+    platform
+        .api_server_sources
+        .iter()
+        .map(|source| match source {
+            ApiServerSource::Cidr(cidr) => NetworkPolicyPeer {
+                ip_block: Some(IPBlock {
+                    cidr: cidr.clone(),
+                    except: None,
+                }),
+                ..NetworkPolicyPeer::default()
+            },
+            ApiServerSource::Pods {
+                namespace: ns,
+                labels,
+            } => NetworkPolicyPeer {
+                namespace_selector: Some(namespace(ns)),
+                pod_selector: Some(select(labels.clone())),
+                ..NetworkPolicyPeer::default()
+            },
+        })
+        .collect()
+}
+
+/// The pods of model `model_name` that serve: the stable revision and a canary's
+/// candidate.
+fn model_pods(model_name: &str) -> NetworkPolicyPeer {
+    let mut labels = selector_labels(model_name, super::model::COMPONENT);
+    labels.remove(LABEL_COMPONENT);
+    NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(labels),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: LABEL_COMPONENT.to_string(),
+                operator: "In".into(),
+                values: Some(vec![
+                    super::model::COMPONENT.to_string(),
+                    super::canary::COMPONENT.to_string(),
+                ]),
+            }]),
+        }),
+        ..NetworkPolicyPeer::default()
     }
 }
 
@@ -125,7 +183,6 @@ pub fn pipeline_policies(
         (LABEL_NAME.to_string(), NAME.to_string()),
         (LABEL_INSTANCE.to_string(), instance.clone()),
     ]);
-    let model_pods = selector_labels(model_name, super::model::COMPONENT);
     let store_pods = selector_labels(&instance, super::pipeline::STORE);
     let upload_pods = selector_labels(&instance, super::pipeline::UPLOAD);
     let upload_pods_of_this = upload_pods.clone();
@@ -134,7 +191,7 @@ pub fn pipeline_policies(
         dns(),
         NetworkPolicyEgressRule {
             ports: Some(vec![port(PORT, "TCP")]),
-            to: Some(vec![pods(model_pods), pods(store_pods.clone())]),
+            to: Some(vec![model_pods(model_name), pods(store_pods.clone())]),
         },
     ];
     if p.spec.upload.s3.is_some() {
@@ -185,15 +242,18 @@ pub fn pipeline_policies(
 }
 
 /// The model's pods: port 8080 only from the namespace's front doors (the upload pods of
-/// the pipelines, which check keys) and the metrics scraper; egress to DNS and to
-/// HTTPS/S3 for the fetch init containers and the evaluation set.
+/// the pipelines, which check keys), the metrics scraper and the API server's proxy;
+/// egress to DNS and to HTTPS/S3 for the fetch init containers and the evaluation set.
+/// A canary's candidate gets the same policy, relabelled.
 pub fn model_policy(model: &ImageModel, platform: &Platform) -> NetworkPolicy {
+    let mut from = vec![front_doors()];
+    from.extend(api_server(platform));
     policy(
         model,
         super::model::name(model),
         super::model::COMPONENT,
         selector_labels(&model.name_any(), super::model::COMPONENT),
-        vec![serve_only(vec![front_doors()], platform)],
+        vec![serve_only(from, platform)],
         vec![
             dns(),
             NetworkPolicyEgressRule {

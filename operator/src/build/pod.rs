@@ -41,6 +41,63 @@ pub struct Platform {
     /// Pods run as user and group 65532. Off for platforms that assign the user
     /// themselves (OpenShift's restricted-v2 refuses a fixed `runAsUser`).
     pub fixed_user: bool,
+    /// Where the API server's `pods/proxy` connections to the pods come from (the
+    /// operator reads `/readyz`, the evaluation and `/metrics` that way): admitted to
+    /// port 8080 of the model pods by their NetworkPolicy (docs/install.md says how to
+    /// find them on kind, kubeadm, EKS, GKE and AKS).
+    pub api_server_sources: Vec<ApiServerSource>,
+}
+
+/// One place the API server's proxied connections come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiServerSource {
+    /// An address range (`ipBlock`): the control-plane nodes, or the subnets a managed
+    /// control plane reaches the nodes from.
+    Cidr(String),
+    /// Pods (`namespaceSelector` + `podSelector`): the Konnectivity agents through which
+    /// some managed control planes reach the pods.
+    Pods {
+        namespace: String,
+        labels: BTreeMap<String, String>,
+    },
+}
+
+impl std::str::FromStr for ApiServerSource {
+    type Err = String;
+
+    /// `10.0.0.0/16` (IPv4 or IPv6 CIDR) or `namespace/key=value[,key=value…]`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if let Some((namespace, selector)) = text.split_once('/')
+            && selector.contains('=')
+        {
+            let mut labels = BTreeMap::new();
+            for pair in selector.split(['+', ';']) {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("{pair:?} in {text:?} is not key=value"))?;
+                labels.insert(k.trim().to_string(), v.trim().to_string());
+            }
+            if namespace.trim().is_empty() {
+                return Err(format!("{text:?} names no namespace"));
+            }
+            return Ok(ApiServerSource::Pods {
+                namespace: namespace.trim().to_string(),
+                labels,
+            });
+        }
+        let (address, bits) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is neither a CIDR nor namespace/key=value"))?;
+        let address: std::net::IpAddr = address
+            .parse()
+            .map_err(|e| format!("{text:?}: not an IP address ({e})"))?;
+        let most = if address.is_ipv4() { 32 } else { 128 };
+        match bits.parse::<u8>() {
+            Ok(n) if n <= most => Ok(ApiServerSource::Cidr(text.to_string())),
+            _ => Err(format!("{text:?}: the prefix length must be 0 to {most}")),
+        }
+    }
 }
 
 pub const DEFAULT_SERVER_IMAGE: &str = "ghcr.io/sightline/sightline-server:0.1.0";
@@ -58,6 +115,7 @@ impl Default for Platform {
                 "kube-prometheus-stack".to_string(),
             )]),
             fixed_user: true,
+            api_server_sources: Vec::new(),
         }
     }
 }

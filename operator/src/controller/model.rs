@@ -419,7 +419,8 @@ pub fn validated_condition(
             reasons::READINESS_PROBE_PASSED,
             format!(
                 "{probed} pods passed the kubelet's /readyz probe; their answer could not be \
-                 read through the API server's pods/proxy ({why})"
+                 read through the API server's pods/proxy ({why}); where NetworkPolicies \
+                 are enforced, give the operator --api-server-sources (docs/install.md)"
             ),
         );
     }

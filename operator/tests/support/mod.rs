@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod netpol;
 pub mod sim;
 
 use std::collections::{BTreeMap, BTreeSet};
