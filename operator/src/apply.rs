@@ -239,6 +239,65 @@ pub async fn apply<K: Child>(client: &Client, desired: &K) -> Result<(Outcome, K
     Ok((outcome, applied))
 }
 
+/// The field manager that keeps a Deployment's `spec.replicas` when the operator stops
+/// applying it ([`hand_over_replicas`]).
+pub const HANDOVER_MANAGER: &str = "sightline-operator-handover";
+
+/// Whether `manager`'s server-side apply owns the field at `path` (`["spec", "replicas"]`)
+/// of `object`, as its `metadata.managedFields` say.
+pub fn owns_field<K: Resource>(object: &K, manager: &str, path: &[&str]) -> bool {
+    object.meta().managed_fields.iter().flatten().any(|entry| {
+        entry.manager.as_deref() == Some(manager)
+            && entry.operation.as_deref() == Some("Apply")
+            && entry.subresource.as_deref().unwrap_or("").is_empty()
+            && entry.fields_v1.as_ref().is_some_and(|fields| {
+                path.iter()
+                    .try_fold(&fields.0, |node, key| node.get(format!("f:{key}")))
+                    .is_some()
+            })
+    })
+}
+
+/// Hands `spec.replicas` of the live Deployment `live` over before the operator stops
+/// applying it (autoscaling turned on): a field the only manager stops applying is
+/// removed, and defaulting would set it to 1 — every pod but one gone before the HPA
+/// acts. So another manager first applies the live value, as the Kubernetes docs'
+/// "Transferring ownership" recipe does (kubernetes.io/docs/reference/using-api/
+/// server-side-apply); the HPA's next scale then takes the field over.
+pub async fn hand_over_replicas(
+    client: &Client,
+    live: &k8s_openapi::api::apps::v1::Deployment,
+) -> Result<(), ApplyError> {
+    let name = live.name_any();
+    let replicas = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let Some(ns) = live.namespace() else {
+        return Err(ApplyError::Incomplete {
+            kind: "Deployment".into(),
+            name,
+        });
+    };
+    let body = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"replicas": replicas},
+    });
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), &ns)
+        .patch(
+            &name,
+            &PatchParams::apply(HANDOVER_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(|source| ApplyError::Api {
+            verb: "hand over replicas of",
+            kind: "Deployment".into(),
+            name,
+            source,
+        })?;
+    Ok(())
+}
+
 /// Deletes the `K` objects controlled by `owner_uid` in `ns` that match `selector` and are
 /// not named in `keep`. Returns the names deleted.
 pub async fn prune<K: Child>(

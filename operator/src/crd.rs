@@ -173,6 +173,13 @@ pub struct RolloutStatus {
     /// The last rollouts, newest first (at most 5).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RolloutRecord>,
+    // --- sizing (issue 23) ---
+    /// The stable Deployment's replicas when this rollout began. The candidate runs that
+    /// many, and with autoscaling the stable HorizontalPodAutoscaler keeps at least that
+    /// many until the rollout ends: neither revision is scaled down as traffic moves, and
+    /// a rollback lands on a stable revision sized for all the traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_replicas: Option<i32>,
 }
 
 /// Counter values at the start of a step's window.

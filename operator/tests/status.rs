@@ -13,7 +13,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use sightline_operator::controller::{Context, model, pipeline};
+use sightline_operator::controller::{Context, pipeline};
 use sightline_operator::crd::{Device, ImageModel, RecognitionPipeline};
 use support::sim::{Deadline, Pods, roll};
 use support::{Cluster, NS, full_apis, sample_model, sample_pipeline};
@@ -38,14 +38,7 @@ where
 }
 
 async fn reconcile_model(cluster: &Cluster, ctx: &Arc<Context>) -> Result<(), String> {
-    let m = Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
-        .get(MODEL)
-        .await
-        .expect("model");
-    model::reconcile(Arc::new(m), ctx.clone())
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    support::drive::reconcile_model(cluster, ctx, MODEL).await
 }
 
 async fn reconcile_pipeline(cluster: &Cluster, ctx: &Arc<Context>) -> Result<(), String> {

@@ -580,6 +580,34 @@ pub fn hpa(model: &ImageModel, inputs: &ModelInputs) -> Option<HorizontalPodAuto
     })
 }
 
+/// How many pods a canary's candidate runs: the stable Deployment's count when the
+/// rollout began, recorded in `rollout.stable_replicas` the first time (never the stable
+/// count of this minute, which the stable HPA lowers as traffic leaves it).
+pub fn candidate_replicas(stable: &Deployment, rollout: &mut crate::crd::RolloutStatus) -> i32 {
+    let now = stable.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    (*rollout.stable_replicas.get_or_insert(now)).max(1)
+}
+
+/// The stable HPA while a rollout holds the stable Deployment: `minReplicas` raised to
+/// `floor` (the stable count when the rollout began), so the stable revision is not
+/// scaled down as traffic moves to the candidate (Argo Rollouts keeps the stable fully
+/// scaled the same way, `dynamicStableScale: false`) and serves everything again at once
+/// after a rollback.
+pub fn hpa_with_floor(
+    mut hpa: HorizontalPodAutoscaler,
+    floor: Option<i32>,
+) -> HorizontalPodAutoscaler {
+    if let (Some(floor), Some(spec)) = (floor, hpa.spec.as_mut()) {
+        let min = spec
+            .min_replicas
+            .unwrap_or(1)
+            .max(floor)
+            .min(spec.max_replicas);
+        spec.min_replicas = Some(min);
+    }
+    hpa
+}
+
 /// A PodDisruptionBudget letting one pod go at a time, when more than one replica can
 /// run (with autoscaling: when the HPA may scale beyond one). With a single replica it
 /// is left out: a budget there either allows the one eviction (protecting nothing) or

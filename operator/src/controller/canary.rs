@@ -274,12 +274,7 @@ pub async fn step(
     }
 
     // The candidate's objects, from the desired revision.
-    let replicas = stable
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1)
-        .max(1);
+    let replicas = model_build::candidate_replicas(stable, &mut status);
     let mut changes = Vec::new();
     ctx.apply(&build::service(&children.service, m), &mut changes)
         .await?;

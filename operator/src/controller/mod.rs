@@ -153,6 +153,16 @@ impl Context {
         Ok(live)
     }
 
+    /// Hands a Deployment's `spec.replicas` to the HPA ([`apply::hand_over_replicas`]).
+    pub async fn hand_over_replicas(
+        &self,
+        live: &k8s_openapi::api::apps::v1::Deployment,
+    ) -> Result<(), ApplyError> {
+        apply::hand_over_replicas(&self.client, live).await?;
+        self.metrics.applied("Deployment", "updated");
+        Ok(())
+    }
+
     /// Deletes the optional children of kind `K` that the spec no longer wants.
     pub async fn prune<K: Child>(
         &self,

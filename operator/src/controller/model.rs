@@ -91,6 +91,19 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
             what: "Deployment",
             source,
         })?;
+    // Autoscaling turned on: the Deployment's replicas stay as they are until the HPA
+    // scales (instead of server-side apply dropping them to one).
+    let unmanaged = children
+        .deployment
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.replicas.is_none());
+    if let Some(live) = stable_live.as_ref().filter(|live| {
+        unmanaged
+            && crate::apply::owns_field(*live, crate::apply::FIELD_MANAGER, &["spec", "replicas"])
+    }) {
+        ctx.hand_over_replicas(live).await?;
+    }
     let canary_spec = m
         .spec
         .rollout
@@ -264,6 +277,24 @@ fn unchanged(m: &ImageModel, conditions: Vec<Cond>) -> Observed {
     }
 }
 
+/// The least the stable HPA may scale to while a rollout is under way: the stable count
+/// when it began (recorded in `status.rollout`, or the live count as it begins), from the
+/// first canary step through a rollback (the stable Deployment held) and a promotion.
+fn stable_floor(m: &ImageModel, rev: &str, hold: Option<&Deployment>) -> Option<i32> {
+    let rollout = m
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout.as_ref())
+        .filter(|r| r.revision == rev);
+    let promoting = rollout.is_some_and(|r| r.phase == "Promoting");
+    if hold.is_none() && !promoting {
+        return None;
+    }
+    rollout
+        .and_then(|r| r.stable_replicas)
+        .or_else(|| hold.and_then(|d| d.spec.as_ref().and_then(|s| s.replicas)))
+}
+
 /// Applies the children in dependency order; the live Deployment back. `hold` is the
 /// live stable Deployment while a canary runs: it keeps its revision (not applied).
 async fn apply_children(
@@ -283,7 +314,9 @@ async fn apply_children(
     };
     match &children.hpa {
         Some(hpa) => {
-            ctx.apply(hpa, &mut changes).await?;
+            let rev = build_canary::revision(&children.deployment);
+            let hpa = model::hpa_with_floor(hpa.clone(), stable_floor(m, &rev, hold));
+            ctx.apply(&hpa, &mut changes).await?;
             kinds.push("HorizontalPodAutoscaler");
         }
         None => {

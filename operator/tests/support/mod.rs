@@ -4,8 +4,10 @@
 
 #![allow(dead_code)]
 
+pub mod drive;
 pub mod netpol;
 pub mod sim;
+pub mod ssa;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -237,7 +239,20 @@ impl Cluster {
                         return Ok(respond(code, status_body(code, "Forbidden", &message)));
                     }
                 }
-                fake.send(normalised(request).await).await
+                let apply = (request.method() == http::Method::PATCH
+                    && request
+                        .headers()
+                        .get("content-type")
+                        .is_some_and(|c| c.as_bytes().starts_with(b"application/apply-patch")))
+                .then(|| ssa::deployment_path(&path))
+                .flatten();
+                let (request, body) = normalised(request).await;
+                let response = fake.send(request).await;
+                let applied = matches!(&response, Ok(r) if r.status().is_success());
+                if let (Some((ns, name)), true) = (apply, applied) {
+                    ssa::after_apply(&fake, &ns, &name, &body).await;
+                }
+                response
             }
         });
         Cluster {
@@ -320,24 +335,27 @@ impl Cluster {
     }
 }
 
-/// The request with its JSON body passed through [`apiserver_normalise`].
+/// The request with its JSON body passed through [`apiserver_normalise`], and that body.
 async fn normalised(
     request: http::Request<kube::client::Body>,
-) -> http::Request<kube::client::Body> {
+) -> (http::Request<kube::client::Body>, serde_json::Value) {
     use http_body_util::BodyExt;
     if !matches!(request.method().as_str(), "POST" | "PUT" | "PATCH") {
-        return request;
+        return (request, serde_json::Value::Null);
     }
     let (parts, body) = request.into_parts();
     let bytes = body.collect().await.expect("request body").to_bytes();
-    let bytes = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+    let (bytes, value) = match serde_json::from_slice::<serde_json::Value>(&bytes) {
         Ok(mut value) => {
             apiserver_normalise(&mut value);
-            serde_json::to_vec(&value).expect("json")
+            (serde_json::to_vec(&value).expect("json"), value)
         }
-        Err(_) => bytes.to_vec(),
+        Err(_) => (bytes.to_vec(), serde_json::Value::Null),
     };
-    http::Request::from_parts(parts, kube::client::Body::from(bytes))
+    (
+        http::Request::from_parts(parts, kube::client::Body::from(bytes)),
+        value,
+    )
 }
 
 /// All the API features on.
