@@ -567,6 +567,11 @@ pub struct DeviceStatus {
     /// Whether a GPU pod may serve on the CPU when CUDA is unusable
     /// (`spec.runtime.allowCpuFallback`); `status.served.device` says what it does.
     pub allow_cpu_fallback: bool,
+    // --- device decided once (issue 23) ---
+    /// The spec generation `auto` was decided for: it is decided once per generation and
+    /// kept (GPU nodes coming and going, a GPU pool scaled to zero, do not change it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 // ---------------------------------------------------------------------------------------

@@ -755,3 +755,100 @@ fn no_two_owners_share_a_childs_name_whatever_their_names() {
         }
     }
 }
+
+#[tokio::test]
+async fn device_auto_is_decided_once_per_generation_and_kept() {
+    let cluster = Cluster::new().await;
+    let ctx = cluster.context(full_apis());
+    node(&cluster, "cpu-node", None).await;
+    node(&cluster, "gpu-node", Some("1")).await;
+    let models = Api::<ImageModel>::namespaced(cluster.admin.clone(), NS);
+    let m = models
+        .create(&PostParams::default(), &gpu_sample())
+        .await
+        .expect("model");
+    let name = m.name_any();
+    let reconcile = |ctx: Arc<sightline_operator::controller::Context>| {
+        let models = models.clone();
+        let name = name.clone();
+        async move {
+            let m = models.get(&name).await.expect("model");
+            model::reconcile(Arc::new(m), ctx).await.expect("reconcile");
+            models.get(&name).await.expect("model")
+        }
+    };
+    let decided = reconcile(ctx.clone()).await;
+    let device = decided.status.and_then(|s| s.device).expect("device");
+    assert_eq!(
+        (device.resolved.as_str(), device.generation),
+        ("gpu", Some(1))
+    );
+    let template = model_deployment(&cluster, &name).await["spec"]["template"].clone();
+
+    // The GPU pool is scaled to zero (its only node goes); the same generation keeps GPU,
+    // and no Node is listed to find that out.
+    Api::<Node>::all(cluster.admin.clone())
+        .delete("gpu-node", &DeleteParams::default())
+        .await
+        .expect("node gone");
+    cluster.take_calls();
+    let kept = reconcile(ctx.clone()).await;
+    assert_eq!(
+        kept.status.and_then(|s| s.device).map(|d| d.resolved),
+        Some("gpu".into())
+    );
+    assert_eq!(
+        model_deployment(&cluster, &name).await["spec"]["template"],
+        template,
+        "no rollout to the CPU"
+    );
+    let listed: Vec<_> = cluster
+        .take_calls()
+        .into_iter()
+        .filter(|c| c.resource == "nodes")
+        .collect();
+    assert!(listed.is_empty(), "{listed:?}");
+
+    // A new generation is decided anew, from one read of the nodes.
+    models
+        .patch(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"runtime": {"batching": {"maxDelayMs": 3}}}})),
+        )
+        .await
+        .expect("edit");
+    let again = reconcile(ctx.clone()).await;
+    let device = again.status.and_then(|s| s.device).expect("device");
+    assert_eq!(
+        (device.resolved.as_str(), device.generation),
+        ("cpu", Some(2))
+    );
+    let listed = cluster
+        .take_calls()
+        .into_iter()
+        .filter(|c| c.resource == "nodes")
+        .count();
+    assert_eq!(listed, 1);
+
+    // Watching only some namespaces, the operator reads no Node at all.
+    let namespaced = Arc::new(
+        Arc::try_unwrap(cluster.context(full_apis()))
+            .ok()
+            .expect("context")
+            .without_nodes(),
+    );
+    models
+        .patch(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"runtime": {"batching": {"maxDelayMs": 4}}}})),
+        )
+        .await
+        .expect("edit");
+    let scoped = reconcile(namespaced).await;
+    let device = scoped.status.and_then(|s| s.device).expect("device");
+    assert_eq!(device.resolved, "cpu");
+    assert!(device.reason.contains("reads no Node"), "{}", device.reason);
+    assert!(!cluster.take_calls().iter().any(|c| c.resource == "nodes"));
+}

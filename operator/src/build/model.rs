@@ -696,6 +696,29 @@ pub fn resolve_device(model: &ImageModel, gpu_nodes: Option<&[String]>) -> Devic
         resolved: resolved.into(),
         reason,
         allow_cpu_fallback: r.allow_cpu_fallback,
+        generation: model.metadata.generation,
+    }
+}
+
+/// `device: auto` as decided for the model's current generation, when its status has it:
+/// decided once per generation, then kept.
+pub fn decided_device(model: &ImageModel) -> Option<DeviceStatus> {
+    let decided = model.status.as_ref()?.device.clone()?;
+    (model.spec.runtime.device == Device::Auto
+        && decided.requested == "auto"
+        && decided.generation.is_some()
+        && decided.generation == model.metadata.generation)
+        .then_some(decided)
+}
+
+/// `device: auto` where the operator may not read the nodes (watching only some
+/// namespaces): the CPU, saying why.
+pub fn device_without_nodes(model: &ImageModel) -> DeviceStatus {
+    DeviceStatus {
+        reason: "the operator watches only some namespaces and reads no Node (a Role cannot \
+                 grant it): auto serves on the CPU; set device: gpu for a GPU"
+            .into(),
+        ..resolve_device(model, Some(&[]))
     }
 }
 

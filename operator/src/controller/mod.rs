@@ -81,6 +81,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Reconciles in a row that found a rollout stuck, per object.
     stuck: Mutex<HashMap<String, u32>>,
+    /// The operator may list Nodes (not when it watches only some namespaces).
+    pub read_nodes: bool,
 }
 
 impl Context {
@@ -110,7 +112,14 @@ impl Context {
             recorder,
             failures: Mutex::new(HashMap::new()),
             stuck: Mutex::new(HashMap::new()),
+            read_nodes: true,
         }
+    }
+
+    /// Watching only some namespaces: no Node is read (a Role cannot grant it).
+    pub fn without_nodes(mut self) -> Self {
+        self.read_nodes = false;
+        self
     }
 
     /// Publishes an event about `object`; a failure to publish is logged, never fatal.

@@ -58,6 +58,23 @@ fn gpu_resource(m: &ImageModel) -> &str {
         .unwrap_or("nvidia.com/gpu")
 }
 
+/// Where the model runs. `auto` is decided once per spec generation — from one read of
+/// the nodes — and kept in `status.device`: a GPU pool scaled to zero, or GPU nodes coming
+/// and going, neither flips the pod template nor costs a Node list per reconcile.
+async fn device(m: &ImageModel, ctx: &Context) -> Result<crate::crd::DeviceStatus, Error> {
+    if m.spec.runtime.device != crate::crd::Device::Auto {
+        return Ok(model::resolve_device(m, None));
+    }
+    if let Some(decided) = model::decided_device(m) {
+        return Ok(decided);
+    }
+    if !ctx.read_nodes {
+        return Ok(model::device_without_nodes(m));
+    }
+    let nodes = observe::gpu_nodes(&ctx.client, gpu_resource(m)).await?;
+    Ok(model::resolve_device(m, Some(&nodes)))
+}
+
 async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error> {
     let ns = m
         .namespace()
@@ -72,13 +89,9 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
     let (secrets, missing) =
         observe::secrets_digest(&ctx.client, &ns, &model::secret_names(m), &[]).await?;
 
-    let gpu_nodes = match m.spec.runtime.device {
-        crate::crd::Device::Auto => Some(observe::gpu_nodes(&ctx.client, gpu_resource(m)).await?),
-        _ => None,
-    };
     let inputs = model::ModelInputs {
         digest: secrets,
-        device: model::resolve_device(m, gpu_nodes.as_deref()),
+        device: device(m, ctx).await?,
     };
     let children = model::children(m, &ctx.platform, &inputs);
 
