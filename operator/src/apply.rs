@@ -50,6 +50,8 @@ pub enum ApplyError {
         name: String,
         holder: String,
     },
+    #[error("{kind} {name} not written: this replica lost the leader Lease")]
+    NotLeading { kind: String, name: String },
     #[error("{verb} {kind} {name}: {source}")]
     Api {
         verb: &'static str,
@@ -64,6 +66,7 @@ impl ApplyError {
     pub fn reason(&self) -> &'static str {
         match self {
             ApplyError::NotOurs { .. } => crate::status::reasons::CONFLICTING_OBJECT,
+            ApplyError::NotLeading { .. } => crate::status::reasons::LEASE_LOST,
             _ => crate::status::reasons::APPLY_FAILED,
         }
     }

@@ -7,7 +7,17 @@
 //! [`LeaseLock::retry_period`] and steps down once it has gone [`LeaseLock::renew_deadline`]
 //! (two thirds of the lease, 10 s of 15 s) without a successful renewal — well before a
 //! standby may take the expired Lease — so two leaders never overlap ([`keep_leading`]).
+//!
+//! Expiry is judged as client-go's `LeaderElector` judges it: by this replica's own clock
+//! at the moment it **observed** the holder's record change, never by comparing the
+//! holder's `renewTime` (written by another machine's clock) with the local clock. A
+//! holder whose clock runs behind is not robbed while it renews; one whose clock runs
+//! ahead and stops renewing is taken over a lease duration after its last change was seen.
+//!
+//! Losing the lease stops the reconcilers from writing: [`Leadership`] is shared with
+//! them, in-flight reconciles are cancelled and every write checks it first.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -30,6 +40,21 @@ pub struct LeaseLock {
     name: String,
     identity: String,
     duration: Duration,
+    /// The holder's record as last seen, and when (this replica's clock).
+    observed: Arc<Mutex<Option<(LeaseSpec, Timestamp)>>>,
+}
+
+/// The parts of a Lease record whose change shows the holder is alive (client-go compares
+/// the whole `LeaderElectionRecord`).
+fn record(spec: &LeaseSpec) -> LeaseSpec {
+    LeaseSpec {
+        holder_identity: spec.holder_identity.clone(),
+        lease_duration_seconds: spec.lease_duration_seconds,
+        acquire_time: spec.acquire_time.clone(),
+        renew_time: spec.renew_time.clone(),
+        lease_transitions: spec.lease_transitions,
+        ..LeaseSpec::default()
+    }
 }
 
 fn is_conflict(error: &kube::Error) -> bool {
@@ -59,6 +84,20 @@ impl LeaseLock {
             name: name.to_string(),
             identity: identity.to_string(),
             duration,
+            observed: Arc::default(),
+        }
+    }
+
+    /// Notes the record seen at `now`; the time it was first seen as it is.
+    fn observe(&self, spec: &LeaseSpec, now: Timestamp) -> Timestamp {
+        let seen = record(spec);
+        let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
+        match observed.as_ref() {
+            Some((last, at)) if *last == seen => *at,
+            _ => {
+                *observed = Some((seen, now));
+                now
+            }
         }
     }
 
@@ -100,35 +139,43 @@ impl LeaseLock {
         }
     }
 
-    /// One attempt to take or renew the Lease at time `now`; `true` when this candidate
-    /// holds it afterwards.
+    /// One attempt to take or renew the Lease, `now` being this replica's own clock;
+    /// `true` when this candidate holds it afterwards.
     pub async fn try_acquire(&self, now: Timestamp) -> Result<bool, LeaseError> {
         let Some(mut lease) = self.read().await? else {
+            let spec = self.spec(now, None, 0);
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
                     ..ObjectMeta::default()
                 },
-                spec: Some(self.spec(now, None, 0)),
+                spec: Some(spec.clone()),
             };
-            return won(self.api.create(&PostParams::default(), &lease).await)
-                .map_err(|e| self.err(e));
+            let won = won(self.api.create(&PostParams::default(), &lease).await)
+                .map_err(|e| self.err(e))?;
+            if won {
+                self.observe(&spec, now);
+            }
+            return Ok(won);
         };
         let current = lease.spec.clone().unwrap_or_default();
         let holder = current.holder_identity.clone().unwrap_or_default();
         let ours = holder == self.identity;
+        let seen_at = self.observe(&current, now);
         let ttl = SignedDuration::from_secs(i64::from(current.lease_duration_seconds.unwrap_or(0)));
-        let expired = current
-            .renew_time
-            .as_ref()
-            .is_none_or(|renewed| renewed.0 + ttl <= now);
+        let expired = seen_at + ttl <= now;
         if !(ours || holder.is_empty() || expired) {
             return Ok(false);
         }
         let transitions = current.lease_transitions.unwrap_or(0) + i32::from(!ours);
         let acquired = if ours { current.acquire_time } else { None };
-        lease.spec = Some(self.spec(now, acquired, transitions));
-        won(self.replace(&lease).await).map_err(|e| self.err(e))
+        let spec = self.spec(now, acquired, transitions);
+        lease.spec = Some(spec.clone());
+        let won = won(self.replace(&lease).await).map_err(|e| self.err(e))?;
+        if won {
+            self.observe(&spec, now);
+        }
+        Ok(won)
     }
 
     async fn read(&self) -> Result<Option<Lease>, LeaseError> {
@@ -158,6 +205,39 @@ impl LeaseLock {
         won(self.replace(&lease).await)
             .map(|_| ())
             .map_err(|e| self.err(e))
+    }
+}
+
+/// Whether this replica leads, shared by the lease renewal (which ends it) and the
+/// reconcilers (which stop writing when it ends).
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    leading: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Leadership {
+    /// Leading (a single replica, a test).
+    fn default() -> Self {
+        Leadership {
+            leading: tokio::sync::watch::Sender::new(true),
+        }
+    }
+}
+
+impl Leadership {
+    pub fn is_leading(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// The Lease is lost: every reconcile stops writing.
+    pub fn step_down(&self) {
+        self.leading.send_replace(false);
+    }
+
+    /// Resolves once the Lease is lost.
+    pub async fn lost(&self) {
+        let mut leading = self.leading.subscribe();
+        let _ = leading.wait_for(|leads| !leads).await;
     }
 }
 

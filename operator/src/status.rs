@@ -83,6 +83,8 @@ pub mod reasons {
     pub const GATEWAY_API_MISSING: &str = "GatewayAPIMissing";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// This operator replica lost the leader Lease mid-reconcile (nothing more written).
+    pub const LEASE_LOST: &str = "LeaseLost";
     pub const READY: &str = "Ready";
     pub const NOT_READY: &str = "NotReady";
     pub const EVALUATED: &str = "Evaluated";

@@ -179,10 +179,15 @@ async fn exercised() -> BTreeSet<Grant> {
             .await
             .expect("a renews")
     );
-    let later = t0 + SignedDuration::from_secs(21);
+    let seen = t0 + SignedDuration::from_secs(21);
+    assert!(
+        !b.try_acquire(seen).await.expect("b"),
+        "b sees a's renewal (its own clock times the lease from here)"
+    );
+    let later = seen + SignedDuration::from_secs(16);
     assert!(
         b.try_acquire(later).await.expect("b"),
-        "b takes it once a's renewal expired"
+        "b takes it a lease duration after it last saw a change"
     );
     assert!(!a.try_acquire(later).await.expect("a"), "a lost it");
     b.release().await.expect("release");

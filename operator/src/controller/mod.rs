@@ -19,6 +19,7 @@ use tracing::warn;
 
 use crate::apply::{self, ApplyError, Child, Outcome};
 use crate::build::pod::Platform;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::status::{Clock, Cond, reasons};
 use crate::validate::Invalid;
@@ -83,6 +84,9 @@ pub struct Context {
     stuck: Mutex<HashMap<String, u32>>,
     /// The operator may list Nodes (not when it watches only some namespaces).
     pub read_nodes: bool,
+    /// Whether this replica leads: every write checks it ([`Context::not_leading`]), and a
+    /// lost Lease cancels the reconciles in flight ([`instrumented`]).
+    pub leadership: Leadership,
 }
 
 impl Context {
@@ -113,7 +117,34 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             stuck: Mutex::new(HashMap::new()),
             read_nodes: true,
+            leadership: Leadership::default(),
         }
+    }
+
+    /// Writes only while `leadership` says this replica leads.
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = leadership;
+        self
+    }
+
+    /// `NotLeading` once the Lease is lost: the one check before every write.
+    fn not_leading<K: Resource<DynamicType = ()>>(&self, name: &str) -> Option<ApplyError> {
+        (!self.leadership.is_leading()).then(|| ApplyError::NotLeading {
+            kind: K::kind(&()).into_owned(),
+            name: name.to_string(),
+        })
+    }
+
+    /// Writes the status of `owner` ([`apply::patch_status`]).
+    pub async fn patch_status<K: Child, S: serde::Serialize>(
+        &self,
+        owner: &K,
+        status: &S,
+    ) -> Result<(), ApplyError> {
+        if let Some(refused) = self.not_leading::<K>(&owner.name_any()) {
+            return Err(refused);
+        }
+        apply::patch_status(&self.client, owner, status).await
     }
 
     /// Watching only some namespaces: no Node is read (a Role cannot grant it).
@@ -130,6 +161,9 @@ impl Context {
         reason: &str,
         note: String,
     ) {
+        if !self.leadership.is_leading() {
+            return;
+        }
         let event = Event {
             type_,
             reason: reason.into(),
@@ -148,6 +182,9 @@ impl Context {
         desired: &K,
         changes: &mut Vec<String>,
     ) -> Result<K, ApplyError> {
+        if let Some(refused) = self.not_leading::<K>(&desired.name_any()) {
+            return Err(refused);
+        }
         let (outcome, live) = apply::apply(&self.client, desired).await?;
         let kind = K::kind(&());
         let word = match outcome {
@@ -167,6 +204,11 @@ impl Context {
         &self,
         live: &k8s_openapi::api::apps::v1::Deployment,
     ) -> Result<(), ApplyError> {
+        if let Some(refused) =
+            self.not_leading::<k8s_openapi::api::apps::v1::Deployment>(&live.name_any())
+        {
+            return Err(refused);
+        }
         apply::hand_over_replicas(&self.client, live).await?;
         self.metrics.applied("Deployment", "updated");
         Ok(())
@@ -181,6 +223,9 @@ impl Context {
         keep: &[String],
         changes: &mut Vec<String>,
     ) -> Result<(), ApplyError> {
+        if let Some(refused) = self.not_leading::<K>(owner_name) {
+            return Err(refused);
+        }
         let selector = format!(
             "{}={owner_name},{}={}",
             crate::build::meta::LABEL_INSTANCE,
@@ -291,10 +336,21 @@ where
 {
     let kind = K::kind(&());
     let start = std::time::Instant::now();
-    let result = work.await;
+    // A lost Lease cancels the reconcile at its next await (a write already sent cannot
+    // be recalled; every later one is refused by [`Context::not_leading`]).
+    let result = tokio::select! {
+        result = work => result,
+        () = ctx.leadership.lost() => Err(Error::Apply(ApplyError::NotLeading {
+            kind: kind.to_string(),
+            name: object.name_any(),
+        })),
+    };
     ctx.metrics.reconciled(&kind, start.elapsed());
     match &result {
         Ok(_) => ctx.succeeded(&key(object)),
+        Err(Error::Apply(ApplyError::NotLeading { .. })) => {
+            warn!(kind = %kind, name = %object.name_any(), "reconcile stopped: the Lease is lost");
+        }
         Err(error) => {
             ctx.metrics.failed(&kind, error.reason());
             warn!(kind = %kind, name = %object.name_any(), %error, "reconcile failed");

@@ -19,7 +19,7 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
 use super::{Context, Error, RESYNC, instrumented, observe};
-use crate::apply::{ApplyError, patch_status};
+use crate::apply::ApplyError;
 use crate::build::{canary as build_canary, meta, model};
 use crate::crd::{EvaluationStatus, ImageModel, ImageModelStatus, Strategy};
 use crate::rollout::{Rollout, pod_ready};
@@ -684,7 +684,7 @@ async fn write_status(m: &ImageModel, ctx: &Context, observed: Observed) -> Resu
         rollout: observed.rollout,
     };
     if m.status.as_ref() != Some(&status) {
-        patch_status(&ctx.client, m, &status).await?;
+        ctx.patch_status(m, &status).await?;
     }
     Ok(())
 }

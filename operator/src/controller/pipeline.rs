@@ -16,7 +16,7 @@ use kube::{Api, Resource, ResourceExt};
 use k8s_openapi::api::apps::v1::Deployment;
 
 use super::{Context, Error, RESYNC, instrumented, observe};
-use crate::apply::{ApplyError, patch_status};
+use crate::apply::ApplyError;
 use crate::build::monitoring::{self, ServiceMonitor};
 use crate::build::{meta, pipeline};
 use crate::crd::{ImageModel, RecognitionPipeline, RecognitionPipelineStatus};
@@ -313,7 +313,7 @@ async fn write_status(
         retained_volumes: pipeline::retained_claims(p),
     };
     if p.status.as_ref() != Some(&status) {
-        patch_status(&ctx.client, p, &status).await?;
+        ctx.patch_status(p, &status).await?;
     }
     Ok(())
 }

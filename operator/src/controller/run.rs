@@ -32,7 +32,7 @@ use crate::build::meta::{LABEL_MANAGED_BY, MANAGED_BY};
 use crate::build::monitoring::ServiceMonitor;
 use crate::build::pod::Platform;
 use crate::crd::{ImageModel, RecognitionPipeline};
-use crate::leader::LeaseLock;
+use crate::leader::{Leadership, LeaseLock};
 use crate::metrics::Metrics;
 use crate::status::SystemClock;
 
@@ -226,19 +226,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Keep the Lease renewed; losing it (another replica holds it, or no renewal within the
     // renew deadline) stops the controllers and the process fails, so the Deployment
     // restarts it as a standby.
+    // The reconcilers write only while this replica leads: losing the Lease cancels the
+    // reconciles in flight and refuses every later write, before the controllers stop.
+    let leadership = Leadership::default();
     let lost = Arc::new(AtomicBool::new(false));
     let renew = {
-        let (lost, stop_tx, mut shutdown, probe, lock) = (
+        let (lost, stop_tx, mut shutdown, probe, lock, leadership) = (
             lost.clone(),
             stop_tx.clone(),
             stop_rx.clone(),
             probe.clone(),
             lock.clone(),
+            leadership.clone(),
         );
         async move {
             tokio::select! {
                 outcome = crate::leader::keep_leading(&lock) => {
                     warn!(?outcome, "stepping down as leader");
+                    leadership.step_down();
                     probe.api_ok.store(false, Ordering::Relaxed);
                     lost.store(true, Ordering::Relaxed);
                     let _ = stop_tx.send(true);
@@ -249,14 +254,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let renew = tokio::spawn(renew);
 
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        settings.platform.clone(),
-        apis,
-        metrics.clone(),
-        Arc::new(SystemClock),
-        Some(settings.identity.clone()),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            settings.platform.clone(),
+            apis,
+            metrics.clone(),
+            Arc::new(SystemClock),
+            Some(settings.identity.clone()),
+        )
+        .with_leadership(leadership),
+    );
 
     let pipelines = Controller::new(
         Api::<RecognitionPipeline>::all(client.clone()),
