@@ -57,6 +57,11 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long, env = "SIGHTLINE_LOG_JSON")]
         log_json: bool,
+        /// Watch only these namespaces (comma-separated): the operator then needs Roles
+        /// in them only (manifests/install/namespaced) and reads no Node, so `device:
+        /// auto` serves on the CPU. Empty: every namespace (a ClusterRole).
+        #[arg(long, env = "SIGHTLINE_NAMESPACES", value_delimiter = ',')]
+        namespaces: Vec<String>,
     },
 }
 
@@ -148,6 +153,7 @@ fn main() -> anyhow::Result<()> {
             identity,
             lease_seconds,
             log_json,
+            namespaces,
         } => {
             init_logging(log_json);
             let identity = identity
@@ -160,6 +166,11 @@ fn main() -> anyhow::Result<()> {
                 lease_name,
                 identity,
                 lease_duration: std::time::Duration::from_secs(lease_seconds.max(3)),
+                namespaces: namespaces
+                    .iter()
+                    .map(|ns| ns.trim().to_string())
+                    .filter(|ns| !ns.is_empty())
+                    .collect(),
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -1,11 +1,12 @@
 //! The operator's RBAC is exactly what its code uses: every request the reconcilers and
 //! the leader election send (recorded against the in-memory API, through every path that
 //! writes or deletes), plus list+watch on what the controllers watch, must be granted by
-//! manifests/install/rbac.yaml; and the manifests grant nothing else.
+//! manifests/install/rbac.yaml — and, in the namespaced mode (`--namespaces`), by the
+//! Roles of manifests/install-namespaced; and the manifests grant nothing else.
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,10 +50,14 @@ async fn reconcile_both(cluster: &Cluster, ctx: &Arc<sightline_operator::control
         .expect("pipeline reconcile");
 }
 
-/// Drives every path that talks to the API and returns what was sent, as RBAC grants.
-async fn exercised() -> BTreeSet<Grant> {
+/// Drives every path that talks to the API and returns what was sent, as RBAC grants;
+/// `namespaced`: as the operator runs with `--namespaces` (no Node is read).
+async fn exercised(namespaced: bool) -> BTreeSet<Grant> {
     let cluster = Cluster::new().await;
-    let ctx = cluster.context(full_apis());
+    let mut ctx = cluster.context(full_apis());
+    if namespaced {
+        ctx = Arc::new(Arc::try_unwrap(ctx).ok().expect("context").without_nodes());
+    }
     let post = PostParams::default();
     // A pipeline before its model, then both: creates, status writes, events.
     Api::<RecognitionPipeline>::namespaced(cluster.admin.clone(), NS)
@@ -243,11 +248,11 @@ fn expand(rules: &[PolicyRule]) -> BTreeSet<Grant> {
     out
 }
 
-/// (ClusterRole grants, Role grants) from manifests/install/rbac.yaml.
-fn granted() -> (BTreeSet<Grant>, BTreeSet<Grant>) {
-    let text = std::fs::read_to_string(repo("manifests/install/rbac.yaml")).expect("rbac.yaml");
-    let (mut cluster, mut namespaced) = (BTreeSet::new(), BTreeSet::new());
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+/// The grants of every ClusterRole, and of the Roles by namespace, in `text` (YAML
+/// documents).
+fn roles_in(text: &str) -> (BTreeSet<Grant>, BTreeMap<String, BTreeSet<Grant>>) {
+    let (mut cluster, mut namespaced) = (BTreeSet::new(), BTreeMap::new());
+    for doc in serde_yaml::Deserializer::from_str(text) {
         let value: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
         match value["kind"].as_str() {
             Some("ClusterRole") => {
@@ -256,7 +261,10 @@ fn granted() -> (BTreeSet<Grant>, BTreeSet<Grant>) {
             }
             Some("Role") => {
                 let role: Role = serde_json::from_value(value).expect("Role");
-                namespaced.extend(expand(&role.rules.unwrap_or_default()));
+                namespaced
+                    .entry(role.namespace().unwrap_or_default())
+                    .or_insert_with(BTreeSet::new)
+                    .extend(expand(&role.rules.unwrap_or_default()));
             }
             _ => {}
         }
@@ -264,14 +272,81 @@ fn granted() -> (BTreeSet<Grant>, BTreeSet<Grant>) {
     (cluster, namespaced)
 }
 
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// (ClusterRole grants, Role grants) from manifests/install/rbac.yaml.
+fn granted() -> (BTreeSet<Grant>, BTreeSet<Grant>) {
+    let (cluster, namespaced) = roles_in(&read("manifests/install/rbac.yaml"));
+    (cluster, namespaced.into_values().flatten().collect())
+}
+
+/// The Lease grants apart from the rest.
+fn split_leases(used: BTreeSet<Grant>) -> (BTreeSet<Grant>, BTreeSet<Grant>) {
+    used.into_iter()
+        .partition(|(group, _, _)| group == "coordination.k8s.io")
+}
+
+#[tokio::test]
+async fn the_namespaced_install_grants_exactly_what_the_code_uses_in_its_namespaces() {
+    let used = exercised(true).await;
+    let (leases, rest) = split_leases(used);
+    // What `kubectl apply -k manifests/install-namespaced` creates: built by kustomize
+    // when kubectl is here, else its files (the base's Lease Role, the overlay's Roles).
+    let built = std::process::Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(repo("manifests/install-namespaced"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let text = match built {
+        Some(text) => text,
+        None => {
+            assert!(std::env::var_os("CI").is_none(), "kubectl is missing");
+            let overlay = read("manifests/install-namespaced/kustomization.yaml");
+            for kind in ["ClusterRole", "ClusterRoleBinding"] {
+                assert!(
+                    overlay.contains(&format!("$patch: delete\n      apiVersion: rbac.authorization.k8s.io/v1\n      kind: {kind}\n")),
+                    "the overlay must delete the {kind}"
+                );
+            }
+            let base = read("manifests/install/rbac.yaml");
+            let leader_role = base
+                .split("---")
+                .filter(|doc| doc.contains("kind: Role\n"))
+                .collect::<Vec<_>>()
+                .join("---");
+            format!(
+                "{leader_role}\n---\n{}",
+                read("manifests/install-namespaced/rbac.yaml")
+            )
+        }
+    };
+    let (cluster, namespaced) = roles_in(&text);
+    assert!(
+        cluster.is_empty(),
+        "no ClusterRole in the namespaced mode: {cluster:#?}"
+    );
+    assert_eq!(
+        namespaced.get(NS),
+        Some(&rest),
+        "the Role in a watched namespace must grant exactly what the code uses"
+    );
+    assert_eq!(namespaced.get("sightline-system"), Some(&leases));
+    assert!(
+        !rest.iter().any(|(_, resource, _)| resource == "nodes"),
+        "no Node is read in the namespaced mode"
+    );
+}
+
 #[tokio::test]
 async fn the_roles_grant_exactly_what_the_code_uses() {
-    let used = exercised().await;
+    let used = exercised(false).await;
     let (cluster, namespaced) = granted();
     // Leases live in the operator's own namespace: a Role there, not cluster-wide.
-    let (leases, rest): (BTreeSet<Grant>, BTreeSet<Grant>) = used
-        .into_iter()
-        .partition(|(group, _, _)| group == "coordination.k8s.io");
+    let (leases, rest) = split_leases(used);
     let missing: Vec<_> = rest.difference(&cluster).collect();
     let unused: Vec<_> = cluster.difference(&rest).collect();
     assert!(

@@ -1,6 +1,7 @@
 //! `sightline-operator run`: the metrics and probe endpoints, leader election, discovery
 //! of the optional APIs (Gateway API, Prometheus Operator), and the two controllers with
-//! their watches, until SIGTERM or a lost lease.
+//! their watches — cluster-wide, or one pair per namespace of `--namespaces` — until
+//! SIGTERM or a lost lease.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -46,6 +47,8 @@ pub struct Settings {
     /// This replica's name in the Lease and in events (its pod name).
     pub identity: String,
     pub lease_duration: Duration,
+    /// Watch only these namespaces (Roles there suffice; no Node is read); empty: all.
+    pub namespaces: Vec<String>,
 }
 
 /// What the probe and metrics endpoints read.
@@ -53,15 +56,21 @@ struct Probe {
     metrics: Arc<Metrics>,
     /// The last call to the Kubernetes API succeeded.
     api_ok: AtomicBool,
-    stores: std::sync::Mutex<Option<(Store<ImageModel>, Store<RecognitionPipeline>)>>,
+    stores: std::sync::Mutex<Option<Vec<Stores>>>,
 }
+
+/// The caches of one scope's two controllers.
+type Stores = (Store<ImageModel>, Store<RecognitionPipeline>);
 
 async fn metrics_text(State(probe): State<Arc<Probe>>) -> String {
     let live: Option<HashSet<String>> = probe.stores.lock().ok().and_then(|stores| {
-        stores.as_ref().map(|(models, pipelines)| {
-            let models = models.state().into_iter().filter_map(|m| m.uid());
-            let pipelines = pipelines.state().into_iter().filter_map(|p| p.uid());
-            models.chain(pipelines).collect()
+        stores.as_ref().map(|scopes| {
+            let mut uids = HashSet::new();
+            for (models, pipelines) in scopes {
+                uids.extend(models.state().into_iter().filter_map(|m| m.uid()));
+                uids.extend(pipelines.state().into_iter().filter_map(|p| p.uid()));
+            }
+            uids
         })
     });
     probe.metrics.encode(live.as_ref())
@@ -254,88 +263,46 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let renew = tokio::spawn(renew);
 
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            settings.platform.clone(),
-            apis,
-            metrics.clone(),
-            Arc::new(SystemClock),
-            Some(settings.identity.clone()),
-        )
-        .with_leadership(leadership),
-    );
+    let mut context = Context::new(
+        client.clone(),
+        settings.platform.clone(),
+        apis,
+        metrics.clone(),
+        Arc::new(SystemClock),
+        Some(settings.identity.clone()),
+    )
+    .with_leadership(leadership);
+    if !settings.namespaces.is_empty() {
+        // A Role cannot grant Nodes: `device: auto` serves on the CPU and says so.
+        context = context.without_nodes();
+    }
+    let ctx = Arc::new(context);
 
-    let pipelines = Controller::new(
-        Api::<RecognitionPipeline>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let pipeline_store = pipelines.store();
-    let mut pipelines = pipelines
-        .owns(Api::<ConfigMap>::all(client.clone()), owned_children())
-        .owns(
-            Api::<PersistentVolumeClaim>::all(client.clone()),
-            owned_children(),
-        )
-        .owns(Api::<Service>::all(client.clone()), owned_children())
-        .owns(Api::<Deployment>::all(client.clone()), owned_children())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), owned_children())
-        .owns(Api::<Ingress>::all(client.clone()), owned_children());
-    if apis.gateway_api {
-        pipelines = pipelines.owns(Api::<HttpRoute>::all(client.clone()), owned_children());
+    // One pair of controllers per watched namespace, or one for the whole cluster.
+    let scopes: Vec<Option<&str>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings
+            .namespaces
+            .iter()
+            .map(|ns| Some(ns.as_str()))
+            .collect()
+    };
+    let mut stores = Vec::new();
+    let mut controllers = Vec::new();
+    for scope in scopes {
+        let (pipelines, pipeline_store) =
+            pipeline_controller(&client, scope, apis, &ctx, stop_rx.clone());
+        let (models, model_store) = model_controller(&client, scope, apis, &ctx, stop_rx.clone());
+        stores.push((model_store, pipeline_store));
+        controllers.push(pipelines);
+        controllers.push(models);
     }
-    if apis.service_monitors {
-        pipelines = pipelines.owns(Api::<ServiceMonitor>::all(client.clone()), owned_children());
-    }
-    let users = pipeline_store.clone();
-    let pipelines = pipelines
-        .watches(
-            Api::<ImageModel>::all(client.clone()),
-            watcher::Config::default(),
-            move |m: ImageModel| pipelines_using(&users, &m),
-        )
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(pipeline::reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "pipeline controller");
-            }
-        });
-
-    let models = Controller::new(
-        Api::<ImageModel>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let model_store = models.store();
-    let mut models = models
-        .owns(Api::<Service>::all(client.clone()), owned_children())
-        .owns(Api::<Deployment>::all(client.clone()), owned_children())
-        .owns(
-            Api::<HorizontalPodAutoscaler>::all(client.clone()),
-            owned_children(),
-        )
-        .owns(
-            Api::<PodDisruptionBudget>::all(client.clone()),
-            owned_children(),
-        )
-        .owns(Api::<NetworkPolicy>::all(client.clone()), owned_children())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned_children());
-    if apis.service_monitors {
-        models = models.owns(Api::<ServiceMonitor>::all(client.clone()), owned_children());
-    }
-    let models = models
-        .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(model::reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "model controller");
-            }
-        });
-    if let Ok(mut stores) = probe.stores.lock() {
-        *stores = Some((model_store, pipeline_store));
+    if let Ok(mut held) = probe.stores.lock() {
+        *held = Some(stores);
     }
 
-    tokio::join!(models, pipelines);
+    futures::future::join_all(controllers).await;
     metrics.set_leader(false);
     renew.abort();
     if let Err(error) = lock.release().await {
@@ -346,6 +313,105 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         anyhow::bail!("lost the leader Lease");
     }
     finish(server).await
+}
+
+/// `K` in `scope` (one namespace), or in every namespace.
+fn api<K>(client: &Client, scope: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+type Running = futures::future::BoxFuture<'static, ()>;
+
+/// Runs a controller's stream to its end, logging what it reports as failed.
+fn logged<S, T, E>(stream: S, what: &'static str) -> Running
+where
+    S: futures::Stream<Item = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    Box::pin(stream.for_each(move |result| async move {
+        if let Err(error) = result {
+            warn!(%error, "{what}");
+        }
+    }))
+}
+
+/// The pipeline controller of `scope`, with its watches, and its cache.
+fn pipeline_controller(
+    client: &Client,
+    scope: Option<&str>,
+    apis: ClusterApis,
+    ctx: &Arc<Context>,
+    stop: watch::Receiver<bool>,
+) -> (Running, Store<RecognitionPipeline>) {
+    let controller = Controller::new(
+        api::<RecognitionPipeline>(client, scope),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    let mut controller = controller
+        .owns(api::<ConfigMap>(client, scope), owned_children())
+        .owns(
+            api::<PersistentVolumeClaim>(client, scope),
+            owned_children(),
+        )
+        .owns(api::<Service>(client, scope), owned_children())
+        .owns(api::<Deployment>(client, scope), owned_children())
+        .owns(api::<NetworkPolicy>(client, scope), owned_children())
+        .owns(api::<Ingress>(client, scope), owned_children());
+    if apis.gateway_api {
+        controller = controller.owns(api::<HttpRoute>(client, scope), owned_children());
+    }
+    if apis.service_monitors {
+        controller = controller.owns(api::<ServiceMonitor>(client, scope), owned_children());
+    }
+    let users = store.clone();
+    let running = controller
+        .watches(
+            api::<ImageModel>(client, scope),
+            watcher::Config::default(),
+            move |m: ImageModel| pipelines_using(&users, &m),
+        )
+        .graceful_shutdown_on(stopped(stop))
+        .run(pipeline::reconcile, error_policy, ctx.clone());
+    (logged(running, "pipeline controller"), store)
+}
+
+/// The model controller of `scope`, with its watches, and its cache.
+fn model_controller(
+    client: &Client,
+    scope: Option<&str>,
+    apis: ClusterApis,
+    ctx: &Arc<Context>,
+    stop: watch::Receiver<bool>,
+) -> (Running, Store<ImageModel>) {
+    let controller = Controller::new(api::<ImageModel>(client, scope), watcher::Config::default());
+    let store = controller.store();
+    let mut controller = controller
+        .owns(api::<Service>(client, scope), owned_children())
+        .owns(api::<Deployment>(client, scope), owned_children())
+        .owns(
+            api::<HorizontalPodAutoscaler>(client, scope),
+            owned_children(),
+        )
+        .owns(api::<PodDisruptionBudget>(client, scope), owned_children())
+        .owns(api::<NetworkPolicy>(client, scope), owned_children())
+        .owns(api::<ConfigMap>(client, scope), owned_children());
+    if apis.service_monitors {
+        controller = controller.owns(api::<ServiceMonitor>(client, scope), owned_children());
+    }
+    let running = controller.graceful_shutdown_on(stopped(stop)).run(
+        model::reconcile,
+        error_policy,
+        ctx.clone(),
+    );
+    (logged(running, "model controller"), store)
 }
 
 async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
