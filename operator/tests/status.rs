@@ -842,3 +842,46 @@ async fn a_one_replica_gpu_model_rolls_without_an_outage() {
         "{status:#}"
     );
 }
+
+#[tokio::test]
+async fn reverting_to_a_spec_seen_before_reuses_its_revision_as_the_newest() {
+    let cluster = Cluster::new().await;
+    let ctx = cluster.context(full_apis());
+    serving_model(&cluster, &ctx).await;
+    edit_model(&cluster, json!({"spec": {"runtime": {"threads": 3}}})).await;
+    reconcile_model(&cluster, &ctx)
+        .await
+        .expect("apply revision 2");
+    roll(
+        &cluster,
+        DEPLOYMENT,
+        Pods::CrashLoopBackOff,
+        Deadline::Within,
+    )
+    .await;
+    reconcile_model(&cluster, &ctx).await.expect("observe");
+    let status = model_status(&cluster).await;
+    assert_eq!(said(&status, "Ready").1, "RolloutFailed", "{status:#}");
+
+    // Back to the spec of revision 1 (a revert in Git). Before the deployment controller
+    // has looked, the newest ReplicaSet is the one whose template is the Deployment's —
+    // revision 1's, though revision 2 is numbered higher.
+    edit_model(&cluster, json!({"spec": {"runtime": {"threads": 2}}})).await;
+    reconcile_model(&cluster, &ctx).await.expect("revert");
+    let status = model_status(&cluster).await;
+    assert!(
+        message(&status, "Ready").starts_with("revision 1: "),
+        "{status:#}"
+    );
+    // The controller reuses that ReplicaSet and numbers it 3, as `kubectl rollout
+    // history` shows.
+    roll(&cluster, DEPLOYMENT, Pods::Serving, Deadline::Within).await;
+    reconcile_model(&cluster, &ctx).await.expect("observe");
+    let status = model_status(&cluster).await;
+    assert_eq!(said(&status, "Ready"), ("True".into(), "Ready".into()));
+    assert!(
+        message(&status, "Ready").starts_with("revision 3 serves all traffic"),
+        "{status:#}"
+    );
+    assert_eq!(status["served"]["revision"], 3, "{status:#}");
+}
