@@ -1,22 +1,18 @@
 //! Children of an `ImageModel`: the recognize Deployment (model fetched and verified by an
 //! init container, or mounted from a PVC), its Service, an HPA when autoscaling is set and
-//! a PodDisruptionBudget when more than one replica serves.
+//! a PodDisruptionBudget when more than one replica may serve (those two, the rolling
+//! update and a canary's sizing in [`super::sizing`]; where it runs in [`super::device`]).
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
-};
-use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
-    MetricIdentifier, MetricSpec, MetricTarget, PodsMetricSource, ResourceMetricSource,
-};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, EnvFromSource, ImageVolumeSource,
     PersistentVolumeClaimVolumeSource, SecretEnvSource, Service, ServicePort, ServiceSpec, Volume,
     VolumeMount,
 };
-use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -27,7 +23,12 @@ use super::pod::{
     PORT, PORT_NAME, Platform, container_security, default_resources, pod_template,
     readiness_startup_probe, server_container, with_overrides,
 };
-use crate::crd::{BatchTuning, Device, DeviceStatus, FileSource, ImageModel, ScaleOn};
+use crate::crd::{BatchTuning, DeviceStatus, FileSource, ImageModel};
+
+pub use super::device::{decided_device, device_without_nodes, resolve_device};
+pub use super::sizing::{
+    QUEUE_METRIC, candidate_replicas, hpa, hpa_with_floor, pdb, rolling_update,
+};
 
 pub const COMPONENT: &str = "recognize";
 
@@ -483,29 +484,6 @@ pub fn deployment(model: &ImageModel, platform: &Platform, inputs: &ModelInputs)
     }
 }
 
-/// How the recognize Deployment replaces pods: the spec's `rollingUpdate`, else one surge
-/// pod and none unavailable (a rollout never serves from fewer pods, even with one
-/// replica) — except a GPU model with two or more replicas, which replaces one pod at a
-/// time within the GPUs it holds (a surge pod would need a GPU a full node lacks), its
-/// PodDisruptionBudget keeping the others serving. A one-replica GPU model surges: its
-/// second pod waits, named `Unschedulable`, until there is room (a free GPU, or a node a
-/// cluster autoscaler adds) while the first keeps serving.
-pub fn rolling_update(model: &ImageModel, gpu: bool) -> RollingUpdateDeployment {
-    if let Some(chosen) = &model.spec.runtime.rolling_update {
-        return chosen.clone();
-    }
-    let r = &model.spec.runtime;
-    let fewest = match &r.autoscaling {
-        Some(auto) => auto.min_replicas,
-        None => r.replicas.unwrap_or(1),
-    };
-    let one_at_a_time = gpu && fewest > 1;
-    RollingUpdateDeployment {
-        max_surge: Some(IntOrString::Int(i32::from(!one_at_a_time))),
-        max_unavailable: Some(IntOrString::Int(i32::from(one_at_a_time))),
-    }
-}
-
 /// The recognize Service.
 pub fn service(model: &ImageModel) -> Service {
     Service {
@@ -523,114 +501,6 @@ pub fn service(model: &ImageModel) -> Service {
         }),
         status: None,
     }
-}
-
-/// The HPA, when the spec asks for autoscaling: on CPU utilisation, or on the per-pod
-/// queue depth (`sightline_inference_queue_depth`, the default for GPU models).
-pub fn hpa(model: &ImageModel, inputs: &ModelInputs) -> Option<HorizontalPodAutoscaler> {
-    let auto = model.spec.runtime.autoscaling.as_ref()?;
-    let on = auto.metric.unwrap_or(if inputs.device.resolved == "gpu" {
-        ScaleOn::QueueDepth
-    } else {
-        ScaleOn::Cpu
-    });
-    let metric = match on {
-        ScaleOn::Cpu => MetricSpec {
-            type_: "Resource".into(),
-            resource: Some(ResourceMetricSource {
-                name: "cpu".into(),
-                target: MetricTarget {
-                    type_: "Utilization".into(),
-                    average_utilization: Some(auto.target_cpu_utilization_percentage.unwrap_or(70)),
-                    ..MetricTarget::default()
-                },
-            }),
-            ..MetricSpec::default()
-        },
-        ScaleOn::QueueDepth => MetricSpec {
-            type_: "Pods".into(),
-            pods: Some(PodsMetricSource {
-                metric: MetricIdentifier {
-                    name: QUEUE_METRIC.into(),
-                    selector: None,
-                },
-                target: MetricTarget {
-                    type_: "AverageValue".into(),
-                    average_value: Some(Quantity(auto.target_queue_depth.unwrap_or(4).to_string())),
-                    ..MetricTarget::default()
-                },
-            }),
-            ..MetricSpec::default()
-        },
-    };
-    Some(HorizontalPodAutoscaler {
-        metadata: object_meta(model, &name(model), COMPONENT),
-        spec: Some(HorizontalPodAutoscalerSpec {
-            scale_target_ref: CrossVersionObjectReference {
-                api_version: Some("apps/v1".into()),
-                kind: "Deployment".into(),
-                name: name(model),
-            },
-            min_replicas: Some(auto.min_replicas),
-            max_replicas: auto.max_replicas,
-            metrics: Some(vec![metric]),
-            behavior: None,
-        }),
-        status: None,
-    })
-}
-
-/// How many pods a canary's candidate runs: the stable Deployment's count when the
-/// rollout began, recorded in `rollout.stable_replicas` the first time (never the stable
-/// count of this minute, which the stable HPA lowers as traffic leaves it).
-pub fn candidate_replicas(stable: &Deployment, rollout: &mut crate::crd::RolloutStatus) -> i32 {
-    let now = stable.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    (*rollout.stable_replicas.get_or_insert(now)).max(1)
-}
-
-/// The stable HPA while a rollout holds the stable Deployment: `minReplicas` raised to
-/// `floor` (the stable count when the rollout began), so the stable revision is not
-/// scaled down as traffic moves to the candidate (Argo Rollouts keeps the stable fully
-/// scaled the same way, `dynamicStableScale: false`) and serves everything again at once
-/// after a rollback.
-pub fn hpa_with_floor(
-    mut hpa: HorizontalPodAutoscaler,
-    floor: Option<i32>,
-) -> HorizontalPodAutoscaler {
-    if let (Some(floor), Some(spec)) = (floor, hpa.spec.as_mut()) {
-        let min = spec
-            .min_replicas
-            .unwrap_or(1)
-            .max(floor)
-            .min(spec.max_replicas);
-        spec.min_replicas = Some(min);
-    }
-    hpa
-}
-
-/// A PodDisruptionBudget letting one pod go at a time, when more than one replica can
-/// run (with autoscaling: when the HPA may scale beyond one). With a single replica it
-/// is left out: a budget there either allows the one eviction (protecting nothing) or
-/// none (blocking every node drain — the Kubernetes docs' advice for single instances
-/// is to tolerate the occasional restart); rollouts of a single replica surge instead.
-pub fn pdb(model: &ImageModel) -> Option<PodDisruptionBudget> {
-    let r = &model.spec.runtime;
-    let most = match &r.autoscaling {
-        Some(auto) => auto.max_replicas,
-        None => r.replicas.unwrap_or(1),
-    };
-    (most > 1).then(|| PodDisruptionBudget {
-        metadata: object_meta(model, &name(model), COMPONENT),
-        spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(selector_labels(&model.name_any(), COMPONENT)),
-                ..LabelSelector::default()
-            }),
-            ..PodDisruptionBudgetSpec::default()
-        }),
-        status: None,
-    })
 }
 
 /// All labels a model's children carry (for pruning by label).
@@ -657,69 +527,6 @@ pub struct ModelInputs {
     pub digest: String,
     /// Where the model runs ([`resolve_device`]).
     pub device: DeviceStatus,
-}
-
-/// The Pods metric the queue-depth autoscaler reads (Prometheus Adapter serves it from
-/// the server's own gauge; rule in manifests/monitoring/prometheus-adapter.yaml).
-pub const QUEUE_METRIC: &str = "sightline_inference_queue_depth";
-
-/// Where `model` runs. `gpu_nodes` are the nodes with allocatable units of its GPU
-/// resource (`None`: not known, as in `render`).
-pub fn resolve_device(model: &ImageModel, gpu_nodes: Option<&[String]>) -> DeviceStatus {
-    let r = &model.spec.runtime;
-    let resource = r.gpu_resource.as_deref().unwrap_or("nvidia.com/gpu");
-    let (requested, resolved, reason) = match (r.device, gpu_nodes) {
-        (Device::Cpu, _) => ("cpu", "cpu", "spec.runtime.device is cpu".to_string()),
-        (Device::Gpu, _) => ("gpu", "gpu", "spec.runtime.device is gpu".to_string()),
-        (Device::Auto, Some(nodes)) if !nodes.is_empty() => (
-            "auto",
-            "gpu",
-            format!(
-                "{} node(s) offer {resource}: {}",
-                nodes.len(),
-                nodes.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
-            ),
-        ),
-        (Device::Auto, Some(_)) => (
-            "auto",
-            "cpu",
-            format!("no node has allocatable {resource}; serving on the CPU"),
-        ),
-        (Device::Auto, None) => (
-            "auto",
-            "cpu",
-            "no cluster to ask (render): auto is shown as cpu".to_string(),
-        ),
-    };
-    DeviceStatus {
-        requested: requested.into(),
-        resolved: resolved.into(),
-        reason,
-        allow_cpu_fallback: r.allow_cpu_fallback,
-        generation: model.metadata.generation,
-    }
-}
-
-/// `device: auto` as decided for the model's current generation, when its status has it:
-/// decided once per generation, then kept.
-pub fn decided_device(model: &ImageModel) -> Option<DeviceStatus> {
-    let decided = model.status.as_ref()?.device.clone()?;
-    (model.spec.runtime.device == Device::Auto
-        && decided.requested == "auto"
-        && decided.generation.is_some()
-        && decided.generation == model.metadata.generation)
-        .then_some(decided)
-}
-
-/// `device: auto` where the operator may not read the nodes (watching only some
-/// namespaces): the CPU, saying why.
-pub fn device_without_nodes(model: &ImageModel) -> DeviceStatus {
-    DeviceStatus {
-        reason: "the operator watches only some namespaces and reads no Node (a Role cannot \
-                 grant it): auto serves on the CPU; set device: gpu for a GPU"
-            .into(),
-        ..resolve_device(model, Some(&[]))
-    }
 }
 
 /// The children of `model`; `inputs` as found by the reconciler.

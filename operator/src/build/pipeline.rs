@@ -14,11 +14,10 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, EnvFromSource, EnvVar,
-    EnvVarSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodAffinity, PodAffinityTerm, SecretEnvSource,
-    SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, EnvFromSource, EnvVar, EnvVarSource,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    SecretEnvSource, SecretKeySelector, SecretVolumeSource, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -29,7 +28,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
+use super::inputs::with_inputs;
+pub use super::inputs::{inputs_digest, rolling_secrets, secret_names};
 use super::meta::{object_meta, selector_labels};
+use super::pod::beside_own_pods;
 use super::pod::{PORT, PORT_NAME, Platform, default_resources, pod_template, server_container};
 use crate::crd::{DatabaseKind, RecognitionPipeline};
 
@@ -314,28 +316,6 @@ fn deployment(
             ..DeploymentSpec::default()
         }),
         status: None,
-    }
-}
-
-/// Required affinity to the node of the component's own pods: a surge pod lands where the
-/// ReadWriteOnce volume is attached. With no such pod (the first one, or after its node
-/// was drained) the scheduler lets a pod that matches its own affinity term go anywhere
-/// (kubernetes.io/docs/concepts/scheduling-eviction/assign-pod-node, "Inter-pod affinity
-/// and anti-affinity").
-fn beside_own_pods(selector: &BTreeMap<String, String>) -> Affinity {
-    Affinity {
-        pod_affinity: Some(PodAffinity {
-            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
-                label_selector: Some(LabelSelector {
-                    match_labels: Some(selector.clone()),
-                    ..LabelSelector::default()
-                }),
-                topology_key: "kubernetes.io/hostname".into(),
-                ..PodAffinityTerm::default()
-            }]),
-            ..PodAffinity::default()
-        }),
-        ..Affinity::default()
     }
 }
 
@@ -663,64 +643,6 @@ pub struct PipelineChildren {
     pub network_policies: Vec<k8s_openapi::api::networking::v1::NetworkPolicy>,
     /// Applied when the cluster serves the Prometheus Operator's API.
     pub monitor: super::monitoring::ServiceMonitor,
-}
-
-/// The Secrets whose change must roll the pods: those read through the environment
-/// (database URL, S3 credentials), which a running process never re-reads. The API keys
-/// are a mounted file the server re-reads, so rotating them restarts nothing.
-pub fn rolling_secrets(p: &RecognitionPipeline) -> Vec<String> {
-    let spec = &p.spec;
-    let mut names: Vec<String> = [
-        spec.storage.url_secret.as_ref().map(|s| s.name.clone()),
-        spec.upload
-            .s3
-            .as_ref()
-            .map(|s| s.credentials_secret.clone()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
-/// The names of the Secrets a pipeline's pods read (API keys, database URL, S3
-/// credentials): each must exist for the pods to start.
-pub fn secret_names(p: &RecognitionPipeline) -> Vec<String> {
-    let mut names = rolling_secrets(p);
-    names.extend(
-        p.spec
-            .gateway
-            .api_keys_secret
-            .iter()
-            .map(|s| s.name.clone()),
-    );
-    names.sort();
-    names.dedup();
-    names
-}
-
-/// Digest of what the pods read besides their own spec: the ConfigMap's data (reached
-/// through `envFrom`, which a running pod never re-reads) and `secrets_digest` (of the
-/// [`rolling_secrets`]).
-pub fn inputs_digest(config: &ConfigMap, secrets_digest: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let data = serde_json::to_string(&config.data).unwrap_or_default();
-    hex::encode(Sha256::digest(
-        format!("{data}\n{secrets_digest}").as_bytes(),
-    ))
-}
-
-/// Puts the inputs digest on the pod template, so a change of it rolls the pods.
-fn with_inputs(mut d: Deployment, digest: &str) -> Deployment {
-    if let Some(meta) = d.spec.as_mut().and_then(|s| s.template.metadata.as_mut()) {
-        meta.annotations.get_or_insert_with(BTreeMap::new).insert(
-            super::model::INPUTS_ANNOTATION.to_string(),
-            digest.to_string(),
-        );
-    }
-    d
 }
 
 /// The children of `p`, wired to `model` (the `ImageModel` its `modelRef` names);

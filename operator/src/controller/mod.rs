@@ -4,6 +4,7 @@
 
 pub mod canary;
 pub mod model;
+pub mod model_status;
 pub mod observe;
 pub mod pipeline;
 pub mod run;
