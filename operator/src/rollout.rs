@@ -225,10 +225,13 @@ fn container_failure(pod: &str, s: &ContainerStatus, init: bool) -> Option<PodFa
 pub fn pod_failure(pod: &Pod) -> Option<PodFailure> {
     let name = pod.name_any();
     let status = pod.status.as_ref()?;
-    if let Some(c) = status.conditions.as_ref().and_then(|cs| {
-        cs.iter()
-            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-    }) && c.reason.as_deref() == Some("Unschedulable")
+    let scheduled = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled");
+    if let Some(c) =
+        scheduled.filter(|c| c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
     {
         return Some(PodFailure {
             reason: "Unschedulable".into(),
