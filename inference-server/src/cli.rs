@@ -231,12 +231,15 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGHTLINE_DOWNSTREAM_RETRIES", default_value_t = 3)]
     pub downstream_retries: u32,
 
-    /// File of API keys, one a line (`key` or `name:key`; `#` comments). When any key is
-    /// configured, every API call needs one (health, metrics and image downloads stay open).
+    /// File of API keys, one a line (`key` or `name:key`, at least 8 characters; `#`
+    /// comments). When any key is configured, every API call needs one (health, metrics and
+    /// image downloads stay open). Re-read when it changes, by path, every second; a
+    /// malformed or empty new file keeps the last good keys.
     #[arg(long, env = "SIGHTLINE_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
 
-    /// API keys, comma-separated (`key` or `name:key`), in addition to --api-keys-file.
+    /// API keys, comma-separated (`key` or `name:key`, at least 8 characters), in addition
+    /// to --api-keys-file.
     #[arg(
         long,
         env = "SIGHTLINE_API_KEYS",

@@ -122,6 +122,8 @@ pub async fn role_state(
         }
     }
     let mut state = state_with_sources(args, model_name, &own_images)?;
+    // A rotated keys file applies without a restart.
+    state.auth.watch();
     state.metrics.set_role(role.as_str());
     state.recognizes = role.recognizes();
     if !role.recognizes() {

@@ -324,7 +324,7 @@ mod tests {
             "store",
             "pipeline",
             "eval",
-            "auth.rs",
+            "auth",
             "front_door.rs",
         ] {
             sources(&src.join(part), &mut files);
