@@ -163,8 +163,15 @@ impl HttpMetrics {
         HttpMetrics { requests, duration }
     }
 
+    /// Counts one answered request. `route` is a route template (or `unmatched`); the
+    /// method and status become labels from fixed sets, so whatever a caller sends, even
+    /// unauthenticated (a 401 or a 405 is counted too), adds no series.
     pub fn observe(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
-        let status_class = format!("{}xx", status / 100);
+        let method = method_label(method);
+        let status_class = match status / 100 {
+            class @ 1..=5 => format!("{class}xx"),
+            _ => "other".to_string(),
+        };
         self.requests
             .get_or_create(&HttpLabels {
                 route: route.to_string(),
@@ -179,6 +186,15 @@ impl HttpMetrics {
             })
             .observe(elapsed.as_secs_f64());
     }
+}
+
+/// The HTTP methods the API uses (case-sensitive, as RFC 9110 defines them), else `other`.
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("other")
 }
 
 /// Inference: batches, queue, model load and identity.

@@ -212,7 +212,9 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = request.method().clone();
+    // A label from a fixed set: a caller may invent any method (RFC 9110 allows extension
+    // methods), and it must not become a metric series or an unbounded log field.
+    let method = crate::metrics::method_label(request.method().as_str());
     let id = request
         .headers()
         .get(&REQUEST_ID)
@@ -237,7 +239,7 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         let span = tracing::info_span!(
             "request",
             request_id = id.to_str().unwrap_or(""),
-            method = %method,
+            method,
             route = %route,
         );
         let handled = next.run(request).instrument(span);
@@ -256,13 +258,10 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     response.headers_mut().insert(REQUEST_ID, id.clone());
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    state
-        .metrics
-        .http
-        .observe(&route, method.as_str(), status, elapsed);
+    state.metrics.http.observe(&route, method, status, elapsed);
     tracing::info!(
         request_id = id.to_str().unwrap_or(""),
-        method = %method,
+        method,
         route = %route,
         status,
         ms = elapsed.as_secs_f64() * 1000.0,
