@@ -7,6 +7,7 @@
 pub mod error;
 pub mod health;
 pub mod oip;
+pub mod oip_outputs;
 pub mod openapi;
 pub mod recognize;
 pub mod request_id;
@@ -276,10 +277,11 @@ mod tests {
 
     /// The modules under `http/` that are no part of the composer (this file): a role's
     /// routes and the shared leaves. Role modules may use these, never `http` itself.
-    const LEAVES: [&str; 7] = [
+    const LEAVES: [&str; 8] = [
         "error",
         "health",
         "oip",
+        "oip_outputs",
         "openapi",
         "recognize",
         "request_id",
