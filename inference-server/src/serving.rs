@@ -52,6 +52,21 @@ pub enum RecognizeError {
     Infer(#[from] InferError),
 }
 
+/// An image that does not decode, or asks for too many rows, fails the same way for every
+/// request with its bytes: shared with the requests waiting on the same computation. A
+/// full queue, a stopped worker or a failed run is transient: each waiter tries again.
+impl crate::cache::Shareable for RecognizeError {
+    fn is_shareable(&self) -> bool {
+        match self {
+            RecognizeError::Image(_) => true,
+            RecognizeError::Infer(InferError::TooManyRows { .. }) => true,
+            RecognizeError::Infer(
+                InferError::QueueFull { .. } | InferError::Stopped | InferError::Failed(_),
+            ) => false,
+        }
+    }
+}
+
 impl ServingModel {
     pub fn batch_config(&self) -> BatchConfig {
         self.batcher.config()
