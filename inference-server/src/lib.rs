@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod batch_tuning;
 pub mod batching;
+pub mod blocking;
 pub mod cache;
 pub mod cli;
 pub mod drain;

@@ -197,6 +197,15 @@ pub fn method_label(method: &str) -> &'static str {
         .unwrap_or("other")
 }
 
+/// An image decode in progress (see [`InferenceMetrics::decoding`]).
+pub struct Decoding(Gauge);
+
+impl Drop for Decoding {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Inference: batches, queue, model load and identity.
 #[derive(Clone)]
 pub struct InferenceMetrics {
@@ -207,6 +216,7 @@ pub struct InferenceMetrics {
     queue_capacity: Family<ModelLabels, Gauge>,
     queue_wait: HistogramFamily<ModelLabels>,
     preprocess: HistogramFamily<ModelLabels>,
+    decoding: Family<ModelLabels, Gauge>,
     rejected: Family<ModelReasonLabels, Counter>,
     failures: Family<ModelLabels, Counter>,
     load_seconds: Family<ModelLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -232,6 +242,7 @@ impl InferenceMetrics {
             queue_capacity: Family::default(),
             queue_wait: Family::new_with_constructor(model_latency_histogram),
             preprocess: Family::new_with_constructor(model_latency_histogram),
+            decoding: Family::default(),
             rejected: Family::default(),
             failures: Family::default(),
             load_seconds: Family::default(),
@@ -277,6 +288,12 @@ impl InferenceMetrics {
             "preprocess_duration_seconds",
             "Time to decode, resize and normalise one image",
             m.preprocess.clone(),
+        );
+        registry.register(
+            "preprocess_in_progress",
+            "Images being decoded and preprocessed now (at most --decode-threads, also while \
+             their clients are gone)",
+            m.decoding.clone(),
         );
         registry.register(
             "inference_rejected",
@@ -378,6 +395,13 @@ impl InferenceMetrics {
         self.preprocess
             .get_or_create(&self.model)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// One image is being decoded until the returned guard is dropped.
+    pub fn decoding(&self) -> Decoding {
+        let gauge = self.decoding.get_or_create(&self.model).clone();
+        gauge.inc();
+        Decoding(gauge)
     }
 
     pub fn rejected(&self, reason: &'static str) {

@@ -137,13 +137,11 @@ pub async fn evaluate_with(
 /// The top classes of one image file, best first.
 async fn rank(model: &ServingModel, path: &Path) -> Result<Vec<usize>, String> {
     let bytes = tokio::fs::read(path).await.map_err(|e| e.to_string())?;
-    let p = model.preprocess.clone();
-    let limits = model.limits;
-    let tensor =
-        tokio::task::spawn_blocking(move || crate::preprocess::preprocess(&bytes, &limits, &p))
-            .await
-            .map_err(|_| "image worker panicked".to_string())?
-            .map_err(|e| e.to_string())?;
+    // The recognitions' decode bound (--decode-threads) holds for evaluations too.
+    let tensor = model
+        .preprocess_bytes(bytes.into())
+        .await
+        .map_err(|e| e.to_string())?;
     let row = model
         .infer_rows(tensor, 1)
         .await

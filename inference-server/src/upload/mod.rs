@@ -368,13 +368,16 @@ impl ImageStore {
     pub async fn put(&self, bytes: Bytes) -> Result<(ImageInfo, bool), UploadError> {
         let permit = self
             .cpu
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|e| UploadError::Worker(e.to_string()))?;
         let limits = self.limits;
         let backend = self.backend.clone();
         let checked = bytes.clone();
-        let info = tokio::task::spawn_blocking(move || {
+        // The permit goes with the check: a client that hangs up does not free a slot while
+        // its image is still being decoded.
+        let info = crate::blocking::run_holding(permit, move || {
             let info = check_image(&checked, &limits)?;
             if let Backend::Local(dir) = &*backend {
                 let created = write_local(dir, &info.sha256, &checked)?;
@@ -384,7 +387,6 @@ impl ImageStore {
         })
         .await
         .map_err(|e| UploadError::Worker(e.to_string()))??;
-        drop(permit);
         match (info, &*self.backend) {
             ((info, Some(created)), _) => Ok((info, created)),
             ((info, None), Backend::Object { store, prefix }) => {
