@@ -91,6 +91,33 @@ fn with_zip(image: &[u8]) -> Vec<u8> {
     bytes
 }
 
+#[tokio::test]
+async fn gif_webp_and_bmp_polyglots_are_refused_like_png_and_jpeg() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = app("upload", dir.path(), &["--max-upload-bytes", "1000000"]).await;
+    for format in [
+        ImageFormat::Gif,
+        ImageFormat::WebP,
+        ImageFormat::Bmp,
+        ImageFormat::Png,
+        ImageFormat::Jpeg,
+    ] {
+        let image = solid(9, 7, [200, 30, 40], format);
+        let (status, body) = call(&app, post("/api/v1/images", "image/x", with_zip(&image))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{format:?} + zip: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains("follow")),
+            "{format:?}: {body}"
+        );
+        let mut html = image.clone();
+        html.extend_from_slice(b"<html><script>alert(1)</script></html>");
+        let (status, body) = call(&app, post("/api/v1/images", "image/x", html)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{format:?} + html: {body}");
+        let (status, body) = call(&app, post("/api/v1/images", "image/x", image)).await;
+        assert_eq!(status, StatusCode::CREATED, "{format:?} alone: {body}");
+    }
+}
+
 /// `sightline_db_query_duration_seconds_count{operation="ping"}`.
 fn pings(metrics: &str) -> u64 {
     metrics
