@@ -195,8 +195,9 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGHTLINE_TRAFFIC_FILE")]
     pub traffic_file: Option<PathBuf>,
 
-    /// Upload role: the base of the image URLs it hands out (for example
-    /// http://upload:8080) [default: http://<the request's Host>].
+    /// Upload role: the base of the image URLs it hands out and stores with results (for
+    /// example https://sightline.example.com) [default: http://<the address it listens on>,
+    /// loopback for 0.0.0.0; never a request's Host header].
     #[arg(long, env = "SIGHTLINE_PUBLIC_URL")]
     pub public_url: Option<String>,
 

@@ -219,7 +219,7 @@ async fn seed_recognition(
     Json(body): Json<UrlRequest>,
 ) -> Result<Response, AppError> {
     let url = body.url()?;
-    let base = image_base(&upload, &headers);
+    let base = image_base(&upload);
     let id = own_image_id(&base, &url).ok_or_else(|| {
         AppError::bad_request(format!(
             "the URL is not an image uploaded to this service: recognition by URL takes the \

@@ -131,6 +131,176 @@ fn pings(metrics: &str) -> u64 {
         .map_or(0, |n| n as u64)
 }
 
+#[tokio::test]
+async fn readiness_pings_the_database_about_once_a_second_and_names_no_internals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().display().to_string();
+    let argv = ["sightline-server", "store", "--data-dir", &data];
+    let args = sightline_server::cli::parse(argv.into_iter().map(Into::into).collect())
+        .expect("flags")
+        .command
+        .into_serve_args()
+        .expect("a serving subcommand");
+    let state = sightline_server::server::role_state(&args, "", None)
+        .await
+        .expect("state");
+    let app = sightline_server::http::app(state.clone());
+    let started = Instant::now();
+    for _ in 0..50 {
+        let (status, body) = call(&app, get("/readyz")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let count = pings(&metrics_text(&app).await);
+    assert!(
+        count <= seconds + 1,
+        "{count} database pings for 50 readiness calls in {seconds} s"
+    );
+
+    state.results.as_ref().expect("a database").close().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        let (status, body) = call(&app, get("/readyz")).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "still ready: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["reason"], "DatabaseUnreachable", "{body}");
+    let text = body.to_string().to_lowercase();
+    for internal in ["pool", "sqlx", "query", "sqlite", "ping", "os error", ".db"] {
+        assert!(!text.contains(internal), "{internal:?} in {body}");
+    }
+}
+
+#[tokio::test]
+async fn ssrf_refusals_do_not_list_the_allowlist() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = app(
+        "recognize",
+        dir.path(),
+        &[
+            "--upload-url",
+            "http://internal-upload.ns.svc:8080/api/v1/images",
+            "--fetch-allowlist",
+            "http://10.20.30.40:9000/private-bucket/",
+        ],
+    )
+    .await;
+    for url in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://evil.example/x.png",
+        "file:///etc/passwd",
+    ] {
+        let (status, body) = call(
+            &app,
+            post(
+                "/api/images/recognition",
+                "application/json",
+                json!({ "url": url }).to_string(),
+            ),
+        )
+        .await;
+        assert!(status.is_client_error(), "{url}: {status} {body}");
+        let text = body.to_string();
+        for secret in ["internal-upload", "10.20.30.40", "private-bucket"] {
+            assert!(!text.contains(secret), "{url}: {body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn stored_urls_are_never_made_from_the_host_header() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let door = app("upload", dir.path(), &[]).await;
+    let png = solid(6, 6, [9, 8, 7], ImageFormat::Png);
+    let (content_type, body) = multipart("image", "x.png", &png);
+    let request = Request::post("/api/images/upload")
+        .header("content-type", content_type)
+        .header("host", "evil.example:8080")
+        .body(Body::from(body))
+        .expect("request");
+    let (status, body) = call(&door, request).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let url = body["url"].as_str().expect("url");
+    assert!(!url.contains("evil.example"), "{url}");
+    // With --public-url, that base.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let door = app(
+        "upload",
+        dir.path(),
+        &["--public-url", "https://images.example.com/team"],
+    )
+    .await;
+    let request = Request::post("/api/v1/images")
+        .header("content-type", "image/png")
+        .header("host", "evil.example")
+        .body(Body::from(png))
+        .expect("request");
+    let (status, body) = call(&door, request).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(
+        body["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://images.example.com/team/api/v1/images/")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_cross_site_form_post_is_refused_and_same_origin_and_curl_pass() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = app("all", dir.path(), &[]).await;
+    let png = solid(5, 5, [1, 2, 3], ImageFormat::Png);
+    let form = |origin: Option<&str>, site: Option<&str>| {
+        let (content_type, body) = multipart("image", "x.png", &png);
+        let mut request = Request::post("/api/v1/images")
+            .header("content-type", content_type)
+            .header("host", "127.0.0.1:8080");
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        if let Some(site) = site {
+            request = request.header("sec-fetch-site", site);
+        }
+        request.body(Body::from(body)).expect("request")
+    };
+    for (origin, site) in [
+        (Some("https://evil.example"), Some("cross-site")),
+        (Some("https://evil.example"), None),
+        (Some("null"), None),
+        (None, Some("cross-site")),
+        (Some("http://127.0.0.1:9999"), Some("same-site")),
+    ] {
+        let (status, body) = call(&app, form(origin, site)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{origin:?} {site:?}: {body}");
+        assert!(body["error"].is_string());
+    }
+    // The evaluation route too: it reads an archive and runs the model.
+    let request = Request::post("/api/v1/evaluations")
+        .header("content-type", "text/plain")
+        .header("origin", "https://evil.example")
+        .body(Body::from("PK\u{3}\u{4}"))
+        .expect("request");
+    assert_eq!(send(&app, request).await.0, StatusCode::FORBIDDEN);
+    for (origin, site) in [
+        (Some("http://127.0.0.1:8080"), Some("same-origin")),
+        (None, None),
+        (None, Some("none")),
+    ] {
+        let (status, body) = call(&app, form(origin, site)).await;
+        assert!(status.is_success(), "{origin:?} {site:?}: {status} {body}");
+    }
+    // Reading stays open to cross-site GETs (images embedded elsewhere).
+    let request = Request::get("/healthz")
+        .header("origin", "https://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(send(&app, request).await.0, StatusCode::OK);
+}
+
 /// An HTTP/2 frame header: length, type, flags, stream.
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;

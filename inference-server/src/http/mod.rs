@@ -4,6 +4,7 @@
 //! (metrics, request ids, tracing, timeouts, body limits, API keys, load shedding). This
 //! module imports the roles; they never import it (a test below checks).
 
+pub mod cross_site;
 pub mod error;
 pub mod health;
 pub mod oip;
@@ -52,6 +53,8 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// A connection must send each request's headers within this (see [`slow_clients`]).
     pub header_read_timeout: Duration,
+    /// `--public-url`'s origin: a browser page there may change things (see [`cross_site`]).
+    pub public_origin: cross_site::PublicOrigin,
 }
 
 /// The parts of the whole process, as [`crate::server`] set them up for its role; [`app`]
@@ -93,6 +96,7 @@ impl AppState {
             model: self.model.clone(),
             results: self.results.clone(),
             metrics: self.metrics.clone(),
+            database: Default::default(),
         }
     }
 
@@ -179,6 +183,10 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.auth(),
             crate::auth::enforce,
+        ))
+        .layer(middleware::from_fn_with_state(
+            settings.public_origin.clone(),
+            cross_site::refuse,
         ))
         .layer(middleware::from_fn_with_state(state, observe))
 }
@@ -277,7 +285,8 @@ mod tests {
 
     /// The modules under `http/` that are no part of the composer (this file): a role's
     /// routes and the shared leaves. Role modules may use these, never `http` itself.
-    const LEAVES: [&str; 8] = [
+    const LEAVES: [&str; 9] = [
+        "cross_site",
         "error",
         "health",
         "oip",

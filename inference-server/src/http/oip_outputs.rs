@@ -115,7 +115,7 @@ mod tests {
             "{{\"outputs\": [{}]}}",
             vec!["{\"name\":\"p\"}"; 1000].join(",")
         );
-        let err = serde_json::from_str::<super::super::oip::InferRequest>(&format!(
+        let err = serde_json::from_str::<crate::http::oip::InferRequest>(&format!(
             "{{\"inputs\": [], {}",
             &listed[1..]
         ))

@@ -108,7 +108,7 @@ async fn pipeline(
     let headers = request.headers().clone();
     check_top_k(params.top_k)?;
     let bytes = read_image(&upload, request, true).await?;
-    let (image, _) = store_image(&upload, &headers, bytes.clone()).await?;
+    let (image, _) = store_image(&upload, bytes.clone()).await?;
     Ok(run(&state, image, bytes, params.top_k, &headers).await)
 }
 
@@ -126,7 +126,7 @@ async fn rerun(
     }
     let bytes = upload.store.get(&id).await?.ok_or_else(not_found)?;
     // Stored images passed the checks; this re-derives the answer's fields, writes nothing.
-    let (image, _) = store_image(&upload, &headers, bytes.clone()).await?;
+    let (image, _) = store_image(&upload, bytes.clone()).await?;
     Ok(run(&state, image, bytes, params.top_k, &headers).await)
 }
 
