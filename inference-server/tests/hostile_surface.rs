@@ -324,3 +324,108 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
     }
 }
 
+#[tokio::test]
+async fn idle_and_stalled_http2_connections_are_closed_at_the_header_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = app("upload", dir.path(), &[]).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(HeaderDeadline::new(listener, Duration::from_secs(1)), app).await
+    });
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    // The preface and a SETTINGS frame, then nothing.
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(preface).await.expect("preface");
+    idle.write_all(&frame(4, 0, 0, &[]))
+        .await
+        .expect("settings");
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(6)).await,
+        "an idle h2c connection is still open after 6 s"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // A HEADERS frame whose block never ends (no END_HEADERS, no CONTINUATION).
+    let mut stalled = TcpStream::connect(addr).await.expect("connect");
+    stalled.write_all(preface).await.expect("preface");
+    stalled
+        .write_all(&frame(4, 0, 0, &[]))
+        .await
+        .expect("settings");
+    // `:method GET` (static index 2), END_STREAM but not END_HEADERS.
+    stalled
+        .write_all(&frame(1, 0x1, 1, &[0x82]))
+        .await
+        .expect("headers");
+    assert!(
+        closed_within(&mut stalled, Duration::from_secs(6)).await,
+        "a stalled header block is still open after 6 s"
+    );
+}
+
+/// Reads HTTP/2 frames until one of `kind` on `stream` arrives (true) or the connection
+/// closes or `limit` passes (false).
+async fn frame_arrives(stream: &mut TcpStream, kind: u8, id: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while buf.len() >= 9 {
+            let len =
+                (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            let on = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7FFF_FFFF;
+            if buf[3] == kind && on == id {
+                return true;
+            }
+            buf.drain(..9 + len);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_http2_request_slower_than_the_deadline_is_answered() {
+    let app = Router::new().route(
+        "/slow",
+        axum::routing::get(|| async {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            "done"
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(HeaderDeadline::new(listener, Duration::from_secs(1)), app).await
+    });
+    let mut client = TcpStream::connect(addr).await.expect("connect");
+    client
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("preface");
+    client
+        .write_all(&frame(4, 0, 0, &[]))
+        .await
+        .expect("settings");
+    // HPACK: :method GET, :scheme http, :path /slow, :authority x.
+    let mut block = vec![0x82, 0x86, 0x44, 5];
+    block.extend_from_slice(b"/slow");
+    block.extend_from_slice(&[0x41, 1, b'x']);
+    client
+        .write_all(&frame(1, 0x5, 1, &block))
+        .await
+        .expect("headers");
+    assert!(
+        frame_arrives(&mut client, 1, 1, Duration::from_secs(6)).await,
+        "the connection was cut while its request was in progress"
+    );
+}

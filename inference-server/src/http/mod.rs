@@ -6,6 +6,7 @@
 
 pub mod cross_site;
 pub mod error;
+pub mod h2_frames;
 pub mod health;
 pub mod oip;
 pub mod oip_outputs;
@@ -285,9 +286,10 @@ mod tests {
 
     /// The modules under `http/` that are no part of the composer (this file): a role's
     /// routes and the shared leaves. Role modules may use these, never `http` itself.
-    const LEAVES: [&str; 9] = [
+    const LEAVES: [&str; 10] = [
         "cross_site",
         "error",
+        "h2_frames",
         "health",
         "oip",
         "oip_outputs",
