@@ -30,6 +30,7 @@ pub mod labels;
 pub mod metrics;
 pub mod model_config;
 pub mod ort_runtime;
+pub mod pinned_dns;
 pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;

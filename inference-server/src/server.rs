@@ -127,6 +127,10 @@ pub async fn role_state(
     let mut state = state_with_sources(args, model_name, &own_images)?;
     // A rotated keys file applies without a restart.
     state.auth.watch();
+    if role.recognizes() {
+        // Each allowed host name's network, fixed now (no DNS rebinding later).
+        state.images.learn().await;
+    }
     state.metrics.set_role(role.as_str());
     state.recognizes = role.recognizes();
     if !role.recognizes() {
