@@ -195,6 +195,13 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGHTLINE_TRAFFIC_FILE")]
     pub traffic_file: Option<PathBuf>,
 
+    /// Upload role: the hosts the traffic file may name, comma-separated, each exact or
+    /// `*.domain` [default: the namespace of --recognize-url when it is a cluster Service
+    /// name (`*.<namespace>.svc`), else --recognize-url's host]. A file naming another host
+    /// is refused (the last good one stays).
+    #[arg(long, env = "SIGHTLINE_TRAFFIC_HOSTS", value_delimiter = ',')]
+    pub traffic_hosts: Vec<String>,
+
     /// Upload role: the base of the image URLs it hands out and stores with results (for
     /// example https://sightline.example.com) [default: http://<the address it listens on>,
     /// loopback for 0.0.0.0; never a request's Host header].

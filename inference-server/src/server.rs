@@ -40,6 +40,8 @@ pub enum ServerError {
          absent"
     )]
     TrafficWithoutRecognize,
+    #[error("invalid --traffic-hosts: {0}")]
+    TrafficHosts(String),
     #[error("invalid --{flag} {value:?}: {source}")]
     DownstreamUrl {
         flag: &'static str,
@@ -202,12 +204,21 @@ pub async fn role_state(
             .traffic_file
             .clone()
             .filter(|p| !p.as_os_str().is_empty());
+        let hosts = if args.traffic_hosts.iter().any(|h| !h.trim().is_empty()) {
+            Some(
+                crate::pipeline::traffic::hosts::AllowedHosts::parse(&args.traffic_hosts)
+                    .map_err(ServerError::TrafficHosts)?,
+            )
+        } else {
+            None
+        };
         let recognize = match downstream("recognize", "recognize-url", &args.recognize_url)? {
             Some(fallback) => Some(
                 crate::pipeline::traffic::Traffic::start(
                     fallback,
                     traffic_file,
                     state.metrics.front_door.clone(),
+                    hosts,
                 )
                 .await,
             ),

@@ -147,3 +147,56 @@ async fn recognize_through(door: &Router) -> StatusCode {
     send(door, request).await.0
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traffic_file_cannot_send_recognitions_to_another_host() {
+    if !test_classifier_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (attacker, seen) = collector().await;
+    // The same loopback server, named by another host than --recognize-url's.
+    let elsewhere = attacker.replace("127.0.0.1", "localhost");
+    let traffic = json!({"model": "test-classifier", "candidate": elsewhere,
+                         "candidateWeight": 100, "mirrorPercent": 100});
+    let (door, _) = front_door_with(dir.path(), &traffic).await;
+    for _ in 0..5 {
+        assert_eq!(recognize_through(&door).await, StatusCode::OK);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        seen.lock().expect("lock").is_empty(),
+        "the traffic file sent recognitions to {elsewhere}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_and_a_mirror_never_receive_the_callers_key() {
+    if !test_classifier_ready() {
+        return;
+    }
+    for (weight, mirror) in [(100, 0), (0, 100)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (candidate, seen) = collector().await;
+        let traffic = json!({"model": "test-classifier", "candidate": candidate,
+                             "candidateWeight": weight, "mirrorPercent": mirror});
+        let (door, _) = front_door_with(dir.path(), &traffic).await;
+        for _ in 0..5 {
+            assert_eq!(recognize_through(&door).await, StatusCode::OK);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while seen.lock().expect("lock").is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let seen = seen.lock().expect("lock");
+        assert!(
+            !seen.is_empty(),
+            "weight {weight}, mirror {mirror}: nothing reached it"
+        );
+        for headers in seen.iter() {
+            assert!(
+                headers.get("authorization").is_none() && headers.get("x-api-key").is_none(),
+                "weight {weight}, mirror {mirror}: the caller's key reached the candidate: {headers:?}"
+            );
+        }
+    }
+}
