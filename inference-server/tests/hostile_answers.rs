@@ -102,6 +102,35 @@ async fn bloated_store(bytes: usize) -> String {
     serve(app).await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downstream_answer_is_read_within_a_bound() {
+    if !test_classifier_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (recognize, _) = role_app(&role_args("recognize", &dir.path().join("r"), &[])).await;
+    let recognize = serve(recognize).await;
+    let store = bloated_store(64 * 1024 * 1024).await;
+    let (door, _) = role_app(&role_args(
+        "upload",
+        &dir.path().join("u"),
+        &["--recognize-url", &recognize, "--store-url", &store],
+    ))
+    .await;
+    let (status, body) = call(
+        &door,
+        post("/api/v1/pipeline", "image/png", png([1, 2, 250])),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("larger than")),
+        "{body}"
+    );
+}
+
 /// What a hostile traffic file could point the front door at: a server that records every
 /// request's headers and answers 503 (so the front door falls back to stable).
 async fn collector() -> (String, Arc<Mutex<Vec<HeaderMap>>>) {

@@ -447,7 +447,9 @@ impl Traffic {
             return;
         };
         let model = active.config.model.clone();
-        let Some(admitted) = self.mirrors.admit(body.len()) else {
+        // Stable's answer, when the shadow's task reads its top-1 from it, is held as long
+        // as the request body: both count against the budget.
+        let Some(admitted) = self.mirrors.admit(body.len() + expected.held_bytes()) else {
             self.metrics.mirrored(&model, "dropped");
             return;
         };
@@ -483,6 +485,14 @@ enum Expected {
 }
 
 impl Expected {
+    /// Bytes this holds until the shadow request ends.
+    fn held_bytes(&self) -> usize {
+        match self {
+            Expected::Known(_) => 0,
+            Expected::In(body) => body.len(),
+        }
+    }
+
     fn top1(self, compare: Compare) -> Option<Top1> {
         match self {
             Expected::Known(top) => Some(top),
@@ -601,6 +611,17 @@ mod tests {
         t.reload().await;
         assert_eq!(t.config(), TrafficConfig::stable_only());
         assert!(Arc::ptr_eq(&t.stable(), &t.fallback));
+    }
+
+    #[test]
+    fn a_mirror_counts_stables_answer_in_its_budget() {
+        let t = traffic(None);
+        let answer = Expected::In(Bytes::from(vec![b' '; mirror::MAX_BYTES_IN_FLIGHT]));
+        assert_eq!(answer.held_bytes(), mirror::MAX_BYTES_IN_FLIGHT);
+        // A 1 KiB body with a 32 MiB answer from stable is over the 32 MiB budget.
+        assert!(t.mirrors.admit(1024 + answer.held_bytes()).is_none());
+        let known = Expected::Known(Top1::Label("red".into()));
+        assert!(t.mirrors.admit(1024 + known.held_bytes()).is_some());
     }
 
     #[tokio::test]
