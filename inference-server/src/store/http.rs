@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{DEFAULT_PAGE, ListQuery, MAX_PAGE, ModelRef, NewResult, ResultStore, StoreError};
 use crate::http::error::{AppError, Json, Query};
@@ -43,23 +43,165 @@ impl From<StoreError> for AppError {
     }
 }
 
+/// Most predictions one saved result may hold.
+pub const MAX_PREDICTIONS: usize = 10_000;
+
+/// The seed's save request, parsed as it is read: `url` kept only when it is a string,
+/// `result` straight into predictions (at most [`MAX_PREDICTIONS`]). No `Value` tree and no
+/// copy of it: a 20 MB `{"result": [0, 0, …]}` is refused at its first element, where
+/// parsing it into a `Value` and cloning that cost some 32 times its size.
+/// A key given twice: the last one wins, as with a `Value` (the seed's Flask did the same).
+struct SeedSave {
+    url: Option<SeedUrl>,
+    result: Option<Vec<Prediction>>,
+}
+
+impl<'de> Deserialize<'de> for SeedSave {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// `result`, read with [`seed_result`].
+        struct Result_;
+        impl<'de> serde::de::DeserializeSeed<'de> for Result_ {
+            type Value = Option<Vec<Prediction>>;
+            fn deserialize<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<Self::Value, D::Error> {
+                seed_result(d)
+            }
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SeedSave;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object with 'url' and 'result'")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<SeedSave, A::Error> {
+                let mut save = SeedSave {
+                    url: None,
+                    result: None,
+                };
+                while let Some(key) = a.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "url" => save.url = Some(a.next_value()?),
+                        "result" => save.result = a.next_value_seed(Result_)?,
+                        _ => {
+                            a.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(save)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The seed's `url`: a string, or anything else (refused with its own message, and passed
+/// over as it is parsed, never kept).
+enum SeedUrl {
+    Text(String),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for SeedUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SeedUrl;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a URL")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<SeedUrl, E> {
+                Ok(SeedUrl::Text(v.to_string()))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<SeedUrl, E> {
+                Ok(SeedUrl::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<SeedUrl, E> {
+                Ok(SeedUrl::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<SeedUrl, E> {
+                Ok(SeedUrl::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<SeedUrl, E> {
+                Ok(SeedUrl::Other)
+            }
+            fn visit_unit<E>(self) -> Result<SeedUrl, E> {
+                Ok(SeedUrl::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<SeedUrl, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(SeedUrl::Other)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<SeedUrl, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(SeedUrl::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The seed's `result`: a list of `{label, probability}`, at most [`MAX_PREDICTIONS`].
+fn seed_result<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<Prediction>>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<Vec<Prediction>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("'result' as a list of {\"label\": string, \"probability\": number}")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(p) = a.next_element::<Prediction>()? {
+                if out.len() == MAX_PREDICTIONS {
+                    return Err(serde::de::Error::custom(format!(
+                        "'result' holds more than {MAX_PREDICTIONS} predictions"
+                    )));
+                }
+                out.push(p);
+            }
+            Ok(Some(out))
+        }
+    }
+    d.deserialize_any(V)
+}
+
 /// Seed contract: `{"url": "...", "result": [...]}` → `201 {"message": ...}`.
 async fn seed_save(
     State(state): State<StoreState>,
-    Json(body): Json<Value>,
+    Json(body): Json<SeedSave>,
 ) -> Result<Response, AppError> {
     let store = &state.results;
-    let (Some(url), Some(result)) = (body.get("url"), body.get("result")) else {
+    let (Some(url), Some(predictions)) = (body.url, body.result) else {
         return Err(AppError::bad_request("Missing parameters"));
     };
-    let url = url
-        .as_str()
-        .filter(|u| !u.trim().is_empty())
-        .ok_or_else(|| AppError::bad_request("'url' must be a non-empty string"))?;
-    let predictions = predictions(result)?;
+    let url = match url {
+        SeedUrl::Text(url) if !url.trim().is_empty() => url,
+        _ => return Err(AppError::bad_request("'url' must be a non-empty string")),
+    };
     let new = NewResult {
-        image_id: image_id_of(url),
-        image_url: url.to_string(),
+        image_id: image_id_of(&url),
+        image_url: url,
         model: ModelRef {
             name: String::new(),
             sha256: String::new(),
@@ -75,15 +217,6 @@ async fn seed_save(
         axum::Json(json!({"message": "Result saved successfully", "id": record.id})),
     )
         .into_response())
-}
-
-/// The seed's result: the recognition answer, a list of `{label, probability}`.
-fn predictions(value: &Value) -> Result<Vec<Prediction>, AppError> {
-    serde_json::from_value::<Vec<Prediction>>(value.clone()).map_err(|e| {
-        AppError::bad_request(format!(
-            "'result' must be a list of {{\"label\": string, \"probability\": number}}: {e}"
-        ))
-    })
 }
 
 /// The content id inside one of our image URLs (`.../images/<sha256>` or
@@ -105,8 +238,10 @@ fn check(new: &NewResult) -> Result<(), AppError> {
             "model name must be at most 255 bytes and its sha256 at most 64",
         ));
     }
-    if new.predictions.len() > 10_000 {
-        return Err(AppError::bad_request("at most 10000 predictions"));
+    if new.predictions.len() > MAX_PREDICTIONS {
+        return Err(AppError::bad_request(format!(
+            "at most {MAX_PREDICTIONS} predictions"
+        )));
     }
     // PostgreSQL's TEXT cannot hold NUL: refuse it here, for every backend alike.
     if [&new.image_url, &new.model.name, &new.model.sha256]
