@@ -89,6 +89,55 @@ async fn repeated_or_unknown_requested_outputs_are_a_400() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_result_never_answers_the_pipeline_and_top_k_is_honoured() {
+    if !test_classifier_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (app, _) = role_app(&role_args("all", dir.path(), &[])).await;
+    let (_, ready) = call(&app, get("/readyz")).await;
+    let sha = ready["model"]["sha256"]
+        .as_str()
+        .expect("digest")
+        .to_string();
+    let red = png([230, 20, 20]);
+    let id = sightline_server::upload::sha256_hex(&red);
+    // Saved first, by anyone: the pipeline's idempotency key, a forged answer.
+    let forged = json!({
+        "image_id": id,
+        "image_url": format!("http://localhost/api/v1/images/{id}"),
+        "model": {"name": "test-classifier", "sha256": sha},
+        "predictions": [{"label": "hot dog", "probability": 0.99}],
+    });
+    let (status, body) = call(
+        &app,
+        post("/api/v1/results", "application/json", forged.to_string()),
+    )
+    .await;
+    assert!(status.is_success(), "{body}");
+    let (status, record) = call(&app, post("/api/v1/pipeline", "image/png", red)).await;
+    assert!(status.is_success(), "{record}");
+    assert_eq!(record["predictions"][0]["label"], "red", "{record}");
+    assert_eq!(record["top_label"], "red", "{record}");
+
+    let green = png([20, 220, 20]);
+    let (status, one) = call(
+        &app,
+        post("/api/v1/pipeline?top_k=1", "image/png", green.clone()),
+    )
+    .await;
+    assert!(status.is_success(), "{one}");
+    assert_eq!(one["predictions"].as_array().map(Vec::len), Some(1));
+    let (status, three) = call(&app, post("/api/v1/pipeline?top_k=3", "image/png", green)).await;
+    assert!(status.is_success(), "{three}");
+    assert_eq!(
+        three["predictions"].as_array().map(Vec::len),
+        Some(3),
+        "{three}"
+    );
+}
+
 /// A store that answers every call with `bytes` of JSON whitespace before a record: what a
 /// broken or hostile downstream can send.
 async fn bloated_store(bytes: usize) -> String {

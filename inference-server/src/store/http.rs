@@ -1,6 +1,11 @@
 //! The `store` role's endpoints: the seed's `POST /api/results/save`, the native
 //! `POST /api/v1/results` (idempotent), `GET /api/v1/results` (cursor paging, filters),
 //! `GET /api/v1/results/{id}` and `GET /api/v1/images/{id}/results`.
+//!
+//! What callers save is recorded as [`Provenance::Client`]. The pipeline's own results
+//! (`server`) come in through `POST /internal/v1/results`, which the front door never
+//! forwards: in a cluster only the front door reaches the store role (its NetworkPolicy),
+//! so no caller can make its word the pipeline's.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -10,7 +15,9 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{DEFAULT_PAGE, ListQuery, MAX_PAGE, ModelRef, NewResult, ResultStore, StoreError};
+use super::{
+    DEFAULT_PAGE, ListQuery, MAX_PAGE, ModelRef, NewResult, Provenance, ResultStore, StoreError,
+};
 use crate::http::error::{AppError, Json, Query};
 use crate::metrics::PipelineMetrics;
 use crate::postprocess::Prediction;
@@ -28,7 +35,11 @@ pub fn router() -> Router<StoreState> {
         .route("/api/v1/results", post(save).get(list))
         .route("/api/v1/results/{id}", get(by_id))
         .route("/api/v1/images/{id}/results", get(by_image))
+        .route("/internal/v1/results", post(save_recognized))
 }
+
+/// The route the pipeline saves its own results through (never forwarded by the front door).
+pub const RECOGNIZED_RESULTS: &str = "/internal/v1/results";
 
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
@@ -208,6 +219,7 @@ async fn seed_save(
         },
         predictions,
         latency_ms: None,
+        provenance: Provenance::Client,
     };
     check(&new)?;
     let (record, created) = store.save(&new).await?;
@@ -274,11 +286,25 @@ fn check(new: &NewResult) -> Result<(), AppError> {
 }
 
 /// Native save: a [`NewResult`] → `201` with the record, or `200` with the one that
-/// already holds this (image, model).
-async fn save(
-    State(state): State<StoreState>,
+/// already holds this (image, model). A caller's result: `client`.
+async fn save(state: State<StoreState>, Json(new): Json<NewResult>) -> Result<Response, AppError> {
+    save_as(state, new, Provenance::Client).await
+}
+
+/// The pipeline's save: the same, recorded as `server`.
+async fn save_recognized(
+    state: State<StoreState>,
     Json(new): Json<NewResult>,
 ) -> Result<Response, AppError> {
+    save_as(state, new, Provenance::Server).await
+}
+
+async fn save_as(
+    State(state): State<StoreState>,
+    mut new: NewResult,
+    provenance: Provenance,
+) -> Result<Response, AppError> {
+    new.provenance = provenance;
     let store = &state.results;
     if new.image_url.trim().is_empty() {
         return Err(AppError::bad_request("'image_url' must not be empty"));
@@ -302,6 +328,7 @@ struct ListParams {
     model: Option<String>,
     since: Option<String>,
     until: Option<String>,
+    provenance: Option<Provenance>,
 }
 
 fn list_query(p: ListParams) -> Result<ListQuery, AppError> {
@@ -334,6 +361,7 @@ fn list_query(p: ListParams) -> Result<ListQuery, AppError> {
         label: p.label.filter(|s| !s.is_empty()),
         model: p.model.filter(|s| !s.is_empty()),
         image_id: None,
+        provenance: p.provenance,
         since_ms: time("since", p.since)?,
         until_ms: time("until", p.until)?,
     })
