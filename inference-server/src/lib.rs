@@ -21,6 +21,7 @@ pub mod cli;
 pub mod drain;
 pub mod engine;
 pub mod eval;
+pub mod eval_relay;
 pub mod exposition;
 pub mod fetch;
 pub mod front_door;

@@ -647,7 +647,14 @@ pub struct StoreMetrics {
 
 impl StoreMetrics {
     /// The operations [`crate::store::ResultStore`] runs (label values).
-    pub const OPERATIONS: [&'static str; 4] = ["insert", "get", "list", "ping"];
+    pub const OPERATIONS: [&'static str; 6] = [
+        "insert",
+        "get",
+        "list",
+        "ping",
+        "evaluation_put",
+        "evaluation_get",
+    ];
 
     fn families() -> StoreMetrics {
         StoreMetrics {
@@ -660,7 +667,7 @@ impl StoreMetrics {
         let m = Self::families();
         registry.register(
             "db_query_duration_seconds",
-            "Time of one results-database operation (insert, get, list, ping), errors included",
+            "Time of one results-database operation (insert, get, list, ping, evaluation_put, evaluation_get), errors included",
             m.duration.clone(),
         );
         registry.register(

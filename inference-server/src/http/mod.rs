@@ -113,6 +113,7 @@ impl AppState {
         EvalState {
             model: self.model.clone(),
             jobs: self.evaluations.clone(),
+            max_image_bytes: self.settings.max_body_bytes as u64,
         }
     }
 

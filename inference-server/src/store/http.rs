@@ -36,10 +36,52 @@ pub fn router() -> Router<StoreState> {
         .route("/api/v1/results/{id}", get(by_id))
         .route("/api/v1/images/{id}/results", get(by_image))
         .route("/internal/v1/results", post(save_recognized))
+        .route(
+            "/internal/v1/evaluations/{id}",
+            get(evaluation).post(put_evaluation),
+        )
 }
 
 /// The route the pipeline saves its own results through (never forwarded by the front door).
 pub const RECOGNIZED_RESULTS: &str = "/internal/v1/results";
+
+/// Where a front door writes and reads an evaluation's state (`{id}` appended).
+pub const EVALUATIONS: &str = "/internal/v1/evaluations/";
+
+/// A front door records evaluation `id`'s view (the JSON object the recognize role shows).
+async fn put_evaluation(
+    State(state): State<StoreState>,
+    Path(id): Path<String>,
+    Json(view): Json<serde_json::Value>,
+) -> Result<Response, AppError> {
+    if !super::evaluations::is_evaluation_id(&id) || view["id"].as_str() != Some(id.as_str()) {
+        return Err(AppError::bad_request(
+            "an evaluation's view must be a JSON object whose 'id' is the id in the path",
+        ));
+    }
+    let text = serde_json::to_string(&view).map_err(|e| AppError::Internal(e.to_string()))?;
+    state.results.put_evaluation(&id, &text).await?;
+    Ok(axum::Json(json!({ "id": id })).into_response())
+}
+
+/// Evaluation `id` as last recorded (a stale `running` one is `failed`).
+async fn evaluation(
+    State(state): State<StoreState>,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let not_found = || AppError::NotFound(format!("no evaluation with id {id:?}"));
+    if !super::evaluations::is_evaluation_id(&id) {
+        return Err(not_found());
+    }
+    let (text, age) = state
+        .results
+        .get_evaluation(&id)
+        .await?
+        .ok_or_else(not_found)?;
+    let view: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| AppError::Internal(format!("stored evaluation {id} is corrupt: {e}")))?;
+    Ok(axum::Json(super::evaluations::shown(view, age)).into_response())
+}
 
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {

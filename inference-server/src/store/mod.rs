@@ -18,6 +18,7 @@
 //! digits), so listing is `ORDER BY id DESC` and a cursor is the last id seen: stable, and
 //! no offset scans.
 
+pub mod evaluations;
 pub mod http;
 
 use std::path::Path;
@@ -127,7 +128,7 @@ impl Dialect {
     }
 
     /// The `n`th (1-based) bind placeholder.
-    fn ph(self, n: usize) -> String {
+    pub(crate) fn ph(self, n: usize) -> String {
         match self {
             Dialect::Postgres => format!("${n}"),
             Dialect::Sqlite | Dialect::MySql => "?".to_string(),
@@ -152,6 +153,7 @@ impl Dialect {
                 definition: provenance,
             },
         ));
+        steps.push((11, Step::Sql(evaluations::table(self))));
         steps
     }
 
@@ -452,7 +454,7 @@ impl ResultStore {
     }
 
     /// Runs one operation in a span, timing it and counting its failure.
-    async fn timed<T>(
+    pub(crate) async fn timed<T>(
         &self,
         operation: &'static str,
         work: impl Future<Output = Result<T, StoreError>>,
@@ -502,8 +504,7 @@ impl ResultStore {
             }
             match migration {
                 Step::Sql(sql) => {
-                    sqlx::query(sql)
-                        .execute(&self.pool)
+                    self.idempotent(sql)
                         .await
                         .map_err(|e| step(&format!("v{version}"), e))?;
                 }
@@ -529,6 +530,24 @@ impl ResultStore {
                 .map_err(|e| step(&format!("record v{version}"), e))?;
         }
         Ok(())
+    }
+
+    /// Runs an `IF NOT EXISTS` statement. Two replicas running it at the same moment can
+    /// still collide inside the database (PostgreSQL: a unique violation on its catalog);
+    /// the loser runs it again, and finds the object there.
+    async fn idempotent(&self, sql: &str) -> Result<(), sqlx::Error> {
+        let mut tries = 0;
+        loop {
+            match sqlx::query(sql).execute(&self.pool).await {
+                Ok(_) => return Ok(()),
+                Err(e) if tries < 3 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "migration step raced another replica; again");
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Adds `column` to the results table unless it is there (another replica may be
@@ -767,7 +786,7 @@ fn record(row: &AnyRow) -> Result<ResultRecord, StoreError> {
 }
 
 /// A text column (MySQL hands TEXT and VARCHAR columns to `Any` as BLOBs at times).
-fn text_column(row: &AnyRow, column: &str, id: &str) -> Result<String, StoreError> {
+pub(crate) fn text_column(row: &AnyRow, column: &str, id: &str) -> Result<String, StoreError> {
     match row.try_get::<String, _>(column) {
         Ok(text) => Ok(text),
         Err(_) => {
