@@ -261,6 +261,14 @@ async fn a_candidate_and_a_mirror_never_receive_the_callers_key() {
         for _ in 0..5 {
             assert_eq!(recognize_through(&door).await, StatusCode::OK);
         }
+        // The one-call pipeline's recognition step too (no store here: it ends in a 503
+        // after recognition, which is what is looked at).
+        let request = Request::post("/api/v1/pipeline")
+            .header("content-type", "image/png")
+            .header("x-api-key", "caller-key-12345678")
+            .body(Body::from(png([10, 200, 10])))
+            .expect("request");
+        let _ = send(&door, request).await;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while seen.lock().expect("lock").is_empty() && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
