@@ -177,10 +177,13 @@ pub async fn start(
     // Dropped with this future (a request timeout, a client gone): the unpacking stops,
     // and its folder goes with it on the blocking thread.
     let guard = cancel.on_drop();
-    let unpacked =
-        tokio::task::spawn_blocking(move || archive::open(&zip, &labels, &work, &cancel))
+    // The slot goes with the unpacking: given back when it (and its clean-up) has ended,
+    // not when this future is dropped.
+    let (unpacked, slot) =
+        tokio::task::spawn_blocking(move || (archive::open(&zip, &labels, &work, &cancel), slot))
             .await
-            .map_err(|_| AppError::Internal("the unpacking worker panicked".into()))??;
+            .map_err(|_| AppError::Internal("the unpacking worker panicked".into()))?;
+    let unpacked = unpacked?;
     guard.disarm();
     let job = Arc::new(Job::new(id, name.clone(), unpacked.samples.len() as u64));
     jobs.push(job.clone());
