@@ -80,7 +80,7 @@ mutants:
 
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := image_decode multipart_upload oip_request operator_render
+FUZZ_TARGETS := eval_archive image_decode multipart_upload oip_request operator_render
 fuzz:
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
 	cd fuzz && for t in $(FUZZ_TARGETS); do \

@@ -8,10 +8,14 @@
 //!   score row plus [`ENTRY_OVERHEAD`]; the least recently used entries are evicted to make
 //!   room, and an entry larger than the whole cache is not kept.
 //! - **Single flight:** while one request (the leader) computes a key, identical requests
-//!   wait for its answer instead of running the model again. A leader's error is handed to
-//!   the requests waiting on it but never stored; a leader that goes away without an answer
-//!   (its client hung up) wakes them, and one of them leads a new computation. Nobody waits
-//!   on a computation that no longer runs.
+//!   wait for its answer instead of running the model again. A leader's error is never
+//!   stored; it is handed to the requests waiting on it only when it is a property of the
+//!   input ([`Shareable`]: an image that does not decode fails the same way for everyone).
+//!   A transient one (the queue was full, the worker stopped, inference failed) is the
+//!   leader's alone: the waiters arrive again and one of them leads a computation of its
+//!   own, so each gets its own answer or its own error. A leader that goes away without an
+//!   answer (its client hung up) wakes them the same way. Nobody waits on a computation
+//!   that no longer runs.
 //!
 //! Hits (stored answers and answers shared in flight), misses, evictions and the bytes held
 //! are exported as `sightline_cache_*` ([`crate::metrics::InferenceMetrics`]).
@@ -66,6 +70,13 @@ impl KeyPrefix {
         hasher.update(image);
         CacheKey(hasher.finalize().into())
     }
+}
+
+/// Whether a failed computation's error may be handed to the requests that waited on it:
+/// true when any computation of the same key would fail the same way (a property of the
+/// input), false when another attempt could succeed (a full queue, a stopped worker).
+pub trait Shareable {
+    fn is_shareable(&self) -> bool;
 }
 
 /// Counts since the cache was made (the metrics hold the same, per model).
@@ -128,7 +139,7 @@ fn entry_bytes(scores: &[f32]) -> usize {
     std::mem::size_of_val(scores) + ENTRY_OVERHEAD
 }
 
-impl<E: Clone> ResultCache<E> {
+impl<E: Clone + Shareable> ResultCache<E> {
     /// A cache of at most `capacity` bytes; `None` for 0 (no cache, no single flight).
     pub fn new(capacity: usize, metrics: InferenceMetrics) -> Option<ResultCache<E>> {
         if capacity == 0 {
@@ -183,6 +194,8 @@ impl<E: Clone> ResultCache<E> {
                         // The leader went away without an answer: arrive again.
                         Err(_) => None,
                     };
+                    // The leader's transient failure is its own: arrive again.
+                    let shared = shared.filter(|o| o.as_ref().err().is_none_or(E::is_shareable));
                     if let Some(outcome) = shared {
                         self.lock().stats.hits += 1;
                         self.metrics.cache_hit();
@@ -299,6 +312,13 @@ mod tests {
 
     use super::*;
     use crate::model_config::ResizePolicy;
+
+    /// The tests' errors stand for a property of the input: shared with the waiters.
+    impl Shareable for String {
+        fn is_shareable(&self) -> bool {
+            true
+        }
+    }
 
     fn cache(capacity: usize) -> Arc<ResultCache<String>> {
         Arc::new(ResultCache::new(capacity, InferenceMetrics::unregistered()).expect("enabled"))
@@ -467,6 +487,67 @@ mod tests {
             .get_or_compute(key(3), || async { Ok(row(2.0)) })
             .await;
         assert_eq!(next, Ok(row(2.0)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leaders_transient_error_is_not_handed_to_the_waiters() {
+        use crate::batching::InferError;
+        use crate::serving::RecognizeError;
+        let cache = Arc::new(
+            ResultCache::<RecognizeError>::new(1024, InferenceMetrics::unregistered())
+                .expect("enabled"),
+        );
+        let leader = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_compute(key(5), || async {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Err(RecognizeError::Infer(InferError::QueueFull {
+                            capacity: 64,
+                        }))
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let waiter = cache
+            .get_or_compute(key(5), || async { Ok(row(5.0)) })
+            .await;
+        assert_eq!(
+            waiter.ok(),
+            Some(row(5.0)),
+            "the waiter ran the model itself instead of taking the leader's full queue"
+        );
+        assert!(
+            leader.await.expect("task").is_err(),
+            "the leader's own error"
+        );
+        // A property of the input (an undecodable image) is the same for everyone: shared.
+        let bad = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_compute(key(6), || async {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Err(RecognizeError::Image(
+                            crate::preprocess::PreprocessError::UnsupportedFormat,
+                        ))
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let runs = AtomicUsize::new(0);
+        let waiter = cache
+            .get_or_compute(key(6), || async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(row(6.0))
+            })
+            .await;
+        assert!(waiter.is_err(), "the same bytes fail the same way");
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+        assert!(bad.await.expect("task").is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -195,8 +195,16 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGHTLINE_TRAFFIC_FILE")]
     pub traffic_file: Option<PathBuf>,
 
-    /// Upload role: the base of the image URLs it hands out (for example
-    /// http://upload:8080) [default: http://<the request's Host>].
+    /// Upload role: the hosts the traffic file may name, comma-separated, each exact or
+    /// `*.domain` [default: the namespace of --recognize-url when it is a cluster Service
+    /// name (`*.<namespace>.svc`), else --recognize-url's host]. A file naming another host
+    /// is refused (the last good one stays).
+    #[arg(long, env = "SIGHTLINE_TRAFFIC_HOSTS", value_delimiter = ',')]
+    pub traffic_hosts: Vec<String>,
+
+    /// Upload role: the base of the image URLs it hands out and stores with results (for
+    /// example https://sightline.example.com) [default: http://<the address it listens on>,
+    /// loopback for 0.0.0.0; never a request's Host header].
     #[arg(long, env = "SIGHTLINE_PUBLIC_URL")]
     pub public_url: Option<String>,
 
@@ -231,12 +239,15 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGHTLINE_DOWNSTREAM_RETRIES", default_value_t = 3)]
     pub downstream_retries: u32,
 
-    /// File of API keys, one a line (`key` or `name:key`; `#` comments). When any key is
-    /// configured, every API call needs one (health, metrics and image downloads stay open).
+    /// File of API keys, one a line (`key` or `name:key`, at least 8 characters; `#`
+    /// comments). When any key is configured, every API call needs one (health, metrics and
+    /// image downloads stay open). Re-read when it changes, by path, every second; a
+    /// malformed or empty new file keeps the last good keys.
     #[arg(long, env = "SIGHTLINE_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
 
-    /// API keys, comma-separated (`key` or `name:key`), in addition to --api-keys-file.
+    /// API keys, comma-separated (`key` or `name:key`, at least 8 characters), in addition
+    /// to --api-keys-file.
     #[arg(
         long,
         env = "SIGHTLINE_API_KEYS",

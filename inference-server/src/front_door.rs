@@ -19,6 +19,10 @@
 //! naming it (with `Retry-After`), a broken or oversized answer a `502`: JSON errors, after
 //! bounded retries of requests that got no answer (see [`Downstream::forward`]).
 //!
+//! Evaluations, with a store: started on recognize and recorded in the store role's
+//! database as they run, so any front door answers for any of them
+//! ([`crate::eval_relay`]); without a store they are forwarded like the rest.
+//!
 //! `/v2/health/live` answers for this process; `/v2/health/ready` is the model's readiness,
 //! asked of recognize. A canary's traffic split: the recognitions (the seed's, `POST
 //! /api/v1/recognize`, `infer`) pick their revision in [`Traffic::forward`], which may mirror
@@ -35,6 +39,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::json;
 
+use crate::eval_relay::Relay;
 use crate::http::error::{AppError, Json};
 use crate::http::oip::HEADER_LENGTH;
 use crate::http::recognize::{Recognition, SEED_TOP_K, UrlRequest};
@@ -58,6 +63,8 @@ pub struct FrontDoorState {
     pub store: Option<Arc<Downstream>>,
     /// Largest answer passed back; larger is a `502`.
     pub max_answer_bytes: usize,
+    /// Evaluations relayed into the store ([`crate::eval_relay`]).
+    pub evaluations: Arc<Relay>,
 }
 
 impl FrontDoorState {
@@ -72,6 +79,7 @@ impl FrontDoorState {
             recognize,
             store,
             max_answer_bytes: max_body_bytes.max(MIN_ANSWER_BYTES),
+            evaluations: Arc::default(),
         }
     }
 }
@@ -87,8 +95,8 @@ pub fn recognize_router() -> Router<FrontDoorState> {
     Router::new()
         .route("/api/images/recognition", post(seed_recognition))
         .route("/api/v1/recognize", post(to_recognition))
-        .route("/api/v1/evaluations", post(to_recognize))
-        .route("/api/v1/evaluations/{id}", get(to_recognize))
+        .route("/api/v1/evaluations", post(to_evaluations))
+        .route("/api/v1/evaluations/{id}", get(evaluation))
         .route("/v2", get(to_recognize))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(to_recognize))
@@ -161,6 +169,49 @@ async fn to_inference(State(door): State<FrontDoorState>, request: Request) -> R
     forward(&door, Backend::Split(&traffic, Compare::Oip), request).await
 }
 
+/// `POST /api/v1/evaluations`: with a store, run on recognize and recorded in the store
+/// so every front door answers for it ([`crate::eval_relay`]); without one, forwarded.
+async fn to_evaluations(State(door): State<FrontDoorState>, request: Request) -> Response {
+    let (Some(traffic), Some(store)) = (door.recognize.clone(), door.store.clone()) else {
+        return to_recognize(State(door), request).await;
+    };
+    let headers = passed_on(request.headers(), &[header::CONTENT_TYPE]);
+    let body = match Bytes::from_request(request, &door).await {
+        Ok(body) => body,
+        Err(rejection) => return AppError::from(rejection).into_response(),
+    };
+    crate::eval_relay::start(&door.evaluations, &traffic.stable(), store, headers, body).await
+}
+
+/// `GET /api/v1/evaluations/{id}`: from the store when there is one, else from recognize.
+async fn evaluation(
+    State(door): State<FrontDoorState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    request: Request,
+) -> Response {
+    let Some(store) = door.store.clone() else {
+        return to_recognize(State(door), request).await;
+    };
+    if !crate::store::evaluations::is_evaluation_id(&id) {
+        return AppError::NotFound(format!("no evaluation with id {id:?}")).into_response();
+    }
+    let headers = passed_on(request.headers(), &[header::ACCEPT]);
+    let path = format!("{}{id}", crate::store::http::EVALUATIONS);
+    match store
+        .forward(
+            Method::GET,
+            &path,
+            headers,
+            Bytes::new(),
+            door.max_answer_bytes,
+        )
+        .await
+    {
+        Ok(answer) => passed_back(answer),
+        Err(e) => downstream_error(e).into_response(),
+    }
+}
+
 async fn to_store(State(door): State<FrontDoorState>, request: Request) -> Response {
     let Some(store) = door.store.clone() else {
         return not_configured("store").into_response();
@@ -219,7 +270,7 @@ async fn seed_recognition(
     Json(body): Json<UrlRequest>,
 ) -> Result<Response, AppError> {
     let url = body.url()?;
-    let base = image_base(&upload, &headers);
+    let base = image_base(&upload);
     let id = own_image_id(&base, &url).ok_or_else(|| {
         AppError::bad_request(format!(
             "the URL is not an image uploaded to this service: recognition by URL takes the \

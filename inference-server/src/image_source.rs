@@ -4,27 +4,37 @@
 //! forgery). A URL is fetched only when it lies under one of the allowed prefixes: the
 //! upload service it was given (`--upload-url`) and an explicit `--fetch-allowlist`. The
 //! check is on the parsed URL (scheme, host, port, normalised path), user info is refused,
-//! redirects are not followed, and the body is read with a size limit and a timeout.
+//! redirects are not followed, and the body is read with a size limit and a timeout. A host
+//! name is then checked by the addresses it resolves to, once, and the connection goes to
+//! exactly those ([`crate::pinned_dns`]: no DNS rebinding).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use url::Url;
 
+use crate::pinned_dns::{Guard, Lookup, Refused, Resolver, SystemLookup};
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{0:?} is not a valid absolute URL")]
     InvalidUrl(String),
+    /// The allowed places are the operator's configuration (internal hosts, buckets): the
+    /// refusal does not list them.
     #[error(
-        "the URL is outside the image store: this service only fetches images from {allowed:?}"
+        "the URL is outside the image store: this service fetches only the images of its \
+         image store and of the places its operator allowed"
     )]
-    NotAllowed { allowed: Vec<String> },
+    NotAllowed,
     #[error("the image store answered {status} for this URL")]
     Status { status: u16 },
     #[error("the image is larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("the image store could not be reached: {0}")]
     Unreachable(String),
+    #[error("the URL is refused: {0}")]
+    Address(Refused),
 }
 
 /// The allowed prefixes plus an HTTP client that follows no redirects.
@@ -33,6 +43,7 @@ pub struct ImageSource {
     allowed: Vec<Url>,
     client: reqwest::Client,
     max_bytes: usize,
+    guard: Arc<Guard>,
 }
 
 impl ImageSource {
@@ -40,6 +51,16 @@ impl ImageSource {
         allowed: &[String],
         max_bytes: usize,
         timeout: Duration,
+    ) -> Result<Self, SourceError> {
+        Self::with_lookup(allowed, max_bytes, timeout, Arc::new(SystemLookup))
+    }
+
+    /// [`ImageSource::new`] resolving host names with `lookup`.
+    pub fn with_lookup(
+        allowed: &[String],
+        max_bytes: usize,
+        timeout: Duration,
+        lookup: Arc<dyn Lookup>,
     ) -> Result<Self, SourceError> {
         let allowed = allowed
             .iter()
@@ -53,7 +74,13 @@ impl ImageSource {
                 Ok(url)
             })
             .collect::<Result<Vec<_>, SourceError>>()?;
+        let names = allowed.iter().filter_map(|u| match u.host() {
+            Some(url::Host::Domain(name)) => Some(name.to_string()),
+            _ => None,
+        });
+        let guard = Arc::new(Guard::new(names, lookup));
         let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(Resolver(guard.clone())))
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(3))
@@ -63,7 +90,14 @@ impl ImageSource {
             allowed,
             client,
             max_bytes,
+            guard,
         })
+    }
+
+    /// Resolves the allowed host names now, so each one's network is fixed before the
+    /// first fetch (see [`crate::pinned_dns`]).
+    pub async fn learn(&self) {
+        self.guard.learn().await;
     }
 
     /// The parsed URL when it is under an allowed prefix.
@@ -76,21 +110,19 @@ impl ImageSource {
         if ok {
             Ok(url)
         } else {
-            Err(SourceError::NotAllowed {
-                allowed: self.allowed.iter().map(Url::to_string).collect(),
-            })
+            Err(SourceError::NotAllowed)
         }
     }
 
     /// Downloads the image at an allowed URL, at most `max_bytes`.
     pub async fn fetch(&self, text: &str) -> Result<bytes::Bytes, SourceError> {
         let url = self.check(text)?;
-        let response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| SourceError::Unreachable(e.without_url().to_string()))?;
+        let response = self.client.get(url).send().await.map_err(|e| {
+            match crate::pinned_dns::refused_in(&e) {
+                Some(refused) => SourceError::Address(refused),
+                None => SourceError::Unreachable(e.without_url().to_string()),
+            }
+        })?;
         let status = response.status();
         if !status.is_success() {
             return Err(SourceError::Status {
@@ -168,7 +200,7 @@ mod tests {
         let s = ImageSource::new(&[], 10, Duration::from_secs(1)).expect("ok");
         assert!(matches!(
             s.check("http://x/y"),
-            Err(SourceError::NotAllowed { .. })
+            Err(SourceError::NotAllowed)
         ));
     }
 }

@@ -163,8 +163,15 @@ impl HttpMetrics {
         HttpMetrics { requests, duration }
     }
 
+    /// Counts one answered request. `route` is a route template (or `unmatched`); the
+    /// method and status become labels from fixed sets, so whatever a caller sends, even
+    /// unauthenticated (a 401 or a 405 is counted too), adds no series.
     pub fn observe(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
-        let status_class = format!("{}xx", status / 100);
+        let method = method_label(method);
+        let status_class = match status / 100 {
+            class @ 1..=5 => format!("{class}xx"),
+            _ => "other".to_string(),
+        };
         self.requests
             .get_or_create(&HttpLabels {
                 route: route.to_string(),
@@ -181,6 +188,24 @@ impl HttpMetrics {
     }
 }
 
+/// The HTTP methods the API uses (case-sensitive, as RFC 9110 defines them), else `other`.
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("other")
+}
+
+/// An image decode in progress (see [`InferenceMetrics::decoding`]).
+pub struct Decoding(Gauge);
+
+impl Drop for Decoding {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Inference: batches, queue, model load and identity.
 #[derive(Clone)]
 pub struct InferenceMetrics {
@@ -191,6 +216,7 @@ pub struct InferenceMetrics {
     queue_capacity: Family<ModelLabels, Gauge>,
     queue_wait: HistogramFamily<ModelLabels>,
     preprocess: HistogramFamily<ModelLabels>,
+    decoding: Family<ModelLabels, Gauge>,
     rejected: Family<ModelReasonLabels, Counter>,
     failures: Family<ModelLabels, Counter>,
     load_seconds: Family<ModelLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -216,6 +242,7 @@ impl InferenceMetrics {
             queue_capacity: Family::default(),
             queue_wait: Family::new_with_constructor(model_latency_histogram),
             preprocess: Family::new_with_constructor(model_latency_histogram),
+            decoding: Family::default(),
             rejected: Family::default(),
             failures: Family::default(),
             load_seconds: Family::default(),
@@ -261,6 +288,12 @@ impl InferenceMetrics {
             "preprocess_duration_seconds",
             "Time to decode, resize and normalise one image",
             m.preprocess.clone(),
+        );
+        registry.register(
+            "preprocess_in_progress",
+            "Images being decoded and preprocessed now (at most --decode-threads, also while \
+             their clients are gone)",
+            m.decoding.clone(),
         );
         registry.register(
             "inference_rejected",
@@ -362,6 +395,13 @@ impl InferenceMetrics {
         self.preprocess
             .get_or_create(&self.model)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// One image is being decoded until the returned guard is dropped.
+    pub fn decoding(&self) -> Decoding {
+        let gauge = self.decoding.get_or_create(&self.model).clone();
+        gauge.inc();
+        Decoding(gauge)
     }
 
     pub fn rejected(&self, reason: &'static str) {
@@ -607,7 +647,14 @@ pub struct StoreMetrics {
 
 impl StoreMetrics {
     /// The operations [`crate::store::ResultStore`] runs (label values).
-    pub const OPERATIONS: [&'static str; 4] = ["insert", "get", "list", "ping"];
+    pub const OPERATIONS: [&'static str; 6] = [
+        "insert",
+        "get",
+        "list",
+        "ping",
+        "evaluation_put",
+        "evaluation_get",
+    ];
 
     fn families() -> StoreMetrics {
         StoreMetrics {
@@ -620,7 +667,7 @@ impl StoreMetrics {
         let m = Self::families();
         registry.register(
             "db_query_duration_seconds",
-            "Time of one results-database operation (insert, get, list, ping), errors included",
+            "Time of one results-database operation (insert, get, list, ping, evaluation_put, evaluation_get), errors included",
             m.duration.clone(),
         );
         registry.register(

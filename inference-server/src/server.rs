@@ -40,6 +40,8 @@ pub enum ServerError {
          absent"
     )]
     TrafficWithoutRecognize,
+    #[error("invalid --traffic-hosts: {0}")]
+    TrafficHosts(String),
     #[error("invalid --{flag} {value:?}: {source}")]
     DownstreamUrl {
         flag: &'static str,
@@ -82,6 +84,9 @@ fn state_with_sources(
             max_in_flight: args.max_in_flight.max(1),
             request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
             header_read_timeout: Duration::from_secs(args.header_read_timeout_secs.max(1)),
+            public_origin: crate::http::cross_site::PublicOrigin::from_url(
+                args.public_url.as_deref(),
+            ),
         }),
         in_flight: Default::default(),
         recognizes: true,
@@ -122,6 +127,12 @@ pub async fn role_state(
         }
     }
     let mut state = state_with_sources(args, model_name, &own_images)?;
+    // A rotated keys file applies without a restart.
+    state.auth.watch();
+    if role.recognizes() {
+        // Each allowed host name's network, fixed now (no DNS rebinding later).
+        state.images.learn().await;
+    }
     state.metrics.set_role(role.as_str());
     state.recognizes = role.recognizes();
     if !role.recognizes() {
@@ -149,7 +160,7 @@ pub async fn role_state(
         store.sweep_temporary();
         state.uploads = Some(crate::upload::http::UploadState {
             store,
-            public_url: args.public_url.clone(),
+            public_url: public_url(args, local),
             metrics: state.metrics.pipeline.clone(),
         });
     }
@@ -193,12 +204,21 @@ pub async fn role_state(
             .traffic_file
             .clone()
             .filter(|p| !p.as_os_str().is_empty());
+        let hosts = if args.traffic_hosts.iter().any(|h| !h.trim().is_empty()) {
+            Some(
+                crate::pipeline::traffic::hosts::AllowedHosts::parse(&args.traffic_hosts)
+                    .map_err(ServerError::TrafficHosts)?,
+            )
+        } else {
+            None
+        };
         let recognize = match downstream("recognize", "recognize-url", &args.recognize_url)? {
             Some(fallback) => Some(
                 crate::pipeline::traffic::Traffic::start(
                     fallback,
                     traffic_file,
                     state.metrics.front_door.clone(),
+                    hosts,
                 )
                 .await,
             ),
@@ -216,6 +236,30 @@ pub async fn role_state(
         );
     }
     Ok(state)
+}
+
+/// The base of the image URLs the upload role hands out: `--public-url`, else the address it
+/// listens on (an unspecified one as loopback), never a request's `Host` header — a caller
+/// could write anything there, and the URL is stored with every result. Listening on an
+/// unspecified address (`0.0.0.0`) without `--public-url` is logged: the URLs then name
+/// loopback and work on this machine only.
+fn public_url(args: &ServeArgs, local: Option<SocketAddr>) -> Option<String> {
+    if let Some(url) = args.public_url.as_deref().filter(|u| !u.is_empty()) {
+        return Some(url.trim_end_matches('/').to_string());
+    }
+    let mut addr = local?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+        tracing::warn!(
+            listen = %args.listen,
+            "no --public-url: image URLs name {addr}, reachable from this machine only; \
+             set --public-url to the address clients use"
+        );
+    }
+    Some(format!("http://{addr}"))
 }
 
 /// A bound, not yet serving, server for one role.

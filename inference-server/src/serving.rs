@@ -52,6 +52,21 @@ pub enum RecognizeError {
     Infer(#[from] InferError),
 }
 
+/// An image that does not decode, or asks for too many rows, fails the same way for every
+/// request with its bytes: shared with the requests waiting on the same computation. A
+/// full queue, a stopped worker or a failed run is transient: each waiter tries again.
+impl crate::cache::Shareable for RecognizeError {
+    fn is_shareable(&self) -> bool {
+        match self {
+            RecognizeError::Image(_) => true,
+            RecognizeError::Infer(InferError::TooManyRows { .. }) => true,
+            RecognizeError::Infer(
+                InferError::QueueFull { .. } | InferError::Stopped | InferError::Failed(_),
+            ) => false,
+        }
+    }
+}
+
 impl ServingModel {
     pub fn batch_config(&self) -> BatchConfig {
         self.batcher.config()
@@ -108,8 +123,11 @@ impl ServingModel {
         self.batcher.infer(input, rows).await
     }
 
-    async fn preprocess_bytes(&self, bytes: bytes::Bytes) -> Result<Vec<f32>, RecognizeError> {
-        let _permit = self
+    /// Decodes and preprocesses one image on the blocking pool, at most `--decode-threads`
+    /// at once — a bound that holds until each decode ends, also when its caller went away
+    /// (see [`crate::blocking`]). Evaluations go through here too.
+    pub async fn preprocess_bytes(&self, bytes: bytes::Bytes) -> Result<Vec<f32>, RecognizeError> {
+        let permit = self
             .cpu
             .clone()
             .acquire_owned()
@@ -117,17 +135,21 @@ impl ServingModel {
             .map_err(|_| InferError::Stopped)?;
         let p = self.preprocess.clone();
         let limits = self.limits;
-        let started = Instant::now();
+        let metrics = self.metrics.clone();
         // The blocking pool does not inherit the caller's span: carry it over.
         let span = tracing::debug_span!("preprocess", bytes = bytes.len());
-        let result =
-            tokio::task::spawn_blocking(move || span.in_scope(|| preprocess(&bytes, &limits, &p)))
-                .await
-                .map_err(|_| InferError::Failed("image worker panicked".into()))?;
-        match &result {
-            Ok(_) => self.metrics.preprocessed(started.elapsed()),
-            Err(e) => self.metrics.rejected(e.reason()),
-        }
+        let result = crate::blocking::run_holding(permit, move || {
+            let _decoding = metrics.decoding();
+            let started = Instant::now();
+            let result = span.in_scope(|| preprocess(&bytes, &limits, &p));
+            match &result {
+                Ok(_) => metrics.preprocessed(started.elapsed()),
+                Err(e) => metrics.rejected(e.reason()),
+            }
+            result
+        })
+        .await
+        .map_err(|_| InferError::Failed("image worker panicked".into()))?;
         Ok(result?)
     }
 }

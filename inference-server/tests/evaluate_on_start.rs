@@ -161,12 +161,7 @@ async fn dataset_server(zip: Vec<u8>, gate: watch::Receiver<bool>) -> String {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
+    support::serve_on_loopback(app).await
 }
 
 /// An open gate (the dataset answers at once); the sender must be kept alive.

@@ -43,7 +43,8 @@ fn the_document_covers_every_route_and_only_those() {
 async fn every_role_serves_the_document_and_the_docs_page_even_with_keys() {
     for role in ["recognize", "upload", "store", "all"] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let app = support::unloaded_app(role, dir.path(), &["--api-keys", "secret"]).await;
+        let app =
+            support::unloaded_app(role, dir.path(), &["--api-keys", "openapi-secret-1"]).await;
         let (status, response) = send(
             &app,
             Request::get("/api/openapi.json")

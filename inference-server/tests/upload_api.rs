@@ -34,12 +34,18 @@ fn stored_files(dir: &std::path::Path) -> usize {
 #[tokio::test]
 async fn seed_upload_returns_an_absolute_url_that_serves_the_bytes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (app, _) = role_app(&role_args("upload", dir.path(), &[])).await;
+    let (app, _) = role_app(&role_args(
+        "upload",
+        dir.path(),
+        &["--public-url", "http://upload.example:9000/"],
+    ))
+    .await;
     let png = solid(20, 10, [200, 10, 10], ImageFormat::Png);
     let (content_type, body) = multipart("image", "cat.png", &png);
+    // The URL is made from --public-url, whatever Host the request names.
     let request = Request::post("/api/images/upload")
         .header("content-type", content_type)
-        .header("host", "upload.example:9000")
+        .header("host", "other.example:1234")
         .body(Body::from(body))
         .expect("request");
     let (status, response) = send(&app, request).await;

@@ -4,6 +4,10 @@
 //! A class is named by a label of the model's labels file (exactly, or ignoring case and
 //! treating `_` as a space, so folder names can avoid spaces) or by its class index
 //! (`281`), which also tells apart ImageNet's duplicated labels.
+//!
+//! A set read from the command line ([`load`]) is the operator's own: a CSV row may name
+//! any file. A set someone uploaded ([`load_within`]) is confined to its folder: a row
+//! must be a relative path without `..` steps, or the set is refused naming the row.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,8 +25,21 @@ pub struct Sample {
     pub class: usize,
 }
 
-/// Loads `path`: a directory (ImageFolder) or a `.csv` file.
+/// Loads `path`: a directory (ImageFolder) or a `.csv` file whose rows may name any file.
 pub fn load(path: &Path, labels: &[String]) -> Result<Vec<Sample>, EvalError> {
+    load_with(path, labels, false)
+}
+
+/// [`load`] for a set confined to the folder `root` holds it (an uploaded archive): a CSV
+/// row naming a file outside is an [`EvalError::Outside`].
+pub fn load_within(path: &Path, root: &Path, labels: &[String]) -> Result<Vec<Sample>, EvalError> {
+    if !path.starts_with(root) {
+        return Err(EvalError::NoDataset(path.display().to_string()));
+    }
+    load_with(path, labels, true)
+}
+
+fn load_with(path: &Path, labels: &[String], confined: bool) -> Result<Vec<Sample>, EvalError> {
     let resolver = Resolver::new(labels);
     let samples = if path.is_dir() {
         image_folder(path, &resolver)?
@@ -32,11 +49,27 @@ pub fn load(path: &Path, labels: &[String]) -> Result<Vec<Sample>, EvalError> {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        csv(&text, base, &resolver).map_err(|(line, message)| EvalError::Csv {
+        let rows = rows(&text, &resolver).map_err(|(line, message)| EvalError::Csv {
             path: path.display().to_string(),
             line,
             message,
-        })?
+        })?;
+        let mut samples = Vec::with_capacity(rows.len());
+        for (line, row, class) in rows {
+            if confined && let Err(why) = relative_inside(&row) {
+                return Err(EvalError::Outside {
+                    path: path.display().to_string(),
+                    line,
+                    row: row.chars().take(200).collect(),
+                    why,
+                });
+            }
+            samples.push(Sample {
+                path: base.join(&row),
+                class,
+            });
+        }
+        samples
     } else {
         return Err(EvalError::NoDataset(path.display().to_string()));
     };
@@ -127,10 +160,40 @@ fn image_folder(dir: &Path, resolver: &Resolver) -> Result<Vec<Sample>, EvalErro
     Ok(samples)
 }
 
-/// Parses `path,label` rows; a first row `path,label` is a header. Fields may be quoted
-/// with `"` (a doubled `""` inside is one quote). Blank lines and `#` comments are skipped.
-/// Errors are `(1-based line, message)`.
+/// Whether a CSV row's path stays inside the folder it is read from: relative, without
+/// `..` steps (`a/./b.png` is fine).
+fn relative_inside(row: &str) -> Result<(), &'static str> {
+    use std::path::Component;
+    for component in Path::new(row).components() {
+        match component {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => return Err("a '..' step leaves it"),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err("an absolute path; name files relative to the CSV");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses `path,label` rows into samples under `base`; see [`rows`].
 pub fn csv(text: &str, base: &Path, resolver: &Resolver) -> Result<Vec<Sample>, (usize, String)> {
+    Ok(rows(text, resolver)?
+        .into_iter()
+        .map(|(_, path, class)| Sample {
+            path: base.join(path),
+            class,
+        })
+        .collect())
+}
+
+/// One CSV row: its 1-based line, its path as written, its class.
+pub type Row = (usize, String, usize);
+
+/// Parses `path,label` rows into `(1-based line, path, class)`; a first row `path,label`
+/// is a header. Fields may be quoted with `"` (a doubled `""` inside is one quote). Blank
+/// lines and `#` comments are skipped. Errors are `(1-based line, message)`.
+pub fn rows(text: &str, resolver: &Resolver) -> Result<Vec<Row>, (usize, String)> {
     let mut samples = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let number = i + 1;
@@ -157,10 +220,7 @@ pub fn csv(text: &str, base: &Path, resolver: &Resolver) -> Result<Vec<Sample>, 
         let class = resolver
             .resolve(label)
             .ok_or_else(|| (number, format!("unknown class {label:?}")))?;
-        samples.push(Sample {
-            path: base.join(path.trim()),
-            class,
-        });
+        samples.push((number, path.trim().to_string(), class));
     }
     Ok(samples)
 }
@@ -242,6 +302,30 @@ mod tests {
         assert!(err.1.contains("purple"));
         let err = csv("\"a.png,red\n", Path::new("."), &r).expect_err("quote");
         assert!(err.1.contains("unterminated"));
+    }
+
+    #[test]
+    fn a_confined_set_refuses_rows_outside_its_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let csv = dir.path().join("set.csv");
+        for (row, ok) in [
+            ("a.png", true),
+            ("./sub/a.png", true),
+            ("/etc/passwd", false),
+            ("/dev/zero", false),
+            ("../a.png", false),
+            ("sub/../../a.png", false),
+        ] {
+            std::fs::write(&csv, format!("path,label\n{row},red\n")).expect("write");
+            let loaded = load_within(&csv, dir.path(), &labels());
+            match (ok, loaded) {
+                (true, Ok(s)) => assert!(s[0].path.starts_with(dir.path()), "{row}"),
+                (false, Err(EvalError::Outside { line: 2, .. })) => {}
+                (_, other) => panic!("{row}: {other:?}"),
+            }
+            // The command line's own sets may name any file.
+            assert!(load(&csv, &labels()).is_ok(), "{row}");
+        }
     }
 
     #[test]

@@ -10,14 +10,19 @@
 //! - [`runner`]: loads the model(s) and classifies the set through the batcher.
 //! - [`report`]: the JSON report, the printed table, the baseline comparison.
 //! - [`progress`]: the progress bar (stderr, only on a terminal).
-//! - [`api`]: `POST /api/v1/evaluations`, the same evaluation over HTTP, in the background.
+//! - [`api`]: `POST /api/v1/evaluations`, the same evaluation over HTTP, in the background;
+//!   [`archive`] (the uploaded zip, confined and cleaned up), [`jobs`] (admission and the
+//!   jobs kept), [`startup`] (`--evaluate-on-start`).
 
 pub mod api;
+pub mod archive;
 pub mod dataset;
+pub mod jobs;
 pub mod metrics;
 pub mod progress;
 pub mod report;
 pub mod runner;
+pub mod startup;
 
 pub use report::Report;
 pub use runner::{run_cli, run_eval};
@@ -41,6 +46,14 @@ pub enum EvalError {
         path: String,
         line: usize,
         message: String,
+    },
+    /// A row of an uploaded set's CSV names a file outside the set.
+    #[error("{path}, line {line}: the path {row:?} is outside the archive: {why}")]
+    Outside {
+        path: String,
+        line: usize,
+        row: String,
+        why: &'static str,
     },
     #[error("class {name:?} (at {at}) is not a label of the model nor a class index")]
     UnknownClass { name: String, at: String },

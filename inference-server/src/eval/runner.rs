@@ -9,6 +9,7 @@ use std::time::Instant;
 use futures::StreamExt;
 
 use super::EvalError;
+use super::archive::Cancel;
 use super::dataset::{self, Sample};
 use super::progress::Progress;
 use super::report::{Answer, Report};
@@ -40,7 +41,16 @@ pub async fn run_eval(args: &EvalArgs) -> Result<Report, EvalError> {
     let model = load_model(&args.serve).await?;
     let samples = dataset::load(&args.dataset, &model.labels)?;
     let shown = args.dataset.display().to_string();
-    let report = evaluate(&model, &model.labels, &samples, &shown, !args.no_progress).await;
+    let max = args.serve.max_upload_bytes as u64;
+    let report = evaluate(
+        &model,
+        &model.labels,
+        &samples,
+        &shown,
+        !args.no_progress,
+        max,
+    )
+    .await;
     let Some(baseline_path) = &args.baseline else {
         return Ok(report);
     };
@@ -67,6 +77,7 @@ pub async fn run_eval(args: &EvalArgs) -> Result<Report, EvalError> {
         &samples,
         &shown,
         !args.no_progress,
+        max,
     )
     .await;
     Ok(report.with_baseline(base))
@@ -83,25 +94,40 @@ async fn load_model(args: &crate::cli::ServeArgs) -> Result<Arc<ServingModel>, E
     })
 }
 
-/// Classifies every sample through the model's batcher and scores the answers.
+/// Classifies every sample through the model's batcher and scores the answers; an image
+/// file larger than `max_image_bytes` is a failed sample, not read.
 pub async fn evaluate(
     model: &Arc<ServingModel>,
     labels: &[String],
     samples: &[Sample],
     dataset: &str,
     progress: bool,
+    max_image_bytes: u64,
 ) -> Report {
     let bar = Progress::new(samples.len() as u64, progress);
-    evaluate_with(model, labels, samples, dataset, &bar).await
+    let never = Cancel::default();
+    evaluate_with(
+        model,
+        labels,
+        samples,
+        dataset,
+        &bar,
+        max_image_bytes,
+        &never,
+    )
+    .await
 }
 
-/// [`evaluate`], counting progress in `bar` (the evaluations API reads it).
+/// [`evaluate`], counting progress in `bar` (the evaluations API reads it) and taking no
+/// new image once `cancel` is set.
 pub async fn evaluate_with(
     model: &Arc<ServingModel>,
     labels: &[String],
     samples: &[Sample],
     dataset: &str,
     bar: &Progress,
+    max_image_bytes: u64,
+    cancel: &Cancel,
 ) -> Report {
     let started = Instant::now();
     // Enough images in flight to fill a batch while the next one is being decoded, never
@@ -109,10 +135,11 @@ pub async fn evaluate_with(
     let batching = model.batch_config();
     let in_flight = (batching.max_batch_size * 2).clamp(1, batching.queue_capacity.max(1));
     let answers: Vec<Answer> = futures::stream::iter(samples.iter().cloned())
+        .take_while(|_| std::future::ready(!cancel.is_set()))
         .map(|s: Sample| {
             let model = model.clone();
             async move {
-                let ranked = rank(&model, &s.path).await;
+                let ranked = rank(&model, &s.path, max_image_bytes).await;
                 bar.inc();
                 Answer {
                     path: s.path,
@@ -134,16 +161,39 @@ pub async fn evaluate_with(
     )
 }
 
+/// The bytes of one image file: a regular file (a device or a pipe would be read without
+/// end), at most `max` bytes.
+async fn read_image(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use tokio::io::AsyncReadExt;
+    let meta = tokio::fs::metadata(path).await.map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > max {
+        return Err(format!("larger than {max} bytes"));
+    }
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(format!("larger than {max} bytes"));
+    }
+    Ok(bytes)
+}
+
 /// The top classes of one image file, best first.
-async fn rank(model: &ServingModel, path: &Path) -> Result<Vec<usize>, String> {
-    let bytes = tokio::fs::read(path).await.map_err(|e| e.to_string())?;
-    let p = model.preprocess.clone();
-    let limits = model.limits;
-    let tensor =
-        tokio::task::spawn_blocking(move || crate::preprocess::preprocess(&bytes, &limits, &p))
-            .await
-            .map_err(|_| "image worker panicked".to_string())?
-            .map_err(|e| e.to_string())?;
+async fn rank(model: &ServingModel, path: &Path, max: u64) -> Result<Vec<usize>, String> {
+    let bytes = read_image(path, max).await?;
+    // The recognitions' decode bound (--decode-threads) holds for evaluations too.
+    let tensor = model
+        .preprocess_bytes(bytes.into())
+        .await
+        .map_err(|e| e.to_string())?;
     let row = model
         .infer_rows(tensor, 1)
         .await

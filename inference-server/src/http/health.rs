@@ -1,6 +1,9 @@
 //! `/healthz` (the process is up), `/readyz` (it can serve: the model is loaded, validated
 //! and warmed up), `/metrics` (Prometheus text format) and `/` (what this server offers).
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -20,6 +23,43 @@ pub struct HealthState {
     pub model: ModelSlot,
     pub results: Option<ResultStore>,
     pub metrics: Metrics,
+    /// The database's last answer to readiness (shared by every clone of this state).
+    pub database: DatabaseCheck,
+}
+
+/// How long a readiness answer about the database is reused: `/readyz` is open and never
+/// shed, so without this every call would be a database round trip.
+pub const DATABASE_CACHE: Duration = Duration::from_secs(1);
+
+/// The database's answer to readiness, asked at most once per [`DATABASE_CACHE`]; callers
+/// arriving while it is asked wait for that one answer.
+#[derive(Clone, Default)]
+pub struct DatabaseCheck(Arc<tokio::sync::Mutex<Option<(Instant, bool)>>>);
+
+impl DatabaseCheck {
+    /// True when the database answered within [`DATABASE_CHECK`], now or less than
+    /// [`DATABASE_CACHE`] ago. Why it did not is logged (once per check), never answered.
+    async fn reachable(&self, results: &ResultStore) -> bool {
+        let mut last = self.0.lock().await;
+        if let Some((at, reachable)) = *last
+            && at.elapsed() < DATABASE_CACHE
+        {
+            return reachable;
+        }
+        let reachable = match tokio::time::timeout(DATABASE_CHECK, results.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness: the results database does not answer");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(?DATABASE_CHECK, "readiness: the results database timed out");
+                false
+            }
+        };
+        *last = Some((Instant::now(), reachable));
+        reachable
+    }
 }
 
 pub fn router() -> Router<HealthState> {
@@ -35,20 +75,17 @@ async fn healthz() -> Response {
 }
 
 /// Ready when every part this role serves can serve: the model loaded, validated and
-/// warmed up (recognize, all) and the results database answering (store, all). A 503
-/// names the first part that cannot, with a stable reason.
+/// warmed up (recognize, all) and the results database answering (store, all; asked at
+/// most once a second). A 503 names the first part that cannot, with a stable reason; the
+/// database's own error goes to the log, not to whoever asks.
 async fn readyz(State(state): State<HealthState>) -> Response {
-    if let Some(results) = &state.results {
-        match tokio::time::timeout(DATABASE_CHECK, results.ping()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return not_ready("DatabaseUnreachable", &e.to_string()),
-            Err(_) => {
-                return not_ready(
-                    "DatabaseUnreachable",
-                    "the database did not answer within 2 s",
-                );
-            }
-        }
+    if let Some(results) = &state.results
+        && !state.database.reachable(results).await
+    {
+        return not_ready(
+            "DatabaseUnreachable",
+            "the results database does not answer; see the server log",
+        );
     }
     match state.model.get() {
         ModelStatus::Ready(model) => axum::Json(json!({
@@ -72,7 +109,7 @@ async fn readyz(State(state): State<HealthState>) -> Response {
 }
 
 /// How long readiness waits for the database (probes have short timeouts).
-const DATABASE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+const DATABASE_CHECK: Duration = Duration::from_secs(2);
 
 fn not_ready(reason: &str, message: &str) -> Response {
     (

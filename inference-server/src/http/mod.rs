@@ -4,9 +4,12 @@
 //! (metrics, request ids, tracing, timeouts, body limits, API keys, load shedding). This
 //! module imports the roles; they never import it (a test below checks).
 
+pub mod cross_site;
 pub mod error;
+pub mod h2_frames;
 pub mod health;
 pub mod oip;
+pub mod oip_outputs;
 pub mod openapi;
 pub mod recognize;
 pub mod request_id;
@@ -51,6 +54,8 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// A connection must send each request's headers within this (see [`slow_clients`]).
     pub header_read_timeout: Duration,
+    /// `--public-url`'s origin: a browser page there may change things (see [`cross_site`]).
+    pub public_origin: cross_site::PublicOrigin,
 }
 
 /// The parts of the whole process, as [`crate::server`] set them up for its role; [`app`]
@@ -92,6 +97,7 @@ impl AppState {
             model: self.model.clone(),
             results: self.results.clone(),
             metrics: self.metrics.clone(),
+            database: Default::default(),
         }
     }
 
@@ -107,6 +113,7 @@ impl AppState {
         EvalState {
             model: self.model.clone(),
             jobs: self.evaluations.clone(),
+            max_image_bytes: self.settings.max_body_bytes as u64,
         }
     }
 
@@ -179,6 +186,10 @@ pub fn app(state: AppState) -> Router {
             state.auth(),
             crate::auth::enforce,
         ))
+        .layer(middleware::from_fn_with_state(
+            settings.public_origin.clone(),
+            cross_site::refuse,
+        ))
         .layer(middleware::from_fn_with_state(state, observe))
 }
 
@@ -212,7 +223,9 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = request.method().clone();
+    // A label from a fixed set: a caller may invent any method (RFC 9110 allows extension
+    // methods), and it must not become a metric series or an unbounded log field.
+    let method = crate::metrics::method_label(request.method().as_str());
     let id = request
         .headers()
         .get(&REQUEST_ID)
@@ -237,7 +250,7 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         let span = tracing::info_span!(
             "request",
             request_id = id.to_str().unwrap_or(""),
-            method = %method,
+            method,
             route = %route,
         );
         let handled = next.run(request).instrument(span);
@@ -256,13 +269,10 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     response.headers_mut().insert(REQUEST_ID, id.clone());
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    state
-        .metrics
-        .http
-        .observe(&route, method.as_str(), status, elapsed);
+    state.metrics.http.observe(&route, method, status, elapsed);
     tracing::info!(
         request_id = id.to_str().unwrap_or(""),
-        method = %method,
+        method,
         route = %route,
         status,
         ms = elapsed.as_secs_f64() * 1000.0,
@@ -277,10 +287,13 @@ mod tests {
 
     /// The modules under `http/` that are no part of the composer (this file): a role's
     /// routes and the shared leaves. Role modules may use these, never `http` itself.
-    const LEAVES: [&str; 7] = [
+    const LEAVES: [&str; 10] = [
+        "cross_site",
         "error",
+        "h2_frames",
         "health",
         "oip",
+        "oip_outputs",
         "openapi",
         "recognize",
         "request_id",
@@ -324,7 +337,7 @@ mod tests {
             "store",
             "pipeline",
             "eval",
-            "auth.rs",
+            "auth",
             "front_door.rs",
         ] {
             sources(&src.join(part), &mut files);

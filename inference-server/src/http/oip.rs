@@ -225,7 +225,7 @@ pub struct InferRequest {
     #[serde(default)]
     pub parameters: Option<Parameters>,
     pub inputs: Vec<InputTensor>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::oip_outputs::at_most_listed")]
     pub outputs: Option<Vec<RequestedOutput>>,
 }
 
@@ -428,38 +428,25 @@ async fn infer(
         &model.info.input_shape,
         model.batch_config().max_request_rows,
     )?;
+    // Checked before the model runs: each output once, only the model's.
+    let requested = super::oip_outputs::requested(
+        request.outputs,
+        &model.info.output_name,
+        model.info.classes,
+    )?;
     let scores = model.infer_rows(values, rows).await?;
     let classes = model.info.classes;
-
     let binary_default = request
         .parameters
         .as_ref()
         .and_then(|p| p.binary_data_output)
         .unwrap_or(false);
-    let requested: Vec<(String, Parameters)> = match request.outputs {
-        Some(outputs) if !outputs.is_empty() => outputs
-            .into_iter()
-            .map(|o| (o.name, o.parameters.unwrap_or_default()))
-            .collect(),
-        _ => vec![(model.info.output_name.clone(), Parameters::default())],
-    };
     let mut outputs = Vec::new();
     let mut tail: Vec<u8> = Vec::new();
     for (out_name, params) in requested {
-        if out_name != model.info.output_name {
-            return Err(AppError::bad_request(format!(
-                "unknown output {out_name:?}; the model's output is {:?}",
-                model.info.output_name
-            )));
-        }
         let binary_out = params.binary_data.unwrap_or(binary_default);
         match params.classification {
             Some(k) => {
-                if k == 0 || k > classes as u64 {
-                    return Err(AppError::bad_request(format!(
-                        "classification must be between 1 and {classes}"
-                    )));
-                }
                 let k = k as usize;
                 let mut labels = Vec::with_capacity(rows * k);
                 for row in scores.chunks_exact(classes) {

@@ -77,7 +77,7 @@ async fn recognize_by_url(
 fn source_error(e: SourceError) -> AppError {
     match e {
         SourceError::InvalidUrl(_) => AppError::BadRequest(e.to_string()),
-        SourceError::NotAllowed { .. } => AppError::Forbidden(e.to_string()),
+        SourceError::NotAllowed | SourceError::Address(_) => AppError::Forbidden(e.to_string()),
         SourceError::Status { status: 404 } => AppError::NotFound("no image at this URL".into()),
         SourceError::Status { .. } => AppError::BadGateway(e.to_string()),
         SourceError::TooLarge { .. } => AppError::PayloadTooLarge(e.to_string()),

@@ -7,9 +7,14 @@
 //! accept, and again from each response, so an idle keep-alive connection is closed after
 //! the same time. When the deadline passes the read fails and hyper drops the connection.
 //!
+//! HTTP/2 connections (prior knowledge, h2c) get the same deadline: it runs from the accept
+//! while the client's preface and first header block arrive, whenever a header block has
+//! begun and not ended, and whenever no request is in progress (every stream answered) —
+//! so an idle h2c connection is closed after the same time as an idle HTTP/1 one, and one
+//! serving a slow request is not. [`super::h2_frames`] reads the frames passing through.
+//!
 //! Bodies are bounded separately: handlers read them inside the request timeout (see
 //! `observe` in [`crate::http`]), so a trickled body is answered 503 when that expires.
-//! HTTP/2 connections (prior knowledge) are left alone after their preface.
 
 use std::future::Future;
 use std::io;
@@ -20,6 +25,8 @@ use std::time::Duration;
 use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use super::h2_frames::{self, PREFACE};
 
 /// A listener whose streams enforce a header-read deadline.
 pub struct HeaderDeadline<L> {
@@ -52,14 +59,24 @@ impl<L: Listener> Listener for HeaderDeadline<L> {
 }
 
 /// Where the stream is in the request it is reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Phase {
     /// Waiting for (the rest of) a request head; the deadline runs.
     Head,
     /// The head is complete; body bytes and the response follow, no deadline.
     Body,
-    /// An HTTP/2 connection: its framing is not inspected.
-    Http2,
+    /// An HTTP/2 connection: the deadline runs while no request is in progress.
+    Http2(Box<h2_frames::Connection>),
+}
+
+impl Phase {
+    fn deadline_runs(&self) -> bool {
+        match self {
+            Phase::Head => true,
+            Phase::Body => false,
+            Phase::Http2(c) => c.waiting_for_a_request(),
+        }
+    }
 }
 
 /// A stream that fails its reads once a request head takes longer than the deadline.
@@ -74,7 +91,8 @@ pub struct DeadlineStream<S> {
     seen: usize,
 }
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// Enough of the preface to know a connection is HTTP/2 (no HTTP/1 method starts so).
+const H2_PREFACE: &[u8] = PREFACE.split_at(14).0;
 
 impl<S> DeadlineStream<S> {
     fn new(inner: S, timeout: Duration) -> Self {
@@ -90,12 +108,16 @@ impl<S> DeadlineStream<S> {
 
     /// Updates the phase with bytes just read.
     fn observe(&mut self, bytes: &[u8]) {
+        let mut bytes = bytes;
         if self.seen < H2_PREFACE.len() {
             let start = self.seen;
             let n = bytes.len().min(H2_PREFACE.len() - start);
             if bytes[..n] == H2_PREFACE[start..start + n] {
                 if start + n == H2_PREFACE.len() {
-                    self.phase = Phase::Http2;
+                    self.phase = Phase::Http2(Box::new(h2_frames::Connection::after_preface(
+                        H2_PREFACE.len(),
+                    )));
+                    bytes = &bytes[n..];
                 }
             } else {
                 // Not HTTP/2: stop comparing.
@@ -103,7 +125,13 @@ impl<S> DeadlineStream<S> {
             }
             self.seen = self.seen.max(start + n);
         }
-        if self.phase != Phase::Head || bytes.is_empty() {
+        if let Phase::Http2(connection) = &mut self.phase {
+            let waiting = connection.waiting_for_a_request();
+            connection.from_client(bytes);
+            self.arm_if_idle_again(waiting);
+            return;
+        }
+        if !matches!(self.phase, Phase::Head) || bytes.is_empty() {
             return;
         }
         let mut window = self.tail.to_vec();
@@ -119,11 +147,29 @@ impl<S> DeadlineStream<S> {
         self.tail = tail;
     }
 
-    /// A response is going out: the next bytes read start a new request head.
-    fn rearm(&mut self) {
-        if self.phase == Phase::Body {
-            self.phase = Phase::Head;
-            self.tail = [0; 3];
+    /// A response is going out (`bytes`, as written): for HTTP/1 the next bytes read start
+    /// a new request head; for HTTP/2 an answered stream may leave the connection idle.
+    fn wrote(&mut self, bytes: &[u8]) {
+        match &mut self.phase {
+            Phase::Body => {
+                self.phase = Phase::Head;
+                self.tail = [0; 3];
+                let at = Instant::now() + self.timeout;
+                self.deadline.as_mut().reset(at);
+            }
+            Phase::Http2(connection) => {
+                let waiting = connection.waiting_for_a_request();
+                connection.from_server(bytes);
+                self.arm_if_idle_again(waiting);
+            }
+            Phase::Head => {}
+        }
+    }
+
+    /// Restarts the deadline when an HTTP/2 connection just went from serving a request to
+    /// waiting for one (`was_waiting` is how it was before).
+    fn arm_if_idle_again(&mut self, was_waiting: bool) {
+        if !was_waiting && self.phase.deadline_runs() {
             let at = Instant::now() + self.timeout;
             self.deadline.as_mut().reset(at);
         }
@@ -137,7 +183,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for DeadlineStream<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.phase == Phase::Head && this.deadline.as_mut().poll(cx).is_ready() {
+        if this.phase.deadline_runs() && this.deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("the request head did not arrive within {:?}", this.timeout),
@@ -145,7 +191,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for DeadlineStream<S> {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        if this.phase == Phase::Head {
+        if !matches!(this.phase, Phase::Body) {
             this.observe(&buf.filled()[before..]);
         }
         Poll::Ready(Ok(()))
@@ -159,8 +205,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for DeadlineStream<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.rearm();
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.wrote(&buf[..written]);
+        Poll::Ready(Ok(written))
     }
 
     fn poll_write_vectored(
@@ -169,8 +216,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for DeadlineStream<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.rearm();
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        let written = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        let mut left = written;
+        for buf in bufs {
+            let n = left.min(buf.len());
+            this.wrote(&buf[..n]);
+            left -= n;
+            if left == 0 {
+                break;
+            }
+        }
+        Poll::Ready(Ok(written))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -198,25 +254,33 @@ mod tests {
     async fn a_head_split_across_reads_ends_the_head_phase() {
         let mut s = stream();
         s.observe(b"GET / HTTP/1.1\r\nHost: x\r");
-        assert_eq!(s.phase, Phase::Head);
+        assert!(matches!(s.phase, Phase::Head));
         s.observe(b"\n\r");
-        assert_eq!(s.phase, Phase::Head);
+        assert!(matches!(s.phase, Phase::Head));
         s.observe(b"\n");
-        assert_eq!(s.phase, Phase::Body);
-        s.rearm();
-        assert_eq!(s.phase, Phase::Head, "a response starts the next head");
+        assert!(matches!(s.phase, Phase::Body));
+        s.wrote(b"HTTP/1.1 200 OK\r\n");
+        assert!(
+            matches!(s.phase, Phase::Head),
+            "a response starts the next head"
+        );
     }
 
     #[tokio::test]
-    async fn http2_prior_knowledge_is_left_alone() {
+    async fn http2_prior_knowledge_gets_the_deadline_while_no_request_is_in_progress() {
         let mut s = stream();
         s.observe(b"PRI * HTTP/2");
         s.observe(b".0\r\n\r\nSM\r\n\r\n");
-        assert_eq!(s.phase, Phase::Http2);
-        s.rearm();
-        assert_eq!(s.phase, Phase::Http2);
+        assert!(matches!(s.phase, Phase::Http2(_)));
+        assert!(s.phase.deadline_runs(), "nothing asked yet");
+        // HEADERS, END_HEADERS | END_STREAM, stream 1, one byte of header block.
+        s.observe(&[0, 0, 1, 0x1, 0x5, 0, 0, 0, 1, 0x82]);
+        assert!(!s.phase.deadline_runs(), "a request is in progress");
+        // The server answers: HEADERS with END_STREAM.
+        s.wrote(&[0, 0, 1, 0x1, 0x5, 0, 0, 0, 1, 0x88]);
+        assert!(s.phase.deadline_runs(), "idle again");
         let mut s = stream();
         s.observe(b"POST / HTTP/1.1\r\n\r\n");
-        assert_eq!(s.phase, Phase::Body);
+        assert!(matches!(s.phase, Phase::Body));
     }
 }

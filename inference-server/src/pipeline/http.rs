@@ -16,7 +16,7 @@ use super::{DownstreamError, Downstreams};
 use crate::http::error::{AppError, Query};
 use crate::http::recognize::Recognition;
 use crate::serving::ModelSlot;
-use crate::store::{ModelRef, NewResult, ResultRecord, ResultStore};
+use crate::store::{ModelRef, NewResult, Provenance, ResultRecord, ResultStore};
 use crate::upload::http::{StoredImage, UploadState, read_image, store_image};
 use crate::upload::is_image_id;
 
@@ -108,7 +108,7 @@ async fn pipeline(
     let headers = request.headers().clone();
     check_top_k(params.top_k)?;
     let bytes = read_image(&upload, request, true).await?;
-    let (image, _) = store_image(&upload, &headers, bytes.clone()).await?;
+    let (image, _) = store_image(&upload, bytes.clone()).await?;
     Ok(run(&state, image, bytes, params.top_k, &headers).await)
 }
 
@@ -126,7 +126,7 @@ async fn rerun(
     }
     let bytes = upload.store.get(&id).await?.ok_or_else(not_found)?;
     // Stored images passed the checks; this re-derives the answer's fields, writes nothing.
-    let (image, _) = store_image(&upload, &headers, bytes.clone()).await?;
+    let (image, _) = store_image(&upload, bytes.clone()).await?;
     Ok(run(&state, image, bytes, params.top_k, &headers).await)
 }
 
@@ -161,6 +161,8 @@ async fn run(
         },
         predictions: recognition.predictions,
         latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+        // This system's own recognition: only such records answer the pipeline.
+        provenance: Provenance::Server,
     };
     let (record, created) = match save(state, &new, headers).await {
         Ok(saved) => saved,
@@ -264,7 +266,12 @@ async fn save(
     let body =
         serde_json::to_vec(new).map_err(|e| StepError::Other(AppError::Internal(e.to_string())))?;
     let (status, record) = remote
-        .post("/api/v1/results", "application/json", body.into(), headers)
+        .post(
+            crate::store::http::RECOGNIZED_RESULTS,
+            "application/json",
+            body.into(),
+            headers,
+        )
         .await?;
     Ok((record, status == StatusCode::CREATED))
 }

@@ -30,6 +30,11 @@ use crate::metrics::PipelineMetrics;
 
 /// Consecutive failures that open a breaker.
 const BREAKER_THRESHOLD: u32 = 5;
+/// Largest answer [`Downstream::post`] reads: a stored record of 10 000 predictions with
+/// 255-byte labels is about 3 MB, a recognition a few hundred bytes.
+pub const MAX_CALL_ANSWER_BYTES: usize = 8 * 1024 * 1024;
+/// Most of a failed answer read for its error message.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
 /// How long an open breaker fails fast before letting a call through again.
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(5);
 
@@ -219,6 +224,8 @@ impl Downstream {
     }
 
     /// POSTs `body` to `path` and decodes a 2xx JSON answer, retrying what is safe to retry.
+    /// The answer is read within [`MAX_CALL_ANSWER_BYTES`] (an error's within 64 KiB): a
+    /// larger one is a [`DownstreamError::BadAnswer`], never held whole.
     pub async fn post<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -263,9 +270,23 @@ impl Downstream {
                         status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
                     if !retryable {
                         self.record_success();
-                        let bytes = response.bytes().await.map_err(|e| {
-                            unavailable(format!("the answer was cut off: {}", e.without_url()))
-                        })?;
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        let limit = if status.is_success() {
+                            MAX_CALL_ANSWER_BYTES
+                        } else {
+                            MAX_ERROR_BYTES
+                        };
+                        let bytes = tokio::time::timeout(
+                            remaining,
+                            read_limited(response, limit, component),
+                        )
+                        .await
+                        .map_err(|_| {
+                            unavailable(format!(
+                                "the answer did not arrive within {:?}",
+                                self.policy.timeout
+                            ))
+                        })??;
                         if status.is_success() {
                             self.metrics.downstream_call(component, "ok");
                             let value = serde_json::from_slice(&bytes).map_err(|e| {
@@ -283,7 +304,15 @@ impl Downstream {
                             message: error_message(&bytes),
                         });
                     }
-                    let bytes = response.bytes().await.unwrap_or_default();
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let bytes = tokio::time::timeout(
+                        remaining,
+                        read_limited(response, MAX_ERROR_BYTES, component),
+                    )
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
                     format!("it answered {status}: {}", error_message(&bytes))
                 }
                 Err(message) => message,

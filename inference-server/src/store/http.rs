@@ -1,6 +1,11 @@
 //! The `store` role's endpoints: the seed's `POST /api/results/save`, the native
 //! `POST /api/v1/results` (idempotent), `GET /api/v1/results` (cursor paging, filters),
 //! `GET /api/v1/results/{id}` and `GET /api/v1/images/{id}/results`.
+//!
+//! What callers save is recorded as [`Provenance::Client`]. The pipeline's own results
+//! (`server`) come in through `POST /internal/v1/results`, which the front door never
+//! forwards: in a cluster only the front door reaches the store role (its NetworkPolicy),
+//! so no caller can make its word the pipeline's.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -8,9 +13,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::{DEFAULT_PAGE, ListQuery, MAX_PAGE, ModelRef, NewResult, ResultStore, StoreError};
+use super::{
+    DEFAULT_PAGE, ListQuery, MAX_PAGE, ModelRef, NewResult, Provenance, ResultStore, StoreError,
+};
 use crate::http::error::{AppError, Json, Query};
 use crate::metrics::PipelineMetrics;
 use crate::postprocess::Prediction;
@@ -28,6 +35,52 @@ pub fn router() -> Router<StoreState> {
         .route("/api/v1/results", post(save).get(list))
         .route("/api/v1/results/{id}", get(by_id))
         .route("/api/v1/images/{id}/results", get(by_image))
+        .route("/internal/v1/results", post(save_recognized))
+        .route(
+            "/internal/v1/evaluations/{id}",
+            get(evaluation).post(put_evaluation),
+        )
+}
+
+/// The route the pipeline saves its own results through (never forwarded by the front door).
+pub const RECOGNIZED_RESULTS: &str = "/internal/v1/results";
+
+/// Where a front door writes and reads an evaluation's state (`{id}` appended).
+pub const EVALUATIONS: &str = "/internal/v1/evaluations/";
+
+/// A front door records evaluation `id`'s view (the JSON object the recognize role shows).
+async fn put_evaluation(
+    State(state): State<StoreState>,
+    Path(id): Path<String>,
+    Json(view): Json<serde_json::Value>,
+) -> Result<Response, AppError> {
+    if !super::evaluations::is_evaluation_id(&id) || view["id"].as_str() != Some(id.as_str()) {
+        return Err(AppError::bad_request(
+            "an evaluation's view must be a JSON object whose 'id' is the id in the path",
+        ));
+    }
+    let text = serde_json::to_string(&view).map_err(|e| AppError::Internal(e.to_string()))?;
+    state.results.put_evaluation(&id, &text).await?;
+    Ok(axum::Json(json!({ "id": id })).into_response())
+}
+
+/// Evaluation `id` as last recorded (a stale `running` one is `failed`).
+async fn evaluation(
+    State(state): State<StoreState>,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let not_found = || AppError::NotFound(format!("no evaluation with id {id:?}"));
+    if !super::evaluations::is_evaluation_id(&id) {
+        return Err(not_found());
+    }
+    let (text, age) = state
+        .results
+        .get_evaluation(&id)
+        .await?
+        .ok_or_else(not_found)?;
+    let view: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| AppError::Internal(format!("stored evaluation {id} is corrupt: {e}")))?;
+    Ok(axum::Json(super::evaluations::shown(view, age)).into_response())
 }
 
 impl From<StoreError> for AppError {
@@ -43,29 +96,172 @@ impl From<StoreError> for AppError {
     }
 }
 
+/// Most predictions one saved result may hold.
+pub const MAX_PREDICTIONS: usize = 10_000;
+
+/// The seed's save request, parsed as it is read: `url` kept only when it is a string,
+/// `result` straight into predictions (at most [`MAX_PREDICTIONS`]). No `Value` tree and no
+/// copy of it: a 20 MB `{"result": [0, 0, …]}` is refused at its first element, where
+/// parsing it into a `Value` and cloning that cost some 32 times its size.
+/// A key given twice: the last one wins, as with a `Value` (the seed's Flask did the same).
+struct SeedSave {
+    url: Option<SeedUrl>,
+    result: Option<Vec<Prediction>>,
+}
+
+impl<'de> Deserialize<'de> for SeedSave {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// `result`, read with [`seed_result`].
+        struct Result_;
+        impl<'de> serde::de::DeserializeSeed<'de> for Result_ {
+            type Value = Option<Vec<Prediction>>;
+            fn deserialize<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<Self::Value, D::Error> {
+                seed_result(d)
+            }
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SeedSave;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object with 'url' and 'result'")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<SeedSave, A::Error> {
+                let mut save = SeedSave {
+                    url: None,
+                    result: None,
+                };
+                while let Some(key) = a.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "url" => save.url = Some(a.next_value()?),
+                        "result" => save.result = a.next_value_seed(Result_)?,
+                        _ => {
+                            a.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(save)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The seed's `url`: a string, or anything else (refused with its own message, and passed
+/// over as it is parsed, never kept).
+enum SeedUrl {
+    Text(String),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for SeedUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SeedUrl;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a URL")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<SeedUrl, E> {
+                Ok(SeedUrl::Text(v.to_string()))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<SeedUrl, E> {
+                Ok(SeedUrl::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<SeedUrl, E> {
+                Ok(SeedUrl::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<SeedUrl, E> {
+                Ok(SeedUrl::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<SeedUrl, E> {
+                Ok(SeedUrl::Other)
+            }
+            fn visit_unit<E>(self) -> Result<SeedUrl, E> {
+                Ok(SeedUrl::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<SeedUrl, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(SeedUrl::Other)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<SeedUrl, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(SeedUrl::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The seed's `result`: a list of `{label, probability}`, at most [`MAX_PREDICTIONS`].
+fn seed_result<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<Prediction>>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<Vec<Prediction>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("'result' as a list of {\"label\": string, \"probability\": number}")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(p) = a.next_element::<Prediction>()? {
+                if out.len() == MAX_PREDICTIONS {
+                    return Err(serde::de::Error::custom(format!(
+                        "'result' holds more than {MAX_PREDICTIONS} predictions"
+                    )));
+                }
+                out.push(p);
+            }
+            Ok(Some(out))
+        }
+    }
+    d.deserialize_any(V)
+}
+
 /// Seed contract: `{"url": "...", "result": [...]}` → `201 {"message": ...}`.
 async fn seed_save(
     State(state): State<StoreState>,
-    Json(body): Json<Value>,
+    Json(body): Json<SeedSave>,
 ) -> Result<Response, AppError> {
     let store = &state.results;
-    let (Some(url), Some(result)) = (body.get("url"), body.get("result")) else {
+    let (Some(url), Some(predictions)) = (body.url, body.result) else {
         return Err(AppError::bad_request("Missing parameters"));
     };
-    let url = url
-        .as_str()
-        .filter(|u| !u.trim().is_empty())
-        .ok_or_else(|| AppError::bad_request("'url' must be a non-empty string"))?;
-    let predictions = predictions(result)?;
+    let url = match url {
+        SeedUrl::Text(url) if !url.trim().is_empty() => url,
+        _ => return Err(AppError::bad_request("'url' must be a non-empty string")),
+    };
     let new = NewResult {
-        image_id: image_id_of(url),
-        image_url: url.to_string(),
+        image_id: image_id_of(&url),
+        image_url: url,
         model: ModelRef {
             name: String::new(),
             sha256: String::new(),
         },
         predictions,
         latency_ms: None,
+        provenance: Provenance::Client,
     };
     check(&new)?;
     let (record, created) = store.save(&new).await?;
@@ -75,15 +271,6 @@ async fn seed_save(
         axum::Json(json!({"message": "Result saved successfully", "id": record.id})),
     )
         .into_response())
-}
-
-/// The seed's result: the recognition answer, a list of `{label, probability}`.
-fn predictions(value: &Value) -> Result<Vec<Prediction>, AppError> {
-    serde_json::from_value::<Vec<Prediction>>(value.clone()).map_err(|e| {
-        AppError::bad_request(format!(
-            "'result' must be a list of {{\"label\": string, \"probability\": number}}: {e}"
-        ))
-    })
 }
 
 /// The content id inside one of our image URLs (`.../images/<sha256>` or
@@ -105,8 +292,10 @@ fn check(new: &NewResult) -> Result<(), AppError> {
             "model name must be at most 255 bytes and its sha256 at most 64",
         ));
     }
-    if new.predictions.len() > 10_000 {
-        return Err(AppError::bad_request("at most 10000 predictions"));
+    if new.predictions.len() > MAX_PREDICTIONS {
+        return Err(AppError::bad_request(format!(
+            "at most {MAX_PREDICTIONS} predictions"
+        )));
     }
     // PostgreSQL's TEXT cannot hold NUL: refuse it here, for every backend alike.
     if [&new.image_url, &new.model.name, &new.model.sha256]
@@ -139,11 +328,25 @@ fn check(new: &NewResult) -> Result<(), AppError> {
 }
 
 /// Native save: a [`NewResult`] → `201` with the record, or `200` with the one that
-/// already holds this (image, model).
-async fn save(
-    State(state): State<StoreState>,
+/// already holds this (image, model). A caller's result: `client`.
+async fn save(state: State<StoreState>, Json(new): Json<NewResult>) -> Result<Response, AppError> {
+    save_as(state, new, Provenance::Client).await
+}
+
+/// The pipeline's save: the same, recorded as `server`.
+async fn save_recognized(
+    state: State<StoreState>,
     Json(new): Json<NewResult>,
 ) -> Result<Response, AppError> {
+    save_as(state, new, Provenance::Server).await
+}
+
+async fn save_as(
+    State(state): State<StoreState>,
+    mut new: NewResult,
+    provenance: Provenance,
+) -> Result<Response, AppError> {
+    new.provenance = provenance;
     let store = &state.results;
     if new.image_url.trim().is_empty() {
         return Err(AppError::bad_request("'image_url' must not be empty"));
@@ -167,6 +370,7 @@ struct ListParams {
     model: Option<String>,
     since: Option<String>,
     until: Option<String>,
+    provenance: Option<Provenance>,
 }
 
 fn list_query(p: ListParams) -> Result<ListQuery, AppError> {
@@ -199,6 +403,7 @@ fn list_query(p: ListParams) -> Result<ListQuery, AppError> {
         label: p.label.filter(|s| !s.is_empty()),
         model: p.model.filter(|s| !s.is_empty()),
         image_id: None,
+        provenance: p.provenance,
         since_ms: time("since", p.since)?,
         until_ms: time("until", p.until)?,
     })

@@ -6,11 +6,21 @@
 //! under a UNIQUE constraint, so saving the same (image, model) twice keeps one record even
 //! when two saves race: the database decides, never a read-then-write.
 //!
+//! Each record also says where it came from ([`Provenance`]): `server` for what this
+//! system's own recognition produced (the one-call pipeline), `client` for what a caller
+//! submitted (`POST /api/v1/results`, the seed's save). The two never share a key: a
+//! server record's key adds its provenance and its number of predictions (the pipeline's
+//! `top_k`), so a submitted record can never stand in for the pipeline's answer, and
+//! `top_k=5` after `top_k=1` is its own record. Records stored before provenance existed
+//! count as `client` (nothing says otherwise); the pipeline recomputes those once.
+//!
 //! Record ids sort by creation time (12 hex digits of milliseconds, then 20 random hex
 //! digits), so listing is `ORDER BY id DESC` and a cursor is the last id seen: stable, and
 //! no offset scans.
 
+pub mod evaluations;
 pub mod http;
+mod schema;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -119,82 +129,30 @@ impl Dialect {
     }
 
     /// The `n`th (1-based) bind placeholder.
-    fn ph(self, n: usize) -> String {
+    pub(crate) fn ph(self, n: usize) -> String {
         match self {
             Dialect::Postgres => format!("${n}"),
             Dialect::Sqlite | Dialect::MySql => "?".to_string(),
         }
     }
+}
 
-    /// The schema, one idempotent statement at a time, by version.
-    fn migrations(self) -> Vec<(i64, &'static str)> {
+/// Who produced a result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provenance {
+    /// Submitted by a caller (`POST /api/v1/results`, the seed's save): anyone's word.
+    #[default]
+    Client,
+    /// Produced by this system's recognition (the one-call pipeline).
+    Server,
+}
+
+impl Provenance {
+    pub fn as_str(self) -> &'static str {
         match self {
-            Dialect::Sqlite => vec![
-                (
-                    1,
-                    "CREATE TABLE IF NOT EXISTS sightline_results (
-                        id TEXT PRIMARY KEY NOT NULL,
-                        idem_key TEXT NOT NULL UNIQUE,
-                        image_id TEXT,
-                        image_url TEXT NOT NULL,
-                        model TEXT NOT NULL,
-                        model_sha256 TEXT NOT NULL,
-                        top_label TEXT,
-                        predictions TEXT NOT NULL,
-                        latency_ms REAL,
-                        created_ms BIGINT NOT NULL)",
-                ),
-                (
-                    2,
-                    "CREATE INDEX IF NOT EXISTS sightline_results_image ON sightline_results (image_id)",
-                ),
-                (
-                    3,
-                    "CREATE INDEX IF NOT EXISTS sightline_results_label ON sightline_results (top_label)",
-                ),
-            ],
-            Dialect::Postgres => vec![
-                (
-                    1,
-                    "CREATE TABLE IF NOT EXISTS sightline_results (
-                        id VARCHAR(32) PRIMARY KEY,
-                        idem_key VARCHAR(64) NOT NULL UNIQUE,
-                        image_id VARCHAR(64),
-                        image_url TEXT NOT NULL,
-                        model VARCHAR(255) NOT NULL,
-                        model_sha256 VARCHAR(64) NOT NULL,
-                        top_label VARCHAR(255),
-                        predictions TEXT NOT NULL,
-                        latency_ms DOUBLE PRECISION,
-                        created_ms BIGINT NOT NULL)",
-                ),
-                (
-                    2,
-                    "CREATE INDEX IF NOT EXISTS sightline_results_image ON sightline_results (image_id)",
-                ),
-                (
-                    3,
-                    "CREATE INDEX IF NOT EXISTS sightline_results_label ON sightline_results (top_label)",
-                ),
-            ],
-            Dialect::MySql => vec![(
-                1,
-                "CREATE TABLE IF NOT EXISTS sightline_results (
-                    id VARCHAR(32) NOT NULL PRIMARY KEY,
-                    idem_key VARCHAR(64) NOT NULL,
-                    image_id VARCHAR(64) NULL,
-                    image_url VARCHAR(4096) NOT NULL,
-                    model VARCHAR(255) NOT NULL,
-                    model_sha256 VARCHAR(64) NOT NULL,
-                    top_label VARCHAR(255) NULL,
-                    predictions MEDIUMTEXT NOT NULL,
-                    latency_ms DOUBLE NULL,
-                    created_ms BIGINT NOT NULL,
-                    UNIQUE KEY sightline_results_idem (idem_key),
-                    KEY sightline_results_image (image_id),
-                    KEY sightline_results_label (top_label)
-                ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
-            )],
+            Provenance::Client => "client",
+            Provenance::Server => "server",
         }
     }
 }
@@ -229,16 +187,26 @@ pub struct NewResult {
     pub predictions: Vec<Prediction>,
     #[serde(default)]
     pub latency_ms: Option<f64>,
+    /// Never read from a request body: what a route of the store role is for says it
+    /// (a caller's save is `client`; the pipeline's save, `server`).
+    #[serde(skip)]
+    pub provenance: Provenance,
 }
 
 impl NewResult {
-    /// The idempotency key: one record per (image, model name, model digest).
+    /// The idempotency key: one record per (image, model name, model digest) for a
+    /// client's results (as before provenance existed); a server's adds its provenance and
+    /// its number of predictions, so the two never meet and each `top_k` has its record.
     pub fn idempotency_key(&self) -> String {
         let image = self.image_id.as_deref().unwrap_or(&self.image_url);
         let mut hasher = Sha256::new();
         for part in [image, &self.model.name, &self.model.sha256] {
             hasher.update(part.as_bytes());
             hasher.update([0u8]);
+        }
+        if self.provenance == Provenance::Server {
+            hasher.update(b"server\0");
+            hasher.update((self.predictions.len() as u64).to_le_bytes());
         }
         hex::encode(hasher.finalize())
     }
@@ -257,6 +225,9 @@ pub struct ResultRecord {
     /// RFC 3339, UTC.
     pub created_at: String,
     pub created_at_ms: i64,
+    /// Who produced it (records of an older server may omit it: `client`).
+    #[serde(default)]
+    pub provenance: Provenance,
 }
 
 /// Filters and paging for a listing.
@@ -268,6 +239,8 @@ pub struct ListQuery {
     pub label: Option<String>,
     pub model: Option<String>,
     pub image_id: Option<String>,
+    /// Only records of this provenance.
+    pub provenance: Option<Provenance>,
     /// Inclusive lower bound on creation time, milliseconds since the epoch.
     pub since_ms: Option<i64>,
     /// Exclusive upper bound on creation time, milliseconds since the epoch.
@@ -289,8 +262,8 @@ pub struct ResultStore {
     metrics: StoreMetrics,
 }
 
-const COLUMNS: &str =
-    "id, image_id, image_url, model, model_sha256, top_label, predictions, latency_ms, created_ms";
+const COLUMNS: &str = "id, image_id, image_url, model, model_sha256, top_label, predictions, \
+     latency_ms, created_ms, provenance";
 
 impl ResultStore {
     /// The default: SQLite at `<data_dir>/sightline.db` (created when missing).
@@ -376,7 +349,7 @@ impl ResultStore {
     }
 
     /// Runs one operation in a span, timing it and counting its failure.
-    async fn timed<T>(
+    pub(crate) async fn timed<T>(
         &self,
         operation: &'static str,
         work: impl Future<Output = Result<T, StoreError>>,
@@ -392,58 +365,6 @@ impl ResultStore {
         let error = result.as_ref().err().map(StoreError::reason);
         self.metrics.observe(operation, started.elapsed(), error);
         result
-    }
-
-    async fn migrate(&self) -> Result<(), StoreError> {
-        let step = |step: &str, source| StoreError::Migrate {
-            step: step.to_string(),
-            source,
-        };
-        if self.dialect == Dialect::Sqlite {
-            // Persistent in the file: readers never block the writer.
-            sqlx::query("PRAGMA journal_mode = WAL")
-                .execute(&self.pool)
-                .await
-                .map_err(|e| step("journal_mode", e))?;
-        }
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS sightline_schema (version BIGINT NOT NULL PRIMARY KEY)",
-        )
-        .execute(&self.pool)
-        .await
-        .map_err(|e| step("sightline_schema", e))?;
-        let applied: Vec<i64> = sqlx::query("SELECT version FROM sightline_schema")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| step("read versions", e))?
-            .iter()
-            .map(|row| row.try_get::<i64, _>(0))
-            .collect::<Result<_, _>>()
-            .map_err(|e| step("read versions", e))?;
-        for (version, sql) in self.dialect.migrations() {
-            if applied.contains(&version) {
-                continue;
-            }
-            sqlx::query(sql)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| step(&format!("v{version}"), e))?;
-            let record = match self.dialect {
-                Dialect::MySql => "INSERT IGNORE INTO sightline_schema (version) VALUES (?)",
-                Dialect::Postgres => {
-                    "INSERT INTO sightline_schema (version) VALUES ($1) ON CONFLICT DO NOTHING"
-                }
-                Dialect::Sqlite => {
-                    "INSERT INTO sightline_schema (version) VALUES (?) ON CONFLICT DO NOTHING"
-                }
-            };
-            sqlx::query(record)
-                .bind(version)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| step(&format!("record v{version}"), e))?;
-        }
-        Ok(())
     }
 
     /// True when the database answers.
@@ -479,13 +400,15 @@ impl ResultStore {
             })?;
         let top_label = new.predictions.first().map(|p| p.label.clone());
         let d = self.dialect;
-        let values = (1..=10).map(|n| d.ph(n)).collect::<Vec<_>>().join(", ");
+        let values = (1..=11).map(|n| d.ph(n)).collect::<Vec<_>>().join(", ");
+        let columns = "id, idem_key, image_id, image_url, model, model_sha256, top_label, \
+                       predictions, latency_ms, created_ms, provenance";
         let sql = match d {
             Dialect::MySql => format!(
-                "INSERT INTO {TABLE} (id, idem_key, image_id, image_url, model, model_sha256, top_label, predictions, latency_ms, created_ms) VALUES ({values}) ON DUPLICATE KEY UPDATE idem_key = idem_key"
+                "INSERT INTO {TABLE} ({columns}) VALUES ({values}) ON DUPLICATE KEY UPDATE idem_key = idem_key"
             ),
             Dialect::Sqlite | Dialect::Postgres => format!(
-                "INSERT INTO {TABLE} (id, idem_key, image_id, image_url, model, model_sha256, top_label, predictions, latency_ms, created_ms) VALUES ({values}) ON CONFLICT (idem_key) DO NOTHING"
+                "INSERT INTO {TABLE} ({columns}) VALUES ({values}) ON CONFLICT (idem_key) DO NOTHING"
             ),
         };
         sqlx::query(&sql)
@@ -505,6 +428,7 @@ impl ResultStore {
                     .unwrap_or(-1.0),
             )
             .bind(now)
+            .bind(new.provenance.as_str())
             .execute(&self.pool)
             .await
             .map_err(|source| StoreError::Query {
@@ -575,6 +499,9 @@ impl ResultStore {
         if let Some(image) = &q.image_id {
             add("image_id =", Bind::Text(image.clone()));
         }
+        if let Some(provenance) = q.provenance {
+            add("provenance =", Bind::Text(provenance.as_str().to_string()));
+        }
         if let Some(since) = q.since_ms {
             add("created_ms >=", Bind::Int(since));
         }
@@ -628,22 +555,16 @@ fn record(row: &AnyRow) -> Result<ResultRecord, StoreError> {
         source: e,
     };
     let id: String = row.try_get("id").map_err(get_err)?;
-    // MySQL hands TEXT columns to `Any` as BLOBs.
-    let predictions: String = match row.try_get::<String, _>("predictions") {
-        Ok(text) => text,
-        Err(_) => {
-            let raw: Vec<u8> = row.try_get("predictions").map_err(get_err)?;
-            String::from_utf8(raw).map_err(|e| StoreError::Corrupt {
-                id: id.clone(),
-                detail: e.to_string(),
-            })?
-        }
-    };
+    let predictions = text_column(row, "predictions", &id)?;
     let predictions = serde_json::from_str(&predictions).map_err(|e| StoreError::Corrupt {
         id: id.clone(),
         detail: e.to_string(),
     })?;
     let created_ms: i64 = row.try_get("created_ms").map_err(get_err)?;
+    let provenance = match text_column(row, "provenance", &id)?.as_str() {
+        "server" => Provenance::Server,
+        _ => Provenance::Client,
+    };
     Ok(ResultRecord {
         image_id: row.try_get("image_id").map_err(get_err)?,
         image_url: row.try_get("image_url").map_err(get_err)?,
@@ -659,8 +580,26 @@ fn record(row: &AnyRow) -> Result<ResultRecord, StoreError> {
             .filter(|l| *l >= 0.0),
         created_at: rfc3339(created_ms),
         created_at_ms: created_ms,
+        provenance,
         id,
     })
+}
+
+/// A text column (MySQL hands TEXT and VARCHAR columns to `Any` as BLOBs at times).
+pub(crate) fn text_column(row: &AnyRow, column: &str, id: &str) -> Result<String, StoreError> {
+    match row.try_get::<String, _>(column) {
+        Ok(text) => Ok(text),
+        Err(_) => {
+            let raw: Vec<u8> = row.try_get(column).map_err(|e| StoreError::Query {
+                what: "decode row",
+                source: e,
+            })?;
+            String::from_utf8(raw).map_err(|e| StoreError::Corrupt {
+                id: id.to_string(),
+                detail: e.to_string(),
+            })
+        }
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -835,6 +774,7 @@ mod tests {
             },
             predictions: vec![],
             latency_ms: None,
+            provenance: Provenance::Client,
         };
         let mut other_url = base.clone();
         other_url.image_url = "http://y/ab".into();
@@ -842,6 +782,18 @@ mod tests {
         let mut other_model = base.clone();
         other_model.model.sha256 = "e".into();
         assert_ne!(base.idempotency_key(), other_model.idempotency_key());
+        // The server's record is never a client's, and each number of predictions is its own.
+        let server = NewResult {
+            provenance: Provenance::Server,
+            ..base.clone()
+        };
+        assert_ne!(base.idempotency_key(), server.idempotency_key());
+        let mut more = server.clone();
+        more.predictions.push(Prediction {
+            label: "x".into(),
+            probability: 0.5,
+        });
+        assert_ne!(server.idempotency_key(), more.idempotency_key());
     }
 
     #[test]

@@ -29,7 +29,10 @@ pub fn router() -> Router<UploadState> {
 #[derive(Clone)]
 pub struct UploadState {
     pub store: ImageStore,
-    /// Base of the URLs handed out (`http://upload:8080`); the request's `Host` otherwise.
+    /// Base of the URLs handed out (`--public-url`; by default the address the server
+    /// listens on, as the composer sets it). `None` (a router without a bound address, as
+    /// in tests): `http://localhost`. Never the request's `Host`: a stored URL must not be
+    /// whatever a caller wrote there.
     pub public_url: Option<String>,
     /// Where stored and refused uploads are counted.
     pub metrics: PipelineMetrics,
@@ -66,28 +69,19 @@ pub struct StoredImage {
 }
 
 /// The absolute URL of image `id`.
-pub fn image_url(uploads: &UploadState, headers: &HeaderMap, id: &str) -> String {
-    format!("{}/api/v1/images/{id}", image_base(uploads, headers))
+pub fn image_url(uploads: &UploadState, id: &str) -> String {
+    format!("{}/api/v1/images/{id}", image_base(uploads))
 }
 
-/// The base of the image URLs this service hands out for a request with these headers
-/// (`--public-url`, else `http://<Host>`), without a trailing slash.
-pub fn image_base(uploads: &UploadState, headers: &HeaderMap) -> String {
-    match &uploads.public_url {
-        Some(base) => base.trim_end_matches('/').to_string(),
-        None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .filter(|h| {
-                    !h.is_empty()
-                        && h.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-                })
-                .unwrap_or("localhost");
-            format!("http://{host}")
-        }
-    }
+/// The base of the image URLs this service hands out, without a trailing slash:
+/// [`UploadState::public_url`], the same for every request.
+pub fn image_base(uploads: &UploadState) -> String {
+    uploads
+        .public_url
+        .as_deref()
+        .unwrap_or("http://localhost")
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// Reads the image: the multipart field `image`, or (when `raw_ok`) the raw body. Errors
@@ -159,7 +153,6 @@ async fn read_body(state: &UploadState, request: Request, raw_ok: bool) -> Resul
 /// Checks and stores an image; the answer of the v1 API and whether it was new.
 pub async fn store_image(
     state: &UploadState,
-    headers: &HeaderMap,
     bytes: Bytes,
 ) -> Result<(StoredImage, bool), AppError> {
     let len = bytes.len();
@@ -174,7 +167,7 @@ pub async fn store_image(
     Ok((
         StoredImage {
             id: info.sha256.clone(),
-            url: image_url(state, headers, &info.sha256),
+            url: image_url(state, &info.sha256),
             info,
         },
         created,
@@ -186,9 +179,8 @@ async fn seed_upload(
     State(state): State<UploadState>,
     request: Request,
 ) -> Result<Response, AppError> {
-    let headers = request.headers().clone();
     let bytes = read_image(&state, request, false).await?;
-    let (image, _) = store_image(&state, &headers, bytes).await?;
+    let (image, _) = store_image(&state, bytes).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(serde_json::json!({ "url": image.url })),
@@ -198,9 +190,8 @@ async fn seed_upload(
 
 /// `201` with the image for new content, `200` when the same bytes were stored before.
 async fn upload(State(state): State<UploadState>, request: Request) -> Result<Response, AppError> {
-    let headers = request.headers().clone();
     let bytes = read_image(&state, request, true).await?;
-    let (image, created) = store_image(&state, &headers, bytes).await?;
+    let (image, created) = store_image(&state, bytes).await?;
     let status = if created {
         StatusCode::CREATED
     } else {

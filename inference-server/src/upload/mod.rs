@@ -12,6 +12,7 @@
 //! made conditional (create-only) so concurrent uploads of one image write it once.
 
 pub mod http;
+pub mod image_end;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -140,26 +141,18 @@ pub fn format_name(format: image::ImageFormat) -> &'static str {
 /// Checks that `bytes` are one whole image and nothing else: the magic bytes name a
 /// supported format, a JPEG or PNG is complete (decoders fill a cut-off image with grey
 /// instead of failing), the header's dimensions are within `limits` (before any pixel is
-/// decoded), the pixels decode, and no other file hides after the image's end.
+/// decoded), the pixels decode, and no other file hides after the image's end, whatever the
+/// format ([`image_end`]).
 /// CPU-bound: call from a blocking thread.
 pub fn check_image(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageInfo, UploadError> {
     let format = crate::preprocess::sniff(bytes)?;
-    let complete = match format {
-        image::ImageFormat::Jpeg => jpeg_complete(bytes),
-        image::ImageFormat::Png => png_complete(bytes),
-        _ => true,
-    };
-    if !complete {
+    if !image_end::complete(format, bytes) {
         return Err(UploadError::Truncated {
             format: format_name(format),
         });
     }
     let decoded = crate::preprocess::decode(bytes, limits)?;
-    let trailing = match format {
-        image::ImageFormat::Png => png_trailing(bytes),
-        image::ImageFormat::Jpeg => jpeg_trailing(bytes),
-        _ => 0,
-    };
+    let trailing = image_end::trailing(format, bytes);
     if trailing > 0 {
         return Err(UploadError::TrailingData(trailing));
     }
@@ -170,106 +163,6 @@ pub fn check_image(bytes: &[u8], limits: &DecodeLimits) -> Result<ImageInfo, Upl
         format: format_name(format).to_string(),
         bytes: bytes.len() as u64,
     })
-}
-
-/// Where the PNG's `IEND` chunk ends, when its chunks run, whole, up to it.
-fn png_end(bytes: &[u8]) -> Option<usize> {
-    let mut pos: usize = 8;
-    while let Some(header) = bytes.get(pos..pos.saturating_add(8)) {
-        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        // Length, type, data, CRC.
-        let end = pos.saturating_add(12).saturating_add(len);
-        if end > bytes.len() {
-            return None;
-        }
-        if &header[4..8] == b"IEND" {
-            return Some(end);
-        }
-        pos = end;
-    }
-    None
-}
-
-/// True when the PNG's chunks run, whole, up to its `IEND` chunk.
-fn png_complete(bytes: &[u8]) -> bool {
-    png_end(bytes).is_some()
-}
-
-/// The position of the first 0xFF byte at or after `pos`.
-fn next_ff(bytes: &[u8], pos: usize) -> Option<usize> {
-    let rest = bytes.get(pos..)?;
-    rest.iter().position(|&b| b == 0xFF).map(|at| pos + at)
-}
-
-/// True when the JPEG's marker segments and entropy-coded scans run up to the
-/// end-of-image marker of its main picture. Segments are skipped by their length, so the
-/// thumbnail inside an Exif segment (which has its own end marker) does not count.
-fn jpeg_complete(bytes: &[u8]) -> bool {
-    if !bytes.starts_with(&[0xFF, 0xD8]) {
-        return false;
-    }
-    let mut pos = 2;
-    loop {
-        // The next marker: 0xFF, any fill bytes, then the marker's code. Stray bytes
-        // between segments are passed over, as lenient decoders do.
-        let Some(next) = next_ff(bytes, pos) else {
-            return false;
-        };
-        pos = next;
-        while bytes.get(pos) == Some(&0xFF) {
-            pos += 1;
-        }
-        let Some(&marker) = bytes.get(pos) else {
-            return false;
-        };
-        pos += 1;
-        match marker {
-            0xD9 => return true,
-            // Markers without a length: TEM, RSTn, a stray SOI; 0x00 is no marker.
-            0x00 | 0x01 | 0xD0..=0xD8 => continue,
-            _ => {}
-        }
-        let Some(len) = bytes
-            .get(pos..pos + 2)
-            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-        else {
-            return false;
-        };
-        if len < 2 || pos + len > bytes.len() {
-            return false;
-        }
-        pos += len;
-        if marker == 0xDA {
-            // A scan's entropy-coded data: runs until a marker other than a stuffed zero
-            // (0xFF 0x00) or a restart marker.
-            loop {
-                let Some(next) = next_ff(bytes, pos) else {
-                    return false;
-                };
-                pos = next;
-                match bytes.get(pos + 1) {
-                    None => return false,
-                    Some(0x00 | 0xD0..=0xD7) => pos += 2,
-                    Some(0xFF) => pos += 1,
-                    Some(_) => break,
-                }
-            }
-        }
-    }
-}
-
-/// Bytes after the PNG `IEND` chunk.
-fn png_trailing(bytes: &[u8]) -> usize {
-    png_end(bytes).map_or(0, |end| bytes.len() - end)
-}
-
-/// Bytes after the last JPEG end-of-image marker, not counting zero padding (some cameras
-/// pad their files).
-fn jpeg_trailing(bytes: &[u8]) -> usize {
-    let Some(eoi) = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]) else {
-        return 0;
-    };
-    bytes[eoi + 2..].iter().filter(|&&b| b != 0).count()
 }
 
 /// Content-addressed images on local disk or in a bucket.
@@ -368,13 +261,16 @@ impl ImageStore {
     pub async fn put(&self, bytes: Bytes) -> Result<(ImageInfo, bool), UploadError> {
         let permit = self
             .cpu
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|e| UploadError::Worker(e.to_string()))?;
         let limits = self.limits;
         let backend = self.backend.clone();
         let checked = bytes.clone();
-        let info = tokio::task::spawn_blocking(move || {
+        // The permit goes with the check: a client that hangs up does not free a slot while
+        // its image is still being decoded.
+        let info = crate::blocking::run_holding(permit, move || {
             let info = check_image(&checked, &limits)?;
             if let Backend::Local(dir) = &*backend {
                 let created = write_local(dir, &info.sha256, &checked)?;
@@ -384,7 +280,6 @@ impl ImageStore {
         })
         .await
         .map_err(|e| UploadError::Worker(e.to_string()))??;
-        drop(permit);
         match (info, &*self.backend) {
             ((info, Some(created)), _) => Ok((info, created)),
             ((info, None), Backend::Object { store, prefix }) => {
@@ -586,6 +481,7 @@ mod tests {
 
     #[test]
     fn cut_off_jpegs_and_pngs_are_refused_whole_ones_pass() {
+        use super::image_end::{jpeg_complete, png_complete};
         let limits = DecodeLimits::default();
         let whole = jpeg(256, 192);
         assert!(jpeg_complete(&whole));

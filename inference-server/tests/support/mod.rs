@@ -253,3 +253,13 @@ pub const OPEN_ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/images/{id}"),
     ("get", "/uploads/{name}"),
 ];
+
+/// Serves `app` on a loopback port (until the test's runtime ends); its base URL.
+pub async fn serve_on_loopback(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}

@@ -156,6 +156,8 @@ pub enum TrafficFileError {
     NoCandidate,
     #[error("the model name is longer than {MAX_MODEL_NAME} characters or has control characters")]
     ModelName,
+    #[error("{field} names a host the front door may not send to: {value:?} (see --traffic-hosts)")]
+    HostNotAllowed { field: &'static str, value: String },
 }
 
 /// The file's contents, read by path (a ConfigMap update swaps a symlink: nothing is held

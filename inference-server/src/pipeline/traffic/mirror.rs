@@ -117,21 +117,109 @@ fn labels_top1(body: &[u8]) -> Option<Top1> {
     predictions.into_iter().next().map(|p| Top1::Label(p.label))
 }
 
+/// An Open Inference Protocol answer, read for its first output only: the other outputs
+/// are passed over as they are parsed (nothing of them is kept), and the first one's `data`
+/// goes straight into numbers or strings, never into a `serde_json::Value` tree.
 #[derive(Deserialize)]
 struct OipAnswer {
-    outputs: Vec<OipOutput>,
+    outputs: FirstOutput,
+}
+
+struct FirstOutput(Option<OipOutput>);
+
+impl<'de> Deserialize<'de> for FirstOutput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = FirstOutput;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of output tensors")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<FirstOutput, A::Error> {
+                let first = seq.next_element::<OipOutput>()?;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(FirstOutput(first))
+            }
+        }
+        d.deserialize_seq(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
 struct OipOutput {
     datatype: String,
     shape: Vec<u64>,
-    data: Option<serde_json::Value>,
+    data: Option<Data>,
+}
+
+/// A tensor's flat `data`: numbers or strings.
+enum Data {
+    Numbers(Vec<f64>),
+    Strings(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Data {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// One element: a number or a string.
+        enum Item {
+            Number(f64),
+            Text(String),
+        }
+        impl<'de> Deserialize<'de> for Item {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = Item;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a number or a string")
+                    }
+                    fn visit_f64<E>(self, v: f64) -> Result<Item, E> {
+                        Ok(Item::Number(v))
+                    }
+                    fn visit_i64<E>(self, v: i64) -> Result<Item, E> {
+                        Ok(Item::Number(v as f64))
+                    }
+                    fn visit_u64<E>(self, v: u64) -> Result<Item, E> {
+                        Ok(Item::Number(v as f64))
+                    }
+                    fn visit_str<E>(self, v: &str) -> Result<Item, E> {
+                        Ok(Item::Text(v.to_string()))
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Data;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a flat list of numbers or of strings")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Data, A::Error> {
+                let mut data = Data::Numbers(Vec::new());
+                let mut first = true;
+                while let Some(item) = seq.next_element::<Item>()? {
+                    match (&mut data, item) {
+                        (Data::Numbers(v), Item::Number(n)) => v.push(n),
+                        (Data::Strings(v), Item::Text(t)) => v.push(t),
+                        (_, Item::Text(t)) if first => data = Data::Strings(vec![t]),
+                        _ => return Err(serde::de::Error::custom("mixed numbers and strings")),
+                    }
+                    first = false;
+                }
+                Ok(data)
+            }
+        }
+        d.deserialize_seq(Visitor)
+    }
 }
 
 fn oip_top1(body: &[u8]) -> Option<Top1> {
     let answer: OipAnswer = serde_json::from_slice(body).ok()?;
-    let output = answer.outputs.into_iter().next()?;
+    let output = answer.outputs.0?;
     let data = output.data?;
     // `[rows, columns]`, or `[columns]` for one row.
     let (rows, columns) = match output.shape.as_slice() {
@@ -143,9 +231,8 @@ fn oip_top1(body: &[u8]) -> Option<Top1> {
     if rows == 0 || columns == 0 {
         return None;
     }
-    let classes = match output.datatype.as_str() {
-        "FP32" | "FP64" => {
-            let scores: Vec<f64> = serde_json::from_value(data).ok()?;
+    let classes = match (output.datatype.as_str(), data) {
+        ("FP32" | "FP64", Data::Numbers(scores)) => {
             if scores.len() != rows.checked_mul(columns)? {
                 return None;
             }
@@ -160,8 +247,7 @@ fn oip_top1(body: &[u8]) -> Option<Top1> {
                 .collect::<Option<Vec<usize>>>()?
         }
         // `classification`: "score:index:label", the best first in each row.
-        "BYTES" => {
-            let entries: Vec<String> = serde_json::from_value(data).ok()?;
+        ("BYTES", Data::Strings(entries)) => {
             if entries.len() != rows.checked_mul(columns)? {
                 return None;
             }
@@ -216,6 +302,11 @@ mod tests {
             Compare::Oip.top1(classification),
             Some(Top1::Classes(vec![2]))
         );
+        // Only the first output is read: what follows it is passed over, whatever it holds.
+        let more =
+            br#"{"outputs":[{"name":"p","datatype":"FP32","shape":[1,3],"data":[0.1,0.7,0.2]},
+            {"name":"q","datatype":"BYTES","shape":"not a shape","data":[[1,[2,{"x":3}]]]}]}"#;
+        assert_eq!(Compare::Oip.top1(more), Some(Top1::Classes(vec![1])));
         for none in [
             // binary outputs carry no data in the JSON part
             &br#"{"outputs":[{"name":"p","datatype":"FP32","shape":[1,3],"parameters":{"binary_data_size":12}}]}"#[..],

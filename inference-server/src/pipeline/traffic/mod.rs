@@ -23,6 +23,7 @@
 //! stable answered, in a task of its own, within its own bounds.
 
 pub mod file;
+pub mod hosts;
 pub mod mirror;
 pub mod split;
 
@@ -38,6 +39,7 @@ use crate::http::oip::HEADER_LENGTH;
 use crate::http::recognize::Recognition;
 use crate::metrics::{FrontDoorMetrics, PipelineMetrics};
 use file::{TrafficConfig, TrafficFileError};
+use hosts::{AllowedHosts, without_credentials};
 use mirror::{Budget, Compare, Top1};
 use split::{Route, Splitter};
 
@@ -76,6 +78,8 @@ pub struct Traffic {
     splitter: Mutex<Splitter>,
     mirrors: Budget,
     seen: tokio::sync::Mutex<Option<Seen>>,
+    /// The hosts the file may name (see [`hosts`]).
+    hosts: AllowedHosts,
 }
 
 impl Traffic {
@@ -83,6 +87,7 @@ impl Traffic {
     pub fn fixed(fallback: Arc<Downstream>, metrics: FrontDoorMetrics) -> Traffic {
         let policy = fallback.policy();
         let pipeline_metrics = fallback.metrics().clone();
+        let hosts = AllowedHosts::default_for(fallback.base());
         Traffic {
             active: RwLock::new(Arc::new(Active {
                 config: TrafficConfig::stable_only(),
@@ -97,19 +102,24 @@ impl Traffic {
             splitter: Mutex::default(),
             mirrors: Budget::default(),
             seen: tokio::sync::Mutex::new(None),
+            hosts,
         }
     }
 
     /// Reads `file` (when given) and keeps reading it every [`POLL_INTERVAL`] from a task
-    /// that ends with the returned value.
+    /// that ends with the returned value. The file may name `hosts` only (`None`: the
+    /// default, [`AllowedHosts::default_for`] the fallback).
     pub async fn start(
         fallback: Arc<Downstream>,
         file: Option<PathBuf>,
         metrics: FrontDoorMetrics,
+        hosts: Option<AllowedHosts>,
     ) -> Arc<Traffic> {
+        let fixed = Traffic::fixed(fallback, metrics);
         let traffic = Arc::new(Traffic {
             file,
-            ..Traffic::fixed(fallback, metrics)
+            hosts: hosts.unwrap_or_else(|| fixed.hosts.clone()),
+            ..fixed
         });
         if traffic.file.is_some() {
             traffic.reload().await;
@@ -192,6 +202,16 @@ impl Traffic {
     /// Applies a checked traffic file: the services it names (those already known are
     /// kept, with their circuit breakers), then the weights.
     pub fn apply(&self, config: TrafficConfig) -> Result<(), TrafficFileError> {
+        for (field, url) in [("stable", &config.stable), ("candidate", &config.candidate)] {
+            if let Some(url) = url
+                && !self.hosts.allows(url)
+            {
+                return Err(TrafficFileError::HostNotAllowed {
+                    field,
+                    value: url.chars().take(200).collect(),
+                });
+            }
+        }
         let current = self.active();
         let reuse = |url: &str, known: &[Option<&Arc<Downstream>>]| {
             known
@@ -291,7 +311,7 @@ impl Traffic {
                 .forward(
                     method.clone(),
                     target,
-                    headers.clone(),
+                    without_credentials(&headers),
                     body.clone(),
                     max_answer,
                 )
@@ -326,6 +346,7 @@ impl Traffic {
             && compare != Compare::Never
         {
             let expected = Expected::In(answer.body.clone());
+            let headers = without_credentials(&headers);
             self.mirror(&active, compare, method, target, headers, body, expected);
         }
         result
@@ -345,12 +366,21 @@ impl Traffic {
         let route = self.route(&active);
         if let (Route::Candidate, Some(candidate)) = (route, &active.candidate) {
             match candidate
-                .post::<Recognition>(path, CONTENT_TYPE, bytes.clone(), forward)
+                .post::<Recognition>(
+                    path,
+                    CONTENT_TYPE,
+                    bytes.clone(),
+                    &without_credentials(forward),
+                )
                 .await
             {
                 Ok(answer) => {
                     self.metrics.request(model, CANDIDATE, true);
                     return Ok(answer);
+                }
+                // It wants credentials it is not given: a candidate failing, not the caller.
+                Err(DownstreamError::Refused { status, .. }) if refuses_the_front_door(status) => {
+                    self.candidate_failed(model, &format!("it answered {status}"));
                 }
                 // The caller's request was refused: stable would refuse it too.
                 Err(e @ DownstreamError::Refused { .. }) => {
@@ -377,6 +407,7 @@ impl Traffic {
                     headers.insert(name.clone(), value.clone());
                 }
             }
+            let headers = without_credentials(&headers);
             let expected = Expected::Known(Top1::Label(top.label.clone()));
             self.mirror(
                 &active,
@@ -416,7 +447,9 @@ impl Traffic {
             return;
         };
         let model = active.config.model.clone();
-        let Some(admitted) = self.mirrors.admit(body.len()) else {
+        // Stable's answer, when the shadow's task reads its top-1 from it, is held as long
+        // as the request body: both count against the budget.
+        let Some(admitted) = self.mirrors.admit(body.len() + expected.held_bytes()) else {
             self.metrics.mirrored(&model, "dropped");
             return;
         };
@@ -452,6 +485,14 @@ enum Expected {
 }
 
 impl Expected {
+    /// Bytes this holds until the shadow request ends.
+    fn held_bytes(&self) -> usize {
+        match self {
+            Expected::Known(_) => 0,
+            Expected::In(body) => body.len(),
+        }
+    }
+
     fn top1(self, compare: Compare) -> Option<Top1> {
         match self {
             Expected::Known(top) => Some(top),
@@ -460,9 +501,17 @@ impl Expected {
     }
 }
 
-/// A candidate's answer that stable gives instead: it is down, not ready or saturated.
+/// A candidate's answer that stable gives instead: it is down, not ready or saturated, or
+/// it refuses the front door's call (it wants credentials it is never given).
 fn falls_back(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+    status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || refuses_the_front_door(status)
+}
+
+/// 401 or 403 from the candidate: it checks keys, and the caller's are not sent to it.
+fn refuses_the_front_door(status: StatusCode) -> bool {
+    status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
 }
 
 /// A candidate's calls: one attempt (stable is the retry), within half the downstream
@@ -502,8 +551,11 @@ mod tests {
             crate::metrics::Metrics::new("").pipeline,
         )
         .expect("a downstream");
+        // The hosts these tests' files name (a front door's --traffic-hosts).
+        let hosts = ["recognize", "canary", "c", "other-stable"].map(String::from);
         Traffic {
             file,
+            hosts: AllowedHosts::parse(&hosts).expect("hosts"),
             ..Traffic::fixed(Arc::new(fallback), FrontDoorMetrics::unregistered())
         }
     }
@@ -559,6 +611,39 @@ mod tests {
         t.reload().await;
         assert_eq!(t.config(), TrafficConfig::stable_only());
         assert!(Arc::ptr_eq(&t.stable(), &t.fallback));
+    }
+
+    #[test]
+    fn a_mirror_counts_stables_answer_in_its_budget() {
+        let t = traffic(None);
+        let answer = Expected::In(Bytes::from(vec![b' '; mirror::MAX_BYTES_IN_FLIGHT]));
+        assert_eq!(answer.held_bytes(), mirror::MAX_BYTES_IN_FLIGHT);
+        // A 1 KiB body with a 32 MiB answer from stable is over the 32 MiB budget.
+        assert!(t.mirrors.admit(1024 + answer.held_bytes()).is_none());
+        let known = Expected::Known(Top1::Label("red".into()));
+        assert!(t.mirrors.admit(1024 + known.held_bytes()).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_file_naming_another_host_is_refused_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("traffic.json");
+        let t = traffic(Some(path.clone()));
+        write(
+            &path,
+            r#"{"model":"m","candidate":"http://canary:8080","candidateWeight":20}"#,
+        );
+        t.reload().await;
+        let good = t.config();
+        write(
+            &path,
+            r#"{"model":"m","candidate":"http://attacker.example:8080","candidateWeight":100}"#,
+        );
+        t.reload().await;
+        assert_eq!(t.config(), good, "the last good file stays");
+        write(&path, r#"{"model":"m","stable":"http://attacker.example"}"#);
+        t.reload().await;
+        assert_eq!(t.config(), good);
     }
 
     #[tokio::test]

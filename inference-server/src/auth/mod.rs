@@ -2,9 +2,12 @@
 //! gateway, or none).
 //!
 //! Keys come from a file (`--api-keys-file`, one key a line, optionally `name:key`; `#`
-//! starts a comment) and/or the environment (`SIGHTLINE_API_KEYS`, comma-separated). Only
-//! their SHA-256 digests are kept, and a presented key is compared with every digest in
-//! constant time. Clients send `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+//! starts a comment) and/or the environment (`SIGHTLINE_API_KEYS`, comma-separated), under
+//! one policy ([`keys`]): at least 8 characters, names that never collide. Only their
+//! SHA-256 digests are kept, and a presented key is compared with every digest in constant
+//! time. The keys file is re-read when it changes ([`Auth::watch`]), so rotating a key needs
+//! no restart. Clients send `Authorization: Bearer <key>` or `X-API-Key: <key>` (another
+//! `Authorization` scheme, such as a browser's `Basic`, does not hide an `X-API-Key`).
 //!
 //! Rate limits are a token bucket per key (one shared bucket for everyone when no keys are
 //! configured): `--rate-limit-rps` tokens a second, bursts of `--rate-limit-burst`.
@@ -13,9 +16,11 @@
 //! a capability only someone who had the image or its URL knows), which the recognize role
 //! fetches without credentials.
 
+pub mod keys;
+
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -25,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use crate::metrics::PipelineMetrics;
+use keys::Key;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -39,13 +45,12 @@ pub enum AuthError {
         line: usize,
         reason: &'static str,
     },
+    #[error("the API keys file {path} holds no key: remove --api-keys-file to run without keys")]
+    NoKeys { path: String },
+    #[error("API key {item} of --api-keys / SIGHTLINE_API_KEYS: {reason}")]
+    InvalidEnv { item: usize, reason: &'static str },
     #[error("--rate-limit-rps must be a finite number ≥ 0, got {0}")]
     Rate(f64),
-}
-
-struct Key {
-    name: String,
-    digest: [u8; 32],
 }
 
 struct Bucket {
@@ -53,26 +58,55 @@ struct Bucket {
     at: Instant,
 }
 
-/// Keys (hashed) and buckets.
+/// The keys in use: the file's (replaced when it changes) and the environment's (fixed).
+struct KeySet {
+    file: Vec<Key>,
+    env: Vec<Key>,
+}
+
+impl KeySet {
+    fn iter(&self) -> impl Iterator<Item = &Key> {
+        self.file.iter().chain(self.env.iter())
+    }
+}
+
+/// Keys (hashed), the keys file they are re-read from, and buckets.
 pub struct Auth {
-    keys: Vec<Key>,
+    keys: RwLock<Arc<KeySet>>,
+    file: Option<PathBuf>,
+    /// The keys file's last contents seen (to act on changes only, and log each once).
+    seen: Mutex<Option<Result<Vec<u8>, String>>>,
     rate: f64,
     burst: f64,
+    /// Per key digest (hex), or `anonymous` without keys.
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
 impl Auth {
     /// No keys and no limit: every request passes.
     pub fn open() -> Auth {
+        Auth::with_keys(Vec::new(), Vec::new(), None, 0.0, 0.0)
+    }
+
+    fn with_keys(
+        file: Vec<Key>,
+        env: Vec<Key>,
+        path: Option<PathBuf>,
+        rate: f64,
+        burst: f64,
+    ) -> Auth {
         Auth {
-            keys: Vec::new(),
-            rate: 0.0,
-            burst: 0.0,
+            keys: RwLock::new(Arc::new(KeySet { file, env })),
+            file: path,
+            seen: Mutex::new(None),
+            rate,
+            burst,
             buckets: Mutex::default(),
         }
     }
 
-    /// From the flags: the keys file, keys from the environment, the rate limit.
+    /// From the flags: the keys file, keys from the environment, the rate limit. A keys
+    /// file given but holding no key is an error (it would silently turn keys off).
     pub fn new(
         keys_file: Option<&Path>,
         env_keys: &[String],
@@ -82,73 +116,107 @@ impl Auth {
         if !rate.is_finite() || rate < 0.0 {
             return Err(AuthError::Rate(rate));
         }
-        let mut keys = Vec::new();
+        let mut file_keys = Vec::new();
+        let mut seen = None;
         if let Some(path) = keys_file {
             let shown = path.display().to_string();
             let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
                 path: shown.clone(),
                 source,
             })?;
-            for (n, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let (name, key) = match line.split_once(':') {
-                    Some((name, key)) => (name.trim().to_string(), key.trim()),
-                    None => (format!("key{}", keys.len() + 1), line),
-                };
-                if key.len() < 8 {
-                    return Err(AuthError::Invalid {
-                        path: shown,
-                        line: n + 1,
-                        reason: "keys must be at least 8 characters",
-                    });
-                }
-                keys.push(Key {
-                    name,
-                    digest: Sha256::digest(key.as_bytes()).into(),
-                });
+            file_keys = keys::parse_file(&text).map_err(|e| AuthError::Invalid {
+                path: shown.clone(),
+                line: e.line,
+                reason: e.reason,
+            })?;
+            if file_keys.is_empty() {
+                return Err(AuthError::NoKeys { path: shown });
             }
+            seen = Some(Ok(text.into_bytes()));
         }
-        for key in env_keys.iter().map(|k| k.trim()).filter(|k| !k.is_empty()) {
-            let (name, key) = match key.split_once(':') {
-                Some((name, key)) => (name.trim().to_string(), key.trim()),
-                None => (format!("env{}", keys.len() + 1), key),
-            };
-            keys.push(Key {
-                name,
-                digest: Sha256::digest(key.as_bytes()).into(),
-            });
-        }
+        let env = keys::parse_env(env_keys).map_err(|e| AuthError::InvalidEnv {
+            item: e.line,
+            reason: e.reason,
+        })?;
         let burst = f64::from(burst.unwrap_or_else(|| (rate.ceil() as u32).max(1)).max(1));
-        Ok(Auth {
-            keys,
+        let auth = Auth::with_keys(
+            file_keys,
+            env,
+            keys_file.map(Path::to_path_buf),
             rate,
             burst,
-            buckets: Mutex::default(),
-        })
+        );
+        *auth.seen.lock().unwrap_or_else(|p| p.into_inner()) = seen;
+        Ok(auth)
     }
 
     pub fn enabled(&self) -> bool {
-        !self.keys.is_empty()
+        self.key_set().iter().next().is_some()
     }
 
-    /// The name of the key `presented` is, comparing with every key in constant time.
-    fn identify(&self, presented: &str) -> Option<&str> {
+    fn key_set(&self) -> Arc<KeySet> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The digest (hex) of the key `presented` is, comparing with every key in constant time.
+    fn identify(&self, presented: &str) -> Option<String> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let mut found = None;
-        for key in &self.keys {
+        let mut found = false;
+        for key in self.key_set().iter() {
             let diff = key
                 .digest
                 .iter()
                 .zip(digest.iter())
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if diff == 0 {
-                found = Some(key.name.as_str());
+            found |= diff == 0;
+        }
+        found.then(|| hex::encode(digest))
+    }
+
+    /// Re-reads the keys file every [`keys::POLL_INTERVAL`] from a task that ends with the
+    /// last `Arc` of this value (see [`keys`] for what a change does). Nothing without a
+    /// file.
+    pub fn watch(self: &Arc<Self>) {
+        if self.file.is_none() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(watch(weak));
+    }
+
+    /// Reads the keys file and applies what changed since the last read.
+    pub async fn reload(&self) {
+        let Some(path) = &self.file else {
+            return;
+        };
+        let now = keys::read(path).await.map_err(|e| e.to_string());
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.as_ref() == Some(&now) {
+                return;
+            }
+            *seen = Some(now.clone());
+        }
+        let shown = path.display();
+        match keys::judge(now.map_err(std::io::Error::other)) {
+            Ok(file) => {
+                let count = file.len();
+                let env = self.key_set().env.clone();
+                let set = Arc::new(KeySet { file, env });
+                let live: std::collections::HashSet<String> =
+                    set.iter().map(|k| hex::encode(k.digest)).collect();
+                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = set;
+                // Buckets of keys that are gone go with them.
+                self.buckets
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|who, _| live.contains(who));
+                tracing::info!(file = %shown, keys = count, "API keys file changed: keys applied");
+            }
+            Err(why) => {
+                tracing::warn!(file = %shown, error = %why, "API keys file changed but cannot be used; keeping the last good keys");
             }
         }
-        found
     }
 
     /// Takes a token from `who`'s bucket; `Err(seconds to wait)` when it is empty.
@@ -174,6 +242,20 @@ impl Auth {
     }
 }
 
+/// Reads the keys file every [`keys::POLL_INTERVAL`] while the [`Auth`] lives.
+async fn watch(auth: Weak<Auth>) {
+    let mut tick = tokio::time::interval(keys::POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(auth) = auth.upgrade() else {
+            return;
+        };
+        auth.reload().await;
+    }
+}
+
 /// Routes anyone may call.
 fn is_open(method: &Method, route: &str) -> bool {
     matches!(
@@ -189,19 +271,22 @@ fn is_open(method: &Method, route: &str) -> bool {
         && matches!(route, "/api/v1/images/{id}" | "/uploads/{name}")
 }
 
-fn presented_key(request: &Request) -> Option<&str> {
+/// The keys a request presents: a `Bearer` token, then `X-API-Key` (another
+/// `Authorization` scheme, a browser's `Basic` say, hides nothing).
+fn presented_keys(request: &Request) -> impl Iterator<Item = &str> {
     let headers = request.headers();
-    if let Some(auth) = headers
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-    {
-        let (scheme, token) = auth.trim().split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
-    }
-    headers
+        .and_then(|auth| {
+            let (scheme, token) = auth.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    let api_key = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+        .map(str::trim);
+    bearer.into_iter().chain(api_key).filter(|k| !k.is_empty())
 }
 
 fn refuse(status: StatusCode, message: &str, retry_after: Option<u64>) -> Response {
@@ -240,16 +325,17 @@ pub async fn enforce(State(state): State<AuthState>, request: Request, next: Nex
         return next.run(request).await;
     }
     let who = if auth.enabled() {
-        let Some(presented) = presented_key(&request) else {
+        let mut presented = presented_keys(&request).peekable();
+        if presented.peek().is_none() {
             state.metrics.auth_rejected("missing_key");
             return refuse(
                 StatusCode::UNAUTHORIZED,
                 "an API key is required: send Authorization: Bearer <key> or X-API-Key",
                 None,
             );
-        };
-        match auth.identify(presented) {
-            Some(name) => name.to_string(),
+        }
+        match presented.find_map(|key| auth.identify(key)) {
+            Some(digest) => digest,
             None => {
                 state.metrics.auth_rejected("invalid_key");
                 return refuse(StatusCode::UNAUTHORIZED, "the API key is not valid", None);
@@ -280,12 +366,18 @@ mod tests {
         std::fs::write(&file, "# comment\nalice:alice-secret-1\nbob-secret-22\n").expect("write");
         let auth =
             Auth::new(Some(&file), &["carol:carol-secret-3".into()], 0.0, None).expect("keys");
-        assert_eq!(auth.identify("alice-secret-1"), Some("alice"));
-        assert_eq!(auth.identify("bob-secret-22"), Some("key2"));
-        assert_eq!(auth.identify("carol-secret-3"), Some("carol"));
+        let digest = |k: &str| Some(hex::encode(Sha256::digest(k.as_bytes())));
+        assert_eq!(auth.identify("alice-secret-1"), digest("alice-secret-1"));
+        assert_eq!(auth.identify("bob-secret-22"), digest("bob-secret-22"));
+        assert_eq!(auth.identify("carol-secret-3"), digest("carol-secret-3"));
         assert_eq!(auth.identify("alice-secret-2"), None);
         std::fs::write(&file, "short\n").expect("write");
         assert!(Auth::new(Some(&file), &[], 0.0, None).is_err());
+        std::fs::write(&file, "# no keys\n").expect("write");
+        assert!(matches!(
+            Auth::new(Some(&file), &[], 0.0, None),
+            Err(AuthError::NoKeys { .. })
+        ));
         assert!(Auth::new(None, &[], -1.0, None).is_err());
     }
 

@@ -1,0 +1,213 @@
+//! The results database's schema, one idempotent step at a time by version, recorded in
+//! `sightline_schema`: safe to run by several replicas starting at once.
+
+use std::time::Duration;
+
+use sqlx::Row;
+
+use super::{Dialect, ResultStore, StoreError, TABLE};
+
+/// One migration step.
+enum Step {
+    /// A statement that is idempotent itself (`IF NOT EXISTS`).
+    Sql(&'static str),
+    /// `ALTER TABLE sightline_results ADD COLUMN`, skipped when the column exists (SQLite
+    /// and MySQL have no `ADD COLUMN IF NOT EXISTS`; a replica may have added it meanwhile).
+    AddColumn {
+        column: &'static str,
+        definition: &'static str,
+    },
+}
+
+impl Dialect {
+    /// The schema, one idempotent step at a time, by version.
+    fn steps(self) -> Vec<(i64, Step)> {
+        let mut steps: Vec<(i64, Step)> = self
+            .tables()
+            .into_iter()
+            .map(|(v, sql)| (v, Step::Sql(sql)))
+            .collect();
+        let provenance = match self {
+            Dialect::Sqlite => "TEXT NOT NULL DEFAULT 'client'",
+            Dialect::Postgres | Dialect::MySql => "VARCHAR(16) NOT NULL DEFAULT 'client'",
+        };
+        steps.push((
+            10,
+            Step::AddColumn {
+                column: "provenance",
+                definition: provenance,
+            },
+        ));
+        steps.push((11, Step::Sql(super::evaluations::table(self))));
+        steps
+    }
+
+    /// The tables and indexes, by version.
+    fn tables(self) -> Vec<(i64, &'static str)> {
+        match self {
+            Dialect::Sqlite => vec![
+                (
+                    1,
+                    "CREATE TABLE IF NOT EXISTS sightline_results (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        idem_key TEXT NOT NULL UNIQUE,
+                        image_id TEXT,
+                        image_url TEXT NOT NULL,
+                        model TEXT NOT NULL,
+                        model_sha256 TEXT NOT NULL,
+                        top_label TEXT,
+                        predictions TEXT NOT NULL,
+                        latency_ms REAL,
+                        created_ms BIGINT NOT NULL)",
+                ),
+                (
+                    2,
+                    "CREATE INDEX IF NOT EXISTS sightline_results_image ON sightline_results (image_id)",
+                ),
+                (
+                    3,
+                    "CREATE INDEX IF NOT EXISTS sightline_results_label ON sightline_results (top_label)",
+                ),
+            ],
+            Dialect::Postgres => vec![
+                (
+                    1,
+                    "CREATE TABLE IF NOT EXISTS sightline_results (
+                        id VARCHAR(32) PRIMARY KEY,
+                        idem_key VARCHAR(64) NOT NULL UNIQUE,
+                        image_id VARCHAR(64),
+                        image_url TEXT NOT NULL,
+                        model VARCHAR(255) NOT NULL,
+                        model_sha256 VARCHAR(64) NOT NULL,
+                        top_label VARCHAR(255),
+                        predictions TEXT NOT NULL,
+                        latency_ms DOUBLE PRECISION,
+                        created_ms BIGINT NOT NULL)",
+                ),
+                (
+                    2,
+                    "CREATE INDEX IF NOT EXISTS sightline_results_image ON sightline_results (image_id)",
+                ),
+                (
+                    3,
+                    "CREATE INDEX IF NOT EXISTS sightline_results_label ON sightline_results (top_label)",
+                ),
+            ],
+            Dialect::MySql => vec![(
+                1,
+                "CREATE TABLE IF NOT EXISTS sightline_results (
+                    id VARCHAR(32) NOT NULL PRIMARY KEY,
+                    idem_key VARCHAR(64) NOT NULL,
+                    image_id VARCHAR(64) NULL,
+                    image_url VARCHAR(4096) NOT NULL,
+                    model VARCHAR(255) NOT NULL,
+                    model_sha256 VARCHAR(64) NOT NULL,
+                    top_label VARCHAR(255) NULL,
+                    predictions MEDIUMTEXT NOT NULL,
+                    latency_ms DOUBLE NULL,
+                    created_ms BIGINT NOT NULL,
+                    UNIQUE KEY sightline_results_idem (idem_key),
+                    KEY sightline_results_image (image_id),
+                    KEY sightline_results_label (top_label)
+                ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+            )],
+        }
+    }
+}
+
+impl ResultStore {
+    pub(super) async fn migrate(&self) -> Result<(), StoreError> {
+        let step = |step: &str, source| StoreError::Migrate {
+            step: step.to_string(),
+            source,
+        };
+        if self.dialect == Dialect::Sqlite {
+            // Persistent in the file: readers never block the writer.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&self.pool)
+                .await
+                .map_err(|e| step("journal_mode", e))?;
+        }
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS sightline_schema (version BIGINT NOT NULL PRIMARY KEY)",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(|e| step("sightline_schema", e))?;
+        let applied: Vec<i64> = sqlx::query("SELECT version FROM sightline_schema")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| step("read versions", e))?
+            .iter()
+            .map(|row| row.try_get::<i64, _>(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| step("read versions", e))?;
+        for (version, migration) in self.dialect.steps() {
+            if applied.contains(&version) {
+                continue;
+            }
+            match migration {
+                Step::Sql(sql) => {
+                    self.idempotent(sql)
+                        .await
+                        .map_err(|e| step(&format!("v{version}"), e))?;
+                }
+                Step::AddColumn { column, definition } => {
+                    self.add_column(column, definition)
+                        .await
+                        .map_err(|e| step(&format!("v{version}"), e))?;
+                }
+            }
+            let record = match self.dialect {
+                Dialect::MySql => "INSERT IGNORE INTO sightline_schema (version) VALUES (?)",
+                Dialect::Postgres => {
+                    "INSERT INTO sightline_schema (version) VALUES ($1) ON CONFLICT DO NOTHING"
+                }
+                Dialect::Sqlite => {
+                    "INSERT INTO sightline_schema (version) VALUES (?) ON CONFLICT DO NOTHING"
+                }
+            };
+            sqlx::query(record)
+                .bind(version)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| step(&format!("record v{version}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs an `IF NOT EXISTS` statement. Two replicas running it at the same moment can
+    /// still collide inside the database (PostgreSQL: a unique violation on its catalog);
+    /// the loser runs it again, and finds the object there.
+    async fn idempotent(&self, sql: &str) -> Result<(), sqlx::Error> {
+        let mut tries = 0;
+        loop {
+            match sqlx::query(sql).execute(&self.pool).await {
+                Ok(_) => return Ok(()),
+                Err(e) if tries < 3 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "migration step raced another replica; again");
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Adds `column` to the results table unless it is there (another replica may be
+    /// migrating at the same moment: a failed `ALTER` is fine when the column now exists).
+    async fn add_column(&self, column: &str, definition: &str) -> Result<(), sqlx::Error> {
+        let probe = format!("SELECT {column} FROM {TABLE} WHERE 1 = 0");
+        if sqlx::query(&probe).execute(&self.pool).await.is_ok() {
+            return Ok(());
+        }
+        let alter = format!("ALTER TABLE {TABLE} ADD COLUMN {column} {definition}");
+        match sqlx::query(&alter).execute(&self.pool).await {
+            Ok(_) => Ok(()),
+            Err(e) => match sqlx::query(&probe).execute(&self.pool).await {
+                Ok(_) => Ok(()),
+                Err(_) => Err(e),
+            },
+        }
+    }
+}
