@@ -92,6 +92,7 @@ impl AppState {
             model: self.model.clone(),
             results: self.results.clone(),
             metrics: self.metrics.clone(),
+            traffic: self.downstream.recognize.clone(),
         }
     }
 
