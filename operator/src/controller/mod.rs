@@ -6,6 +6,7 @@ pub mod canary;
 pub mod model;
 pub mod observe;
 pub mod pipeline;
+pub mod pods;
 pub mod run;
 
 use std::collections::HashMap;
@@ -77,6 +78,8 @@ pub struct Context {
     pub service_monitors: bool,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
+    /// How pods' own HTTP answers are read (`pods/proxy` unless [`Context::with_pods`]).
+    pods: Arc<dyn pods::PodHttp>,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
     /// Reconciles in a row that found a rollout stuck, per object.
@@ -101,6 +104,7 @@ impl Context {
             },
         );
         Context {
+            pods: Arc::new(pods::ApiServerProxy(client.clone())),
             client,
             platform,
             gateway_api: apis.gateway_api,
@@ -111,6 +115,17 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             stuck: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// This context reading pods' own HTTP answers with `pods` instead of `pods/proxy`.
+    pub fn with_pods(mut self, pods: Arc<dyn pods::PodHttp>) -> Self {
+        self.pods = pods;
+        self
+    }
+
+    /// `GET {path}` on `pod`'s server port (see [`pods::PodHttp`]).
+    pub async fn pod_get(&self, ns: &str, pod: &str, path: &str) -> Result<(u16, String), String> {
+        self.pods.get(ns, pod, path).await
     }
 
     /// Publishes an event about `object`; a failure to publish is logged, never fatal.

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod scrape_sim;
 pub mod sim;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -236,6 +237,7 @@ impl Cluster {
                         return Ok(respond(code, status_body(code, "Forbidden", &message)));
                     }
                 }
+                let request = status_apply_removes_omitted_fields(&fake, request).await;
                 fake.send(normalised(request).await).await
             }
         });
@@ -316,6 +318,57 @@ impl Cluster {
 
     pub fn distinct_calls(&self) -> BTreeSet<Call> {
         self.calls.lock().expect("log").iter().cloned().collect()
+    }
+}
+
+/// SIMULATION of a rule of server-side apply that kube-fake-client does not follow (it
+/// merges an apply as a JSON merge patch): a field the manager applied before and leaves
+/// out now is removed when no other manager owns it
+/// (<https://kubernetes.io/docs/reference/using-api/server-side-apply/#field-management>).
+/// Modelled for `status` applies, whose only manager is the operator: each field of the
+/// live status the apply leaves out is sent as `null`, which the merge removes.
+async fn status_apply_removes_omitted_fields(
+    fake: &Client,
+    request: http::Request<kube::client::Body>,
+) -> http::Request<kube::client::Body> {
+    use http_body_util::BodyExt;
+    let path = request.uri().path().to_string();
+    let is_apply = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
+    let Some(object_path) = path.strip_suffix("/status").filter(|_| is_apply) else {
+        return request;
+    };
+    let get = http::Request::get(object_path)
+        .body(Vec::new())
+        .expect("get request");
+    let Ok(live) = fake.request::<serde_json::Value>(get).await else {
+        return request;
+    };
+    let (parts, body) = request.into_parts();
+    let bytes = body.collect().await.expect("request body").to_bytes();
+    let Ok(mut applied) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return http::Request::from_parts(parts, kube::client::Body::from(bytes.to_vec()));
+    };
+    null_omitted(&live["status"], &mut applied["status"]);
+    let bytes = serde_json::to_vec(&applied).expect("json");
+    http::Request::from_parts(parts, kube::client::Body::from(bytes))
+}
+
+/// Sets to `null` in `applied` every field of `live` it leaves out, at any depth of
+/// objects present in both.
+fn null_omitted(live: &serde_json::Value, applied: &mut serde_json::Value) {
+    let (Some(live), Some(applied)) = (live.as_object(), applied.as_object_mut()) else {
+        return;
+    };
+    for (key, value) in live {
+        match applied.get_mut(key) {
+            Some(inner) => null_omitted(value, inner),
+            None => {
+                applied.insert(key.clone(), serde_json::Value::Null);
+            }
+        }
     }
 }
 
