@@ -12,7 +12,6 @@ mod support;
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -53,21 +52,14 @@ struct Scene {
 
 impl Scene {
     async fn reconcile(&self) {
-        let m = self.model().await;
+        let m = self.cluster.model(MODEL).await;
         model::reconcile(Arc::new(m), self.ctx.clone())
             .await
             .expect("reconcile");
     }
 
-    async fn model(&self) -> ImageModel {
-        Api::<ImageModel>::namespaced(self.cluster.admin.clone(), NS)
-            .get(MODEL)
-            .await
-            .expect("model")
-    }
-
     async fn status(&self) -> Value {
-        serde_json::to_value(self.model().await.status).expect("json")
+        self.cluster.model_status(MODEL).await
     }
 
     async fn rollout(&self) -> Value {
@@ -84,11 +76,7 @@ impl Scene {
     }
 
     async fn template(&self, name: &str) -> Option<Value> {
-        Api::<Deployment>::namespaced(self.cluster.admin.clone(), NS)
-            .get_opt(name)
-            .await
-            .expect("get")
-            .map(|d| serde_json::to_value(d.spec.expect("spec").template).expect("json"))
+        self.cluster.template(name).await
     }
 
     /// What the operator wrote for the front doors.

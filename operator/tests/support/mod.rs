@@ -462,3 +462,28 @@ impl sightline_operator::status::Clock for TestClock {
         *self.0.lock().expect("clock")
     }
 }
+
+/// Reads of what the operator left, for scenario tests.
+impl Cluster {
+    /// The `ImageModel` `name` as it is now.
+    pub async fn model(&self, name: &str) -> ImageModel {
+        kube::Api::<ImageModel>::namespaced(self.admin.clone(), NS)
+            .get(name)
+            .await
+            .expect("get the model")
+    }
+
+    /// The `ImageModel` `name`'s status, as JSON.
+    pub async fn model_status(&self, name: &str) -> serde_json::Value {
+        serde_json::to_value(self.model(name).await.status).expect("json")
+    }
+
+    /// Deployment `name`'s pod template, as JSON, when the Deployment exists.
+    pub async fn template(&self, name: &str) -> Option<serde_json::Value> {
+        kube::Api::<Deployment>::namespaced(self.admin.clone(), NS)
+            .get_opt(name)
+            .await
+            .expect("get the Deployment")
+            .map(|d| serde_json::to_value(d.spec.expect("spec").template).expect("json"))
+    }
+}
