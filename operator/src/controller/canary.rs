@@ -8,7 +8,7 @@
 //! candidate goes once the front doors apply the traffic without it ([`traffic`]).
 
 mod read;
-pub mod traffic;
+pub(super) mod traffic;
 mod window;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -24,8 +24,6 @@ use crate::canary::{self, Decision, Plan, Position, Thresholds, outcomes};
 use crate::crd::{ImageModel, RolloutRecord, RolloutSpec, RolloutStatus};
 use crate::rollout::Phase;
 use crate::status::{Cond, reasons, types};
-
-pub use traffic::remove_candidate;
 
 /// Rollouts kept in `status.rollout.history`.
 const HISTORY: usize = 5;
