@@ -69,17 +69,18 @@ deny-advisories:
 	cargo deny check advisories
 
 # Mutation testing of the rules that decide status and canaries: every mutant cargo-mutants
-# makes of these files must fail a test, or be argued equivalent (issue 23). Each file runs
-# against the test binaries that hold it, one job at a time (shared cores); results land in
+# makes of these files must fail a test, or be argued equivalent (issue 23). Each group is
+# built and tested with only the test binaries that hold it (`--cargo-arg` reaches the
+# build as well as the test run), one job at a time (shared cores); results land in
 # target/mutants-{status,canary}/mutants.out/. Far too slow for `make test`.
 mutants:
 	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install --locked cargo-mutants
 	$(CARGO) mutants -p sightline-operator -j 1 --output target/mutants-status \
 	  --file operator/src/rollout.rs --file operator/src/verdict.rs \
-	  -- --lib --test status --test reconcile
+	  --cargo-arg=--lib --cargo-arg=--test=status --cargo-arg=--test=reconcile
 	$(CARGO) mutants -p sightline-operator -j 1 --output target/mutants-canary \
 	  --file operator/src/canary.rs --file 'operator/src/canary/*.rs' \
-	  -- --lib --test canary
+	  --cargo-arg=--lib --cargo-arg=--test=canary
 
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
 FUZZ_SECONDS ?= 60

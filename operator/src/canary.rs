@@ -170,9 +170,10 @@ impl Check {
 fn error_rate(t: &Thresholds, w: &Window, scope: &Scope) -> Check {
     let (name, max) = ("errorRate", t.max_error_rate);
     let (n, k) = (count(w.candidate.requests), count(w.candidate.errors));
-    let Some(rate) = w.candidate.error_rate().filter(|_| n > 0) else {
+    if n == 0 {
         return Check::new(name, verdicts::PENDING, None, max).noted("no candidate requests yet");
-    };
+    }
+    let rate = k as f64 / n as f64;
     let sample = Sample {
         bad: k,
         n,

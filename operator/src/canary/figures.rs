@@ -56,12 +56,16 @@ pub struct Mirrored {
     pub disagree: f64,
 }
 
-/// Routes whose requests are recognitions (what the checks count).
+/// The recognize role's routes (templates, as its metrics name them) whose requests are
+/// recognitions: what the checks count.
 fn is_recognition(route: &str) -> bool {
-    route.starts_with("/api/images/recognition")
-        || route.starts_with("/api/v1/recognize")
-        || route.starts_with("/api/v1/images/")
-        || (route.starts_with("/v2/models/") && route.ends_with("/infer"))
+    matches!(
+        route,
+        "/api/images/recognition"
+            | "/api/v1/recognize"
+            | "/v2/models/{name}/infer"
+            | "/v2/models/{name}/versions/{version}/infer"
+    )
 }
 
 /// One sample line: the metric name, its labels, its value.
@@ -197,11 +201,11 @@ impl Counters {
         self.buckets.last().map_or(0.0, |b| b.count)
     }
 
-    /// The `q` quantile of the latency, interpolated within its bucket as
+    /// The `q` quantile (0 < `q` ≤ 1) of the latency, interpolated within its bucket as
     /// `histogram_quantile` does; `None` without observations.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         let total = self.observations();
-        if total <= 0.0 {
+        if total <= 0.0 || q <= 0.0 {
             return None;
         }
         let rank = q * total;
@@ -212,12 +216,8 @@ impl Counters {
                 if le == f64::MAX {
                     return Some(lower);
                 }
-                let within = count - below;
-                let fraction = if within > 0.0 {
-                    (rank - below) / within
-                } else {
-                    1.0
-                };
+                // `count >= rank > below`: the bucket holds the rank.
+                let fraction = (rank - below) / (count - below);
                 return Some(lower + (le - lower) * fraction);
             }
             lower = le;
@@ -235,10 +235,6 @@ impl Counters {
             .find(|b| b.le >= seconds)
             .map_or(0.0, |b| b.count);
         (self.observations() - within).max(0.0)
-    }
-
-    pub fn error_rate(&self) -> Option<f64> {
-        (self.requests > 0.0).then(|| self.errors / self.requests)
     }
 }
 
@@ -280,6 +276,8 @@ mod tests {
 sightline_http_requests_total{route="/api/v1/recognize",method="POST",status_class="2xx"} 90
 sightline_http_requests_total{route="/api/v1/recognize",method="POST",status_class="5xx"} 10
 sightline_http_requests_total{route="/readyz",method="GET",status_class="2xx"} 500
+sightline_http_requests_total{route="/v2/models/{name}",method="GET",status_class="2xx"} 40
+sightline_http_requests_total{route="/v2/models/{name}/ready",method="GET",status_class="5xx"} 40
 sightline_http_request_duration_seconds_bucket{route="/api/v1/recognize",method="POST",le="0.01"} 50
 sightline_http_request_duration_seconds_bucket{route="/api/v1/recognize",method="POST",le="0.02"} 90
 sightline_http_request_duration_seconds_bucket{route="/api/v1/recognize",method="POST",le="0.04"} 100
@@ -303,7 +301,6 @@ process_start_time_seconds 1800000123.5
         );
         assert_eq!(s.buckets.len(), 4);
         assert_eq!(s.observations(), 100.0);
-        assert_eq!(s.error_rate(), Some(0.1));
         // p50: rank 50 falls at the top of the first bucket.
         assert_eq!(s.quantile(0.5), Some(0.01));
         // p95: rank 95 is 5 of the 10 in (0.02, 0.04]: 0.02 + 0.02 × 0.5.
@@ -323,8 +320,49 @@ process_start_time_seconds 1800000123.5
     }
 
     #[test]
+    fn comments_and_blank_lines_are_not_samples() {
+        assert_eq!(sample_line("# HELP x 1"), None);
+        assert_eq!(sample_line("#x 1"), None);
+        assert_eq!(sample_line("   "), None);
+        assert_eq!(
+            sample_line("x{a=\"b\"} +Inf").map(|s| s.2),
+            Some(f64::INFINITY)
+        );
+        assert_eq!(sample_line("x{a=\"b\" 1"), None, "an unclosed label set");
+        assert_eq!(sample_line("x{ab} 1"), None, "a label without a value");
+        assert_eq!(sample_line("x one"), None);
+        let (name, labels, value) = sample_line("  y{a=\"1\",b=\"2\"} 3 ").expect("a sample");
+        assert_eq!((name, value), ("y", 3.0));
+        assert_eq!(labels.get("a"), Some(&"1"));
+        assert_eq!(labels.get("b"), Some(&"2"));
+    }
+
+    #[test]
+    fn every_recognition_route_counts_and_nothing_else() {
+        let line = |route: &str, class: &str| {
+            format!(
+                "sightline_http_requests_total{{route=\"{route}\",method=\"POST\",status_class=\"{class}\"}} 1\n"
+            )
+        };
+        let text: String = [
+            line("/api/images/recognition", "2xx"),
+            line("/api/v1/recognize", "5xx"),
+            line("/v2/models/{name}/infer", "2xx"),
+            line("/v2/models/{name}/versions/{version}/infer", "5xx"),
+            line("/v2/models/{name}/ready", "5xx"),
+            line("/v2/repository/index", "2xx"),
+            line("/api/v1/evaluations/startup", "5xx"),
+            line("/api/v1/recognize/extra", "2xx"),
+        ]
+        .concat();
+        let c = parse_counters(&text);
+        assert_eq!((c.requests, c.errors), (4.0, 2.0), "{text}");
+    }
+
+    #[test]
     fn quantiles_at_the_edges() {
         assert_eq!(Counters::default().quantile(0.99), None);
+        assert_eq!(parse_counters(METRICS).quantile(0.0), None);
         let all_slow = Counters {
             requests: 10.0,
             errors: 0.0,

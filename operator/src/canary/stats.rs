@@ -30,7 +30,10 @@ pub fn ln_gamma(x: f64) -> f64 {
     0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + series.ln()
 }
 
-/// `P(X ≥ k)` for `X ~ Binomial(n, p)`.
+/// `P(X ≥ k)` for `X ~ Binomial(n, p)`: the terms from `k` up when `k` lies above the mean,
+/// one minus those from `k − 1` down otherwise — either way summed from the term nearest
+/// the mode outwards, where they only shrink (and a first term too small for an `f64` means
+/// the rest are too).
 pub fn upper_tail(k: u64, n: u64, p: f64) -> f64 {
     if k == 0 {
         return 1.0;
@@ -41,37 +44,64 @@ pub fn upper_tail(k: u64, n: u64, p: f64) -> f64 {
     if p >= 1.0 {
         return 1.0;
     }
-    let (nf, kf) = (n as f64, k as f64);
-    let ln_first = ln_gamma(nf + 1.0) - ln_gamma(kf + 1.0) - ln_gamma(nf - kf + 1.0)
-        + kf * p.ln()
-        + (nf - kf) * (1.0 - p).ln();
-    let odds = p / (1.0 - p);
-    let mut term = ln_first.exp();
-    let mut sum = term;
-    let mut i = k;
-    while i < n {
-        // P(X = i + 1) from P(X = i).
-        term *= (n - i) as f64 / (i + 1) as f64 * odds;
-        sum += term;
-        i += 1;
-        // Past the mode the terms only shrink: stop once they no longer count.
-        if i as f64 > nf * p && term <= sum * 1e-17 {
-            break;
-        }
-    }
-    sum.min(1.0)
+    let tail = if k as f64 > n as f64 * p {
+        outward(n, p, k, Outward::Up)
+    } else {
+        1.0 - outward(n, p, k - 1, Outward::Down)
+    };
+    tail.clamp(0.0, 1.0)
 }
 
-/// Whether `k` failures in `n` trials are too many for a failure rate of `p`: more than
-/// `n·p`, and at least that many would happen less often than [`ALPHA`].
+#[derive(Clone, Copy, PartialEq)]
+enum Outward {
+    /// `P(X = from) + P(X = from + 1) + … + P(X = n)`.
+    Up,
+    /// `P(X = from) + P(X = from − 1) + … + P(X = 0)`.
+    Down,
+}
+
+/// The binomial terms from `from` away from the mode, summed until they no longer count.
+fn outward(n: u64, p: f64, from: u64, way: Outward) -> f64 {
+    let (nf, j) = (n as f64, from as f64);
+    let ln_term = ln_gamma(nf + 1.0) - ln_gamma(j + 1.0) - ln_gamma(nf - j + 1.0)
+        + j * p.ln()
+        + (nf - j) * (1.0 - p).ln();
+    let odds = p / (1.0 - p);
+    let mut term = ln_term.exp();
+    let mut sum = term;
+    let mut i = from;
+    loop {
+        match way {
+            // P(X = i + 1) from P(X = i).
+            Outward::Up if i < n => {
+                term *= (n - i) as f64 / (i + 1) as f64 * odds;
+                i += 1;
+            }
+            // P(X = i − 1) from P(X = i).
+            Outward::Down if i > 0 => {
+                term *= i as f64 / (n - i + 1) as f64 / odds;
+                i -= 1;
+            }
+            _ => return sum,
+        }
+        sum += term;
+        if term < sum * 1e-17 {
+            return sum;
+        }
+    }
+}
+
+/// Whether `k` failures in `n` trials are too many for a failure rate of `p`: that many
+/// or more would happen less often than [`ALPHA`].
 pub fn too_many(k: u64, n: u64, p: f64) -> bool {
-    k as f64 > n as f64 * p && upper_tail(k, n, p) < ALPHA
+    upper_tail(k, n, p) < ALPHA
 }
 
 /// A counter value as a count (counters are whole numbers; a negative or non-finite one
 /// counts as none).
 pub fn count(value: f64) -> u64 {
-    if value.is_finite() && value > 0.0 {
+    if value.is_finite() {
+        // `as` saturates: a negative value is 0.
         value.round() as u64
     } else {
         0
@@ -114,6 +144,7 @@ mod tests {
         assert!(close(upper_tail(8, 10, 0.5), 56.0 / 1024.0));
         assert_eq!(upper_tail(0, 10, 0.3), 1.0);
         assert_eq!(upper_tail(11, 10, 0.3), 0.0);
+        assert_eq!(upper_tail(12, 10, 0.3), 0.0, "more failures than trials");
         assert_eq!(upper_tail(1, 10, 0.0), 0.0);
         assert_eq!(upper_tail(10, 10, 1.0), 1.0);
         // Far in the tail of a large sample: tiny, not NaN.
@@ -122,6 +153,19 @@ mod tests {
         // Just above the mean of a large sample: near one half, not zero.
         let middle = upper_tail(10_001, 1_000_000, 0.01);
         assert!((0.4..0.6).contains(&middle), "{middle}");
+        // Far below the mean of a large sample: one (its first terms are too small for an
+        // f64, which summing from them upwards would read as zero).
+        assert_eq!(upper_tail(100, 1_000_000, 0.5), 1.0);
+        // Just below the mean: a little above one half.
+        let below = upper_tail(499_990, 1_000_000, 0.5);
+        assert!((0.5..0.6).contains(&below), "{below}");
+        // Five or more of ten fair coins: 1 − (1 + 10 + 45 + 120 + 210) / 1024.
+        assert!(close(upper_tail(5, 10, 0.5), 638.0 / 1024.0));
+        // Two or more of twenty at 10 %: 1 − 0.9²⁰ − 20 × 0.1 × 0.9¹⁹.
+        let two = 1.0 - 0.9f64.powi(20) - 20.0 * 0.1 * 0.9f64.powi(19);
+        assert!(close(upper_tail(2, 20, 0.1), two));
+        // Eighteen or more of twenty at 90 %: the same, mirrored.
+        assert!(close(upper_tail(18, 20, 0.9), 1.0 - upper_tail(3, 20, 0.1)));
     }
 
     #[test]
@@ -145,6 +189,7 @@ mod tests {
         assert_eq!(count(3.0), 3);
         assert_eq!(count(2.6), 3);
         assert_eq!(count(-1.0), 0);
+        assert_eq!(count(0.4), 0);
         assert_eq!(count(f64::NAN), 0);
         assert_eq!(count(f64::INFINITY), 0);
     }

@@ -260,12 +260,40 @@ mod tests {
     }
 
     #[test]
+    fn a_process_started_as_the_window_opened_counts_whole() {
+        let mut t = Tally::open(&[]).expect("opens");
+        t.update(&[read("new", OPENED, m(3.0, 0.0))], OPENED);
+        assert_eq!(t.total(), m(3.0, 0.0));
+        // A first reading without a start time: from that reading on.
+        let mut unknown = read("unknown", 0.0, m(9.0, 0.0));
+        if let Ok(r) = &mut unknown.read {
+            r.started = None;
+        }
+        t.update(&[read("new", OPENED, m(3.0, 0.0)), unknown], OPENED);
+        assert_eq!(t.total(), m(3.0, 0.0));
+    }
+
+    #[test]
+    fn a_start_time_first_reported_late_is_kept() {
+        let mut first = read("a", 0.0, m(10.0, 0.0));
+        if let Ok(r) = &mut first.read {
+            r.started = None;
+        }
+        let mut t = Tally::open(&[first]).expect("opens");
+        t.update(&[read("a", 10.0, m(20.0, 0.0))], OPENED);
+        assert_eq!(t.pods[0].started, Some(10.0));
+        // The start time it reported then tells a later restart apart.
+        t.update(&[read("a", 2000.0, m(25.0, 0.0))], OPENED);
+        assert_eq!(t.total(), m(10.0 + 25.0, 0.0));
+    }
+
+    #[test]
     fn a_restart_keeps_the_old_process_and_counts_the_new_one_from_zero() {
         let mut t = Tally::open(&[read("a", 10.0, m(100.0, 0.0))]).expect("opens");
         t.update(&[read("a", 10.0, m(150.0, 2.0))], OPENED);
         // Restarted and already past its old figures: only the start time tells.
-        t.update(&[read("a", 1100.0, m(170.0, 0.0))], OPENED);
-        assert_eq!(t.total(), m(50.0 + 170.0, 2.0));
+        t.update(&[read("a", 1100.0, m(170.0, 3.0))], OPENED);
+        assert_eq!(t.total(), m(50.0 + 170.0, 2.0 + 3.0));
         // Restarted again, counters lower: a counter reset.
         let mut reset = Tally::open(&[read("a", 10.0, m(100.0, 0.0))]).expect("opens");
         reset.update(&[read("a", 10.0, m(150.0, 0.0))], OPENED);
