@@ -105,6 +105,74 @@ impl TrafficDir {
     }
 }
 
+/// SIMULATION of cluster DNS and kube-proxy: the in-cluster Service URLs a traffic file
+/// names (`http://<service>.<namespace>.svc:8080`) lead to the loopback process behind
+/// each Service (`services`: Service URL → process URL). A Service with no process
+/// behind it is an error (in a cluster its connections would be refused).
+pub fn route_services(
+    text: &str,
+    services: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<String> {
+    let mut file: Value = serde_json::from_str(text).context("the traffic file")?;
+    for field in ["stable", "candidate"] {
+        if let Some(url) = file[field].as_str() {
+            let process = services
+                .get(url)
+                .ok_or_else(|| anyhow::anyhow!("no process behind the Service {url}"))?;
+            file[field] = Value::String(process.clone());
+        }
+    }
+    Ok(file.to_string())
+}
+
+/// SIMULATION of a kubelet projecting a ConfigMap key into a pod's volume: "eventually",
+/// here once the ConfigMap has held the new contents for `delay` (the kubelet's sync
+/// period plus its cache's TTL in a cluster,
+/// <https://kubernetes.io/docs/concepts/configuration/configmap/#mounted-configmaps-are-updated-automatically>),
+/// as a new `..data` directory swapped in whole ([`TrafficDir`]).
+pub struct Projection {
+    delay: Duration,
+    /// The contents seen in the ConfigMap, and since when.
+    seen: Option<(String, Instant)>,
+    projected: Option<String>,
+}
+
+impl Projection {
+    pub fn new(delay: Duration) -> Projection {
+        Projection {
+            delay,
+            seen: None,
+            projected: None,
+        }
+    }
+
+    /// Takes the ConfigMap's `current` contents; writes them into `dir` (through
+    /// [`route_services`]) once they have been there `delay`. Whether it wrote now.
+    pub fn sync(
+        &mut self,
+        current: Option<&str>,
+        dir: &mut TrafficDir,
+        services: &std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<bool> {
+        let Some(current) = current else {
+            return Ok(false);
+        };
+        match &self.seen {
+            Some((text, _)) if text == current => {}
+            _ => self.seen = Some((current.to_string(), Instant::now())),
+        }
+        let due = self.seen.as_ref().is_some_and(|(text, since)| {
+            since.elapsed() >= self.delay && self.projected.as_deref() != Some(text)
+        });
+        if !due {
+            return Ok(false);
+        }
+        dir.write_bytes(route_services(current, services)?.as_bytes())?;
+        self.projected = Some(current.to_string());
+        Ok(true)
+    }
+}
+
 /// A stable recognize process, candidates, and a front door reading a traffic file.
 pub struct Canary {
     pub stable: ServerProcess,
@@ -331,6 +399,23 @@ impl Shot {
     }
 }
 
+/// `None` when every call was answered; otherwise how many failed, with the first few.
+pub fn failures(shots: &[Shot]) -> Option<String> {
+    let failed: Vec<String> = shots
+        .iter()
+        .filter(|s| !s.ok())
+        .take(5)
+        .map(Shot::describe)
+        .collect();
+    (!failed.is_empty()).then(|| {
+        format!(
+            "{} of {} calls failed, e.g. {failed:#?}",
+            shots.iter().filter(|s| !s.ok()).count(),
+            shots.len()
+        )
+    })
+}
+
 /// Uploads `images` through the front door; the URLs it answered, for [`Call::Seed`].
 pub async fn upload_all(
     client: &reqwest::Client,
@@ -515,6 +600,57 @@ mod tests {
                 .expect("meta")
                 .is_symlink()
         );
+    }
+
+    #[test]
+    fn services_lead_to_their_processes() {
+        let services = std::collections::BTreeMap::from([
+            (
+                "http://m-recognize.ns.svc:8080".to_string(),
+                "http://127.0.0.1:1".to_string(),
+            ),
+            (
+                "http://m-recognize-canary.ns.svc:8080".to_string(),
+                "http://127.0.0.1:2".to_string(),
+            ),
+        ]);
+        let file = r#"{"model":"m","stable":"http://m-recognize.ns.svc:8080",
+            "candidate":"http://m-recognize-canary.ns.svc:8080","candidateWeight":10,"generation":3}"#;
+        let routed: Value =
+            serde_json::from_str(&route_services(file, &services).expect("routes")).expect("json");
+        assert_eq!(routed["stable"], "http://127.0.0.1:1");
+        assert_eq!(routed["candidate"], "http://127.0.0.1:2");
+        assert_eq!(
+            routed["generation"], 3,
+            "everything else as the operator wrote it"
+        );
+        let unknown = r#"{"stable":"http://other.ns.svc:8080"}"#;
+        assert!(route_services(unknown, &services).is_err());
+    }
+
+    #[test]
+    fn a_projection_waits_for_its_delay_and_writes_each_change_once() {
+        let scratch = ScratchDir::new("projection").expect("scratch");
+        let mut dir = TrafficDir::new(scratch.path().join("t")).expect("dir");
+        let services = std::collections::BTreeMap::from([(
+            "http://s".to_string(),
+            "http://127.0.0.1:9".to_string(),
+        )]);
+        let mut kubelet = Projection::new(Duration::from_millis(50));
+        let file = r#"{"stable":"http://s","generation":1}"#;
+        assert!(!kubelet.sync(None, &mut dir, &services).expect("sync"));
+        assert!(
+            !kubelet.sync(Some(file), &mut dir, &services).expect("sync"),
+            "too soon"
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(kubelet.sync(Some(file), &mut dir, &services).expect("sync"));
+        assert!(
+            !kubelet.sync(Some(file), &mut dir, &services).expect("sync"),
+            "once"
+        );
+        let text = std::fs::read_to_string(dir.path()).expect("read");
+        assert!(text.contains("127.0.0.1:9"), "{text}");
     }
 
     #[test]

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sightline_e2e::canary::{
-    Call, Canary, MODEL, Shot, drive, lite0, photo_tiles, random_resnet, recognitions_served,
-    scrape, sum, upload_all,
+    Call, Canary, MODEL, Shot, drive, failures, lite0, photo_tiles, random_resnet,
+    recognitions_served, scrape, sum, upload_all,
 };
 use sightline_e2e::split::{client, unique_png};
 
@@ -30,19 +30,9 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 /// Fails with the first few failed calls and the logs.
 fn all_answered(shots: &[Shot], canary: &Canary, what: &str) {
-    let failed: Vec<String> = shots
-        .iter()
-        .filter(|s| !s.ok())
-        .take(5)
-        .map(Shot::describe)
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{what}: {} of {} calls failed, e.g. {failed:#?}\n{}",
-        shots.iter().filter(|s| !s.ok()).count(),
-        shots.len(),
-        canary.logs()
-    );
+    if let Some(failed) = failures(shots) {
+        panic!("{what}: {failed}\n{}", canary.logs());
+    }
 }
 
 /// Mostly image bytes, some multipart forms and seed recognitions by URL.

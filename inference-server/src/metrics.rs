@@ -738,6 +738,7 @@ pub struct FrontDoorMetrics {
     candidate_weight: Family<ModelLabels, F64Gauge>,
     mirror_percent: Family<ModelLabels, F64Gauge>,
     reloads: Family<OutcomeLabels, Counter>,
+    generation: Family<ModelLabels, Gauge>,
 }
 
 impl FrontDoorMetrics {
@@ -751,6 +752,7 @@ impl FrontDoorMetrics {
             candidate_weight: Family::default(),
             mirror_percent: Family::default(),
             reloads: Family::default(),
+            generation: Family::default(),
         }
     }
 
@@ -785,6 +787,12 @@ impl FrontDoorMetrics {
             "Changes of the traffic file seen, by outcome (applied; absent: everything to \
              --recognize-url; invalid: unreadable or malformed, the last good one kept)",
             m.reloads.clone(),
+        );
+        registry.register(
+            "frontdoor_traffic_generation",
+            "The generation of the traffic file applied (the operator's count of routing \
+             changes; it waits for every front door to report one before acting on it)",
+            m.generation.clone(),
         );
         m
     }
@@ -849,6 +857,16 @@ impl FrontDoorMetrics {
                 })
                 .inc_by(0);
         }
+    }
+
+    /// The generation of the traffic file applied now (the only series).
+    pub fn generation(&self, model: &str, generation: u64) {
+        self.generation.clear();
+        self.generation
+            .get_or_create(&ModelLabels {
+                model: model.to_string(),
+            })
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
     }
 
     /// A change of the traffic file: `applied`, `absent` or `invalid`.

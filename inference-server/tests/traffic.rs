@@ -492,3 +492,75 @@ async fn the_traffic_file_needs_a_recognize_url() {
     };
     assert!(e.to_string().contains("--recognize-url"), "{e}");
 }
+
+#[tokio::test]
+async fn the_front_door_reports_the_generation_it_applies() {
+    if !test_classifier_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let door = &Door::start(dir.path()).await;
+    let readyz = || async {
+        let answer = client()
+            .get(format!("{}/readyz", door.url))
+            .send()
+            .await
+            .expect("readyz");
+        assert_eq!(answer.status(), StatusCode::OK);
+        answer.json::<Value>().await.expect("json")
+    };
+    let applied = || async { readyz().await["traffic"]["generation"].as_u64() };
+    // No file yet: generation 0, everything to --recognize-url.
+    assert_eq!(applied().await, Some(0), "{}", readyz().await);
+    let write = |generation: u64, weight: u32| {
+        let text = json!({"model": MODEL, "stable": door.stable_url,
+            "candidate": door.stable_url, "candidateWeight": weight, "mirrorPercent": 0,
+            "generation": generation});
+        std::fs::write(&door.traffic, text.to_string()).expect("write");
+    };
+    let wait_for = |want: u64| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while applied().await != Some(want) {
+            assert!(
+                Instant::now() < deadline,
+                "the front door did not report generation {want}: {}",
+                readyz().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // Read by the front door's own poll, as after a kubelet's projection.
+    write(3, 10);
+    wait_for(3).await;
+    let body = readyz().await;
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["traffic"]["model"], MODEL);
+    assert_eq!(body["traffic"]["candidateWeight"], 10.0);
+    assert_eq!(
+        door.metric(&series("frontdoor_traffic_generation", "").replace(",}", "}")),
+        3.0
+    );
+    // A malformed file is not applied: the generation stays the last good one's.
+    std::fs::write(&door.traffic, "{\"generation\": 9, \"candidateWeight\": ").expect("write");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while door.metric("sightline_frontdoor_traffic_reloads_total{outcome=\"invalid\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "the malformed file was not seen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(applied().await, Some(3));
+    write(4, 0);
+    wait_for(4).await;
+    // Gone: nothing applies, generation 0 again.
+    std::fs::remove_file(&door.traffic).expect("remove");
+    wait_for(0).await;
+    // The stable recognize role's /readyz says nothing about traffic.
+    let stable = client()
+        .get(format!("{}/readyz", door.stable_url))
+        .send()
+        .await
+        .expect("readyz")
+        .json::<Value>()
+        .await
+        .expect("json");
+    assert!(stable.get("traffic").is_none(), "{stable}");
+}

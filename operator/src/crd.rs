@@ -106,10 +106,17 @@ pub struct RolloutSpec {
     /// after the last step the candidate is promoted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
+    #[x_kube(validation = kube::core::Rule::new("size(self) == 0 || self[0] < 100").message("the first step must leave the stable revision some traffic (below 100): the checks compare the candidate with it"))]
     pub steps: Vec<u32>,
     /// How long each step's window lasts at least (`30s`, `5m`, `1h`; default `5m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_duration: Option<String>,
+    /// How long a step may take to conclude, counted from when its traffic was written
+    /// (`30s`, `5m`, `1h`; default three `stepDuration`s, at least `10m`). A step that has
+    /// not concluded by then — front doors not applying its traffic, too few requests, a
+    /// check still pending — rolls back (`CanaryDeadlineExceeded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_deadline: Option<String>,
     /// Candidate requests a step's window needs before it may advance (default 200).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100000000))]
@@ -151,7 +158,7 @@ pub struct Analysis {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
-    /// `Progressing`, `Paused`, `Promoting`, `Promoted` or `RolledBack`.
+    /// `Progressing`, `Paused`, `Promoting`, `Promoted`, `RolledBack` or `Superseded`.
     pub phase: String,
     /// The candidate's revision (a digest of the pod template it runs).
     pub revision: String,
@@ -161,12 +168,25 @@ pub struct RolloutStatus {
     pub candidate_weight: u32,
     /// Percent of the stable traffic mirrored to the candidate now.
     pub mirror_percent: u32,
-    /// When the current step's window opened (RFC 3339).
+    /// When the current step's traffic was written (RFC 3339; its deadline counts from
+    /// here), or, after a promotion or rollback, the stable-only traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_entered_at: Option<String>,
+    /// When the current step's window opened (RFC 3339): every front door applied its
+    /// traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_started_at: Option<String>,
-    /// The counters when the window opened (the checks use the deltas since).
+    /// The traffic generation the operator waits for every front door to apply, before it
+    /// opens the step's window or deletes the candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_generation: Option<u64>,
+    /// Each pod's counters in the current window (the checks use what each served since).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<Baseline>,
+    /// The stable revision's recognitions in the last window where it served at least
+    /// 100: the stable p99 a step of 100 % is compared with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::canary::Counters>,
     /// Each check over the current window.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<crate::canary::Check>,
@@ -182,13 +202,14 @@ pub struct RolloutStatus {
     pub stable_replicas: Option<i32>,
 }
 
-/// Counter values at the start of a step's window.
+/// A window's counters, per pod (docs/rollouts.md, "Windows").
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Baseline {
-    pub stable: crate::canary::Counters,
-    pub candidate: crate::canary::Counters,
-    pub mirrored: crate::canary::Mirrored,
+    pub stable: crate::canary::Tally<crate::canary::Counters>,
+    pub candidate: crate::canary::Tally<crate::canary::Counters>,
+    /// The front doors' mirrored comparisons.
+    pub mirrored: crate::canary::Tally<crate::canary::Mirrored>,
 }
 
 /// One finished rollout.
@@ -198,6 +219,9 @@ pub struct RolloutRecord {
     pub revision: String,
     /// `Promoted` or `RolledBack`.
     pub outcome: String,
+    /// Why it rolled back: `CheckFailed`, `CanaryDeadlineExceeded` or `CandidateFailed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// RFC 3339.
     pub at: String,
     pub message: String,

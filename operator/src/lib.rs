@@ -15,5 +15,6 @@ pub mod render;
 pub mod rollout;
 pub mod served;
 pub mod status;
+pub mod traffic;
 pub mod validate;
 pub mod verdict;

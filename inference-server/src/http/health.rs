@@ -25,6 +25,8 @@ pub struct HealthState {
     pub metrics: Metrics,
     /// The database's last answer to readiness (shared by every clone of this state).
     pub database: DatabaseCheck,
+    /// The front door's traffic file (upload role): `/readyz` names the one it applies.
+    pub traffic: Option<std::sync::Arc<crate::pipeline::traffic::Traffic>>,
 }
 
 /// How long a readiness answer about the database is reused: `/readyz` is open and never
@@ -102,9 +104,18 @@ async fn readyz(State(state): State<HealthState>) -> Response {
             }
         }))
         .into_response(),
-        ModelStatus::None => axum::Json(json!({ "status": "ready" })).into_response(),
+        ModelStatus::None => axum::Json(ready_without_model(&state)).into_response(),
         ModelStatus::Loading => not_ready("ModelLoading", "the model is loading"),
         ModelStatus::Failed { reason, message } => not_ready(reason, &message),
+    }
+}
+
+/// A role without a model is ready once its database answers; a front door also says
+/// which traffic file it applies (the operator reads its `generation`).
+fn ready_without_model(state: &HealthState) -> serde_json::Value {
+    match &state.traffic {
+        Some(traffic) => json!({ "status": "ready", "traffic": traffic.applied() }),
+        None => json!({ "status": "ready" }),
     }
 }
 

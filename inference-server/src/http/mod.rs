@@ -98,6 +98,7 @@ impl AppState {
             results: self.results.clone(),
             metrics: self.metrics.clone(),
             database: Default::default(),
+            traffic: self.downstream.recognize.clone(),
         }
     }
 

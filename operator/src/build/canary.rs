@@ -111,20 +111,8 @@ pub fn network_policy(stable: &NetworkPolicy, model: &ImageModel) -> NetworkPoli
     as_candidate(stable, &name(model))
 }
 
-/// What the front doors read: where the stable and candidate revisions answer, the share
-/// of requests the candidate takes, and the share of stable requests mirrored to it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Traffic {
-    pub model: String,
-    pub stable: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub candidate: Option<String>,
-    pub candidate_weight: u32,
-    pub mirror_percent: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub revision: Option<String>,
-}
+/// What the front doors read (the traffic file, [`crate::traffic::TrafficFile`]).
+pub use crate::traffic::TrafficFile as Traffic;
 
 impl Traffic {
     /// Everything to the stable revision.
@@ -136,6 +124,7 @@ impl Traffic {
             candidate_weight: 0,
             mirror_percent: 0,
             revision: None,
+            generation: 0,
         }
     }
 
@@ -152,13 +141,18 @@ impl Traffic {
     }
 }
 
+/// The traffic file in a live traffic ConfigMap, when it holds one.
+pub fn traffic_of(config: &ConfigMap) -> Option<Traffic> {
+    Traffic::parse(config.data.as_ref()?.get(TRAFFIC_FILE)?)
+}
+
 /// The traffic ConfigMap (owned by the model; the namespace's front doors mount it).
 pub fn traffic_config(model: &ImageModel, traffic: &Traffic) -> ConfigMap {
     ConfigMap {
         metadata: object_meta(model, &traffic_name(model), TRAFFIC),
         data: Some(BTreeMap::from([(
             TRAFFIC_FILE.to_string(),
-            serde_json::to_string_pretty(traffic).unwrap_or_default(),
+            traffic.to_text(),
         )])),
         ..ConfigMap::default()
     }

@@ -1,25 +1,27 @@
 //! A canary rollout of a model, one reconcile at a time (docs/rollouts.md). The stable
 //! Deployment keeps its revision; the candidate runs in its own Deployment and Service;
-//! the front doors split and mirror traffic as the model's traffic ConfigMap says. Each
-//! reconcile reads the revisions' and the front doors' own `/metrics` through
-//! `pods/proxy`, computes the checks over the step's window ([`crate::canary`]) and
-//! advances, promotes or rolls back.
+//! the front doors split and mirror traffic as the model's traffic ConfigMap says, and
+//! report the generation of it they apply. A step's window opens once every front door
+//! applies the step's generation; each reconcile then reads every pod's own `/metrics`
+//! ([`read`]), takes the window per pod and computes the checks ([`crate::canary`]), and
+//! holds, advances, promotes or rolls back — at the latest at the step's deadline. The
+//! candidate goes once the front doors apply the traffic without it ([`traffic`]).
+
+mod read;
+pub(super) mod traffic;
+mod window;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::ListParams;
+use kube::ResourceExt;
 use kube::runtime::events::EventType;
-use kube::{Api, ResourceExt};
 
-use super::{Context, Error, label_selector, observe};
-use crate::apply::ApplyError;
+use super::{Context, Error, observe};
 use crate::build::canary::{self as build, Traffic};
-use crate::build::meta::{self, LABEL_COMPONENT, LABEL_NAME, NAME};
-use crate::build::model::{self as model_build, ModelChildren};
-use crate::canary::{self, Check, Counters, Decision, Mirrored, Position, Thresholds, Window};
-use crate::crd::{Baseline, ImageModel, RolloutRecord, RolloutSpec, RolloutStatus};
+use crate::build::meta;
+use crate::build::model::ModelChildren;
+use crate::canary::{self, Decision, Plan, Position, Thresholds, outcomes};
+use crate::crd::{ImageModel, RolloutRecord, RolloutSpec, RolloutStatus};
 use crate::rollout::Phase;
 use crate::status::{Cond, reasons, types};
 
@@ -41,9 +43,7 @@ pub struct Step {
 
 /// The rollout settings with their defaults.
 pub struct Settings {
-    pub steps: Vec<u32>,
-    pub step_seconds: u64,
-    pub min_requests: u64,
+    pub plan: Plan,
     pub mirror: u32,
     pub paused: bool,
     pub thresholds: Thresholds,
@@ -52,18 +52,27 @@ pub struct Settings {
 impl Settings {
     pub fn of(spec: &RolloutSpec) -> Settings {
         let a = &spec.analysis;
+        let step_seconds = spec
+            .step_duration
+            .as_deref()
+            .and_then(canary::parse_duration)
+            .unwrap_or(300);
+        let deadline_seconds = spec
+            .step_deadline
+            .as_deref()
+            .and_then(canary::parse_duration)
+            .unwrap_or_else(|| step_seconds.saturating_mul(3).max(600));
         Settings {
-            steps: if spec.steps.is_empty() {
-                vec![10, 50, 100]
-            } else {
-                spec.steps.clone()
+            plan: Plan {
+                steps: if spec.steps.is_empty() {
+                    vec![10, 50, 100]
+                } else {
+                    spec.steps.clone()
+                },
+                step_seconds,
+                min_requests: spec.min_requests_per_step.unwrap_or(200),
+                deadline_seconds,
             },
-            step_seconds: spec
-                .step_duration
-                .as_deref()
-                .and_then(canary::parse_duration)
-                .unwrap_or(300),
-            min_requests: spec.min_requests_per_step.unwrap_or(200),
             mirror: spec.mirror_percent.unwrap_or(0),
             paused: spec.paused,
             thresholds: Thresholds {
@@ -76,7 +85,11 @@ impl Settings {
     }
 
     fn requeue(&self) -> std::time::Duration {
-        std::time::Duration::from_secs((self.step_seconds / 4).clamp(1, 15))
+        std::time::Duration::from_secs((self.plan.step_seconds / 4).clamp(1, 15))
+    }
+
+    fn weight(&self, step: usize) -> u32 {
+        self.plan.steps.get(step).copied().unwrap_or(100)
     }
 }
 
@@ -84,135 +97,53 @@ fn now_text(ctx: &Context) -> String {
     ctx.clock.now().to_string()
 }
 
-fn seconds_since(ctx: &Context, since: Option<&str>) -> u64 {
-    let Some(since) = since.and_then(|s| s.parse::<Timestamp>().ok()) else {
+fn parse_time(text: Option<&str>) -> Option<Timestamp> {
+    text.and_then(|s| s.parse::<Timestamp>().ok())
+}
+
+pub(super) fn seconds_since(ctx: &Context, since: Option<&str>) -> u64 {
+    let Some(since) = parse_time(since) else {
         return 0;
     };
     let elapsed = ctx.clock.now().as_second() - since.as_second();
     u64::try_from(elapsed).unwrap_or(0)
 }
 
-/// Sums `/metrics` of the running pods selected by `labels`, with `parse`.
-async fn scrape<T: Default>(
-    ctx: &Context,
-    ns: &str,
-    labels: &std::collections::BTreeMap<String, String>,
-    parse: impl Fn(&str) -> T,
-    add: impl Fn(&mut T, &T),
-) -> Result<T, Error> {
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default().labels(&label_selector(labels)))
-        .await
-        .map_err(|source| Error::Fetch {
-            what: "Pods",
-            source,
-        })?;
-    let mut total = T::default();
-    for pod in pods
-        .items
-        .iter()
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-    {
-        if let Ok((200, text)) =
-            observe::pod_get(&ctx.client, ns, &pod.name_any(), "/metrics").await
-        {
-            add(&mut total, &parse(&text));
-        }
-    }
-    Ok(total)
-}
-
-/// The counters now: the stable pods', the candidate pods' and the front doors'.
-async fn counters(ctx: &Context, ns: &str, m: &ImageModel) -> Result<Baseline, Error> {
-    let instance = m.name_any();
-    let stable = scrape(
-        ctx,
-        ns,
-        &meta::selector_labels(&instance, model_build::COMPONENT),
-        canary::parse_counters,
-        Counters::add,
-    )
-    .await?;
-    let candidate = scrape(
-        ctx,
-        ns,
-        &meta::selector_labels(&instance, build::COMPONENT),
-        canary::parse_counters,
-        Counters::add,
-    )
-    .await?;
-    let front_doors = std::collections::BTreeMap::from([
-        (LABEL_NAME.to_string(), NAME.to_string()),
-        (
-            LABEL_COMPONENT.to_string(),
-            crate::build::pipeline::UPLOAD.to_string(),
-        ),
-    ]);
-    let name = instance.clone();
-    let mirrored = scrape(
-        ctx,
-        ns,
-        &front_doors,
-        move |text| canary::parse_mirrored(text, &name),
-        Mirrored::add,
-    )
-    .await?;
-    Ok(Baseline {
-        stable,
-        candidate,
-        mirrored,
-    })
-}
-
-/// The candidate's top-1 accuracy on the labelled set, once its start-up evaluation
-/// finished (read from one of its ready pods).
-async fn candidate_top1(ctx: &Context, ns: &str, pods: &[Pod]) -> Option<f64> {
-    let pod = pods.iter().find(|p| crate::rollout::pod_ready(p))?;
-    let path = "/api/v1/evaluations/startup";
-    match observe::pod_get(&ctx.client, ns, &pod.name_any(), path).await {
-        Ok((200, text)) => super::model::parse_evaluation(&text, 0)
-            .ok()
-            .flatten()
-            .map(|e| e.accuracy),
-        _ => None,
-    }
-}
-
-/// Deletes the candidate's Deployment, Service and NetworkPolicy (when they exist).
-pub async fn remove_candidate(
-    ctx: &Context,
-    ns: &str,
-    m: &ImageModel,
-    uid: &str,
-) -> Result<(), ApplyError> {
-    let mut changes = Vec::new();
-    let keep = [model_build::name(m)];
-    let name = m.name_any();
-    ctx.prune::<Deployment>(ns, &name, uid, &keep, &mut changes)
-        .await?;
-    ctx.prune::<Service>(ns, &name, uid, &keep, &mut changes)
-        .await?;
-    ctx.prune::<NetworkPolicy>(ns, &name, uid, &keep, &mut changes)
-        .await?;
-    if !changes.is_empty() {
-        ctx.event(m, EventType::Normal, "Applied", changes.join(", "))
-            .await;
-    }
-    Ok(())
-}
-
 /// Adds a finished rollout to `status.history` (newest first, at most [`HISTORY`]).
-pub(super) fn record(status: &mut RolloutStatus, outcome: &str, at: String, message: String) {
+pub(super) fn record(
+    status: &mut RolloutStatus,
+    outcome: &str,
+    reason: Option<&str>,
+    at: String,
+    message: String,
+) {
     status.history.insert(
         0,
         RolloutRecord {
             revision: status.revision.clone(),
             outcome: outcome.into(),
+            reason: reason.map(str::to_string),
             at,
             message,
         },
     );
     status.history.truncate(HISTORY);
+}
+
+/// The canary ended; the candidate goes once the front doors no longer send it anything
+/// (see [`traffic::retire`]). Whether nothing is left to wait for.
+pub(super) async fn finish(
+    ctx: &Context,
+    ns: &str,
+    uid: &str,
+    m: &ImageModel,
+    status: &mut RolloutStatus,
+    ended_now: bool,
+) -> Result<bool, Error> {
+    if ended_now {
+        traffic::hand_back(ctx, ns, m, status).await?;
+    }
+    traffic::retire(ctx, ns, m, uid, status).await
 }
 
 /// The stable revision's name in messages.
@@ -221,6 +152,18 @@ fn stable_words(stable: &Deployment) -> String {
         Some(rev) => format!("revision {rev}"),
         None => "the stable revision".into(),
     }
+}
+
+/// One canary reconcile: what it works on.
+struct Run<'a> {
+    ctx: &'a Context,
+    ns: &'a str,
+    uid: &'a str,
+    m: &'a ImageModel,
+    /// The candidate's revision.
+    rev: &'a str,
+    stable_name: String,
+    settings: Settings,
 }
 
 /// One canary reconcile for the desired revision `rev` (built in `children`), while the
@@ -236,7 +179,15 @@ pub async fn step(
     stable: &Deployment,
     rev: &str,
 ) -> Result<Step, Error> {
-    let settings = Settings::of(spec);
+    let run = Run {
+        ctx,
+        ns,
+        uid,
+        m,
+        rev,
+        stable_name: stable_words(stable),
+        settings: Settings::of(spec),
+    };
     let previous = m.status.as_ref().and_then(|s| s.rollout.clone());
     let history = previous
         .as_ref()
@@ -251,30 +202,15 @@ pub async fn step(
             ..RolloutStatus::default()
         },
     };
-    let stable_name = stable_words(stable);
 
     // Rolled back: stay on the stable revision until the spec changes again.
     if status.phase == "RolledBack" {
-        remove_candidate(ctx, ns, m, uid).await?;
-        let why = status
-            .history
-            .first()
-            .map(|h| h.message.clone())
-            .unwrap_or_default();
-        let message =
-            format!("revision {rev} was rolled back: {why}; {stable_name} serves all traffic");
-        return Ok(Step {
-            ready: Cond::no(types::READY, reasons::ROLLED_BACK, message.clone()),
-            progressing: Cond::no(types::PROGRESSING, reasons::ROLLED_BACK, message),
-            traffic: Traffic::stable_only(m),
-            rollout: status,
-            rolled_back: false,
-            requeue: super::RESYNC,
-        });
+        let done = finish(ctx, ns, uid, m, &mut status, false).await?;
+        return Ok(run.after_rollback(status, done, false));
     }
 
     // The candidate's objects, from the desired revision.
-    let replicas = model_build::candidate_replicas(stable, &mut status);
+    let replicas = crate::build::model::candidate_replicas(stable, &mut status);
     let mut changes = Vec::new();
     ctx.apply(&build::service(&children.service, m), &mut changes)
         .await?;
@@ -296,26 +232,9 @@ pub async fn step(
     let selector = meta::selector_labels(&m.name_any(), build::COMPONENT);
     let rollout = observe::rollout(&ctx.client, ns, &candidate, &selector).await?;
 
-    let rollback = |status: &mut RolloutStatus, why: String| {
-        let message =
-            format!("revision {rev} rolled back: {why}; {stable_name} serves all traffic");
-        status.phase = "RolledBack".into();
-        status.candidate_weight = 0;
-        status.mirror_percent = 0;
-        status.baseline = None;
-        record(status, "RolledBack", now_text(ctx), why);
-        message
-    };
-
-    let failure = match &rollout.phase {
-        Phase::Failed { reason, message } => {
-            Some(format!("the candidate cannot serve: {reason}: {message}"))
-        }
-        _ => None,
-    };
-    if let Some(why) = failure {
-        let message = rollback(&mut status, why);
-        return rolled_back(ctx, ns, m, uid, status, message).await;
+    if let Phase::Failed { reason, message } = &rollout.phase {
+        let why = format!("the candidate cannot serve: {reason}: {message}");
+        return run.roll_back(status, outcomes::CANDIDATE_FAILED, why).await;
     }
     if rollout.phase != Phase::Complete {
         // Never traffic to a candidate that is not ready.
@@ -323,21 +242,17 @@ pub async fn step(
         status.mirror_percent = 0;
         status.baseline = None;
         status.step_started_at = None;
+        status.step_entered_at = None;
+        status.pending_generation = None;
         let words = match &rollout.phase {
             Phase::Progressing(w) => w.clone(),
             _ => String::new(),
         };
         let message = format!(
-            "revision {rev} (candidate) is starting: {words}; {stable_name} serves all traffic"
+            "revision {rev} (candidate) is starting: {words}; {} serves all traffic",
+            run.stable_name
         );
-        return Ok(Step {
-            ready: Cond::no(types::READY, reasons::CANARY, message.clone()),
-            progressing: Cond::yes(types::PROGRESSING, reasons::CANARY, message),
-            traffic: Traffic::stable_only(m),
-            rollout: status,
-            rolled_back: false,
-            requeue: settings.requeue(),
-        });
+        return Ok(run.step(status, Traffic::stable_only(m), message));
     }
 
     // Promoting: the stable Deployment takes the new revision; the candidate keeps its
@@ -347,144 +262,165 @@ pub async fn step(
         let traffic = Traffic::split(m, rev, status.candidate_weight, 0);
         let message =
             format!("revision {rev} passed every step; the stable Deployment is taking it");
-        return Ok(Step {
-            ready: Cond::no(types::READY, reasons::CANARY, message.clone()),
-            progressing: Cond::yes(types::PROGRESSING, reasons::CANARY, message),
-            traffic,
-            rollout: status,
-            rolled_back: false,
-            requeue: settings.requeue(),
-        });
+        return Ok(run.step(status, traffic, message));
     }
 
-    let now = counters(ctx, ns, m).await?;
-    let step_index = usize::try_from(status.step)
-        .unwrap_or(0)
-        .min(settings.steps.len().saturating_sub(1));
-    let Some(base) = status.baseline.clone() else {
-        // The candidate just became ready: open the first (or current) step's window.
-        status.baseline = Some(now);
-        status.step_started_at = Some(now_text(ctx));
-        status.candidate_weight = settings.steps[step_index];
-        status.mirror_percent = settings.mirror;
-        status.checks.clear();
-        return Ok(running(m, rev, &stable_name, &settings, status, false));
+    if status.step_entered_at.is_none() {
+        // The candidate is ready: the current step's traffic is written.
+        let index = run.step_index(&status);
+        return run.enter(status, index).await;
+    }
+    let decision = match status.baseline.take() {
+        None => run.open_window(&mut status).await?,
+        Some(base) => run.judge(&mut status, base, &rollout.current).await?,
     };
-    let evaluating = m.spec.evaluation.is_some();
-    let window = Window {
-        stable: now.stable.since(&base.stable),
-        candidate: now.candidate.since(&base.candidate),
-        mirrored: now.mirrored.since(&base.mirrored),
-        stable_top1: m
-            .status
-            .as_ref()
-            .and_then(|s| s.evaluation.as_ref())
-            .map(|e| e.accuracy),
-        candidate_top1: if evaluating {
-            candidate_top1(ctx, ns, &rollout.current).await
-        } else {
-            None
-        },
-    };
-    let checks: Vec<Check> = canary::checks(
-        &settings.thresholds,
-        &window,
-        settings.mirror > 0,
-        evaluating,
-    );
-    let position = Position {
-        step: step_index,
-        elapsed: seconds_since(ctx, status.step_started_at.as_deref()),
-        paused: settings.paused,
-    };
-    let decision = canary::decide(
-        &settings.steps,
-        settings.step_seconds,
-        settings.min_requests,
-        &position,
-        &checks,
-        window.candidate.requests,
-    );
-    status.checks = checks;
     match decision {
-        Decision::RollBack(why) => {
-            let message = rollback(&mut status, why);
-            rolled_back(ctx, ns, m, uid, status, message).await
-        }
-        Decision::Advance(next) => {
-            status.step = u32::try_from(next).unwrap_or(u32::MAX);
-            status.baseline = Some(now);
-            status.step_started_at = Some(now_text(ctx));
-            status.candidate_weight = settings.steps[next];
-            Ok(running(m, rev, &stable_name, &settings, status, false))
-        }
+        Decision::RollBack { reason, message } => run.roll_back(status, reason, message).await,
+        Decision::Advance(next) => run.enter(status, next).await,
         Decision::Promote => {
             status.phase = "Promoting".into();
             ctx.apply(&children.deployment, &mut Vec::new()).await?;
-            Ok(running(m, rev, &stable_name, &settings, status, false))
+            Ok(run.running(status, "promoting"))
         }
-        Decision::Hold => {
-            status.phase = if settings.paused {
+        Decision::Hold(why) => {
+            status.phase = if run.settings.paused {
                 "Paused"
             } else {
                 "Progressing"
             }
             .into();
-            Ok(running(m, rev, &stable_name, &settings, status, false))
+            Ok(run.running(status, &why))
         }
     }
 }
 
-fn running(
-    m: &ImageModel,
-    rev: &str,
-    stable_name: &str,
-    settings: &Settings,
-    status: RolloutStatus,
-    rolled_back: bool,
-) -> Step {
-    let total = settings.steps.len();
-    let message = format!(
-        "revision {rev} takes {}% of traffic (step {} of {total}{}); {stable_name} serves the rest",
-        status.candidate_weight,
-        status.step + 1,
-        if status.mirror_percent > 0 {
-            format!(", {}% of the rest mirrored to it", status.mirror_percent)
+impl Run<'_> {
+    fn step_index(&self, status: &RolloutStatus) -> usize {
+        usize::try_from(status.step)
+            .unwrap_or(0)
+            .min(self.settings.plan.steps.len().saturating_sub(1))
+    }
+
+    fn position(&self, status: &RolloutStatus) -> Position {
+        Position {
+            step: self.step_index(status),
+            elapsed: seconds_since(self.ctx, status.step_started_at.as_deref()),
+            entered: seconds_since(self.ctx, status.step_entered_at.as_deref()),
+            paused: self.settings.paused,
+        }
+    }
+
+    /// A canary under way: `Ready=False` and `Progressing=True` say `message`.
+    fn step(&self, status: RolloutStatus, traffic: Traffic, message: String) -> Step {
+        Step {
+            ready: Cond::no(types::READY, reasons::CANARY, message.clone()),
+            progressing: Cond::yes(types::PROGRESSING, reasons::CANARY, message),
+            traffic,
+            rollout: status,
+            rolled_back: false,
+            requeue: self.settings.requeue(),
+        }
+    }
+
+    /// Writes step `index`'s traffic; its window opens once the front doors apply it.
+    async fn enter(&self, mut status: RolloutStatus, index: usize) -> Result<Step, Error> {
+        status.phase = "Progressing".into();
+        status.step = u32::try_from(index).unwrap_or(u32::MAX);
+        status.candidate_weight = self.settings.weight(index);
+        status.mirror_percent = if status.candidate_weight < 100 {
+            self.settings.mirror
         } else {
-            String::new()
-        }
-    );
-    let traffic = Traffic::split(m, rev, status.candidate_weight, status.mirror_percent);
-    Step {
-        ready: Cond::no(types::READY, reasons::CANARY, message.clone()),
-        progressing: Cond::yes(types::PROGRESSING, reasons::CANARY, message),
-        traffic,
-        rollout: status,
-        rolled_back,
-        requeue: settings.requeue(),
+            0
+        };
+        status.baseline = None;
+        status.step_started_at = None;
+        let traffic = Traffic::split(
+            self.m,
+            self.rev,
+            status.candidate_weight,
+            status.mirror_percent,
+        );
+        let generation = traffic::publish(self.ctx, self.ns, self.m, &traffic).await?;
+        status.pending_generation = Some(generation);
+        status.step_entered_at = Some(now_text(self.ctx));
+        let why = format!("waiting for every front door to apply traffic generation {generation}");
+        Ok(self.running(status, &why))
     }
-}
 
-/// Traffic back to the stable revision at once, then the candidate removed.
-async fn rolled_back(
-    ctx: &Context,
-    ns: &str,
-    m: &ImageModel,
-    uid: &str,
-    status: RolloutStatus,
-    message: String,
-) -> Result<Step, Error> {
-    let traffic = Traffic::stable_only(m);
-    ctx.apply(&build::traffic_config(m, &traffic), &mut Vec::new())
-        .await?;
-    remove_candidate(ctx, ns, m, uid).await?;
-    ctx.metrics.rollout_ended("RolledBack");
-    Ok(Step {
-        ready: Cond::no(types::READY, reasons::ROLLED_BACK, message.clone()),
-        progressing: Cond::no(types::PROGRESSING, reasons::ROLLED_BACK, message),
-        traffic,
-        rollout: status,
-        rolled_back: true,
-        requeue: super::RESYNC,
-    })
+    fn running(&self, status: RolloutStatus, waiting: &str) -> Step {
+        let total = self.settings.plan.steps.len();
+        let mut message = format!(
+            "revision {} takes {}% of traffic (step {} of {total}{}); {} serves the rest",
+            self.rev,
+            status.candidate_weight,
+            status.step + 1,
+            if status.mirror_percent > 0 {
+                format!(", {}% of the rest mirrored to it", status.mirror_percent)
+            } else {
+                String::new()
+            },
+            self.stable_name
+        );
+        if !waiting.is_empty() {
+            message.push_str(&format!("; {waiting}"));
+        }
+        let traffic = Traffic::split(
+            self.m,
+            self.rev,
+            status.candidate_weight,
+            status.mirror_percent,
+        );
+        self.step(status, traffic, message)
+    }
+
+    /// Traffic back to the stable revision at once; the candidate goes once the front
+    /// doors apply that.
+    async fn roll_back(
+        &self,
+        mut status: RolloutStatus,
+        reason: &str,
+        why: String,
+    ) -> Result<Step, Error> {
+        status.phase = "RolledBack".into();
+        record(
+            &mut status,
+            "RolledBack",
+            Some(reason),
+            now_text(self.ctx),
+            why,
+        );
+        let done = finish(self.ctx, self.ns, self.uid, self.m, &mut status, true).await?;
+        self.ctx.metrics.rollout_ended("RolledBack");
+        Ok(self.after_rollback(status, done, true))
+    }
+
+    fn after_rollback(&self, status: RolloutStatus, done: bool, rolled_back: bool) -> Step {
+        let last = status.history.first();
+        let why = last.map(|h| h.message.clone()).unwrap_or_default();
+        let reason = last
+            .and_then(|h| h.reason.clone())
+            .unwrap_or_else(|| reasons::ROLLED_BACK.to_string());
+        let mut message = format!(
+            "revision {} was rolled back: {why}; {} serves all traffic",
+            self.rev, self.stable_name
+        );
+        if let Some(generation) = status.pending_generation {
+            message.push_str(&format!(
+                "; the candidate is removed once every front door applies traffic \
+                 generation {generation}"
+            ));
+        }
+        Step {
+            ready: Cond::no(types::READY, reasons::ROLLED_BACK, message.clone()),
+            progressing: Cond::no(types::PROGRESSING, reason, message),
+            traffic: Traffic::stable_only(self.m),
+            rollout: status,
+            rolled_back,
+            requeue: if done {
+                super::RESYNC
+            } else {
+                self.settings.requeue()
+            },
+        }
+    }
 }

@@ -7,6 +7,7 @@ pub mod model;
 pub mod model_status;
 pub mod observe;
 pub mod pipeline;
+pub mod pods;
 pub mod run;
 
 use std::collections::HashMap;
@@ -79,6 +80,8 @@ pub struct Context {
     pub service_monitors: bool,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
+    /// How pods' own HTTP answers are read (`pods/proxy` unless [`Context::with_pods`]).
+    pods: Arc<dyn pods::PodHttp>,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
     /// Reconciles in a row that found a rollout stuck, per object.
@@ -108,6 +111,7 @@ impl Context {
             },
         );
         Context {
+            pods: Arc::new(pods::ApiServerProxy(client.clone())),
             client,
             platform,
             gateway_api: apis.gateway_api,
@@ -152,6 +156,17 @@ impl Context {
     pub fn without_nodes(mut self) -> Self {
         self.read_nodes = false;
         self
+    }
+
+    /// This context reading pods' own HTTP answers with `pods` instead of `pods/proxy`.
+    pub fn with_pods(mut self, pods: Arc<dyn pods::PodHttp>) -> Self {
+        self.pods = pods;
+        self
+    }
+
+    /// `GET {path}` on `pod`'s server port (see [`pods::PodHttp`]).
+    pub async fn pod_get(&self, ns: &str, pod: &str, path: &str) -> Result<(u16, String), String> {
+        self.pods.get(ns, pod, path).await
     }
 
     /// Publishes an event about `object`; a failure to publish is logged, never fatal.

@@ -171,8 +171,7 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
             (traffic, status, None)
         }
     };
-    ctx.apply(&build_canary::traffic_config(m, &traffic), &mut Vec::new())
-        .await?;
+    super::canary::traffic::publish(ctx, &ns, m, &traffic).await?;
     let available = available_condition(&deployment);
     let fetched = fetched_condition(m, &rollout.current);
     let served = served_now(m, &rollout, &answers);
@@ -204,6 +203,9 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
         conditions.push(cond);
     }
     let settled = conditions.iter().all(|c| c.status);
+    let candidate_pending = rollout_status
+        .as_ref()
+        .is_some_and(|r| r.pending_generation.is_some());
     let previous = m.status.clone().unwrap_or_default();
     super::warn_on_new_failure(m, ctx, &previous.conditions, &v.ready, v.failed).await;
     let ready_replicas = deployment
@@ -225,6 +227,10 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
     .await?;
     if let Some(every) = requeue_canary {
         return Ok(Action::requeue(every));
+    }
+    if candidate_pending {
+        // A candidate waits for the front doors to apply the traffic without it.
+        return Ok(Action::requeue(PENDING));
     }
     Ok(Action::requeue(if v.failed {
         ctx.stalled(&super::key(m))
@@ -263,6 +269,7 @@ async fn after_canary(
         super::canary::record(
             &mut status,
             "Promoted",
+            None,
             ctx.clock.now().to_string(),
             message,
         );
@@ -270,12 +277,8 @@ async fn after_canary(
         // The spec moved on (or back) before the rollout finished.
         status.phase = "Superseded".into();
     }
-    if live {
-        status.candidate_weight = 0;
-        status.mirror_percent = 0;
-        status.baseline = None;
-        super::canary::remove_candidate(ctx, ns, m, uid).await?;
-    }
+    // The candidate goes once every front door applies the traffic without it.
+    super::canary::finish(ctx, ns, uid, m, &mut status, live).await?;
     Ok((build_canary::Traffic::stable_only(m), Some(status)))
 }
 
@@ -376,7 +379,7 @@ async fn ask_readyz(ctx: &Context, ns: &str, rollout: &Rollout) -> Vec<(String, 
     let mut answers = Vec::new();
     for pod in running.take(PODS_ASKED) {
         let name = pod.name_any();
-        let answer = match observe::pod_get(&ctx.client, ns, &name, "/readyz").await {
+        let answer = match ctx.pod_get(ns, &name, "/readyz").await {
             Ok((code, body)) => parse_readyz(code, &body),
             Err(e) => Readyz::Unreachable(e),
         };
@@ -412,7 +415,7 @@ async fn evaluation_now(
         return pending("waiting for the model to serve".into());
     };
     let path = "/api/v1/evaluations/startup";
-    let text = match observe::pod_get(&ctx.client, ns, &pod.name_any(), path).await {
+    let text = match ctx.pod_get(ns, &pod.name_any(), path).await {
         Ok((200, text)) => text,
         Ok((code, _)) => {
             return pending(format!("the evaluation is not readable yet (HTTP {code})"));

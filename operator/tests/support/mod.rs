@@ -6,6 +6,7 @@
 
 pub mod drive;
 pub mod netpol;
+pub mod scrape_sim;
 pub mod sim;
 pub mod ssa;
 
@@ -239,6 +240,7 @@ impl Cluster {
                         return Ok(respond(code, status_body(code, "Forbidden", &message)));
                     }
                 }
+                let request = status_apply_removes_omitted_fields(&fake, request).await;
                 let apply = (request.method() == http::Method::PATCH
                     && request
                         .headers()
@@ -335,6 +337,57 @@ impl Cluster {
     }
 }
 
+/// SIMULATION of a rule of server-side apply that kube-fake-client does not follow (it
+/// merges an apply as a JSON merge patch): a field the manager applied before and leaves
+/// out now is removed when no other manager owns it
+/// (<https://kubernetes.io/docs/reference/using-api/server-side-apply/#field-management>).
+/// Modelled for `status` applies, whose only manager is the operator: each field of the
+/// live status the apply leaves out is sent as `null`, which the merge removes.
+async fn status_apply_removes_omitted_fields(
+    fake: &Client,
+    request: http::Request<kube::client::Body>,
+) -> http::Request<kube::client::Body> {
+    use http_body_util::BodyExt;
+    let path = request.uri().path().to_string();
+    let is_apply = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
+    let Some(object_path) = path.strip_suffix("/status").filter(|_| is_apply) else {
+        return request;
+    };
+    let get = http::Request::get(object_path)
+        .body(Vec::new())
+        .expect("get request");
+    let Ok(live) = fake.request::<serde_json::Value>(get).await else {
+        return request;
+    };
+    let (parts, body) = request.into_parts();
+    let bytes = body.collect().await.expect("request body").to_bytes();
+    let Ok(mut applied) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return http::Request::from_parts(parts, kube::client::Body::from(bytes.to_vec()));
+    };
+    null_omitted(&live["status"], &mut applied["status"]);
+    let bytes = serde_json::to_vec(&applied).expect("json");
+    http::Request::from_parts(parts, kube::client::Body::from(bytes))
+}
+
+/// Sets to `null` in `applied` every field of `live` it leaves out, at any depth of
+/// objects present in both.
+fn null_omitted(live: &serde_json::Value, applied: &mut serde_json::Value) {
+    let (Some(live), Some(applied)) = (live.as_object(), applied.as_object_mut()) else {
+        return;
+    };
+    for (key, value) in live {
+        match applied.get_mut(key) {
+            Some(inner) => null_omitted(value, inner),
+            None => {
+                applied.insert(key.clone(), serde_json::Value::Null);
+            }
+        }
+    }
+}
+
 /// The request with its JSON body passed through [`apiserver_normalise`], and that body.
 async fn normalised(
     request: http::Request<kube::client::Body>,
@@ -426,5 +479,30 @@ impl TestClock {
 impl sightline_operator::status::Clock for TestClock {
     fn now(&self) -> Timestamp {
         *self.0.lock().expect("clock")
+    }
+}
+
+/// Reads of what the operator left, for scenario tests.
+impl Cluster {
+    /// The `ImageModel` `name` as it is now.
+    pub async fn model(&self, name: &str) -> ImageModel {
+        kube::Api::<ImageModel>::namespaced(self.admin.clone(), NS)
+            .get(name)
+            .await
+            .expect("get the model")
+    }
+
+    /// The `ImageModel` `name`'s status, as JSON.
+    pub async fn model_status(&self, name: &str) -> serde_json::Value {
+        serde_json::to_value(self.model(name).await.status).expect("json")
+    }
+
+    /// Deployment `name`'s pod template, as JSON, when the Deployment exists.
+    pub async fn template(&self, name: &str) -> Option<serde_json::Value> {
+        kube::Api::<Deployment>::namespaced(self.admin.clone(), NS)
+            .get_opt(name)
+            .await
+            .expect("get the Deployment")
+            .map(|d| serde_json::to_value(d.spec.expect("spec").template).expect("json"))
     }
 }

@@ -5,14 +5,17 @@
 //! {"model": "efficientnet-lite0",
 //!  "stable": "http://efficientnet-lite0-recognize.ns.svc:8080",
 //!  "candidate": "http://efficientnet-lite0-recognize-canary.ns.svc:8080",
-//!  "candidateWeight": 10, "mirrorPercent": 10, "revision": "abc123def456"}
+//!  "candidateWeight": 10, "mirrorPercent": 10, "revision": "abc123def456",
+//!  "generation": 7}
 //! ```
 //!
 //! Weights are percents, clamped to 0–100 (fractions kept to a hundredth of a percent).
 //! `candidate` and `revision` are absent when there is no canary; `stable` falls back to
 //! `--recognize-url`. A weight above 0 without a candidate, a URL that is not http(s), a
 //! file that is not such JSON or is larger than [`MAX_FILE_BYTES`] is refused whole (the
-//! caller keeps the last good one). Unknown fields are ignored.
+//! caller keeps the last good one). Unknown fields are ignored. `generation` (0 when
+//! absent) is the operator's count of routing changes; the front door reports the one it
+//! applies (`/readyz`, a metric), so the operator knows when a change took effect.
 
 use std::path::{Path, PathBuf};
 
@@ -71,6 +74,8 @@ pub struct TrafficConfig {
     pub mirror_percent: Share,
     /// The candidate's revision (for logs).
     pub revision: Option<String>,
+    /// The operator's generation of this routing (0 without one).
+    pub generation: u64,
 }
 
 impl TrafficConfig {
@@ -83,6 +88,7 @@ impl TrafficConfig {
             candidate_weight: Share::NONE,
             mirror_percent: Share::NONE,
             revision: None,
+            generation: 0,
         }
     }
 
@@ -107,6 +113,7 @@ impl TrafficConfig {
             candidate_weight,
             mirror_percent,
             revision: raw.revision.filter(|r| !r.is_empty()),
+            generation: raw.generation.unwrap_or(0),
         })
     }
 }
@@ -121,6 +128,7 @@ struct RawTraffic {
     candidate_weight: Option<f64>,
     mirror_percent: Option<f64>,
     revision: Option<String>,
+    generation: Option<u64>,
 }
 
 /// `value` as an http(s) base URL without a trailing slash; empty is `None`.
@@ -193,7 +201,7 @@ mod tests {
         "stable": "http://efficientnet-lite0-recognize.ns.svc:8080",
         "candidate": "http://efficientnet-lite0-recognize-canary.ns.svc:8080/",
         "candidateWeight": 10, "mirrorPercent": 12.5, "revision": "abc123def456",
-        "somethingNew": true}"#;
+        "generation": 7, "somethingNew": true}"#;
 
     #[test]
     fn the_operators_file_parses() {
@@ -211,6 +219,7 @@ mod tests {
         assert_eq!(c.candidate_weight.hundredths(), 1000);
         assert_eq!(c.mirror_percent.percent(), 12.5);
         assert_eq!(c.revision.as_deref(), Some("abc123def456"));
+        assert_eq!(c.generation, 7);
     }
 
     #[test]
@@ -263,6 +272,9 @@ mod tests {
             br#"{"stable": "http://"}"#,
             br#"{"model": 7}"#,
             br#"{"model": "a\nb"}"#,
+            br#"{"generation": -1}"#,
+            br#"{"generation": 1.5}"#,
+            br#"{"generation": "7"}"#,
         ] {
             assert!(
                 TrafficConfig::parse(bad).is_err(),

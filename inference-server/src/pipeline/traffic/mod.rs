@@ -268,6 +268,7 @@ impl Traffic {
         services: Option<(Arc<Downstream>, Option<Arc<Downstream>>)>,
     ) {
         let (stable, candidate) = services.unwrap_or_else(|| (self.fallback.clone(), None));
+        self.metrics.generation(&config.model, config.generation);
         self.metrics.weights(
             &config.model,
             config.candidate_weight.percent(),
@@ -475,6 +476,34 @@ impl Traffic {
             };
             metrics.mirrored(&model, outcome);
         });
+    }
+}
+
+/// What `/readyz` says about the traffic file a front door applies (the operator waits for
+/// every front door to report a routing change's generation before it opens a canary
+/// step's window or removes a candidate).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Applied {
+    pub model: String,
+    pub generation: u64,
+    pub candidate_weight: f64,
+    pub mirror_percent: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+}
+
+impl Traffic {
+    /// The traffic file applied now, for `/readyz`.
+    pub fn applied(&self) -> Applied {
+        let c = self.config();
+        Applied {
+            model: c.model,
+            generation: c.generation,
+            candidate_weight: c.candidate_weight.percent(),
+            mirror_percent: c.mirror_percent.percent(),
+            revision: c.revision,
+        }
     }
 }
 
