@@ -232,7 +232,7 @@ fn phone_size_photos_decoded_at_a_reduced_scale_name_the_same_class() {
         return;
     }
     let args = serve_args("efficientnet-lite0.onnx", &[]).expect("args");
-    let setup = sightline_server::serving::model_setup(&args).expect("model setup");
+    let setup = sightline_server::server::model_setup(&args).expect("model setup");
     let env = sightline_server::ort_runtime::init(&setup.ort_lib).expect("ONNX Runtime");
     let mut engine =
         sightline_server::engine::Engine::load(env, &setup.engine).expect("load the model");

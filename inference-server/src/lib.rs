@@ -13,29 +13,25 @@
 //! `server` compose them, and no role imports them back.
 
 pub mod auth;
-pub mod batch_tuning;
-pub mod batching;
-pub mod blocking;
-pub mod cache;
 pub mod cli;
 pub mod drain;
-pub mod engine;
 pub mod eval;
 pub mod eval_relay;
-pub mod exposition;
 pub mod fetch;
 pub mod front_door;
 pub mod http;
 pub mod image_source;
-pub mod labels;
 pub mod metrics;
-pub mod model_config;
-pub mod ort_runtime;
+pub mod model_flags;
 pub mod pinned_dns;
 pub mod pipeline;
-pub mod postprocess;
-pub mod preprocess;
 pub mod server;
-pub mod serving;
 pub mod store;
 pub mod upload;
+
+// The model and the shared formats, under the paths the roles have always used.
+pub use sightline_model::{
+    batch_tuning, batching, blocking, cache, engine, labels, model_config, ort_runtime,
+    postprocess, preprocess, serving,
+};
+pub use sightline_telemetry::exposition;

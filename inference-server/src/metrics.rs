@@ -11,23 +11,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    // 0.5 ms … ~16 s
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-}
-
-fn model_latency_histogram() -> Histogram {
-    // 1 ms … ~16 s
-    Histogram::new(exponential_buckets(0.001, 2.0, 15))
-}
-
-fn batch_size_histogram() -> Histogram {
-    // 1, 2, 4, … 256 rows
-    Histogram::new(exponential_buckets(1.0, 2.0, 9))
-}
+pub use sightline_model::metrics::{Decoding, InferenceMetrics};
+pub use sightline_store::metrics::StoreMetrics;
+use sightline_telemetry::{F64Gauge, HistogramFamily, ModelLabels, latency_histogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -40,30 +26,6 @@ pub struct HttpLabels {
 pub struct RouteLabels {
     pub route: String,
     pub method: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ModelLabels {
-    pub model: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ModelReasonLabels {
-    pub model: String,
-    pub reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ModelRowsLabels {
-    pub model: String,
-    pub rows: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ModelInfoLabels {
-    pub model: String,
-    pub sha256: String,
-    pub device: String,
 }
 
 fn upload_size_histogram() -> Histogram {
@@ -94,7 +56,7 @@ impl Metrics {
     /// the `sightline_*` families plus the conventional `process_*` ones.
     pub fn new(model: &str) -> Metrics {
         let mut root = Registry::default();
-        crate::exposition::register_process_metrics(&mut root);
+        sightline_telemetry::exposition::register_process_metrics(&mut root);
         let registry = root.sub_registry_with_prefix("sightline");
         let info = Family::<ServerInfoLabels, Gauge>::default();
         registry.register(
@@ -195,286 +157,6 @@ pub fn method_label(method: &str) -> &'static str {
         .into_iter()
         .find(|known| *known == method)
         .unwrap_or("other")
-}
-
-/// An image decode in progress (see [`InferenceMetrics::decoding`]).
-pub struct Decoding(Gauge);
-
-impl Drop for Decoding {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-/// Inference: batches, queue, model load and identity.
-#[derive(Clone)]
-pub struct InferenceMetrics {
-    model: ModelLabels,
-    batch_size: HistogramFamily<ModelLabels>,
-    duration: HistogramFamily<ModelLabels>,
-    queue_depth: Family<ModelLabels, Gauge>,
-    queue_capacity: Family<ModelLabels, Gauge>,
-    queue_wait: HistogramFamily<ModelLabels>,
-    preprocess: HistogramFamily<ModelLabels>,
-    decoding: Family<ModelLabels, Gauge>,
-    rejected: Family<ModelReasonLabels, Counter>,
-    failures: Family<ModelLabels, Counter>,
-    load_seconds: Family<ModelLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    max_batch_size: Family<ModelLabels, Gauge>,
-    batch_throughput: Family<ModelRowsLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    ready: Family<ModelLabels, Gauge>,
-    info: Family<ModelInfoLabels, Gauge>,
-    cache_hits: Family<ModelLabels, Counter>,
-    cache_misses: Family<ModelLabels, Counter>,
-    cache_evictions: Family<ModelLabels, Counter>,
-    cache_bytes: Family<ModelLabels, Gauge>,
-}
-
-impl InferenceMetrics {
-    fn families(model: &str) -> InferenceMetrics {
-        InferenceMetrics {
-            model: ModelLabels {
-                model: model.to_string(),
-            },
-            batch_size: Family::new_with_constructor(batch_size_histogram),
-            duration: Family::new_with_constructor(model_latency_histogram),
-            queue_depth: Family::default(),
-            queue_capacity: Family::default(),
-            queue_wait: Family::new_with_constructor(model_latency_histogram),
-            preprocess: Family::new_with_constructor(model_latency_histogram),
-            decoding: Family::default(),
-            rejected: Family::default(),
-            failures: Family::default(),
-            load_seconds: Family::default(),
-            max_batch_size: Family::default(),
-            batch_throughput: Family::default(),
-            ready: Family::default(),
-            info: Family::default(),
-            cache_hits: Family::default(),
-            cache_misses: Family::default(),
-            cache_evictions: Family::default(),
-            cache_bytes: Family::default(),
-        }
-    }
-
-    fn register(registry: &mut Registry, model: &str) -> InferenceMetrics {
-        let m = Self::families(model);
-        registry.register(
-            "inference_batch_size",
-            "Images per model run",
-            m.batch_size.clone(),
-        );
-        registry.register(
-            "inference_duration_seconds",
-            "Wall time of one model run (a whole batch)",
-            m.duration.clone(),
-        );
-        registry.register(
-            "inference_queue_depth",
-            "Requests waiting for the model",
-            m.queue_depth.clone(),
-        );
-        registry.register(
-            "inference_queue_capacity",
-            "Requests the queue holds before new ones are refused (reason queue_full)",
-            m.queue_capacity.clone(),
-        );
-        registry.register(
-            "inference_queue_wait_seconds",
-            "Time a request waited in the queue before its batch ran",
-            m.queue_wait.clone(),
-        );
-        registry.register(
-            "preprocess_duration_seconds",
-            "Time to decode, resize and normalise one image",
-            m.preprocess.clone(),
-        );
-        registry.register(
-            "preprocess_in_progress",
-            "Images being decoded and preprocessed now (at most --decode-threads, also while \
-             their clients are gone)",
-            m.decoding.clone(),
-        );
-        registry.register(
-            "inference_rejected",
-            "Requests refused before inference, by reason",
-            m.rejected.clone(),
-        );
-        registry.register(
-            "inference_failures",
-            "Model runs that returned an error",
-            m.failures.clone(),
-        );
-        registry.register(
-            "model_load_duration_seconds",
-            "Time to read, verify, load and warm up the model",
-            m.load_seconds.clone(),
-        );
-        registry.register(
-            "inference_max_batch_size",
-            "Most images in one model run: the flag's size, or the fastest measured at warm-up (--max-batch-size auto)",
-            m.max_batch_size.clone(),
-        );
-        registry.register(
-            "inference_batch_throughput",
-            "Images per second each batch size ran at when measured at warm-up (--max-batch-size auto)",
-            m.batch_throughput.clone(),
-        );
-        registry.register(
-            "model_ready",
-            "1 when the model is loaded, validated and warmed up",
-            m.ready.clone(),
-        );
-        registry.register(
-            "model_info",
-            "The model being served (value is always 1)",
-            m.info.clone(),
-        );
-        registry.register(
-            "cache_hits",
-            "Recognitions answered from the result cache, or shared with an identical request in flight",
-            m.cache_hits.clone(),
-        );
-        registry.register(
-            "cache_misses",
-            "Recognitions the result cache did not have (the model ran)",
-            m.cache_misses.clone(),
-        );
-        registry.register(
-            "cache_evictions",
-            "Result cache entries dropped to stay within --cache-bytes",
-            m.cache_evictions.clone(),
-        );
-        registry.register(
-            "cache_bytes",
-            "Bytes the result cache holds (at most --cache-bytes)",
-            m.cache_bytes.clone(),
-        );
-        if !model.is_empty() {
-            // Zero series from the start, so rates and alerts have data before the first event.
-            m.failures.get_or_create(&m.model).inc_by(0);
-            m.queue_depth.get_or_create(&m.model).set(0);
-            m.ready.get_or_create(&m.model).set(0);
-        }
-        m
-    }
-
-    /// Families that belong to no registry (for tests of components that record metrics).
-    pub fn unregistered() -> InferenceMetrics {
-        Self::families("test")
-    }
-
-    pub fn batch(&self, rows: usize, elapsed: Duration) {
-        self.batch_size
-            .get_or_create(&self.model)
-            .observe(rows as f64);
-        self.duration
-            .get_or_create(&self.model)
-            .observe(elapsed.as_secs_f64());
-    }
-
-    pub fn queue_depth(&self, depth: usize) {
-        self.queue_depth
-            .get_or_create(&self.model)
-            .set(depth as i64);
-    }
-
-    pub fn queue_capacity(&self, capacity: usize) {
-        self.queue_capacity
-            .get_or_create(&self.model)
-            .set(capacity as i64);
-    }
-
-    pub fn queue_wait(&self, waited: Duration) {
-        self.queue_wait
-            .get_or_create(&self.model)
-            .observe(waited.as_secs_f64());
-    }
-
-    pub fn preprocessed(&self, elapsed: Duration) {
-        self.preprocess
-            .get_or_create(&self.model)
-            .observe(elapsed.as_secs_f64());
-    }
-
-    /// One image is being decoded until the returned guard is dropped.
-    pub fn decoding(&self) -> Decoding {
-        let gauge = self.decoding.get_or_create(&self.model).clone();
-        gauge.inc();
-        Decoding(gauge)
-    }
-
-    pub fn rejected(&self, reason: &'static str) {
-        let labels = ModelReasonLabels {
-            model: self.model.model.clone(),
-            reason: reason.to_string(),
-        };
-        self.rejected.get_or_create(&labels).inc();
-    }
-
-    pub fn failed(&self) {
-        self.failures.get_or_create(&self.model).inc();
-    }
-
-    pub fn loaded(&self, sha256: &str, device: &str, seconds: f64) {
-        self.load_seconds.get_or_create(&self.model).set(seconds);
-        self.ready.get_or_create(&self.model).set(1);
-        let info = ModelInfoLabels {
-            model: self.model.model.clone(),
-            sha256: sha256.to_string(),
-            device: device.to_string(),
-        };
-        self.info.get_or_create(&info).set(1);
-    }
-
-    /// The batch size the model serves with, and what each candidate ran at.
-    pub fn batch_tuned(&self, tuning: &crate::batch_tuning::Tuning) {
-        self.max_batch_size
-            .get_or_create(&self.model)
-            .set(tuning.max_batch_size as i64);
-        self.batch_throughput.clear();
-        for m in &tuning.measured {
-            let labels = ModelRowsLabels {
-                model: self.model.model.clone(),
-                rows: m.rows.to_string(),
-            };
-            self.batch_throughput
-                .get_or_create(&labels)
-                .set(m.images_per_second);
-        }
-    }
-
-    pub fn not_ready(&self) {
-        self.ready.get_or_create(&self.model).set(0);
-    }
-
-    /// The result cache is on: its series start at zero.
-    pub fn cache_enabled(&self) {
-        self.cache_hits.get_or_create(&self.model).inc_by(0);
-        self.cache_misses.get_or_create(&self.model).inc_by(0);
-        self.cache_evictions.get_or_create(&self.model).inc_by(0);
-        self.cache_bytes.get_or_create(&self.model).set(0);
-    }
-
-    pub fn cache_hit(&self) {
-        self.cache_hits.get_or_create(&self.model).inc();
-    }
-
-    pub fn cache_miss(&self) {
-        self.cache_misses.get_or_create(&self.model).inc();
-    }
-
-    pub fn cache_evicted(&self, entries: u64) {
-        self.cache_evictions
-            .get_or_create(&self.model)
-            .inc_by(entries);
-    }
-
-    pub fn cache_bytes(&self, bytes: usize) {
-        self.cache_bytes
-            .get_or_create(&self.model)
-            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -628,91 +310,6 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OperationLabels {
-    pub operation: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OperationReasonLabels {
-    pub operation: String,
-    pub reason: String,
-}
-
-/// The results database: query latency and errors by operation.
-#[derive(Clone)]
-pub struct StoreMetrics {
-    duration: HistogramFamily<OperationLabels>,
-    errors: Family<OperationReasonLabels, Counter>,
-}
-
-impl StoreMetrics {
-    /// The operations [`crate::store::ResultStore`] runs (label values).
-    pub const OPERATIONS: [&'static str; 6] = [
-        "insert",
-        "get",
-        "list",
-        "ping",
-        "evaluation_put",
-        "evaluation_get",
-    ];
-
-    fn families() -> StoreMetrics {
-        StoreMetrics {
-            duration: Family::new_with_constructor(latency_histogram),
-            errors: Family::default(),
-        }
-    }
-
-    fn register(registry: &mut Registry) -> StoreMetrics {
-        let m = Self::families();
-        registry.register(
-            "db_query_duration_seconds",
-            "Time of one results-database operation (insert, get, list, ping, evaluation_put, evaluation_get), errors included",
-            m.duration.clone(),
-        );
-        registry.register(
-            "db_errors",
-            "Results-database operations that failed, by operation and reason (unavailable, query, corrupt)",
-            m.errors.clone(),
-        );
-        // Zero series for every operation, so error ratios have data before the first error.
-        for operation in Self::OPERATIONS {
-            for reason in ["unavailable", "query"] {
-                m.errors
-                    .get_or_create(&OperationReasonLabels {
-                        operation: operation.to_string(),
-                        reason: reason.to_string(),
-                    })
-                    .inc_by(0);
-            }
-        }
-        m
-    }
-
-    /// Families that belong to no registry (stores opened outside a server).
-    pub fn unregistered() -> StoreMetrics {
-        Self::families()
-    }
-
-    pub fn observe(&self, operation: &'static str, elapsed: Duration, error: Option<&'static str>) {
-        let labels = OperationLabels {
-            operation: operation.to_string(),
-        };
-        self.duration
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
-        if let Some(reason) = error {
-            self.errors
-                .get_or_create(&OperationReasonLabels {
-                    operation: labels.operation,
-                    reason: reason.to_string(),
-                })
-                .inc();
-        }
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RevisionLabels {
     pub model: String,
     /// `stable` or `candidate` (never the revision's digest).
@@ -725,8 +322,6 @@ pub struct ModelOutcomeLabels {
     pub model: String,
     pub outcome: String,
 }
-
-type F64Gauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 /// The front door's traffic split and mirroring ([`crate::pipeline::traffic`]). The
 /// operator reads `sightline_frontdoor_mirrored_total{model,outcome}` from each front door

@@ -50,9 +50,9 @@ pub enum ServerError {
     },
 }
 
-/// The model setup the flags describe (see [`crate::serving::model_setup`]).
+/// The model setup the flags describe (see [`crate::model_flags::model_setup`]).
 pub fn model_setup(args: &ServeArgs) -> Result<ModelSetup, ServerError> {
-    Ok(crate::serving::model_setup(args)?)
+    Ok(crate::model_flags::model_setup(args)?)
 }
 
 /// State for the recognize role's router, with the model slot still loading.

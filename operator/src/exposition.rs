@@ -1,8 +1,5 @@
 //! What `/metrics` serves: the conventional `process_*` families and the classic text format
-//! (`promtool check metrics`-clean), from the very source file `sightline-server` uses, so
-//! every Sightline process exports them the same way. See that file for the details.
+//! (`promtool check metrics`-clean), from `sightline-telemetry`, which `sightline-server`
+//! uses too, so every Sightline process exports them the same way.
 
-#[path = "../../inference-server/src/exposition.rs"]
-mod shared;
-
-pub use shared::*;
+pub use sightline_telemetry::exposition::*;

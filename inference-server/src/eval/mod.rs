@@ -1,75 +1,14 @@
-//! Model evaluation: accuracy, top-5 accuracy, per-class precision, recall and F1, macro
-//! and weighted averages and the confusion matrix of a model on a labelled image set, with
-//! the seed's definitions (see [`metrics`] for the formulas and the divide-by-zero cases).
-//!
-//! `sightline-server eval` loads the model exactly as the recognize role does (same
-//! sidecar, flags, engine and dynamic batcher) and sends every image through it.
-//!
-//! - [`metrics`]: pure functions and the confusion matrix.
-//! - [`dataset`]: ImageFolder directories and `path,label` CSV files.
-//! - [`runner`]: loads the model(s) and classifies the set through the batcher.
-//! - [`report`]: the JSON report, the printed table, the baseline comparison.
-//! - [`progress`]: the progress bar (stderr, only on a terminal).
-//! - [`api`]: `POST /api/v1/evaluations`, the same evaluation over HTTP, in the background;
-//!   [`archive`] (the uploaded zip, confined and cleaned up), [`jobs`] (admission and the
-//!   jobs kept), [`startup`] (`--evaluate-on-start`).
+//! Model evaluation in the server: the `eval` command ([`command`]) and
+//! `POST /api/v1/evaluations` ([`api`]: the same evaluation over HTTP, in the background;
+//! [`jobs`]: admission and the jobs kept; [`startup`]: `--evaluate-on-start`). The
+//! evaluation itself — datasets, the seed's metric definitions, reports — is
+//! [`sightline_eval`], re-exported here.
+
+pub use sightline_eval::*;
 
 pub mod api;
-pub mod archive;
-pub mod dataset;
+pub mod command;
 pub mod jobs;
-pub mod metrics;
-pub mod progress;
-pub mod report;
-pub mod runner;
 pub mod startup;
 
-pub use report::Report;
-pub use runner::{run_cli, run_eval};
-
-/// Why an evaluation could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum EvalError {
-    #[error(
-        "no dataset at {0}: give a directory with one folder per class, or a CSV file of path,label"
-    )]
-    NoDataset(String),
-    #[error("the dataset at {0} holds no images")]
-    EmptyDataset(String),
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}, line {line}: {message}")]
-    Csv {
-        path: String,
-        line: usize,
-        message: String,
-    },
-    /// A row of an uploaded set's CSV names a file outside the set.
-    #[error("{path}, line {line}: the path {row:?} is outside the archive: {why}")]
-    Outside {
-        path: String,
-        line: usize,
-        row: String,
-        why: &'static str,
-    },
-    #[error("class {name:?} (at {at}) is not a label of the model nor a class index")]
-    UnknownClass { name: String, at: String },
-    #[error(transparent)]
-    Setup(#[from] crate::serving::SetupError),
-    #[error("model {model}: {message}")]
-    Model { model: String, message: String },
-    #[error(
-        "the baseline has {baseline} classes and the model {model}: compare models with the same classes"
-    )]
-    LabelsDiffer { model: usize, baseline: usize },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot encode the report: {0}")]
-    Encode(#[from] serde_json::Error),
-}
+pub use command::{run_cli, run_eval};

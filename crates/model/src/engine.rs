@@ -19,9 +19,8 @@ use crate::model_config::{Layout, OutputKind, Preprocess};
 use crate::postprocess::is_distribution;
 
 /// Where inference runs.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     Cpu,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::metrics::{
+use crate::metrics::{
     ClassMetrics, Confusion, Prf, accuracy, in_top_k, macro_average, weighted_average,
 };
 

@@ -9,19 +9,21 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 /// Memory layout of the input tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Layout {
     /// `[batch, channels, height, width]` (PyTorch, most ONNX exports).
-    #[value(name = "nchw")]
+    #[cfg_attr(feature = "clap", value(name = "nchw"))]
     Nchw,
     /// `[batch, height, width, channels]` (TensorFlow exports).
-    #[value(name = "nhwc")]
+    #[cfg_attr(feature = "clap", value(name = "nhwc"))]
     Nhwc,
 }
 
 /// How an image of any shape becomes `size × size`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum ResizePolicy {
     /// Scale the shorter side to `size / crop_fraction`, then take the centred `size × size`
@@ -32,12 +34,13 @@ pub enum ResizePolicy {
 }
 
 /// Channel order the model expects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Channels {
-    #[value(name = "rgb")]
+    #[cfg_attr(feature = "clap", value(name = "rgb"))]
     Rgb,
-    #[value(name = "bgr")]
+    #[cfg_attr(feature = "clap", value(name = "bgr"))]
     Bgr,
 }
 

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::EvalError;
-use super::dataset::{self, Resolver, Sample};
+use crate::EvalError;
+use crate::dataset::{self, Resolver, Sample};
 
 pub const MAX_ENTRIES: usize = 100_000;
 pub const MAX_UNPACKED_BYTES: u64 = 2 * 1024 * 1024 * 1024;

@@ -9,8 +9,8 @@
 //!   (Prometheus does), the classic text format 0.0.4 otherwise (curl, `promtool check
 //!   metrics`), where a counter's `HELP`/`TYPE` carry its full `_total` name.
 //!
-//! This file depends on `std` and `prometheus_client` only: the operator compiles the same
-//! file (a `#[path]` module), so both binaries export the same families the same way.
+//! This module depends on `std` and `prometheus_client` only: the operator and the server
+//! both use it, so both binaries export the same families the same way.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};

@@ -1,13 +1,6 @@
 //! Model output row → ranked `{label, probability}` list.
 
-use serde::Serialize;
-
-/// One ranked class. Field names and order are the seed's wire format.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct Prediction {
-    pub label: String,
-    pub probability: f32,
-}
+pub use sightline_api::Prediction;
 
 /// Numerically stable softmax (subtracts the maximum first).
 pub fn softmax(row: &[f32]) -> Vec<f32> {
