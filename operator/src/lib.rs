@@ -15,6 +15,5 @@ pub mod render;
 pub mod rollout;
 pub mod served;
 pub mod status;
-pub mod traffic;
 pub mod validate;
 pub mod verdict;

@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use crate::build::canary::TrafficFor;
 use crate::build::pod::Platform;
 use crate::build::{canary, model, pipeline};
 use crate::crd::{ImageModel, RecognitionPipeline};

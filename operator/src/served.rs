@@ -1,9 +1,10 @@
-//! What a serving pod says about itself: its `/readyz` answer (read through the API
-//! server's `pods/proxy`), parsed into what `status.served` and `ModelValidated` report.
-//! Pure; the reconciler does the request.
+//! What a serving pod says about itself: its `/readyz` answer (the format is
+//! [`sightline_api::Readiness`], read through the API server's `pods/proxy`), parsed into
+//! what `status.served` and `ModelValidated` report. Pure; the reconciler does the request.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use sightline_api::readiness::{self, Readiness};
 
 /// The model as the serving pods report it (`status.served`).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -39,7 +40,7 @@ pub enum Readyz {
 impl Readyz {
     /// Still coming up, not broken.
     pub fn is_loading(&self) -> bool {
-        matches!(self, Readyz::NotReady { reason, .. } if reason == "ModelLoading")
+        matches!(self, Readyz::NotReady { reason, .. } if reason == readiness::MODEL_LOADING)
     }
 }
 
@@ -54,24 +55,22 @@ pub fn parse_readyz(code: u16, body: &str) -> Readyz {
         let said = view["message"].as_str().unwrap_or("no message");
         return Readyz::Unreachable(format!("HTTP {code}: {said}"));
     }
-    match (code, view["status"].as_str()) {
-        (200, Some("ready")) => {
-            let m = &view["model"];
+    let answer = serde_json::from_value::<Readiness>(view).unwrap_or_default();
+    match (code, answer.status.as_str()) {
+        (200, readiness::READY) => {
+            let m = answer.model.unwrap_or_default();
             Readyz::Ready(Served {
-                digest: m["sha256"].as_str().unwrap_or_default().to_string(),
-                device: m["device"].as_str().unwrap_or_default().to_string(),
-                input_shape: m["input_shape"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|v| v.as_i64()).collect())
-                    .unwrap_or_default(),
-                classes: m["classes"].as_u64().unwrap_or(0),
+                digest: m.sha256,
+                device: m.device,
+                input_shape: m.input_shape,
+                classes: m.classes,
                 revision: 0,
                 pods: 1,
             })
         }
-        (_, Some("not ready")) => Readyz::NotReady {
-            reason: view["reason"].as_str().unwrap_or("NotReady").to_string(),
-            message: view["message"].as_str().unwrap_or_default().to_string(),
+        (_, readiness::NOT_READY) => Readyz::NotReady {
+            reason: answer.reason.unwrap_or_else(|| "NotReady".to_string()),
+            message: answer.message.unwrap_or_default(),
         },
         _ => Readyz::Unreachable(format!("HTTP {code}: not a readiness answer")),
     }

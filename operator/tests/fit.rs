@@ -511,7 +511,7 @@ fn the_adapter_rule_serves_the_metric_the_hpa_reads_and_the_server_exports() {
             .as_str()
             .is_some_and(|q| q.starts_with(sightline_operator::build::model::QUEUE_METRIC))
     );
-    let server = std::fs::read_to_string(repo("inference-server/src/metrics.rs")).expect("metrics");
+    let server = std::fs::read_to_string(repo("crates/model/src/metrics.rs")).expect("metrics");
     assert!(
         server.contains("\"inference_queue_depth\""),
         "the server exports sightline_inference_queue_depth"

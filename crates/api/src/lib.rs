@@ -1,11 +1,16 @@
 //! The formats Sightline's processes exchange, each defined once: what the operator writes
-//! and a front door reads (the traffic file), what a server's `/readyz` says and the
-//! operator reads, and the prediction every answer and stored result carries.
+//! and a front door reads ([`traffic`]: the traffic file), what a server's `/readyz` says
+//! and the operator reads ([`readiness`]), and the prediction every answer and stored
+//! result carries.
 //!
 //! May use: `serde` and `serde_json` only. Plain data, no I/O: both the operator (with
 //! kube and k8s-openapi) and the server (with ONNX Runtime and sqlx) depend on it, so it
-//! must stay the cheapest crate in the workspace.
+//! stays the cheapest crate in the workspace.
 
 mod prediction;
+pub mod readiness;
+pub mod traffic;
 
 pub use prediction::Prediction;
+pub use readiness::{Readiness, ReadyModel};
+pub use traffic::{AppliedTraffic, Percent, TrafficFile, applied_traffic};

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
+use sightline_api::readiness::{self, Readiness, ReadyModel};
 
 use crate::metrics::Metrics;
 use crate::serving::{ModelSlot, ModelStatus};
@@ -90,32 +91,32 @@ async fn readyz(State(state): State<HealthState>) -> Response {
         );
     }
     match state.model.get() {
-        ModelStatus::Ready(model) => axum::Json(json!({
-            "status": "ready",
-            "model": {
-                "name": model.name,
-                "sha256": model.info.sha256,
-                "device": model.info.device.as_str(),
-                "classes": model.info.classes,
-                "input_shape": model.info.input_shape,
-                "load_seconds": model.info.load_seconds,
-                "batching": model.info.batching,
-                "instances": model.instances,
-            }
-        }))
+        ModelStatus::Ready(model) => axum::Json(Readiness {
+            model: Some(ReadyModel {
+                name: model.name.clone(),
+                sha256: model.info.sha256.clone(),
+                device: model.info.device.as_str().to_string(),
+                classes: model.info.classes as u64,
+                input_shape: model.info.input_shape.clone(),
+                load_seconds: model.info.load_seconds,
+                batching: serde_json::to_value(&model.info.batching).unwrap_or_default(),
+                instances: model.instances as u64,
+            }),
+            ..Readiness::ready()
+        })
         .into_response(),
         ModelStatus::None => axum::Json(ready_without_model(&state)).into_response(),
-        ModelStatus::Loading => not_ready("ModelLoading", "the model is loading"),
+        ModelStatus::Loading => not_ready(readiness::MODEL_LOADING, "the model is loading"),
         ModelStatus::Failed { reason, message } => not_ready(reason, &message),
     }
 }
 
 /// A role without a model is ready once its database answers; a front door also says
 /// which traffic file it applies (the operator reads its `generation`).
-fn ready_without_model(state: &HealthState) -> serde_json::Value {
-    match &state.traffic {
-        Some(traffic) => json!({ "status": "ready", "traffic": traffic.applied() }),
-        None => json!({ "status": "ready" }),
+fn ready_without_model(state: &HealthState) -> Readiness {
+    Readiness {
+        traffic: state.traffic.as_ref().map(|traffic| traffic.applied()),
+        ..Readiness::ready()
     }
 }
 
@@ -125,7 +126,7 @@ const DATABASE_CHECK: Duration = Duration::from_secs(2);
 fn not_ready(reason: &str, message: &str) -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(json!({ "status": "not ready", "reason": reason, "message": message })),
+        axum::Json(Readiness::not_ready(reason, message)),
     )
         .into_response()
 }

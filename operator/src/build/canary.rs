@@ -111,30 +111,36 @@ pub fn network_policy(stable: &NetworkPolicy, model: &ImageModel) -> NetworkPoli
     as_candidate(stable, &name(model))
 }
 
-/// What the front doors read (the traffic file, [`crate::traffic::TrafficFile`]).
-pub use crate::traffic::TrafficFile as Traffic;
+/// What the front doors read (the traffic file, [`sightline_api::TrafficFile`]).
+pub use sightline_api::TrafficFile as Traffic;
 
-impl Traffic {
+/// The traffic files the operator writes for a model.
+pub trait TrafficFor {
     /// Everything to the stable revision.
-    pub fn stable_only(model: &ImageModel) -> Traffic {
+    fn stable_only(model: &ImageModel) -> Traffic;
+    /// `weight` percent to the candidate revision `revision`, `mirror` percent of the
+    /// rest mirrored to it.
+    fn split(model: &ImageModel, revision: &str, weight: u32, mirror: u32) -> Traffic;
+}
+
+impl TrafficFor for Traffic {
+    fn stable_only(model: &ImageModel) -> Traffic {
         Traffic {
             model: model.name_any(),
             stable: super::model::endpoint(model),
             candidate: None,
-            candidate_weight: 0,
-            mirror_percent: 0,
+            candidate_weight: 0.into(),
+            mirror_percent: 0.into(),
             revision: None,
             generation: 0,
         }
     }
 
-    /// `weight` percent to the candidate revision `revision`, `mirror` percent of the
-    /// rest mirrored to it.
-    pub fn split(model: &ImageModel, revision: &str, weight: u32, mirror: u32) -> Traffic {
+    fn split(model: &ImageModel, revision: &str, weight: u32, mirror: u32) -> Traffic {
         Traffic {
             candidate: Some(endpoint(model)),
-            candidate_weight: weight.min(100),
-            mirror_percent: mirror.min(100),
+            candidate_weight: weight.min(100).into(),
+            mirror_percent: mirror.min(100).into(),
             revision: Some(revision.into()),
             ..Traffic::stable_only(model)
         }

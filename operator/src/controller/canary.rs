@@ -17,7 +17,7 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
 use super::{Context, Error, observe};
-use crate::build::canary::{self as build, Traffic};
+use crate::build::canary::{self as build, Traffic, TrafficFor};
 use crate::build::meta;
 use crate::build::model::ModelChildren;
 use crate::canary::{self, Decision, Plan, Position, Thresholds, outcomes};

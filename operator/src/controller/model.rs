@@ -23,6 +23,7 @@ use super::model_status::{
 pub use super::model_status::{fetched_condition, parse_evaluation, validated_condition};
 use super::{Context, Error, RESYNC, instrumented, observe};
 use crate::apply::ApplyError;
+use crate::build::canary::TrafficFor;
 use crate::build::{canary as build_canary, meta, model};
 use crate::crd::{EvaluationStatus, ImageModel, ImageModelStatus, Strategy};
 use crate::rollout::{Rollout, pod_ready};

@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use sightline_api::TrafficFile;
 use tokio::io::AsyncReadExt;
 
 /// Largest traffic file read (the operator writes about 300 bytes).
@@ -94,15 +94,15 @@ impl TrafficConfig {
 
     /// The file's contents, checked.
     pub fn parse(bytes: &[u8]) -> Result<TrafficConfig, TrafficFileError> {
-        let raw: RawTraffic = serde_json::from_slice(bytes)?;
-        let model = raw.model.unwrap_or_default();
+        let raw = TrafficFile::from_slice(bytes)?;
+        let model = raw.model;
         if model.len() > MAX_MODEL_NAME || model.chars().any(char::is_control) {
             return Err(TrafficFileError::ModelName);
         }
-        let stable = url_of("stable", raw.stable)?;
+        let stable = url_of("stable", Some(raw.stable))?;
         let candidate = url_of("candidate", raw.candidate)?;
-        let candidate_weight = Share::from_percent(raw.candidate_weight.unwrap_or(0.0));
-        let mirror_percent = Share::from_percent(raw.mirror_percent.unwrap_or(0.0));
+        let candidate_weight = Share::from_percent(raw.candidate_weight.0);
+        let mirror_percent = Share::from_percent(raw.mirror_percent.0);
         if candidate.is_none() && !(candidate_weight.is_none() && mirror_percent.is_none()) {
             return Err(TrafficFileError::NoCandidate);
         }
@@ -113,22 +113,9 @@ impl TrafficConfig {
             candidate_weight,
             mirror_percent,
             revision: raw.revision.filter(|r| !r.is_empty()),
-            generation: raw.generation.unwrap_or(0),
+            generation: raw.generation,
         })
     }
-}
-
-/// The file as written (camelCase, every field optional).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawTraffic {
-    model: Option<String>,
-    stable: Option<String>,
-    candidate: Option<String>,
-    candidate_weight: Option<f64>,
-    mirror_percent: Option<f64>,
-    revision: Option<String>,
-    generation: Option<u64>,
 }
 
 /// `value` as an http(s) base URL without a trailing slash; empty is `None`.

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use bytes::Bytes;
+use sightline_api::{AppliedTraffic, Percent};
 
 use super::{Answer, CallPolicy, Downstream, DownstreamConfigError, DownstreamError, FORWARDED};
 use crate::http::oip::HEADER_LENGTH;
@@ -479,29 +480,15 @@ impl Traffic {
     }
 }
 
-/// What `/readyz` says about the traffic file a front door applies (the operator waits for
-/// every front door to report a routing change's generation before it opens a canary
-/// step's window or removes a candidate).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Applied {
-    pub model: String,
-    pub generation: u64,
-    pub candidate_weight: f64,
-    pub mirror_percent: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub revision: Option<String>,
-}
-
 impl Traffic {
     /// The traffic file applied now, for `/readyz`.
-    pub fn applied(&self) -> Applied {
+    pub fn applied(&self) -> AppliedTraffic {
         let c = self.config();
-        Applied {
+        AppliedTraffic {
             model: c.model,
             generation: c.generation,
-            candidate_weight: c.candidate_weight.percent(),
-            mirror_percent: c.mirror_percent.percent(),
+            candidate_weight: Percent(c.candidate_weight.percent()),
+            mirror_percent: Percent(c.mirror_percent.percent()),
             revision: c.revision,
         }
     }

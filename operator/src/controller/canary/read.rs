@@ -14,7 +14,7 @@ use crate::build::{meta, pipeline::UPLOAD};
 use crate::canary::{PodRead, Reading};
 use crate::crd::{ImageModel, RecognitionPipeline};
 use crate::rollout::pod_ready;
-use crate::traffic::applied_traffic;
+use sightline_api::applied_traffic;
 
 async fn pods(
     ctx: &Context,

@@ -10,7 +10,7 @@ use kube::{Api, ResourceExt};
 
 use super::super::{Context, Error};
 use crate::apply::ApplyError;
-use crate::build::canary::{self as build, Traffic};
+use crate::build::canary::{self as build, Traffic, TrafficFor};
 use crate::build::model as model_build;
 use crate::crd::{ImageModel, RolloutStatus};
 
@@ -143,8 +143,8 @@ mod tests {
             model: "m".into(),
             stable: "http://s".into(),
             candidate: Some("http://c".into()),
-            candidate_weight: weight,
-            mirror_percent: 0,
+            candidate_weight: weight.into(),
+            mirror_percent: 0.into(),
             revision: Some("r".into()),
             generation,
         }

@@ -1,27 +1,60 @@
-//! The two formats the operator and the front doors share about a canary's traffic, each
-//! defined once here (they move to the shared API crate with issue 19): the traffic file
-//! the operator writes into the model's ConfigMap, and the part of a front door's
-//! `/readyz` that says which traffic file it applies. Plain data and serde only.
+//! The two formats the operator and the front doors share about a canary's traffic: the
+//! traffic file the operator writes into the model's ConfigMap (a front door checks it
+//! further: `sightline_server::pipeline::traffic::file`), and the part of a front door's
+//! `/readyz` that says which traffic file it applies.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A percentage of requests. The operator writes whole numbers; a front door also takes
+/// fractions (to a hundredth of a percent). Written as an integer when it is one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, PartialOrd)]
+pub struct Percent(pub f64);
+
+impl From<u32> for Percent {
+    fn from(percent: u32) -> Percent {
+        Percent(f64::from(percent))
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
+        let whole = self.0.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&self.0);
+        if whole {
+            out.serialize_u32(self.0 as u32)
+        } else {
+            out.serialize_f64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(input: D) -> Result<Percent, D::Error> {
+        f64::deserialize(input).map(Percent)
+    }
+}
 
 /// The traffic file (`traffic.json`): where the stable and candidate revisions answer,
 /// the share of recognitions the candidate takes, the share of the stable ones mirrored
 /// to it, and the generation of this routing (raised by one whenever the routing
-/// changes), which the front doors report back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// changes), which the front doors report back. Every field may be absent when read
+/// (unknown ones are ignored): a front door refuses what it cannot route, not what it
+/// does not need.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct TrafficFile {
+    /// The model's name (empty: none named).
     pub model: String,
+    /// Base URL of the stable revision (empty: the front door's `--recognize-url`).
     pub stable: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub candidate: Option<String>,
-    pub candidate_weight: u32,
-    pub mirror_percent: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Share of recognitions sent to the candidate.
+    pub candidate_weight: Percent,
+    /// Share of the stable recognitions also sent to the candidate.
+    pub mirror_percent: Percent,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
     /// 0 until the operator publishes it.
-    #[serde(default)]
     pub generation: u64,
 }
 
@@ -39,6 +72,11 @@ impl TrafficFile {
         serde_json::from_str(text).ok()
     }
 
+    /// A file's bytes, or why they are not one.
+    pub fn from_slice(bytes: &[u8]) -> Result<TrafficFile, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
     /// The text the operator writes.
     pub fn to_text(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
@@ -46,23 +84,28 @@ impl TrafficFile {
 }
 
 /// What a front door's `/readyz` says about the traffic file it applies:
-/// `{"status": "ready", "traffic": {"model": "…", "generation": 7, …}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// `{"status": "ready", "traffic": {"model": "…", "generation": 7, …}}`. The operator
+/// waits for every front door to report a routing change's generation before it opens a
+/// canary step's window or removes a candidate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct AppliedTraffic {
     /// The model the file is for (empty while no file applies).
-    #[serde(default)]
     pub model: String,
     /// The file's generation (0 while none applies, or one written before generations).
-    #[serde(default)]
     pub generation: u64,
+    pub candidate_weight: Percent,
+    pub mirror_percent: Percent,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 /// The traffic a front door applies, from its `/readyz` body; `None` when the body says
 /// nothing about traffic (a front door without a traffic file, or another server).
 pub fn applied_traffic(readyz: &str) -> Option<AppliedTraffic> {
-    let body: serde_json::Value = serde_json::from_str(readyz).ok()?;
-    serde_json::from_value(body.get("traffic")?.clone()).ok()
+    serde_json::from_str::<crate::Readiness>(readyz)
+        .ok()?
+        .traffic
 }
 
 #[cfg(test)]
@@ -74,8 +117,8 @@ mod tests {
             model: "m".into(),
             stable: "http://m-recognize.ns.svc:8080".into(),
             candidate: Some("http://m-recognize-canary.ns.svc:8080".into()),
-            candidate_weight: 10,
-            mirror_percent: 5,
+            candidate_weight: 10.into(),
+            mirror_percent: 5.into(),
             revision: Some("abc".into()),
             generation: 3,
         }
@@ -92,8 +135,8 @@ mod tests {
         let stable_only = TrafficFile {
             candidate: None,
             revision: None,
-            candidate_weight: 0,
-            mirror_percent: 0,
+            candidate_weight: Percent::default(),
+            mirror_percent: Percent::default(),
             ..file()
         };
         let text = stable_only.to_text();
@@ -103,6 +146,11 @@ mod tests {
         let old = r#"{"model":"m","stable":"http://s","candidateWeight":0,"mirrorPercent":0}"#;
         assert_eq!(TrafficFile::parse(old).map(|f| f.generation), Some(0));
         assert_eq!(TrafficFile::parse("not json"), None);
+        // Fractions are kept; whole numbers are written as integers.
+        let half = TrafficFile::parse(r#"{"candidateWeight": 12.5}"#).expect("file");
+        assert_eq!(half.candidate_weight, Percent(12.5));
+        assert!(half.to_text().contains("\"candidateWeight\": 12.5"));
+        assert_eq!(TrafficFile::parse("{}"), Some(TrafficFile::default()));
     }
 
     #[test]
@@ -113,7 +161,7 @@ mod tests {
             ..file()
         }));
         assert!(!a.routes_as(&TrafficFile {
-            candidate_weight: 50,
+            candidate_weight: 50.into(),
             ..file()
         }));
         assert!(!a.routes_as(&TrafficFile {
@@ -130,17 +178,16 @@ mod tests {
             applied_traffic(ready),
             Some(AppliedTraffic {
                 model: "m".into(),
-                generation: 7
+                generation: 7,
+                candidate_weight: 10.into(),
+                ..AppliedTraffic::default()
             })
         );
         assert_eq!(applied_traffic(r#"{"status":"ready"}"#), None);
         assert_eq!(applied_traffic("<html>"), None);
         assert_eq!(
             applied_traffic(r#"{"traffic":{}}"#),
-            Some(AppliedTraffic {
-                model: String::new(),
-                generation: 0
-            })
+            Some(AppliedTraffic::default())
         );
     }
 }
