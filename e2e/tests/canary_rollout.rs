@@ -5,7 +5,7 @@
 //!
 //! - it writes the traffic ConfigMap with its own code; a simulated kubelet projects it
 //!   into the front door's traffic file a moment later, through simulated cluster DNS
-//!   (`e2e/src/canary.rs`: [`Projection`], [`route_services`]);
+//!   (`e2e/src/canary/traffic_file.rs`: [`Projection`], [`route_services`]);
 //! - it reads the processes' real `/metrics` and `/readyz` (pods/proxy's place is taken by
 //!   plain HTTP to each pod's process, [`LoopbackPods`]); no counter is injected anywhere;
 //! - it steps through `[10, 50, 100]` and promotes a candidate equal to stable (the same

@@ -835,8 +835,8 @@ fn server_image_serves_a_model_mounted_from_the_host() {
 
     let scratch = ScratchDir::new("serve").expect("scratch");
     let netns = Netns::new();
-    // What the operator runs (operator/src/build/model.rs), with the library from the
-    // image's SIGHTLINE_ORT_LIB.
+    // What the operator runs (operator/src/build/model/deployment.rs), with the library
+    // from the image's SIGHTLINE_ORT_LIB.
     let mut server = bundle.start(
         &[
             "recognize",
@@ -1724,9 +1724,11 @@ fn images_carry_the_onnx_runtime_the_tests_use() {
         }
     }
     assert!(seen >= 2, "onnxruntime wheels in images/wheels.lock");
-    // The path the operator gives every server container (operator/src/build/model.rs).
+    // The path the operator gives every server container
+    // (operator/src/build/model/deployment.rs).
     let model_rs =
-        std::fs::read_to_string(repo_root().join("operator/src/build/model.rs")).expect("model.rs");
+        std::fs::read_to_string(repo_root().join("operator/src/build/model/deployment.rs"))
+            .expect("deployment.rs");
     assert!(
         model_rs.contains(&format!("\"{ORT_LIB}\"")),
         "the operator's ORT_LIB is not {ORT_LIB}"

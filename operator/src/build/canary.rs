@@ -26,7 +26,7 @@ pub const TRAFFIC_FILE: &str = "traffic.json";
 pub const REVISION_ANNOTATION: &str = "sightline.io/revision";
 
 pub fn name(model: &ImageModel) -> String {
-    format!("{}-canary", super::model::name(model))
+    format!("{}-canary", super::model::identity::name(model))
 }
 
 pub fn traffic_name(model: &ImageModel) -> String {
@@ -66,7 +66,7 @@ fn relabel(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
             for (k, v) in map.iter_mut() {
-                if k == LABEL_COMPONENT && v == super::model::COMPONENT {
+                if k == LABEL_COMPONENT && v == super::model::identity::COMPONENT {
                     *v = serde_json::Value::String(COMPONENT.into());
                 } else {
                     relabel(v);
@@ -127,7 +127,7 @@ impl TrafficFor for Traffic {
     fn stable_only(model: &ImageModel) -> Traffic {
         Traffic {
             model: model.name_any(),
-            stable: super::model::endpoint(model),
+            stable: super::model::identity::endpoint(model),
             candidate: None,
             candidate_weight: 0.into(),
             mirror_percent: 0.into(),

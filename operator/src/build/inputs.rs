@@ -60,7 +60,7 @@ pub fn inputs_digest(config: &ConfigMap, secrets_digest: &str) -> String {
 pub fn with_inputs(mut d: Deployment, digest: &str) -> Deployment {
     if let Some(meta) = d.spec.as_mut().and_then(|s| s.template.metadata.as_mut()) {
         meta.annotations.get_or_insert_with(BTreeMap::new).insert(
-            super::model::INPUTS_ANNOTATION.to_string(),
+            super::model::identity::INPUTS_ANNOTATION.to_string(),
             digest.to_string(),
         );
     }

@@ -95,7 +95,10 @@ pub fn pipeline_monitor(p: &RecognitionPipeline, platform: &Platform) -> Service
         p,
         &pipeline_monitor_name(p),
         platform,
-        &[super::pipeline::UPLOAD, super::pipeline::STORE],
+        &[
+            super::pipeline::identity::UPLOAD,
+            super::pipeline::identity::STORE,
+        ],
     )
 }
 
@@ -104,8 +107,8 @@ pub fn pipeline_monitor(p: &RecognitionPipeline, platform: &Platform) -> Service
 pub fn model_monitor(m: &ImageModel, platform: &Platform) -> ServiceMonitor {
     monitor(
         m,
-        &super::model::name(m),
+        &super::model::identity::name(m),
         platform,
-        &[super::model::COMPONENT, super::canary::COMPONENT],
+        &[super::model::identity::COMPONENT, super::canary::COMPONENT],
     )
 }

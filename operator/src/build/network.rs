@@ -124,7 +124,7 @@ fn api_server(platform: &Platform) -> Vec<NetworkPolicyPeer> {
 /// The pods of model `model_name` that serve: the stable revision and a canary's
 /// candidate.
 fn model_pods(model_name: &str) -> NetworkPolicyPeer {
-    let mut labels = selector_labels(model_name, super::model::COMPONENT);
+    let mut labels = selector_labels(model_name, super::model::identity::COMPONENT);
     labels.remove(LABEL_COMPONENT);
     NetworkPolicyPeer {
         pod_selector: Some(LabelSelector {
@@ -133,7 +133,7 @@ fn model_pods(model_name: &str) -> NetworkPolicyPeer {
                 key: LABEL_COMPONENT.to_string(),
                 operator: "In".into(),
                 values: Some(vec![
-                    super::model::COMPONENT.to_string(),
+                    super::model::identity::COMPONENT.to_string(),
                     super::canary::COMPONENT.to_string(),
                 ]),
             }]),
@@ -148,7 +148,7 @@ fn front_doors() -> NetworkPolicyPeer {
         (LABEL_NAME.to_string(), NAME.to_string()),
         (
             LABEL_COMPONENT.to_string(),
-            super::pipeline::UPLOAD.to_string(),
+            super::pipeline::identity::UPLOAD.to_string(),
         ),
     ]))
 }
@@ -183,8 +183,8 @@ pub fn pipeline_policies(
         (LABEL_NAME.to_string(), NAME.to_string()),
         (LABEL_INSTANCE.to_string(), instance.clone()),
     ]);
-    let store_pods = selector_labels(&instance, super::pipeline::STORE);
-    let upload_pods = selector_labels(&instance, super::pipeline::UPLOAD);
+    let store_pods = selector_labels(&instance, super::pipeline::identity::STORE);
+    let upload_pods = selector_labels(&instance, super::pipeline::identity::UPLOAD);
     let upload_pods_of_this = upload_pods.clone();
 
     let mut upload_egress = vec![
@@ -216,7 +216,7 @@ pub fn pipeline_policies(
         policy(
             p,
             format!("{instance}-default-deny"),
-            super::pipeline::CONFIG,
+            super::pipeline::identity::CONFIG,
             all_pods,
             vec![],
             vec![],
@@ -224,7 +224,7 @@ pub fn pipeline_policies(
         policy(
             p,
             format!("{instance}-upload"),
-            super::pipeline::UPLOAD,
+            super::pipeline::identity::UPLOAD,
             upload_pods,
             vec![serve()],
             upload_egress,
@@ -233,7 +233,7 @@ pub fn pipeline_policies(
         policy(
             p,
             format!("{instance}-store"),
-            super::pipeline::STORE,
+            super::pipeline::identity::STORE,
             store_pods,
             vec![serve_only(vec![pods(upload_pods_of_this)], platform)],
             store_egress,
@@ -250,9 +250,9 @@ pub fn model_policy(model: &ImageModel, platform: &Platform) -> NetworkPolicy {
     from.extend(api_server(platform));
     policy(
         model,
-        super::model::name(model),
-        super::model::COMPONENT,
-        selector_labels(&model.name_any(), super::model::COMPONENT),
+        super::model::identity::name(model),
+        super::model::identity::COMPONENT,
+        selector_labels(&model.name_any(), super::model::identity::COMPONENT),
         vec![serve_only(from, platform)],
         vec![
             dns(),

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::meta::{object_meta, selector_labels};
-use super::model::{COMPONENT, ModelInputs, name};
+use super::model::identity::{COMPONENT, ModelInputs, name};
 use crate::crd::{ImageModel, ScaleOn};
 
 /// How the recognize Deployment replaces pods: the spec's `rollingUpdate`, else one surge

@@ -7,12 +7,12 @@
 //! holds, advances, promotes or rolls back — at the latest at the step's deadline. The
 //! candidate goes once the front doors apply the traffic without it ([`traffic`]).
 
+mod clock;
 mod read;
 pub(super) mod traffic;
 mod window;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
@@ -24,6 +24,7 @@ use crate::canary::{self, Decision, Plan, Position, Thresholds, outcomes};
 use crate::crd::{ImageModel, RolloutRecord, RolloutSpec, RolloutStatus};
 use crate::rollout::Phase;
 use crate::status::{Cond, reasons, types};
+use clock::{now_text, seconds_since};
 
 /// Rollouts kept in `status.rollout.history`.
 const HISTORY: usize = 5;
@@ -91,22 +92,6 @@ impl Settings {
     fn weight(&self, step: usize) -> u32 {
         self.plan.steps.get(step).copied().unwrap_or(100)
     }
-}
-
-fn now_text(ctx: &Context) -> String {
-    ctx.clock.now().to_string()
-}
-
-fn parse_time(text: Option<&str>) -> Option<Timestamp> {
-    text.and_then(|s| s.parse::<Timestamp>().ok())
-}
-
-pub(super) fn seconds_since(ctx: &Context, since: Option<&str>) -> u64 {
-    let Some(since) = parse_time(since) else {
-        return 0;
-    };
-    let elapsed = ctx.clock.now().as_second() - since.as_second();
-    u64::try_from(elapsed).unwrap_or(0)
 }
 
 /// Adds a finished rollout to `status.history` (newest first, at most [`HISTORY`]).

@@ -1,3 +1,17 @@
+//! Module order, one way: each module imports only modules before it, never one after it
+//! (issue 19; re-exports count).
+//! - leaves: `quantity`, `status`, `rollout`, `served`, `traffic`, `exposition`, `leader`,
+//!   `canary` (the analysis: `figures`, `stats`, `window`);
+//! - `crd` (`rollout`, `runtime` → `model`, `pipeline`) → `validate`, `verdict`, `metrics`;
+//! - `build`: `meta`, `pod` → `model::identity`, `pipeline::identity` → `canary`, `device`,
+//!   `sizing`, `inputs`, `network`, `monitoring` → `model` (`fetch` → `deployment`) →
+//!   `pipeline` (`config`, `storage` → `workloads`, `routes`); then `apply`, `render`,
+//!   `crdgen`;
+//! - `controller`: `pods` → this module (`Context`, `Error`) → `observe`, `model_status`,
+//!   `canary::clock` → `canary::read` → `canary::traffic` → `canary` → `canary::window` →
+//!   `model` → `pipeline` → `run`. The model controller calls the canary; the canary never
+//!   names the model controller.
+//!
 //! The reconcilers. Each is a short pipeline: fetch what the resource references →
 //! validate → build the children (pure, [`crate::build`]) → apply ([`crate::apply`]) →
 //! status. Only the fetch, apply and status steps touch the API.

@@ -1,11 +1,8 @@
 //! The reads that tell the reconcilers what the cluster actually runs: a Deployment's
-//! ReplicaSets and pods (for [`crate::rollout`]), a pod's own HTTP answers through the API
-//! server's `pods/proxy`, and the Secrets a spec references (their digest rolls the pods
-//! when they change).
+//! ReplicaSets and pods (for [`crate::rollout`]), the Secrets a spec references (their
+//! digest rolls the pods when they change) and the nodes a device can run on. A pod's own
+//! HTTP answers are read in [`super::pods`].
 
-use std::time::Duration;
-
-use http_body_util::BodyExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::ListParams;
@@ -13,11 +10,7 @@ use kube::{Api, Client};
 use sha2::{Digest, Sha256};
 
 use super::{Error, label_selector};
-use crate::build::pod::PORT;
 use crate::rollout::{self, Rollout};
-
-/// How long one pod may take to answer through the proxy.
-const POD_ANSWER: Duration = Duration::from_secs(5);
 
 /// The rollout of `d`, whose pods carry `selector`.
 pub async fn rollout(
@@ -42,40 +35,6 @@ pub async fn rollout(
             source,
         })?;
     Ok(rollout::assess(d, &replica_sets.items, &pods.items))
-}
-
-/// `GET {path}` on `pod`'s server port through `pods/proxy`: the HTTP status and body the
-/// pod (or the API server, when it cannot reach the pod) answered; `Err` when no answer
-/// came back at all.
-pub async fn pod_get(
-    client: &Client,
-    ns: &str,
-    pod: &str,
-    path: &str,
-) -> Result<(u16, String), String> {
-    let uri = format!("/api/v1/namespaces/{ns}/pods/{pod}:{PORT}/proxy{path}");
-    let request = http::Request::get(&uri)
-        .body(kube::client::Body::empty())
-        .map_err(|e| format!("cannot build the request: {e}"))?;
-    let exchange = async {
-        let response = client.send(request).await.map_err(|e| e.to_string())?;
-        let code = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        // A readiness or evaluation answer is small; never hold more than 64 KiB of it.
-        let body = &body[..body.len().min(64 * 1024)];
-        Ok((code, String::from_utf8_lossy(body).into_owned()))
-    };
-    match tokio::time::timeout(POD_ANSWER, exchange).await {
-        Ok(answer) => answer,
-        Err(_) => Err(format!(
-            "pod {pod} did not answer {path} within {POD_ANSWER:?}"
-        )),
-    }
 }
 
 /// What the Secrets `rolling` hold, as one digest (a change of any of them changes it),

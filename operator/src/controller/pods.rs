@@ -3,8 +3,16 @@
 //! API server's `pods/proxy` in a cluster ([`ApiServerProxy`]) and real processes on
 //! loopback in the end-to-end canary test.
 
+use std::time::Duration;
+
 use futures::future::BoxFuture;
+use http_body_util::BodyExt;
 use kube::Client;
+
+use crate::build::pod::PORT;
+
+/// How long one pod may take to answer through the proxy.
+const POD_ANSWER: Duration = Duration::from_secs(5);
 
 /// `GET {path}` on a pod's server port: the HTTP status and body the pod (or whatever
 /// stands between, such as the API server) answered; `Err` when no answer came at all.
@@ -27,6 +35,40 @@ impl PodHttp for ApiServerProxy {
         pod: &'a str,
         path: &'a str,
     ) -> BoxFuture<'a, Result<(u16, String), String>> {
-        Box::pin(super::observe::pod_get(&self.0, ns, pod, path))
+        Box::pin(pod_get(&self.0, ns, pod, path))
+    }
+}
+
+/// `GET {path}` on `pod`'s server port through `pods/proxy`: the HTTP status and body the
+/// pod (or the API server, when it cannot reach the pod) answered; `Err` when no answer
+/// came back at all.
+pub async fn pod_get(
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
+    let uri = format!("/api/v1/namespaces/{ns}/pods/{pod}:{PORT}/proxy{path}");
+    let request = http::Request::get(&uri)
+        .body(kube::client::Body::empty())
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    let exchange = async {
+        let response = client.send(request).await.map_err(|e| e.to_string())?;
+        let code = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        // A readiness or evaluation answer is small; never hold more than 64 KiB of it.
+        let body = &body[..body.len().min(64 * 1024)];
+        Ok((code, String::from_utf8_lossy(body).into_owned()))
+    };
+    match tokio::time::timeout(POD_ANSWER, exchange).await {
+        Ok(answer) => answer,
+        Err(_) => Err(format!(
+            "pod {pod} did not answer {path} within {POD_ANSWER:?}"
+        )),
     }
 }

@@ -140,7 +140,7 @@ pub async fn candidate_top1(ctx: &Context, ns: &str, pods: &[Pod]) -> Option<f64
     let pod = pods.iter().find(|p| pod_ready(p))?;
     let path = "/api/v1/evaluations/startup";
     match ctx.pod_get(ns, &pod.name_any(), path).await {
-        Ok((200, text)) => super::super::model::parse_evaluation(&text, 0)
+        Ok((200, text)) => super::super::model_status::parse_evaluation(&text, 0)
             .ok()
             .flatten()
             .map(|e| e.accuracy),

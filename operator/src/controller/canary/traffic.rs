@@ -93,7 +93,7 @@ pub async fn retire(
     };
     let doors = super::read::front_doors(ctx, ns, m).await?;
     let lagging = super::read::lagging(ctx, ns, m, &doors, generation).await;
-    let waited = super::seconds_since(ctx, status.step_entered_at.as_deref());
+    let waited = super::clock::seconds_since(ctx, status.step_entered_at.as_deref());
     if !lagging.is_empty() && waited < REMOVAL_LIMIT_SECONDS {
         return Ok(false);
     }

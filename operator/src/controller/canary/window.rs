@@ -6,7 +6,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use super::super::Error;
-use super::{Run, now_text, parse_time, read};
+use super::clock::{now_text, parse_time};
+use super::{Run, read};
 use crate::build::canary as build;
 use crate::build::model as model_build;
 use crate::canary::{self, Counters, Decision, Mirrored, PodRead, Scope, Tally, Window};

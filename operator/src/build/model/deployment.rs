@@ -1,156 +1,42 @@
-//! Children of an `ImageModel`: the recognize Deployment (model fetched and verified by an
-//! init container, or mounted from a PVC), its Service, an HPA when autoscaling is set and
-//! a PodDisruptionBudget when more than one replica may serve (those two, the rolling
-//! update and a canary's sizing in [`super::sizing`]; where it runs in [`super::device`]).
+//! The recognize Deployment: the server's arguments for the model, its pod (fetch init
+//! containers or mounts, probes, device) and its rollout deadline.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvFromSource, ImageVolumeSource,
-    PersistentVolumeClaimVolumeSource, SecretEnvSource, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    EmptyDirVolumeSource, ImageVolumeSource, PersistentVolumeClaimVolumeSource, Volume, VolumeMount,
 };
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::meta::{labels, object_meta, selector_labels};
-use super::pod::{
-    PORT, PORT_NAME, Platform, container_security, default_resources, pod_template,
-    readiness_startup_probe, server_container, with_overrides,
+use super::fetch::{
+    FETCH_ATTEMPTS, IMAGE_DIR, LABELS_ATTEMPT_SECONDS, MODEL_ATTEMPT_SECONDS, MODEL_DIR, Placement,
+    credentials_env, fetch_container, placement,
 };
-use crate::crd::{BatchTuning, DeviceStatus, FileSource, ImageModel};
-
-pub use super::device::{decided_device, device_without_nodes, resolve_device};
-pub use super::sizing::{
-    QUEUE_METRIC, candidate_replicas, hpa, hpa_with_floor, pdb, rolling_update,
+use super::identity::{COMPONENT, INPUTS_ANNOTATION, ModelInputs, name};
+use crate::build::meta::{object_meta, selector_labels};
+use crate::build::pod::{
+    PORT, Platform, default_resources, pod_template, readiness_startup_probe, server_container,
+    with_overrides,
 };
+use crate::build::sizing::rolling_update;
+use crate::crd::{BatchTuning, FileSource, ImageModel};
 
-pub const COMPONENT: &str = "recognize";
-
-/// Attempts each fetch init container makes, and the seconds one attempt may take: ten
-/// minutes for the model (gigabytes at tens of MB/s), one for the labels file.
-pub const FETCH_ATTEMPTS: u32 = 2;
-pub const MODEL_ATTEMPT_SECONDS: u32 = 600;
-pub const LABELS_ATTEMPT_SECONDS: u32 = 60;
 /// Seconds the startup probe waits for a loading model: 120 failures × 5 s.
 const STARTUP_FAILURES: i32 = 120;
 /// `progressDeadlineSeconds` of the recognize Deployment: after this long without
 /// progress Kubernetes marks the rollout `ProgressDeadlineExceeded`, which is when a
 /// transient pod problem (no node yet, an image pull being retried) becomes a failure
 /// (docs/status.md). It covers scheduling with a node added by a cluster autoscaler and
-/// the image pull ([`super::pod::SCHEDULE_AND_PULL_SECONDS`]), every fetch attempt of
+/// the image pull ([`crate::build::pod::SCHEDULE_AND_PULL_SECONDS`]), every fetch attempt of
 /// the model and the labels (one after the other), and the startup probe.
-pub const PROGRESS_DEADLINE: i32 = super::pod::SCHEDULE_AND_PULL_SECONDS
+pub const PROGRESS_DEADLINE: i32 = crate::build::pod::SCHEDULE_AND_PULL_SECONDS
     + (FETCH_ATTEMPTS * (MODEL_ATTEMPT_SECONDS + LABELS_ATTEMPT_SECONDS)) as i32
-    + STARTUP_FAILURES * super::pod::PROBE_PERIOD;
+    + STARTUP_FAILURES * crate::build::pod::PROBE_PERIOD;
+
 const ORT_LIB: &str = "/opt/onnxruntime/lib/libonnxruntime.so";
-const MODEL_DIR: &str = "/models";
-
-/// The recognize Deployment and Service name of a model.
-pub fn name(model: &ImageModel) -> String {
-    format!("{}-recognize", model.name_any())
-}
-
-/// In-cluster URL of a model's recognize Service.
-pub fn endpoint(model: &ImageModel) -> String {
-    let ns = model.namespace().unwrap_or_else(|| "default".into());
-    format!("http://{}.{ns}.svc:{PORT}", name(model))
-}
-
-/// Where a source file ends up in the pod, and how it gets there.
-enum Placement {
-    /// Fetched by an init container into the `models` emptyDir.
-    Fetched { path: String },
-    /// Read from a PVC mounted read-only.
-    Mounted { claim: String, path: String },
-    /// Read from a model image mounted as an image volume at [`IMAGE_DIR`].
-    Image { reference: String, path: String },
-}
-
-/// Where a model image (`oci://`) is mounted.
-const IMAGE_DIR: &str = "/model-image";
-
-fn placement(source: &FileSource, fetched_name: &str) -> Placement {
-    if let Some(reference) = source.uri.strip_prefix("oci://") {
-        // The image's files (docs/install.md): /model.onnx, /model.labels.txt.
-        let file = if fetched_name.starts_with("labels") {
-            "model.labels.txt"
-        } else {
-            "model.onnx"
-        };
-        return Placement::Image {
-            reference: reference.to_string(),
-            path: format!("{IMAGE_DIR}/{file}"),
-        };
-    }
-    match source
-        .uri
-        .strip_prefix("pvc://")
-        .and_then(|rest| rest.split_once('/'))
-    {
-        Some((claim, path)) => Placement::Mounted {
-            claim: claim.to_string(),
-            path: format!("/sources/{claim}/{path}"),
-        },
-        None => Placement::Fetched {
-            path: format!("{MODEL_DIR}/{fetched_name}"),
-        },
-    }
-}
-
-fn fetch_container(
-    platform: &Platform,
-    name: &str,
-    source: &FileSource,
-    out: &str,
-    credentials: Option<&str>,
-) -> Container {
-    let mut args = vec![
-        "fetch".to_string(),
-        "--uri".into(),
-        source.uri.clone(),
-        "--out".into(),
-        out.to_string(),
-    ];
-    if let Some(sha) = &source.sha256 {
-        args.extend(["--sha256".to_string(), sha.clone()]);
-    }
-    // Bounded, so the Deployment's progress deadline covers it ([`PROGRESS_DEADLINE`]).
-    args.extend([
-        "--attempts".to_string(),
-        FETCH_ATTEMPTS.to_string(),
-        "--timeout-secs".into(),
-        if name == "fetch-labels" {
-            LABELS_ATTEMPT_SECONDS
-        } else {
-            MODEL_ATTEMPT_SECONDS
-        }
-        .to_string(),
-    ]);
-    Container {
-        name: name.into(),
-        image: Some(platform.server.clone()),
-        image_pull_policy: platform.pull_policy.clone(),
-        args: Some(args),
-        env_from: credentials.map(credentials_env),
-        resources: Some(default_resources("50m", "64Mi")),
-        security_context: Some(container_security(platform)),
-        // Its error (wrong digest, 404, …) becomes the termination message, which the
-        // operator copies into the ModelFetched condition.
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "models".into(),
-            mount_path: MODEL_DIR.into(),
-            ..VolumeMount::default()
-        }]),
-        ..Container::default()
-    }
-}
 
 /// The server's arguments for this model.
 fn server_args(model: &ImageModel, gpu: bool, model_path: &str, labels_path: &str) -> Vec<String> {
@@ -252,31 +138,6 @@ fn server_args(model: &ImageModel, gpu: bool, model_path: &str, labels_path: &st
         }
     }
     args
-}
-
-/// The pod-template annotation holding the digest of what the pods read besides their
-/// spec (the rendered config and the referenced Secrets); a change rolls the pods.
-pub const INPUTS_ANNOTATION: &str = "sightline.io/inputs-digest";
-
-/// The names of the Secrets a model's pods read.
-pub fn secret_names(model: &ImageModel) -> Vec<String> {
-    model
-        .spec
-        .source
-        .credentials_secret
-        .iter()
-        .cloned()
-        .collect()
-}
-
-fn credentials_env(secret: &str) -> Vec<EnvFromSource> {
-    vec![EnvFromSource {
-        secret_ref: Some(SecretEnvSource {
-            name: secret.into(),
-            optional: Some(false),
-        }),
-        ..EnvFromSource::default()
-    }]
 }
 
 /// The recognize Deployment; `inputs_digest` is the digest of the referenced Secrets
@@ -481,62 +342,5 @@ pub fn deployment(model: &ImageModel, platform: &Platform, inputs: &ModelInputs)
             ..DeploymentSpec::default()
         }),
         status: None,
-    }
-}
-
-/// The recognize Service.
-pub fn service(model: &ImageModel) -> Service {
-    Service {
-        metadata: object_meta(model, &name(model), COMPONENT),
-        spec: Some(ServiceSpec {
-            selector: Some(selector_labels(&model.name_any(), COMPONENT)),
-            ports: Some(vec![ServicePort {
-                name: Some(PORT_NAME.into()),
-                port: PORT,
-                target_port: Some(IntOrString::String(PORT_NAME.into())),
-                protocol: Some("TCP".into()),
-                ..ServicePort::default()
-            }]),
-            ..ServiceSpec::default()
-        }),
-        status: None,
-    }
-}
-
-/// All labels a model's children carry (for pruning by label).
-pub fn child_labels(model: &ImageModel) -> BTreeMap<String, String> {
-    labels(&model.name_any(), COMPONENT)
-}
-
-/// Everything an `ImageModel` owns, in apply order.
-#[derive(Debug, Clone)]
-pub struct ModelChildren {
-    pub service: Service,
-    pub deployment: Deployment,
-    pub hpa: Option<HorizontalPodAutoscaler>,
-    pub pdb: Option<PodDisruptionBudget>,
-    pub network_policy: k8s_openapi::api::networking::v1::NetworkPolicy,
-    /// Applied when the cluster serves the Prometheus Operator's API.
-    pub monitor: super::monitoring::ServiceMonitor,
-}
-
-/// What the model's children depend on besides its spec, found by the reconciler.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ModelInputs {
-    /// Digest of the referenced Secrets (empty when unknown, as in `render`).
-    pub digest: String,
-    /// Where the model runs ([`resolve_device`]).
-    pub device: DeviceStatus,
-}
-
-/// The children of `model`; `inputs` as found by the reconciler.
-pub fn children(model: &ImageModel, platform: &Platform, inputs: &ModelInputs) -> ModelChildren {
-    ModelChildren {
-        service: service(model),
-        deployment: super::canary::with_revision(deployment(model, platform, inputs)),
-        hpa: hpa(model, inputs),
-        pdb: pdb(model),
-        network_policy: super::network::model_policy(model, platform),
-        monitor: super::monitoring::model_monitor(model, platform),
     }
 }
