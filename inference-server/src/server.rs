@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::cli::{Role, ServeArgs};
 use crate::drain::{Draining, Shutdown};
-use crate::eval::api::StartupEvaluation;
+use crate::eval::startup::StartupEvaluation;
 use crate::http::{AppState, HttpSettings, app};
 use crate::image_source::ImageSource;
 use crate::metrics::Metrics;
@@ -342,8 +342,13 @@ impl Server {
                 // the dataset, the model is not held back.
                 match slot.ready() {
                     Ok(model) => {
-                        crate::eval::api::evaluate_on_start(&jobs, model, &evaluation, max_bytes)
-                            .await;
+                        crate::eval::startup::evaluate_on_start(
+                            &jobs,
+                            model,
+                            &evaluation,
+                            max_bytes,
+                        )
+                        .await;
                     }
                     Err(why) => {
                         tracing::warn!(why, "no start-up evaluation: the model is not ready")

@@ -37,10 +37,6 @@ use crate::serving::{ModelSlot, ServingModel};
 
 pub use super::archive::{MAX_ENTRIES, MAX_UNPACKED_BYTES};
 pub use super::jobs::{Jobs, KEPT, MAX_RUNNING};
-pub use super::startup::{
-    DATASET_FETCH_ATTEMPTS, DATASET_FETCH_TIMEOUT, DatasetSource, STARTUP_ID, StartupEvaluation,
-    evaluate_on_start,
-};
 
 /// The media type of a streamed evaluation: one JSON view a line.
 pub const NDJSON: &str = "application/x-ndjson";

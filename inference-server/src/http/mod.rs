@@ -9,7 +9,6 @@ pub mod error;
 pub mod h2_frames;
 pub mod health;
 pub mod oip;
-pub mod oip_outputs;
 pub mod openapi;
 pub mod recognize;
 pub mod request_id;
@@ -288,13 +287,12 @@ mod tests {
 
     /// The modules under `http/` that are no part of the composer (this file): a role's
     /// routes and the shared leaves. Role modules may use these, never `http` itself.
-    const LEAVES: [&str; 10] = [
+    const LEAVES: [&str; 9] = [
         "cross_site",
         "error",
         "h2_frames",
         "health",
         "oip",
-        "oip_outputs",
         "openapi",
         "recognize",
         "request_id",

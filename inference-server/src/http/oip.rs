@@ -20,6 +20,12 @@ use super::recognize::RecognizeState;
 use crate::postprocess::{softmax, top_k_indices};
 use crate::serving::ServingModel;
 
+pub mod outputs;
+pub mod request;
+
+pub use outputs::{Parameters, RequestedOutput};
+pub use request::{FlatF32, InferRequest, InputTensor, read_input, split_body};
+
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 pub fn router() -> Router<RecognizeState> {
@@ -192,86 +198,6 @@ async fn repository_index(
     }])))
 }
 
-/// One input tensor of an inference request.
-#[derive(Debug, Deserialize)]
-pub struct InputTensor {
-    pub name: String,
-    pub shape: Vec<i64>,
-    pub datatype: String,
-    #[serde(default)]
-    pub data: Option<FlatF32>,
-    #[serde(default)]
-    pub parameters: Option<Parameters>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-pub struct Parameters {
-    pub binary_data_size: Option<u64>,
-    pub binary_data: Option<bool>,
-    pub classification: Option<u64>,
-    pub binary_data_output: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct RequestedOutput {
-    pub name: String,
-    #[serde(default)]
-    pub parameters: Option<Parameters>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct InferRequest {
-    pub id: Option<String>,
-    #[serde(default)]
-    pub parameters: Option<Parameters>,
-    pub inputs: Vec<InputTensor>,
-    #[serde(default, deserialize_with = "super::oip_outputs::at_most_listed")]
-    pub outputs: Option<Vec<RequestedOutput>>,
-}
-
-/// Tensor `data`, flat or nested, read straight into `f32`s (no intermediate `Value` tree,
-/// so a large tensor costs 4 bytes per element).
-#[derive(Debug, Default)]
-pub struct FlatF32(pub Vec<f32>);
-
-impl<'de> Deserialize<'de> for FlatF32 {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor<'a>(&'a mut Vec<f32>);
-        impl<'de> serde::de::Visitor<'de> for Visitor<'_> {
-            type Value = ();
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("numbers, or arrays of numbers nested to any depth")
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<(), E> {
-                self.0.push(v as f32);
-                Ok(())
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<(), E> {
-                self.0.push(v as f32);
-                Ok(())
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<(), E> {
-                self.0.push(v as f32);
-                Ok(())
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-                while seq.next_element_seed(Seed(&mut *self.0))?.is_some() {}
-                Ok(())
-            }
-        }
-        struct Seed<'a>(&'a mut Vec<f32>);
-        impl<'de> serde::de::DeserializeSeed<'de> for Seed<'_> {
-            type Value = ();
-            fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-                d.deserialize_any(Visitor(self.0))
-            }
-        }
-        let mut out = Vec::new();
-        d.deserialize_any(Visitor(&mut out))?;
-        Ok(FlatF32(out))
-    }
-}
-
 #[derive(Debug, Serialize)]
 struct OutputTensor {
     name: String,
@@ -293,124 +219,6 @@ async fn infer_version(
     infer(state, Path(name), headers, body).await
 }
 
-/// Splits a body into its JSON header and the binary tensor data that follows it.
-pub fn split_body<'a>(
-    headers: &HeaderMap,
-    body: &'a [u8],
-) -> Result<(&'a [u8], &'a [u8]), AppError> {
-    match headers.get(HEADER_LENGTH) {
-        None => Ok((body, &[])),
-        Some(value) => {
-            let n: usize = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(|| {
-                    AppError::bad_request(format!("{HEADER_LENGTH} must be a byte count"))
-                })?;
-            if n > body.len() {
-                return Err(AppError::bad_request(format!(
-                    "{HEADER_LENGTH} is {n} but the body has only {} bytes",
-                    body.len()
-                )));
-            }
-            Ok(body.split_at(n))
-        }
-    }
-}
-
-/// Validates the request's one input against the model and returns `(rows, values)`.
-pub fn read_input(
-    request: &InferRequest,
-    binary: &[u8],
-    input_name: &str,
-    expected: &[i64],
-    max_rows: usize,
-) -> Result<(usize, Vec<f32>), AppError> {
-    let [input] = request.inputs.as_slice() else {
-        return Err(AppError::bad_request(format!(
-            "expected exactly one input tensor ({input_name:?}), got {}",
-            request.inputs.len()
-        )));
-    };
-    if input.name != input_name {
-        return Err(AppError::bad_request(format!(
-            "unknown input {:?}; the model's input is {input_name:?}",
-            input.name
-        )));
-    }
-    if input.datatype != "FP32" {
-        return Err(AppError::bad_request(format!(
-            "input datatype must be FP32, got {:?}",
-            input.datatype
-        )));
-    }
-    // Every dimension at least 1 (a dynamic one included: no empty or negative tensors).
-    let shape_ok = input.shape.len() == expected.len()
-        && input.shape.iter().all(|d| *d >= 1)
-        && input.shape[1..]
-            .iter()
-            .zip(&expected[1..])
-            .all(|(got, want)| *want < 0 || got == want);
-    if !shape_ok {
-        let mut want = expected.to_vec();
-        want[0] = -1;
-        return Err(AppError::bad_request(format!(
-            "input shape must be {want:?} (batch first), got {:?}",
-            input.shape
-        )));
-    }
-    let rows = input.shape[0] as usize;
-    if rows > max_rows {
-        return Err(AppError::bad_request(format!(
-            "batch of {rows} exceeds the maximum batch size {max_rows}"
-        )));
-    }
-    let count = input
-        .shape
-        .iter()
-        .try_fold(1usize, |acc, d| acc.checked_mul(*d as usize));
-    let count = count.ok_or_else(|| AppError::bad_request("input shape is too large"))?;
-    let binary_size = input.parameters.as_ref().and_then(|p| p.binary_data_size);
-    let values = match (&input.data, binary_size) {
-        (Some(data), None) => data.0.clone(),
-        (None, Some(size)) => {
-            // `count * 4` may overflow for shapes with huge dynamic dimensions.
-            if size as usize != binary.len() || count.checked_mul(4) != Some(binary.len()) {
-                return Err(AppError::bad_request(format!(
-                    "binary_data_size is {size} and {} bytes follow the header; shape {:?} of FP32 needs {}",
-                    binary.len(),
-                    input.shape,
-                    count.saturating_mul(4)
-                )));
-            }
-            binary
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        }
-        (Some(_), Some(_)) => {
-            return Err(AppError::bad_request(
-                "input has both data and binary_data_size",
-            ));
-        }
-        (None, None) => return Err(AppError::bad_request("input has no data")),
-    };
-    if values.len() != count {
-        return Err(AppError::bad_request(format!(
-            "input shape {:?} needs {count} values, data has {}",
-            input.shape,
-            values.len()
-        )));
-    }
-    if values.iter().any(|v| !v.is_finite()) {
-        return Err(AppError::bad_request(
-            "input data contains NaN or infinite values",
-        ));
-    }
-    Ok((rows, values))
-}
-
 async fn infer(
     State(state): State<RecognizeState>,
     Path(name): Path<String>,
@@ -429,11 +237,8 @@ async fn infer(
         model.batch_config().max_request_rows,
     )?;
     // Checked before the model runs: each output once, only the model's.
-    let requested = super::oip_outputs::requested(
-        request.outputs,
-        &model.info.output_name,
-        model.info.classes,
-    )?;
+    let requested =
+        outputs::requested(request.outputs, &model.info.output_name, model.info.classes)?;
     let scores = model.infer_rows(values, rows).await?;
     let classes = model.info.classes;
     let binary_default = request
@@ -534,102 +339,4 @@ async fn infer(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(json: &str) -> InferRequest {
-        serde_json::from_str(json).expect("valid request JSON")
-    }
-
-    const SHAPE: [i64; 4] = [-1, 3, 2, 2];
-
-    #[test]
-    fn nested_and_flat_data_are_the_same_tensor() {
-        let flat = request(
-            r#"{"inputs":[{"name":"input","shape":[1,3,2,2],"datatype":"FP32","data":[0,1,2,3,4,5,6,7,8,9,10,11]}]}"#,
-        );
-        let nested = request(
-            r#"{"inputs":[{"name":"input","shape":[1,3,2,2],"datatype":"FP32","data":[[[[0,1],[2,3]],[[4,5],[6,7]],[[8,9],[10,11]]]]}]}"#,
-        );
-        let a = read_input(&flat, &[], "input", &SHAPE, 8).expect("flat");
-        let b = read_input(&nested, &[], "input", &SHAPE, 8).expect("nested");
-        assert_eq!(a, b);
-        assert_eq!(a.0, 1);
-    }
-
-    #[test]
-    fn wrong_shape_datatype_name_or_count_is_a_400() {
-        for (body, why) in [
-            (
-                r#"{"inputs":[{"name":"input","shape":[1,3,2],"datatype":"FP32","data":[0,0,0,0,0,0]}]}"#,
-                "rank",
-            ),
-            (
-                r#"{"inputs":[{"name":"input","shape":[1,3,2,2],"datatype":"INT64","data":[0,0,0,0,0,0,0,0,0,0,0,0]}]}"#,
-                "dtype",
-            ),
-            (
-                r#"{"inputs":[{"name":"pixels","shape":[1,3,2,2],"datatype":"FP32","data":[0,0,0,0,0,0,0,0,0,0,0,0]}]}"#,
-                "name",
-            ),
-            (
-                r#"{"inputs":[{"name":"input","shape":[1,3,2,2],"datatype":"FP32","data":[0,0,0]}]}"#,
-                "count",
-            ),
-            (
-                r#"{"inputs":[{"name":"input","shape":[0,3,2,2],"datatype":"FP32","data":[]}]}"#,
-                "empty batch",
-            ),
-            (
-                r#"{"inputs":[{"name":"input","shape":[9,3,2,2],"datatype":"FP32","data":[]}]}"#,
-                "batch too big",
-            ),
-            (r#"{"inputs":[]}"#, "no inputs"),
-            (
-                r#"{"inputs":[{"name":"input","shape":[1,3,2,2],"datatype":"FP32"}]}"#,
-                "no data",
-            ),
-        ] {
-            let err = read_input(&request(body), &[], "input", &SHAPE, 8).expect_err(why);
-            assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{why}");
-        }
-        assert!(
-            serde_json::from_str::<InferRequest>(
-                r#"{"inputs":[{"name":"input","shape":[1],"datatype":"FP32","data":["a"]}]}"#
-            )
-            .is_err()
-        );
-    }
-
-    /// Regression: with dynamic dimensions, a shape whose element count fits in `usize`
-    /// but whose byte count does not overflowed `count * 4` (a panic in debug builds).
-    #[test]
-    fn huge_dynamic_dimensions_are_a_400_not_an_overflow() {
-        let dynamic = [-1, 3, -1, -1];
-        for shape in ["[1,3,2305843009213693952,1]", "[1,3,-1,4]", "[1,3,0,4]"] {
-            let body = format!(
-                r#"{{"inputs":[{{"name":"input","shape":{shape},"datatype":"FP32","parameters":{{"binary_data_size":8}}}}]}}"#
-            );
-            let err = read_input(&request(&body), &[0; 8], "input", &dynamic, 8).expect_err(shape);
-            assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{shape}");
-        }
-    }
-
-    #[test]
-    fn binary_tensors_are_read_after_the_header() {
-        let json = br#"{"inputs":[{"name":"input","shape":[1,3,2,2],"datatype":"FP32","parameters":{"binary_data_size":48}}]}"#;
-        let mut body = json.to_vec();
-        for i in 0..12 {
-            body.extend_from_slice(&(i as f32).to_le_bytes());
-        }
-        let mut headers = HeaderMap::new();
-        headers.insert(HEADER_LENGTH, HeaderValue::from(json.len()));
-        let (head, tail) = split_body(&headers, &body).expect("split");
-        let req: InferRequest = serde_json::from_slice(head).expect("json");
-        let (rows, values) = read_input(&req, tail, "input", &SHAPE, 8).expect("binary");
-        assert_eq!(rows, 1);
-        assert_eq!(values[11], 11.0);
-        headers.insert(HEADER_LENGTH, HeaderValue::from(body.len() + 1));
-        assert!(split_body(&headers, &body).is_err());
-    }
-}
+mod tests;

@@ -15,8 +15,11 @@
 //! [`traffic::Traffic`], which splits them between a canary's stable and candidate
 //! revisions when the operator's traffic file says so.
 
+mod breaker;
 pub mod http;
 pub mod traffic;
+
+pub use breaker::Breaker;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,49 +80,6 @@ impl DownstreamError {
             DownstreamError::Unavailable { component, .. }
             | DownstreamError::Refused { component, .. }
             | DownstreamError::BadAnswer { component, .. } => component,
-        }
-    }
-}
-
-/// Per-downstream circuit breaker: closed → open after [`BREAKER_THRESHOLD`] failed calls
-/// (each after its retries) in a row → after [`BREAKER_COOLDOWN`] calls are let through again; one success closes it,
-/// a failure re-opens it at once.
-#[derive(Debug, Default)]
-pub struct Breaker {
-    state: Mutex<BreakerState>,
-}
-
-#[derive(Debug, Default)]
-struct BreakerState {
-    failures: u32,
-    open_until: Option<Instant>,
-}
-
-impl Breaker {
-    /// `Err(seconds until it may close)` while open.
-    pub fn allow(&self) -> Result<(), Duration> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match state.open_until {
-            Some(until) if until > Instant::now() => Err(until - Instant::now()),
-            _ => Ok(()),
-        }
-    }
-
-    pub fn success(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.failures = 0;
-        state.open_until = None;
-    }
-
-    /// Records a failure; true when the breaker is open now.
-    pub fn failure(&self) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.failures = state.failures.saturating_add(1);
-        if state.failures >= BREAKER_THRESHOLD {
-            state.open_until = Some(Instant::now() + BREAKER_COOLDOWN);
-            true
-        } else {
-            false
         }
     }
 }
@@ -505,27 +465,4 @@ fn jitter(max: Duration) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn breaker_opens_after_repeated_failures_and_closes_on_success() {
-        let b = Breaker::default();
-        for _ in 0..BREAKER_THRESHOLD - 1 {
-            assert!(!b.failure());
-        }
-        assert!(b.allow().is_ok());
-        assert!(b.failure(), "the threshold opens it");
-        assert!(b.allow().is_err());
-        b.success();
-        assert!(b.allow().is_ok());
-    }
-
-    #[test]
-    fn jitter_is_bounded() {
-        for _ in 0..100 {
-            assert!(jitter(Duration::from_millis(10)) < Duration::from_millis(10));
-        }
-        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
-    }
-}
+mod tests;

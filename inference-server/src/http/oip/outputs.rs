@@ -4,10 +4,25 @@
 //! a 21 MB answer); repeating a name is now a 400, like naming one that does not exist, so
 //! an answer holds at most one tensor per model output.
 
+use serde::Deserialize;
 use serde::de::{Deserializer, SeqAccess, Visitor};
 
-use super::error::AppError;
-use super::oip::{Parameters, RequestedOutput};
+use crate::http::error::AppError;
+
+#[derive(Debug, Deserialize, Default)]
+pub struct Parameters {
+    pub binary_data_size: Option<u64>,
+    pub binary_data: Option<bool>,
+    pub classification: Option<u64>,
+    pub binary_data_output: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RequestedOutput {
+    pub name: String,
+    #[serde(default)]
+    pub parameters: Option<Parameters>,
+}
 
 /// Most entries an `outputs` list may have while it is parsed (a model here has one output;
 /// the rest of a longer list is refused without being kept).
@@ -115,7 +130,7 @@ mod tests {
             "{{\"outputs\": [{}]}}",
             vec!["{\"name\":\"p\"}"; 1000].join(",")
         );
-        let err = serde_json::from_str::<crate::http::oip::InferRequest>(&format!(
+        let err = serde_json::from_str::<crate::http::oip::request::InferRequest>(&format!(
             "{{\"inputs\": [], {}",
             &listed[1..]
         ))

@@ -1,0 +1,205 @@
+use super::*;
+
+#[test]
+fn policy_flushes_when_full_alone_or_late() {
+    let t0 = Instant::now();
+    let d = Duration::from_millis(5);
+    assert_eq!(decide(8, 8, t0, t0, d, 3), Decision::Flush);
+    assert_eq!(
+        decide(1, 8, t0, t0, d, 0),
+        Decision::Flush,
+        "nobody else coming"
+    );
+    assert_eq!(
+        decide(1, 8, t0, t0 + d, d, 3),
+        Decision::Flush,
+        "deadline reached"
+    );
+    assert_eq!(decide(1, 8, t0, t0, d, 2), Decision::WaitUntil(t0 + d));
+    assert_eq!(decide(1, 8, t0, t0, Duration::ZERO, 2), Decision::Flush);
+}
+
+/// Output row i = [sum of input row i, batch size it ran in].
+struct SumRunner {
+    row_len: usize,
+    delay: Duration,
+}
+
+impl BatchRunner for SumRunner {
+    fn run(&mut self, input: &[f32], rows: usize) -> Result<Vec<f32>, String> {
+        std::thread::sleep(self.delay);
+        Ok(input
+            .chunks_exact(self.row_len)
+            .flat_map(|r| [r.iter().sum::<f32>(), rows as f32])
+            .collect())
+    }
+}
+
+fn batcher(cfg: BatchConfig, delay: Duration) -> Batcher {
+    Batcher::start(
+        vec![SumRunner { row_len: 4, delay }],
+        cfg,
+        4,
+        InferenceMetrics::unregistered(),
+    )
+    .expect("start")
+}
+
+#[tokio::test]
+async fn a_fixed_shape_runs_full_batches_and_hands_back_only_real_rows() {
+    assert_eq!(run_rows(3, 8, true), 8);
+    assert_eq!(run_rows(3, 8, false), 3);
+    let b = batcher(
+        BatchConfig {
+            max_batch_size: 4,
+            max_request_rows: 4,
+            max_delay: Duration::ZERO,
+            queue_capacity: 8,
+            fixed_shape: true,
+        },
+        Duration::ZERO,
+    );
+    let out = b
+        .infer(vec![1.0, 2.0, 3.0, 4.0], 1)
+        .await
+        .expect("inference");
+    assert_eq!(out, vec![10.0, 4.0], "its own row, run in a batch of 4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_request_gets_its_own_rows_and_batches_form_under_load() {
+    let b = batcher(
+        BatchConfig {
+            max_batch_size: 4,
+            max_request_rows: 4,
+            max_delay: Duration::from_millis(20),
+            queue_capacity: 64,
+            fixed_shape: false,
+        },
+        Duration::from_millis(10),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..32u32 {
+        let b = b.clone();
+        tasks.push(tokio::spawn(async move {
+            let rows = 1 + (i as usize % 2);
+            let input: Vec<f32> = (0..rows * 4).map(|k| (i * 100 + k as u32) as f32).collect();
+            let out = b.infer(input.clone(), rows).await.expect("inference");
+            (input, rows, out)
+        }));
+    }
+    let mut largest = 0.0f32;
+    for t in tasks {
+        let (input, rows, out) = t.await.expect("join");
+        assert_eq!(out.len(), rows * 2);
+        for (r, chunk) in input.chunks_exact(4).enumerate() {
+            assert_eq!(
+                out[r * 2],
+                chunk.iter().sum::<f32>(),
+                "request got someone else's row"
+            );
+            assert!(out[r * 2 + 1] <= 4.0);
+            largest = largest.max(out[r * 2 + 1]);
+        }
+    }
+    assert!(largest > 1.0, "32 concurrent requests never shared a batch");
+}
+
+#[tokio::test]
+async fn a_full_queue_is_rejected_not_buffered() {
+    let b = batcher(
+        BatchConfig {
+            max_batch_size: 1,
+            max_request_rows: 1,
+            max_delay: Duration::ZERO,
+            queue_capacity: 2,
+            fixed_shape: false,
+        },
+        Duration::from_millis(200),
+    );
+    let mut pending = Vec::new();
+    for _ in 0..6 {
+        let b = b.clone();
+        pending.push(tokio::spawn(async move { b.infer(vec![1.0; 4], 1).await }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut full = 0;
+    for p in pending {
+        if let Err(InferError::QueueFull { capacity: 2 }) = p.await.expect("join") {
+            full += 1;
+        }
+    }
+    assert!(
+        full >= 2,
+        "expected rejections once 1 running + 2 queued, got {full}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_run_batches_side_by_side() {
+    // Each run takes 100 ms; batches of one. Four requests on one instance take 400 ms,
+    // on two instances 200 ms.
+    let runner = || SumRunner {
+        row_len: 4,
+        delay: Duration::from_millis(100),
+    };
+    let cfg = BatchConfig {
+        max_batch_size: 1,
+        max_request_rows: 1,
+        max_delay: Duration::ZERO,
+        queue_capacity: 8,
+        fixed_shape: false,
+    };
+    let b = Batcher::start(
+        vec![runner(), runner()],
+        cfg,
+        4,
+        InferenceMetrics::unregistered(),
+    )
+    .expect("start");
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move { b.infer(vec![i as f32; 4], 1).await })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let out = t.await.expect("join").expect("inference");
+        assert_eq!(
+            out,
+            vec![4.0 * i as f32, 1.0],
+            "request {i} got another's row"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(380),
+        "4 runs of 100 ms on two instances took {took:?}: they did not run side by side"
+    );
+}
+
+#[tokio::test]
+async fn a_request_larger_than_the_batch_size_runs_as_a_batch_of_its_own() {
+    let b = batcher(
+        BatchConfig {
+            max_batch_size: 1,
+            max_request_rows: 4,
+            max_delay: Duration::ZERO,
+            queue_capacity: 8,
+            fixed_shape: false,
+        },
+        Duration::ZERO,
+    );
+    let out = b.infer(vec![1.0; 12], 3).await.expect("3 rows");
+    assert_eq!(out, vec![4.0, 3.0, 4.0, 3.0, 4.0, 3.0]);
+    let err = b.infer(vec![0.0; 20], 5).await.expect_err("5 rows");
+    assert_eq!(err, InferError::TooManyRows { rows: 5, max: 4 });
+}
+
+#[tokio::test]
+async fn oversized_requests_are_refused() {
+    let b = batcher(BatchConfig::default(), Duration::ZERO);
+    let err = b.infer(vec![0.0; 4 * 9], 9).await.expect_err("too many");
+    assert_eq!(err, InferError::TooManyRows { rows: 9, max: 8 });
+}
