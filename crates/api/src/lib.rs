@@ -6,6 +6,9 @@
 //! May use: `serde` and `serde_json` only. Plain data, no I/O: both the operator (with
 //! kube and k8s-openapi) and the server (with ONNX Runtime and sqlx) depend on it, so it
 //! stays the cheapest crate in the workspace.
+//!
+//! The CRD types stay in the operator: the server never reads a custom resource, and they
+//! would bring kube and k8s-openapi into every server build.
 
 mod prediction;
 pub mod readiness;
