@@ -7,16 +7,21 @@ use std::path::{Path, PathBuf};
 
 /// Each crate and the Sightline crates it may depend on (`[dependencies]`), lowest first.
 /// A crate not listed here fails the test: place it in the layering first.
-const ARROWS: [(&str, &[&str]); 8] = [
+const ARROWS: [(&str, &[&str]); 9] = [
     ("crates/api", &[]),
     ("crates/telemetry", &[]),
     ("crates/model", &["sightline-api", "sightline-telemetry"]),
     ("crates/store", &["sightline-api", "sightline-telemetry"]),
     ("crates/eval", &["sightline-model"]),
     (
+        "crates/batch",
+        &["sightline-api", "sightline-eval", "sightline-model"],
+    ),
+    (
         "inference-server",
         &[
             "sightline-api",
+            "sightline-batch",
             "sightline-eval",
             "sightline-model",
             "sightline-store",

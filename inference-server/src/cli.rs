@@ -48,6 +48,11 @@ pub enum Command {
     /// SHA-256 first (the operator's init container). Writes atomically: the file appears
     /// only once complete and verified.
     Fetch(crate::fetch::FetchArgs),
+    /// Recognizes every image of a folder with the model, in this process, and writes one
+    /// JSON line per image to --out; --resume goes on from an interrupted run, skipping the
+    /// images already written. With --truth (a CSV of path,label) it ends with the
+    /// evaluation report. Takes the same model flags as `recognize`.
+    Batch(BatchArgs),
 }
 
 /// `sightline-server eval`.
@@ -74,6 +79,52 @@ pub struct EvalArgs {
 
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+/// `sightline-server batch`.
+#[derive(Debug, Clone, Args)]
+pub struct BatchArgs {
+    /// The folder of images (sub-folders included; files named .jpg, .jpeg, .png, .webp,
+    /// .gif, .bmp or .jfif).
+    #[arg(long, env = "SIGHTLINE_BATCH_INPUT")]
+    pub input: PathBuf,
+
+    /// The results: JSON lines, one per image (`image`, `sha256`, `model`, `model_sha256`,
+    /// `predictions` or `error`).
+    #[arg(long, env = "SIGHTLINE_BATCH_OUT")]
+    pub out: PathBuf,
+
+    /// Go on from an existing --out: the images it holds are not done again.
+    #[arg(long)]
+    pub resume: bool,
+
+    /// Only this shard of the sorted listing, `INDEX/COUNT` (every COUNT-th image from
+    /// position INDEX), so several processes can share one folder.
+    #[arg(long, env = "SIGHTLINE_BATCH_SHARD", default_value = "0/1", value_parser = parse_shard)]
+    pub shard: (usize, usize),
+
+    /// The true labels, a CSV of `path,label` (paths relative to the CSV file): the
+    /// evaluation report over the images it names is printed at the end.
+    #[arg(long)]
+    pub truth: Option<PathBuf>,
+
+    /// No progress (a bar on a terminal, else a line every few seconds).
+    #[arg(long)]
+    pub no_progress: bool,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+fn parse_shard(text: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{text:?} is not INDEX/COUNT with INDEX below COUNT (e.g. 0/4)");
+    let (index, count) = text.split_once('/').ok_or_else(bad)?;
+    let index: usize = index.trim().parse().map_err(|_| bad())?;
+    let count: usize = count.trim().parse().map_err(|_| bad())?;
+    if index >= count {
+        return Err(bad());
+    }
+    Ok((index, count))
 }
 
 /// Which services one process runs.
@@ -123,6 +174,7 @@ impl Command {
             Command::Store(a) => (Role::Store, a),
             // Evaluation loads its model with the recognize role's flags.
             Command::Eval(a) => (Role::Recognize, a.serve),
+            Command::Batch(a) => (Role::Recognize, a.serve),
             Command::Fetch(_) => return None,
         };
         args.role = role;

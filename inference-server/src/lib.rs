@@ -13,6 +13,7 @@
 //! `server` compose them, and no role imports them back.
 
 pub mod auth;
+pub mod batch;
 pub mod cli;
 pub mod drain;
 pub mod eval;

@@ -23,6 +23,16 @@ fn main() -> anyhow::Result<()> {
         runtime.block_on(sightline_server::eval::run_cli(eval))?;
         return Ok(());
     }
+    if let Command::Batch(batch) = cli.command {
+        // Results go to --out, the summary to stdout, progress and logs to stderr.
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+        runtime.block_on(sightline_server::batch::run_cli(batch))?;
+        return Ok(());
+    }
     let args = match cli.command {
         Command::Fetch(fetch) => {
             init_logging(LogFormat::Text);

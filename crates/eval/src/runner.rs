@@ -88,7 +88,7 @@ pub async fn evaluate_with(
 
 /// The bytes of one image file: a regular file (a device or a pipe would be read without
 /// end), at most `max` bytes.
-async fn read_image(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+pub async fn read_image(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     use tokio::io::AsyncReadExt;
     let meta = tokio::fs::metadata(path).await.map_err(|e| e.to_string())?;
     if !meta.is_file() {

@@ -9,7 +9,7 @@ use clap::Parser;
 use super::Cli;
 
 /// Subcommands that take the serving flags (and so a config file).
-const SERVE_COMMANDS: &[&str] = &["all", "recognize", "upload", "store", "eval"];
+const SERVE_COMMANDS: &[&str] = &["all", "recognize", "upload", "store", "eval", "batch"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {

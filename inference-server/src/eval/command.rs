@@ -74,7 +74,9 @@ pub async fn run_eval(args: &EvalArgs) -> Result<Report, EvalError> {
     Ok(report.with_baseline(base))
 }
 
-async fn load_model(args: &crate::cli::ServeArgs) -> Result<Arc<ServingModel>, EvalError> {
+pub(crate) async fn load_model(
+    args: &crate::cli::ServeArgs,
+) -> Result<Arc<ServingModel>, EvalError> {
     let setup = crate::model_flags::model_setup(args)?;
     let shown = args.model.model.display().to_string();
     let slot = ModelSlot::new(ModelStatus::Loading);
