@@ -7,12 +7,16 @@ use std::path::{Path, PathBuf};
 
 /// Each crate and the Sightline crates it may depend on (`[dependencies]`), lowest first.
 /// A crate not listed here fails the test: place it in the layering first.
-const ARROWS: [(&str, &[&str]); 9] = [
+const ARROWS: [(&str, &[&str]); 10] = [
     ("crates/api", &[]),
     ("crates/telemetry", &[]),
     ("crates/model", &["sightline-api", "sightline-telemetry"]),
-    ("crates/store", &["sightline-api", "sightline-telemetry"]),
-    ("crates/eval", &["sightline-model"]),
+    ("crates/quality", &[]),
+    (
+        "crates/store",
+        &["sightline-api", "sightline-quality", "sightline-telemetry"],
+    ),
+    ("crates/eval", &["sightline-model", "sightline-quality"]),
     (
         "crates/batch",
         &["sightline-api", "sightline-eval", "sightline-model"],
@@ -24,6 +28,7 @@ const ARROWS: [(&str, &[&str]); 9] = [
             "sightline-batch",
             "sightline-eval",
             "sightline-model",
+            "sightline-quality",
             "sightline-store",
             "sightline-telemetry",
         ],

@@ -2,14 +2,15 @@
 //! and weighted averages and the confusion matrix of a model on a labelled image set, with
 //! the seed's definitions (see [`metrics`] for the formulas and the divide-by-zero cases).
 //!
-//! - [`metrics`]: pure functions and the confusion matrix.
+//! - [`metrics`]: pure functions and the confusion matrix (from `sightline-quality`).
 //! - [`dataset`]: ImageFolder directories and `path,label` CSV files.
 //! - [`archive`]: an uploaded zip set, unpacked confined to its folder and cleaned up.
 //! - [`runner`]: classifies the set through a loaded model's batcher.
 //! - [`report`]: the JSON report, the printed table, the baseline comparison.
 //! - [`progress`]: the progress bar (stderr, only on a terminal).
 //!
-//! May use: `sightline-model` (the model it evaluates); never HTTP, the command line or the
+//! May use: `sightline-model` (the model it evaluates) and `sightline-quality` (the
+//! seed's formulas, shared with the live quality); never HTTP, the command line or the
 //! store. The server's `eval` command and `POST /api/v1/evaluations` load the model and
 //! call [`runner`] (`sightline_server::eval`).
 
