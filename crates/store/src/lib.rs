@@ -18,11 +18,16 @@
 //! digits), so listing is `ORDER BY id DESC` and a cursor is the last id seen: stable, and
 //! no offset scans.
 //!
-//! May use: `sightline-api` (the prediction format) and `sightline-telemetry`; never the
-//! model or HTTP. The store role's routes are the server's (`sightline_server::store::http`).
+//! Users' feedback on the pipeline's answers (the true label) lives beside the results, and
+//! the live quality is counted from it by the database ([`feedback`]).
+//!
+//! May use: `sightline-api` (the prediction format), `sightline-quality` (the seed's
+//! formulas, one implementation with the offline evaluation) and `sightline-telemetry`;
+//! never the model or HTTP. The store role's routes are the server's (`sightline_server::store::http`).
 
 mod error;
 pub mod evaluations;
+pub mod feedback;
 mod ids;
 pub mod metrics;
 mod records;

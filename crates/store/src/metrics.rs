@@ -30,13 +30,16 @@ pub struct StoreMetrics {
 
 impl StoreMetrics {
     /// The operations [`crate::ResultStore`] runs (label values).
-    pub const OPERATIONS: [&'static str; 6] = [
+    pub const OPERATIONS: [&'static str; 9] = [
         "insert",
         "get",
         "list",
         "ping",
         "evaluation_put",
         "evaluation_get",
+        "feedback_put",
+        "feedback_history",
+        "quality",
     ];
 
     fn families() -> StoreMetrics {
@@ -51,7 +54,7 @@ impl StoreMetrics {
         let m = Self::families();
         registry.register(
             "db_query_duration_seconds",
-            "Time of one results-database operation (insert, get, list, ping, evaluation_put, evaluation_get), errors included",
+            "Time of one results-database operation (insert, get, list, ping, evaluation_put, evaluation_get, feedback_put, feedback_history, quality), errors included",
             m.duration.clone(),
         );
         registry.register(

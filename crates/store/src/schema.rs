@@ -39,6 +39,11 @@ impl Dialect {
             },
         ));
         steps.push((11, Step::Sql(super::evaluations::table(self))));
+        steps.extend(
+            feedback_tables(self)
+                .into_iter()
+                .map(|(v, sql)| (v, Step::Sql(sql))),
+        );
         steps
     }
 
@@ -112,6 +117,108 @@ impl Dialect {
                 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
             )],
         }
+    }
+}
+
+/// The feedback tables (`crate::feedback`) and their indexes, by version.
+fn feedback_tables(dialect: Dialect) -> Vec<(i64, &'static str)> {
+    match dialect {
+        Dialect::Sqlite => vec![
+            (
+                12,
+                "CREATE TABLE IF NOT EXISTS sightline_feedback (
+                    result_id TEXT NOT NULL,
+                    caller TEXT NOT NULL,
+                    true_label TEXT NOT NULL,
+                    correct BIGINT NOT NULL,
+                    image_id TEXT,
+                    model TEXT NOT NULL,
+                    model_sha256 TEXT NOT NULL,
+                    created_ms BIGINT NOT NULL,
+                    PRIMARY KEY (result_id, caller))",
+            ),
+            (
+                13,
+                "CREATE INDEX IF NOT EXISTS sightline_feedback_model ON sightline_feedback (model, created_ms)",
+            ),
+            (
+                14,
+                "CREATE TABLE IF NOT EXISTS sightline_feedback_history (
+                    id TEXT PRIMARY KEY NOT NULL,
+                    result_id TEXT NOT NULL,
+                    caller TEXT NOT NULL,
+                    true_label TEXT NOT NULL,
+                    correct BIGINT NOT NULL,
+                    created_ms BIGINT NOT NULL)",
+            ),
+            (
+                15,
+                "CREATE INDEX IF NOT EXISTS sightline_feedback_history_result ON sightline_feedback_history (result_id, caller)",
+            ),
+        ],
+        Dialect::Postgres => vec![
+            (
+                12,
+                "CREATE TABLE IF NOT EXISTS sightline_feedback (
+                    result_id VARCHAR(32) NOT NULL,
+                    caller VARCHAR(255) NOT NULL,
+                    true_label VARCHAR(255) NOT NULL,
+                    correct BIGINT NOT NULL,
+                    image_id VARCHAR(64),
+                    model VARCHAR(255) NOT NULL,
+                    model_sha256 VARCHAR(64) NOT NULL,
+                    created_ms BIGINT NOT NULL,
+                    PRIMARY KEY (result_id, caller))",
+            ),
+            (
+                13,
+                "CREATE INDEX IF NOT EXISTS sightline_feedback_model ON sightline_feedback (model, created_ms)",
+            ),
+            (
+                14,
+                "CREATE TABLE IF NOT EXISTS sightline_feedback_history (
+                    id VARCHAR(32) PRIMARY KEY,
+                    result_id VARCHAR(32) NOT NULL,
+                    caller VARCHAR(255) NOT NULL,
+                    true_label VARCHAR(255) NOT NULL,
+                    correct BIGINT NOT NULL,
+                    created_ms BIGINT NOT NULL)",
+            ),
+            (
+                15,
+                "CREATE INDEX IF NOT EXISTS sightline_feedback_history_result ON sightline_feedback_history (result_id, caller)",
+            ),
+        ],
+        // MySQL has no `CREATE INDEX IF NOT EXISTS`: the keys are part of the tables.
+        Dialect::MySql => vec![
+            (
+                12,
+                "CREATE TABLE IF NOT EXISTS sightline_feedback (
+                    result_id VARCHAR(32) NOT NULL,
+                    caller VARCHAR(255) NOT NULL,
+                    true_label VARCHAR(255) NOT NULL,
+                    correct BIGINT NOT NULL,
+                    image_id VARCHAR(64) NULL,
+                    model VARCHAR(255) NOT NULL,
+                    model_sha256 VARCHAR(64) NOT NULL,
+                    created_ms BIGINT NOT NULL,
+                    PRIMARY KEY (result_id, caller),
+                    KEY sightline_feedback_model (model, created_ms)
+                ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+            ),
+            (
+                14,
+                "CREATE TABLE IF NOT EXISTS sightline_feedback_history (
+                    id VARCHAR(32) NOT NULL PRIMARY KEY,
+                    result_id VARCHAR(32) NOT NULL,
+                    caller VARCHAR(255) NOT NULL,
+                    true_label VARCHAR(255) NOT NULL,
+                    correct BIGINT NOT NULL,
+                    created_ms BIGINT NOT NULL,
+                    KEY sightline_feedback_history_result (result_id, caller)
+                ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+            ),
+        ],
     }
 }
 
@@ -208,6 +315,29 @@ impl ResultStore {
                 Ok(_) => Ok(()),
                 Err(_) => Err(e),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feedback::{FEEDBACK, HISTORY};
+
+    #[test]
+    fn every_dialect_creates_the_feedback_tables_in_new_versions() {
+        for d in [Dialect::Sqlite, Dialect::Postgres, Dialect::MySql] {
+            let steps = feedback_tables(d);
+            assert!(
+                steps.iter().all(|(v, _)| *v > 11),
+                "after the existing ones"
+            );
+            for table in [FEEDBACK, HISTORY] {
+                let create = format!("CREATE TABLE IF NOT EXISTS {table} ");
+                assert!(steps.iter().any(|(_, s)| s.starts_with(&create)), "{d:?}");
+            }
+            let versions: Vec<i64> = d.steps().into_iter().map(|(v, _)| v).collect();
+            assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
         }
     }
 }
