@@ -7,8 +7,9 @@
 //!   evaluations and the Open Inference Protocol's `/v2` — to the recognize service
 //!   (`--recognize-url`), or during a canary to its stable and candidate revisions
 //!   (`--traffic-file`, see [`crate::pipeline::traffic`]);
-//! - results — the seed's `POST /api/results/save` and `/api/v1/results…` — to the store
-//!   service (`--store-url`).
+//! - results — the seed's `POST /api/results/save`, `/api/v1/results…` (feedback naming the
+//!   caller, see [`crate::store::quality`]) and `/api/v1/quality` — to the store service
+//!   (`--store-url`).
 //!
 //! The seed's recognition by URL is resolved here, from this service's own image store: the
 //! URL must be one this service handed out, and its bytes are sent to recognize, so the
@@ -30,15 +31,17 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{FromRef, FromRequest, Request, State};
-use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::json;
 
+use crate::auth::Caller;
 use crate::eval_relay::Relay;
 use crate::http::error::{AppError, Json};
 use crate::http::oip::HEADER_LENGTH;
@@ -46,6 +49,7 @@ use crate::http::recognize::{Recognition, SEED_TOP_K, UrlRequest};
 use crate::pipeline::traffic::Traffic;
 use crate::pipeline::traffic::mirror::Compare;
 use crate::pipeline::{Answer, Downstream, DownstreamError, FORWARDED};
+use crate::store::quality::{CALLER_HEADER, MAX_FEEDBACK_BYTES, encode_caller, internal_path};
 use crate::upload::http::{UploadState, image_base};
 use crate::upload::is_image_id;
 
@@ -115,12 +119,18 @@ pub fn recognize_router() -> Router<FrontDoorState> {
         )
 }
 
-/// What the store role serves, entered here: the same routes, forwarded.
+/// What the store role serves, entered here: the same routes, forwarded (feedback to the
+/// store's internal route, naming the caller).
 pub fn store_router() -> Router<FrontDoorState> {
     Router::new()
         .route("/api/results/save", post(to_store))
         .route("/api/v1/results", post(to_store).get(to_store))
         .route("/api/v1/results/{id}", get(to_store))
+        .route(
+            "/api/v1/results/{id}/feedback",
+            post(to_feedback).layer(DefaultBodyLimit::max(MAX_FEEDBACK_BYTES)),
+        )
+        .route("/api/v1/quality", get(to_store))
         .route("/api/v1/images/{id}/results", get(to_store))
 }
 
@@ -217,6 +227,46 @@ async fn to_store(State(door): State<FrontDoorState>, request: Request) -> Respo
         return not_configured("store").into_response();
     };
     forward(&door, Backend::One(&store), request).await
+}
+
+/// `POST /api/v1/results/{id}/feedback`: to the store's internal route, with the caller
+/// this front door identified by its key (a caller's own [`CALLER_HEADER`] is never passed
+/// on: only the headers [`passed_on`] names are).
+async fn to_feedback(
+    State(door): State<FrontDoorState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    caller: Option<Extension<Caller>>,
+    request: Request,
+) -> Response {
+    let Some(store) = door.store.clone() else {
+        return not_configured("store").into_response();
+    };
+    if !crate::store::is_record_id(&id) {
+        return AppError::NotFound(format!("no result with id {id:?}")).into_response();
+    }
+    let mut headers = passed_on(request.headers(), &REQUEST_HEADERS);
+    let name = encode_caller(&Caller::of(caller).0);
+    match HeaderValue::from_str(&name) {
+        Ok(value) => headers.insert(CALLER_HEADER, value),
+        Err(e) => return AppError::Internal(format!("caller header: {e}")).into_response(),
+    };
+    let body = match Bytes::from_request(request, &door).await {
+        Ok(body) => body,
+        Err(rejection) => return AppError::from(rejection).into_response(),
+    };
+    match store
+        .forward(
+            Method::POST,
+            &internal_path(&id),
+            headers,
+            body,
+            door.max_answer_bytes,
+        )
+        .await
+    {
+        Ok(answer) => passed_back(answer),
+        Err(e) => downstream_error(e).into_response(),
+    }
 }
 
 /// Where a forwarded request goes.

@@ -208,6 +208,8 @@ struct Made {
     image_id: String,
     image_url: String,
     result_id: String,
+    /// A result the pipeline produced (feedback takes only those).
+    recognized_id: String,
     evaluation_id: String,
     infer: Value,
 }
@@ -232,6 +234,11 @@ async fn make(split: &Split) -> Made {
         .await;
     assert!(status == 201 || status == 200, "{status}");
     let result_id = json_of(&body)["id"].as_str().expect("id").to_string();
+    let (status, _, body) = Call::post("/api/v1/pipeline", "image/png", png([20, 220, 20], 28))
+        .send(split, Some(KEY))
+        .await;
+    assert!(status == 201 || status == 200, "{status}");
+    let recognized_id = json_of(&body)["id"].as_str().expect("id").to_string();
     let (status, _, body) = Call::post("/api/v1/evaluations", "application/zip", labelled_zip())
         .send(split, Some(KEY))
         .await;
@@ -263,6 +270,7 @@ async fn make(split: &Split) -> Made {
         image_id,
         image_url,
         result_id,
+        recognized_id,
         evaluation_id,
         infer,
     }
@@ -316,6 +324,11 @@ fn example(method: &str, route: &str, made: &Made) -> Option<Call> {
             }),
         ),
         ("get", "/api/v1/results/{id}") => Call::get(route.replace("{id}", &made.result_id)),
+        ("post", "/api/v1/results/{id}/feedback") => Call::json(
+            route.replace("{id}", &made.recognized_id),
+            &json!({"correct": true}),
+        ),
+        ("get", "/api/v1/quality") => Call::get(format!("/api/v1/quality?model={MODEL}")),
         ("post", "/api/v1/evaluations") => Call::post(route, "application/zip", labelled_zip()),
         ("get", "/api/v1/evaluations/{id}") => {
             Call::get(route.replace("{id}", &made.evaluation_id))

@@ -158,19 +158,22 @@ impl Auth {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The digest (hex) of the key `presented` is, comparing with every key in constant time.
-    fn identify(&self, presented: &str) -> Option<String> {
+    /// The digest (hex) and the name of the key `presented` is, comparing with every key in
+    /// constant time.
+    fn identify(&self, presented: &str) -> Option<(String, String)> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let mut found = false;
+        let mut found = None;
         for key in self.key_set().iter() {
             let diff = key
                 .digest
                 .iter()
                 .zip(digest.iter())
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            found |= diff == 0;
+            if diff == 0 && found.is_none() {
+                found = Some(key.name.clone());
+            }
         }
-        found.then(|| hex::encode(digest))
+        found.map(|name| (hex::encode(digest), name))
     }
 
     /// Re-reads the keys file every [`keys::POLL_INTERVAL`] from a task that ends with the
@@ -313,8 +316,28 @@ pub struct AuthState {
     pub metrics: PipelineMetrics,
 }
 
+/// Who is calling, as the middleware found out: the name of the API key presented
+/// (`alice` for `alice:<key>`, `file:3` or `env:2` for an unnamed one), or `anonymous`
+/// when no keys are configured. Handlers read it as an optional extension (absent means
+/// anonymous: with no keys and no rate limit the middleware looks at nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller(pub String);
+
+/// The caller without keys.
+pub const ANONYMOUS: &str = "anonymous";
+
+impl Caller {
+    /// The request's caller (`anonymous` when the middleware recorded none).
+    pub fn of(extension: Option<axum::Extension<Caller>>) -> Caller {
+        extension
+            .map(|axum::Extension(c)| c)
+            .unwrap_or_else(|| Caller(ANONYMOUS.to_string()))
+    }
+}
+
 /// The middleware: 401 without a valid key (when keys are configured), 429 over the rate.
-pub async fn enforce(State(state): State<AuthState>, request: Request, next: Next) -> Response {
+/// Records the [`Caller`] for the handlers.
+pub async fn enforce(State(state): State<AuthState>, mut request: Request, next: Next) -> Response {
     let auth = &state.auth;
     let route = request
         .extensions()
@@ -324,7 +347,7 @@ pub async fn enforce(State(state): State<AuthState>, request: Request, next: Nex
     if is_open(request.method(), &route) || (!auth.enabled() && auth.rate <= 0.0) {
         return next.run(request).await;
     }
-    let who = if auth.enabled() {
+    let (who, name) = if auth.enabled() {
         let mut presented = presented_keys(&request).peekable();
         if presented.peek().is_none() {
             state.metrics.auth_rejected("missing_key");
@@ -335,15 +358,16 @@ pub async fn enforce(State(state): State<AuthState>, request: Request, next: Nex
             );
         }
         match presented.find_map(|key| auth.identify(key)) {
-            Some(digest) => digest,
+            Some(found) => found,
             None => {
                 state.metrics.auth_rejected("invalid_key");
                 return refuse(StatusCode::UNAUTHORIZED, "the API key is not valid", None);
             }
         }
     } else {
-        "anonymous".to_string()
+        (ANONYMOUS.to_string(), ANONYMOUS.to_string())
     };
+    request.extensions_mut().insert(Caller(name));
     if let Err(wait) = auth.take(&who) {
         state.metrics.auth_rejected("rate_limited");
         return refuse(
@@ -366,10 +390,21 @@ mod tests {
         std::fs::write(&file, "# comment\nalice:alice-secret-1\nbob-secret-22\n").expect("write");
         let auth =
             Auth::new(Some(&file), &["carol:carol-secret-3".into()], 0.0, None).expect("keys");
-        let digest = |k: &str| Some(hex::encode(Sha256::digest(k.as_bytes())));
-        assert_eq!(auth.identify("alice-secret-1"), digest("alice-secret-1"));
-        assert_eq!(auth.identify("bob-secret-22"), digest("bob-secret-22"));
-        assert_eq!(auth.identify("carol-secret-3"), digest("carol-secret-3"));
+        let found = |k: &str, name: &str| {
+            Some((hex::encode(Sha256::digest(k.as_bytes())), name.to_string()))
+        };
+        assert_eq!(
+            auth.identify("alice-secret-1"),
+            found("alice-secret-1", "alice")
+        );
+        assert_eq!(
+            auth.identify("bob-secret-22"),
+            found("bob-secret-22", "file:3")
+        );
+        assert_eq!(
+            auth.identify("carol-secret-3"),
+            found("carol-secret-3", "carol")
+        );
         assert_eq!(auth.identify("alice-secret-2"), None);
         std::fs::write(&file, "short\n").expect("write");
         assert!(Auth::new(Some(&file), &[], 0.0, None).is_err());

@@ -174,7 +174,13 @@ pub fn app(state: AppState) -> Router {
         }
     }
     if let Some(results) = &state.results {
-        router = router.merge(crate::store::http::router().with_state(StoreState {
+        let mut store = crate::store::http::router().merge(crate::store::quality::router());
+        // Feedback a front door forwards: the store role only, never `all`, where callers
+        // would reach it directly and could name another caller.
+        if state.uploads.is_none() {
+            store = store.merge(crate::store::quality::internal_router());
+        }
+        router = router.merge(store.with_state(StoreState {
             results: results.clone(),
             metrics: state.metrics.pipeline.clone(),
         }));

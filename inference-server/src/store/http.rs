@@ -1,6 +1,7 @@
 //! The `store` role's endpoints: the seed's `POST /api/results/save`, the native
 //! `POST /api/v1/results` (idempotent), `GET /api/v1/results` (cursor paging, filters),
-//! `GET /api/v1/results/{id}` and `GET /api/v1/images/{id}/results`.
+//! `GET /api/v1/results/{id}` and `GET /api/v1/images/{id}/results`. Feedback and the live
+//! quality are [`super::quality`]'s.
 //!
 //! What callers save is recorded as [`Provenance::Client`]. The pipeline's own results
 //! (`server`) come in through `POST /internal/v1/results`, which the front door never
