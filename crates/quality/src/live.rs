@@ -76,7 +76,7 @@ impl Quality {
             })
             .collect();
         // Stable: equal counts keep the (predicted, truth) order of the map.
-        confusion.sort_by(|a, b| b.count.cmp(&a.count));
+        confusion.sort_by_key(|p| std::cmp::Reverse(p.count));
         Quality {
             samples: matrix.total(),
             correct: matrix.correct(),
