@@ -58,8 +58,10 @@ impl Readiness {
     }
 }
 
-/// The model a ready role serves.
+/// The model a ready role serves. Every field may be absent when read (the operator
+/// reports what it finds, as it did when it picked the fields out one by one).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ReadyModel {
     pub name: String,
     /// SHA-256 of the model file loaded.
@@ -69,15 +71,11 @@ pub struct ReadyModel {
     /// Output classes.
     pub classes: u64,
     /// The input shape the model declares (-1 for a dynamic dimension).
-    #[serde(default)]
     pub input_shape: Vec<i64>,
-    #[serde(default)]
     pub load_seconds: f64,
     /// How the batch size was decided (`sightline_model::batch_tuning::Tuning`).
-    #[serde(default)]
     pub batching: serde_json::Value,
     /// Sessions of the model (`--instances`).
-    #[serde(default)]
     pub instances: u64,
 }
 
