@@ -133,24 +133,14 @@ fn evaluate(
     seconds: f64,
 ) -> Result<Report, EvalError> {
     let samples = dataset::load(truth, labels)?;
-    let class_of: HashMap<&str, usize> = labels
-        .iter()
-        .enumerate()
-        .rev()
-        .map(|(i, l)| (l.as_str(), i))
-        .collect();
+    let classes = dataset::Resolver::new(labels);
     let by_name: HashMap<&str, &Line> = lines.iter().map(|l| (l.image.as_str(), l)).collect();
     let root = input.canonicalize().unwrap_or_else(|_| input.to_path_buf());
     let answers: Vec<Answer> = samples
         .into_iter()
         .map(|s| {
             let path = s.path.canonicalize().unwrap_or_else(|_| s.path.clone());
-            let name = path.strip_prefix(&root).ok().map(|rel| {
-                rel.components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-                    .join("/")
-            });
+            let name = listing::name_in(&root, &path);
             let ranked = match name.as_deref().and_then(|n| by_name.get(n)) {
                 None => Err("not in the batch's output".to_string()),
                 Some(line) => match &line.error {
@@ -158,7 +148,7 @@ fn evaluate(
                     None => Ok(line
                         .predictions
                         .iter()
-                        .filter_map(|p| class_of.get(p.label.as_str()).copied())
+                        .filter_map(|p| classes.resolve(&p.label))
                         .collect()),
                 },
             };

@@ -14,22 +14,14 @@ fn main() -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     if let Command::Eval(eval) = cli.command {
-        // The table goes to stdout; logs (warnings and up by default) to stderr.
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
+        // The table goes to stdout.
+        init_command_logging();
         runtime.block_on(sightline_server::eval::run_cli(eval))?;
         return Ok(());
     }
     if let Command::Batch(batch) = cli.command {
-        // Results go to --out, the summary to stdout, progress and logs to stderr.
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
+        // Results go to --out, the summary to stdout, progress to stderr.
+        init_command_logging();
         runtime.block_on(sightline_server::batch::run_cli(batch))?;
         return Ok(());
     }
@@ -54,6 +46,16 @@ fn main() -> anyhow::Result<()> {
         server.serve(shutdown_signal()).await?;
         anyhow::Ok(())
     })
+}
+
+/// A command's logs (warnings and up unless `RUST_LOG` says otherwise) to stderr, so that
+/// its stdout holds only what the command answers.
+fn init_command_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Logs to stdout, text or JSON (`--log-format`). `RUST_LOG` filters; with

@@ -43,19 +43,26 @@ pub fn list(root: &Path) -> Result<Vec<Item>, BatchError> {
             if kind.is_dir() {
                 folders.push(path);
             } else if kind.is_file() && is_image_name(file_name) {
-                let name = path
-                    .strip_prefix(root)
-                    .unwrap_or(&path)
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-                    .join("/");
+                let name = name_in(root, &path).unwrap_or_else(|| file_name.to_string());
                 items.push(Item { name, path });
             }
         }
     }
     items.sort();
     Ok(items)
+}
+
+/// The name results carry for `path` under `root`: relative, `/`-separated; `None` when
+/// `path` is not under `root`.
+pub fn name_in(root: &Path, path: &Path) -> Option<String> {
+    let relative = path.strip_prefix(root).ok()?;
+    Some(
+        relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/"),
+    )
 }
 
 fn is_image_name(name: &str) -> bool {

@@ -1,4 +1,5 @@
-//! The images through the model: as many in flight as batches can take (the batcher forms
+//! The images through the model: as many in flight as batches can take
+//! ([`ServingModel::bulk_in_flight`], as for an evaluation; the batcher forms
 //! batches of the size the model tuned), each result written to the journal as it comes,
 //! in listing order.
 
@@ -33,10 +34,7 @@ pub async fn run(
     max_image_bytes: u64,
     mut tick: impl FnMut(&Line),
 ) -> Result<Counts, BatchError> {
-    let batching = model.batch_config();
-    // Enough images in flight to fill a batch while the next one is being decoded, never
-    // more than the queue holds.
-    let in_flight = (batching.max_batch_size * 2).clamp(1, batching.queue_capacity.max(1));
+    let in_flight = model.bulk_in_flight();
     let mut lines = futures::stream::iter(items)
         .map(|item| {
             let model = model.clone();

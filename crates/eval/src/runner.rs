@@ -55,10 +55,7 @@ pub async fn evaluate_with(
     cancel: &Cancel,
 ) -> Report {
     let started = Instant::now();
-    // Enough images in flight to fill a batch while the next one is being decoded, never
-    // more than the queue holds.
-    let batching = model.batch_config();
-    let in_flight = (batching.max_batch_size * 2).clamp(1, batching.queue_capacity.max(1));
+    let in_flight = model.bulk_in_flight();
     let answers: Vec<Answer> = futures::stream::iter(samples.iter().cloned())
         .take_while(|_| std::future::ready(!cancel.is_set()))
         .map(|s: Sample| {
