@@ -9,6 +9,7 @@ pub mod netfault;
 pub mod peers_bench;
 pub mod proc_stat;
 pub mod process;
+pub mod prometheus;
 pub mod split;
 
 use std::net::SocketAddr;

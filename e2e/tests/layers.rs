@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 const ARROWS: [(&str, &[&str]); 10] = [
     ("crates/api", &[]),
     ("crates/telemetry", &[]),
-    ("crates/model", &["sightline-api", "sightline-telemetry"]),
+    (
+        "crates/model",
+        &["sightline-api", "sightline-quality", "sightline-telemetry"],
+    ),
     ("crates/quality", &[]),
     (
         "crates/store",

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use sightline_model::batching::BatchConfig;
+use sightline_model::drift::DriftConfig;
 use sightline_model::engine::EngineConfig;
 use sightline_model::model_config::{ModelSidecar, Preprocess};
 use sightline_model::preprocess::DecodeLimits;
@@ -111,5 +112,10 @@ pub fn model_setup(args: &ServeArgs) -> Result<ModelSetup, SetupError> {
             m.decode_threads
         },
         cache_bytes: m.cache_bytes,
+        drift: DriftConfig {
+            baseline_answers: m.drift_baseline_answers,
+            window: Duration::from_secs(m.drift_window_seconds),
+            min_samples: m.drift_min_samples,
+        },
     })
 }

@@ -4,17 +4,20 @@
 //! session: load, check, warm up, run), [`ort_runtime`] (loading `libonnxruntime.so` at run
 //! time), [`batching`] (the queue and its flush policy), [`batch_tuning`] (the batch size
 //! measured at warm-up), [`cache`] (the result cache), [`postprocess`] (scores → ranked
-//! labels), [`serving`] (a model's lifecycle: loading → ready | failed), [`metrics`] (the
-//! `sightline_inference_*`, `_model_*` and `_cache_*` families).
+//! labels), [`drift`] (how far the answers moved from the baseline's), [`serving`] (a
+//! model's lifecycle: loading → ready | failed), [`metrics`] (the `sightline_inference_*`,
+//! `_model_*` and `_cache_*` families).
 //!
-//! May use: `sightline-api` and `sightline-telemetry`; never HTTP, the command line, the
-//! store or the upload role. It is configured by its own plain structs
-//! ([`serving::ModelSetup`]); the server's command line fills them in.
+//! May use: `sightline-api`, `sightline-telemetry` and `sightline-quality` (the drift's
+//! divergence); never HTTP, the command line, the store or the upload role. It is
+//! configured by its own plain structs ([`serving::ModelSetup`]); the server's command line
+//! fills them in.
 
 pub mod batch_tuning;
 pub mod batching;
 pub mod blocking;
 pub mod cache;
+pub mod drift;
 pub mod engine;
 pub mod labels;
 pub mod metrics;

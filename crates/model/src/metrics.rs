@@ -41,6 +41,22 @@ pub struct ModelInfoLabels {
     pub device: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    pub model: String,
+    pub sha256: String,
+    /// `class` or `confidence`.
+    pub signal: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftSampleLabels {
+    pub model: String,
+    pub sha256: String,
+    /// `baseline` or `live`.
+    pub window: String,
+}
+
 /// An image decode in progress (see [`InferenceMetrics::decoding`]).
 pub struct Decoding(Gauge);
 
@@ -72,6 +88,8 @@ pub struct InferenceMetrics {
     cache_misses: Family<ModelLabels, Counter>,
     cache_evictions: Family<ModelLabels, Counter>,
     cache_bytes: Family<ModelLabels, Gauge>,
+    drift: Family<DriftLabels, F64Gauge>,
+    drift_samples: Family<DriftSampleLabels, Gauge>,
 }
 
 impl InferenceMetrics {
@@ -98,6 +116,8 @@ impl InferenceMetrics {
             cache_misses: Family::default(),
             cache_evictions: Family::default(),
             cache_bytes: Family::default(),
+            drift: Family::default(),
+            drift_samples: Family::default(),
         }
     }
 
@@ -194,6 +214,19 @@ impl InferenceMetrics {
             "cache_bytes",
             "Bytes the result cache holds (at most --cache-bytes)",
             m.cache_bytes.clone(),
+        );
+        registry.register(
+            "model_drift",
+            "Jensen-Shannon divergence (bits, 0 to 1) of the answers of the live window from the \
+             baseline's, by signal (class: top-1 classes; confidence: top-1 probability); absent \
+             until the baseline is complete and the window holds --drift-min-samples answers",
+            m.drift.clone(),
+        );
+        registry.register(
+            "model_drift_samples",
+            "Answers in the drift baseline (complete at --drift-baseline-answers) and in the live \
+             window (--drift-window-seconds)",
+            m.drift_samples.clone(),
         );
         if !model.is_empty() {
             // Zero series from the start, so rates and alerts have data before the first event.
@@ -319,5 +352,38 @@ impl InferenceMetrics {
         self.cache_bytes
             .get_or_create(&self.model)
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The drift of the model with digest `sha256` now: samples always, each divergence
+    /// only while it is known (an unknown drift is absent, never 0).
+    pub fn drift(&self, sha256: &str, figures: &crate::drift::DriftFigures) {
+        for (window, samples) in [
+            ("baseline", figures.baseline_samples),
+            ("live", figures.live_samples),
+        ] {
+            let labels = DriftSampleLabels {
+                model: self.model.model.clone(),
+                sha256: sha256.to_string(),
+                window: window.to_string(),
+            };
+            self.drift_samples
+                .get_or_create(&labels)
+                .set(i64::try_from(samples).unwrap_or(i64::MAX));
+        }
+        for (signal, value) in [("class", figures.class), ("confidence", figures.confidence)] {
+            let labels = DriftLabels {
+                model: self.model.model.clone(),
+                sha256: sha256.to_string(),
+                signal: signal.to_string(),
+            };
+            match value {
+                Some(v) => {
+                    self.drift.get_or_create(&labels).set(v);
+                }
+                None => {
+                    self.drift.remove(&labels);
+                }
+            }
+        }
     }
 }

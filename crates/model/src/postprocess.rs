@@ -31,6 +31,19 @@ pub fn top_k_indices(values: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
+/// The top-1 class of one output row and its probability (softmax applied unless
+/// `probabilities`); `None` for an empty row. Ties keep the lower index, as [`top_k`] does.
+pub fn top1(row: &[f32], probabilities: bool) -> Option<(usize, f32)> {
+    let best = *top_k_indices(row, 1).first()?;
+    let probability = if probabilities {
+        row[best]
+    } else {
+        // softmax(row)[best] = 1 / Σ exp(row[j] − row[best])
+        1.0 / row.iter().map(|v| (v - row[best]).exp()).sum::<f32>()
+    };
+    Some((best, probability))
+}
+
 /// Top-`k` predictions of one output row; `probabilities` says whether `row` is already
 /// normalised (otherwise softmax is applied).
 pub fn top_k(row: &[f32], probabilities: bool, labels: &[String], k: usize) -> Vec<Prediction> {
@@ -54,6 +67,23 @@ pub fn top_k(row: &[f32], probabilities: bool, labels: &[String], k: usize) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top1_agrees_with_top_k_for_logits_and_probabilities() {
+        let labels: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        for (row, probabilities) in [
+            (vec![1.0, 3.0, 2.0], false),
+            (vec![1000.0, -5.0, 999.0], false),
+            (vec![0.2, 0.5, 0.3], true),
+            (vec![0.4, 0.4, 0.2], true),
+        ] {
+            let (class, p) = top1(&row, probabilities).expect("a class");
+            let first = &top_k(&row, probabilities, &labels, 1)[0];
+            assert_eq!(labels[class], first.label);
+            assert!((p - first.probability).abs() < 1e-6, "{p} vs {first:?}");
+        }
+        assert_eq!(top1(&[], true), None);
+    }
 
     #[test]
     fn softmax_sums_to_one_and_survives_large_logits() {

@@ -4,18 +4,19 @@
 //! `/readyz` can say *why* the model is not ready (loading, digest mismatch, CUDA missing…).
 //! Recognition requests get `503` until the model is ready.
 
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::batching::{BatchConfig, Batcher, InferError};
 use crate::cache::{KeyPrefix, ResultCache, Scores};
+use crate::drift::{Drift, DriftConfig, SLOTS};
 use crate::engine::{Engine, EngineConfig, LoadError, ModelInfo};
 use crate::metrics::InferenceMetrics;
 use crate::model_config::Preprocess;
-use crate::postprocess::{Prediction, top_k};
+use crate::postprocess::{Prediction, top_k, top1};
 use crate::preprocess::{DecodeLimits, PreprocessError, preprocess};
 
 /// A loaded model behind its batcher.
@@ -36,6 +37,8 @@ pub struct ServingModel {
     /// plus the image bytes.
     cache: Option<ResultCache<RecognizeError>>,
     key_prefix: KeyPrefix,
+    /// The answers' baseline and live window (`None` with `--drift-baseline-answers 0`).
+    drift: Option<Arc<Mutex<Drift>>>,
 }
 
 /// Images up to this size are hashed for the cache on the calling thread (well under a
@@ -99,12 +102,30 @@ impl ServingModel {
                 cache.get_or_compute(key, || self.scores(bytes)).await?
             }
         };
-        Ok(top_k(
-            &row,
-            self.info.outputs_probabilities,
-            &self.labels,
-            k,
-        ))
+        let probabilities = self.info.outputs_probabilities;
+        if let (Some(drift), Some((class, p))) = (&self.drift, top1(&row, probabilities)) {
+            lock(drift).record(class, p, Instant::now());
+        }
+        Ok(top_k(&row, probabilities, &self.labels, k))
+    }
+
+    /// Publishes the drift figures every slot of the live window (at least every 5 s) for
+    /// as long as the model is served, so that the window empties without traffic too.
+    fn publish_drift(&self, window: Duration) {
+        let Some(drift) = &self.drift else { return };
+        let tick = (window / SLOTS).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let drift = Arc::downgrade(drift);
+        let (metrics, sha256) = (self.metrics.clone(), self.info.sha256.clone());
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(drift) = drift.upgrade() else { return };
+                let figures = lock(&drift).figures(Instant::now());
+                metrics.drift(&sha256, &figures);
+            }
+        });
     }
 
     /// The result cache, when there is one.
@@ -215,11 +236,14 @@ pub struct ModelSetup {
     pub instances: usize,
     /// Bytes of the result cache (`--cache-bytes`); 0 turns it off.
     pub cache_bytes: usize,
+    /// The drift baseline and window (`--drift-*`).
+    pub drift: DriftConfig,
 }
 
 /// Loads the model on a blocking thread and publishes the outcome into `slot`.
 pub async fn load_into(slot: ModelSlot, setup: ModelSetup, metrics: InferenceMetrics) {
     let name = setup.name.clone();
+    let drift_window = setup.drift.window;
     metrics.not_ready();
     let loading = metrics.clone();
     let outcome = tokio::task::spawn_blocking(move || load(setup, loading))
@@ -240,6 +264,7 @@ pub async fn load_into(slot: ModelSlot, setup: ModelSetup, metrics: InferenceMet
                 model.info.device.as_str(),
                 model.info.load_seconds,
             );
+            model.publish_drift(drift_window);
             slot.set(ModelStatus::Ready(Arc::new(model)));
         }
         Err((reason, message)) => {
@@ -298,7 +323,16 @@ fn load(
         cache: ResultCache::new(setup.cache_bytes, metrics.clone()),
         key_prefix,
         metrics,
+        drift: setup
+            .drift
+            .enabled()
+            .then(|| Arc::new(Mutex::new(Drift::new(setup.drift)))),
     })
+}
+
+/// The drift state, also after a panic elsewhere (it holds plain counts).
+fn lock(drift: &Mutex<Drift>) -> std::sync::MutexGuard<'_, Drift> {
+    drift.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A model that cannot be set up from the flags.

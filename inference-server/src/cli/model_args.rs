@@ -118,6 +118,21 @@ pub struct ModelArgs {
     #[arg(long, env = "SIGHTLINE_CACHE_BYTES", default_value_t = crate::cache::DEFAULT_BYTES)]
     pub cache_bytes: usize,
 
+    /// Answers (top-1 class and confidence) that make the drift baseline, counted from when
+    /// the model loaded; `sightline_model_drift` compares the live window with it (see
+    /// docs/quality.md). 0 turns drift tracking off.
+    #[arg(long, env = "SIGHTLINE_DRIFT_BASELINE_ANSWERS", default_value_t = 1000)]
+    pub drift_baseline_answers: u64,
+
+    /// Seconds of answers in the live drift window (it slides in 60 steps).
+    #[arg(long, env = "SIGHTLINE_DRIFT_WINDOW_SECONDS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=30 * 24 * 3600))]
+    pub drift_window_seconds: u64,
+
+    /// Fewest answers in the live window for a drift figure (fewer: no figure, not 0).
+    #[arg(long, env = "SIGHTLINE_DRIFT_MIN_SAMPLES", default_value_t = 200)]
+    pub drift_min_samples: u64,
+
     /// The ONNX Runtime shared library (from the onnxruntime wheel; `make deps` puts it in
     /// .ort/).
     #[arg(long, env = "SIGHTLINE_ORT_LIB", default_value = crate::ort_runtime::DEFAULT_LIB)]
