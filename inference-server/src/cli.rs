@@ -103,6 +103,26 @@ pub struct BatchArgs {
     #[arg(long, env = "SIGHTLINE_BATCH_SHARD", default_value = "0/1", value_parser = parse_shard)]
     pub shard: (usize, usize),
 
+    /// The listing is cut into this many shards and this process takes the one numbered by
+    /// `$JOB_COMPLETION_INDEX` (what Kubernetes gives each pod of an Indexed Job); instead
+    /// of --shard.
+    #[arg(long, conflicts_with = "shard",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub shards: Option<usize>,
+
+    /// Write what the run did as one JSON object to this file when it ends, also when it
+    /// fails (on a cluster `/dev/termination-log`, which the operator reads).
+    #[arg(long)]
+    pub summary: Option<PathBuf>,
+
+    /// Serve `GET /metrics` (sightline_batch_images_total, …) on this address while running.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// The name the metrics carry in their `job` label (a RecognitionJob's name).
+    #[arg(long, env = "SIGHTLINE_BATCH_JOB", default_value = "local")]
+    pub job: String,
+
     /// The true labels, a CSV of `path,label` (paths relative to the CSV file): the
     /// evaluation report over the images it names is printed at the end.
     #[arg(long)]
