@@ -85,7 +85,8 @@ pub struct EvalArgs {
 #[derive(Debug, Clone, Args)]
 pub struct BatchArgs {
     /// The folder of images (sub-folders included; files named .jpg, .jpeg, .png, .webp,
-    /// .gif, .bmp or .jfif).
+    /// .gif, .bmp or .jfif), or an S3-compatible bucket `s3://bucket[/prefix]` (the image
+    /// store's --s3-* flags and AWS_* variables say where and how to sign in).
     #[arg(long, env = "SIGHTLINE_BATCH_INPUT")]
     pub input: PathBuf,
 

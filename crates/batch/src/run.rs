@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 use sightline_model::serving::ServingModel;
 
@@ -25,11 +26,27 @@ pub struct Counts {
     pub failed: u64,
 }
 
+/// Where the images' bytes come from.
+pub trait Reader: Send + Sync {
+    /// The bytes of `item`, at most `max` of them; why not, as the line's error.
+    fn read<'a>(&'a self, item: &'a Item, max: u64) -> BoxFuture<'a, Result<Vec<u8>, String>>;
+}
+
+/// Files on a disk (the folder listing's items).
+pub struct Files;
+
+impl Reader for Files {
+    fn read<'a>(&'a self, item: &'a Item, max: u64) -> BoxFuture<'a, Result<Vec<u8>, String>> {
+        Box::pin(sightline_eval::runner::read_image(&item.path, max))
+    }
+}
+
 /// Recognizes `items` and appends a line for each to `journal`; `tick` is called after
 /// each line (progress). Images larger than `max_image_bytes` are failed, not read.
 pub async fn run(
     model: &Arc<ServingModel>,
     items: Vec<Item>,
+    reader: &dyn Reader,
     journal: &mut Journal,
     max_image_bytes: u64,
     mut tick: impl FnMut(&Line),
@@ -38,7 +55,7 @@ pub async fn run(
     let mut lines = futures::stream::iter(items)
         .map(|item| {
             let model = model.clone();
-            async move { recognize(&model, item, max_image_bytes).await }
+            async move { recognize(&model, item, reader, max_image_bytes).await }
         })
         .buffered(in_flight);
     let mut counts = Counts::default();
@@ -54,16 +71,16 @@ pub async fn run(
     Ok(counts)
 }
 
-async fn recognize(model: &ServingModel, item: Item, max: u64) -> Line {
+async fn recognize(model: &ServingModel, item: Item, reader: &dyn Reader, max: u64) -> Line {
     let mut line = Line {
-        image: item.name,
+        image: item.name.clone(),
         sha256: None,
         model: model.name.clone(),
         model_sha256: model.info.sha256.clone(),
         predictions: Vec::new(),
         error: None,
     };
-    let bytes = match sightline_eval::runner::read_image(&item.path, max).await {
+    let bytes = match reader.read(&item, max).await {
         Ok(bytes) => bytes,
         Err(e) => {
             line.error = Some(e);

@@ -5,6 +5,7 @@
 //! the evaluation report over the images it names ([`truth`]).
 
 pub mod metrics;
+mod objects;
 pub mod summary;
 mod truth;
 
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use sightline_batch::journal::{Journal, Line};
 use sightline_batch::listing::{self, Item};
+use sightline_batch::run::{Files, Reader};
 use sightline_batch::{BatchError, run};
 use sightline_eval::EvalError;
 use sightline_eval::progress::{self, Progress};
@@ -55,6 +57,8 @@ pub enum BatchCommandError {
     },
     #[error(transparent)]
     Metrics(std::io::Error),
+    #[error(transparent)]
+    Bucket(#[from] crate::upload::UploadError),
 }
 
 impl BatchCommandError {
@@ -73,6 +77,7 @@ impl BatchCommandError {
             BatchCommandError::Model(_)
             | BatchCommandError::OtherModel { .. }
             | BatchCommandError::NoShardIndex { .. } => true,
+            BatchCommandError::Bucket(e) => matches!(e, crate::upload::UploadError::StoreUrl(_)),
             BatchCommandError::OutputFolder { .. } | BatchCommandError::Metrics(_) => false,
         }
     }
@@ -137,7 +142,25 @@ async fn run_shard(
     }
     let (index, count) = shard_of(args)?;
     (account.shard, account.shards) = (index, count);
-    let items = listing::shard(listing::list(&args.input)?, index, count)?;
+    let bucket = match args.input.to_str().filter(|i| i.starts_with("s3://")) {
+        Some(url) => Some(objects::Bucket::connect(&crate::upload::S3Config {
+            url: url.to_string(),
+            endpoint: args.serve.s3_endpoint.clone(),
+            region: args.serve.s3_region.clone(),
+            access_key_id: args.serve.s3_access_key_id.clone(),
+            secret_access_key: args.serve.s3_secret_access_key.clone(),
+        })?),
+        None => None,
+    };
+    let listed = match &bucket {
+        Some(bucket) => bucket.list().await?,
+        None => listing::list(&args.input)?,
+    };
+    let reader: &dyn Reader = match &bucket {
+        Some(bucket) => bucket,
+        None => &Files,
+    };
+    let items = listing::shard(listed, index, count)?;
     account.total = items.len() as u64;
     metrics.shard_images(account.total);
     if let Some(folder) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -171,7 +194,7 @@ async fn run_shard(
     let mut last_plain = Instant::now();
     let mut written = Vec::new();
     let max = args.serve.max_upload_bytes as u64;
-    let counts = run::run(&model, todo, &mut journal, max, |line| {
+    let counts = run::run(&model, todo, reader, &mut journal, max, |line| {
         bar.inc();
         match &line.error {
             Some(error) => {
@@ -212,14 +235,11 @@ async fn run_shard(
         return Ok(None);
     };
     let lines: Vec<Line> = done.into_iter().chain(written).collect();
-    let report = truth::evaluate(
-        truth,
-        &args.input,
-        &model.name,
-        &model.labels,
-        &lines,
-        seconds,
-    )?;
+    let root = match (&bucket, truth.parent()) {
+        (Some(_), Some(folder)) => folder,
+        _ => args.input.as_path(),
+    };
+    let report = truth::evaluate(truth, root, &model.name, &model.labels, &lines, seconds)?;
     print!("{}", report.table());
     Ok(Some(report))
 }

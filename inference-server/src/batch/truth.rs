@@ -1,5 +1,7 @@
 //! `--truth`: the evaluation report over the images a labels CSV names, from the output
-//! lines (resumed ones included).
+//! lines (resumed ones included). For a folder the CSV's paths name files in it; for a
+//! bucket (`--input s3://…`) they are the images' names under the prefix, relative to the
+//! CSV's folder.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,7 +29,8 @@ pub fn evaluate(
         .into_iter()
         .map(|s| {
             let path = s.path.canonicalize().unwrap_or_else(|_| s.path.clone());
-            let name = listing::name_in(&root, &path);
+            // A bucket's images are named relative to the CSV's folder as given.
+            let name = listing::name_in(&root, &path).or_else(|| listing::name_in(input, &s.path));
             let ranked = match name.as_deref().and_then(|n| by_name.get(n)) {
                 None => Err("not in the batch's output".to_string()),
                 Some(line) => match &line.error {

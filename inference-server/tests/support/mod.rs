@@ -2,6 +2,8 @@
 //! library, a fully loaded router for a model, and request helpers.
 #![allow(dead_code)]
 
+pub mod moto;
+
 use std::path::{Path, PathBuf};
 
 use axum::Router;
