@@ -78,7 +78,7 @@ const SETTINGS: [(&str, &[&str]); 5] = [
 ];
 
 /// CPU milliseconds per call of `f`, run `n` times in this process (after 10 untimed).
-fn cpu_ms_per_call(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+pub fn cpu_ms_per_call(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
     for _ in 0..10 {
         f()?;
     }
