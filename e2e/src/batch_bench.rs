@@ -14,10 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
-use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
 
-use crate::cpu_bench::cpu_ms_per_call;
+use crate::cpu_bench::{cpu_ms_per_call, raw_cpu_ms};
 use crate::mirror_bench::cpu_model;
 use crate::models;
 use crate::proc_stat::process_tree_ticks;
@@ -67,7 +65,7 @@ fn write_photos(photo: &Path, dir: &Path, n: usize) -> anyhow::Result<Vec<PathBu
     Ok(files)
 }
 
-/// CPU ms per image of the raw session at batch `rows`.
+/// CPU ms per image of the raw session at batch `rows` (spinning off, as the server).
 fn raw_cpu_ms_per_image(
     bench: &BatchBench,
     tensor: &[f32],
@@ -75,25 +73,17 @@ fn raw_cpu_ms_per_image(
     rows: usize,
     threads: usize,
 ) -> anyhow::Result<f64> {
-    let env = sightline_server::ort_runtime::init(&bench.ort_lib)?;
-    let mut session = Session::builder(env)?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .with_intra_threads(threads)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .with_intra_op_spinning(false)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .commit_from_file(models().join(format!("{}.onnx", bench.model)))?;
     let shape = p.batch_shape(rows).map(|d| d as i64);
     let input: Vec<f32> = tensor.repeat(rows);
     let runs = (200 / rows).max(20);
-    let ms = cpu_ms_per_call(runs, || {
-        let value = ort::value::TensorRef::from_array_view((shape, input.as_slice()))?;
-        let outputs = session.run(ort::inputs![value])?;
-        let (_, scores) = outputs[0].try_extract_tensor::<f32>()?;
-        std::hint::black_box(scores);
-        Ok(())
-    })?;
+    let ms = raw_cpu_ms(
+        &bench.ort_lib,
+        &bench.model,
+        (&input, shape),
+        threads,
+        false,
+        runs,
+    )?;
     Ok(ms / rows as f64)
 }
 
