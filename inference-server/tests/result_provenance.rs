@@ -47,6 +47,7 @@ fn result(provenance: Provenance, label: &str) -> NewResult {
             probability: 0.9,
         }],
         latency_ms: None,
+        job: None,
         provenance,
     }
 }

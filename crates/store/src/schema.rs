@@ -44,6 +44,17 @@ impl Dialect {
                 .into_iter()
                 .map(|(v, sql)| (v, Step::Sql(sql))),
         );
+        let job = match self {
+            Dialect::Sqlite => "TEXT NULL",
+            Dialect::Postgres | Dialect::MySql => "VARCHAR(253) NULL",
+        };
+        steps.push((
+            20,
+            Step::AddColumn {
+                column: "job",
+                definition: job,
+            },
+        ));
         steps
     }
 

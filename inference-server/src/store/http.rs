@@ -262,6 +262,7 @@ async fn seed_save(
         },
         predictions,
         latency_ms: None,
+        job: None,
         provenance: Provenance::Client,
     };
     check(&new)?;
@@ -282,10 +283,25 @@ pub fn image_id_of(url: &str) -> Option<String> {
     crate::upload::is_image_id(stem).then(|| stem.to_string())
 }
 
+/// A Kubernetes object name (RFC 1123 subdomain): what a RecognitionJob is called.
+pub fn is_job_name(name: &str) -> bool {
+    (1..=253).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
 fn check(new: &NewResult) -> Result<(), AppError> {
     if new.image_url.len() > 4096 {
         return Err(AppError::bad_request(
             "the image URL is longer than 4096 bytes",
+        ));
+    }
+    if new.job.as_ref().is_some_and(|j| !is_job_name(j)) {
+        return Err(AppError::bad_request(
+            "job must be a Kubernetes object name: 1 to 253 of a-z, 0-9, '-' and '.'",
         ));
     }
     if new.model.name.len() > 255 || new.model.sha256.len() > 64 {
@@ -348,6 +364,10 @@ async fn save_as(
     provenance: Provenance,
 ) -> Result<Response, AppError> {
     new.provenance = provenance;
+    // A caller's word is no job's: only the server's own results name one.
+    if provenance == Provenance::Client {
+        new.job = None;
+    }
     let store = &state.results;
     if new.image_url.trim().is_empty() {
         return Err(AppError::bad_request("'image_url' must not be empty"));
@@ -372,6 +392,7 @@ struct ListParams {
     since: Option<String>,
     until: Option<String>,
     provenance: Option<Provenance>,
+    job: Option<String>,
 }
 
 fn list_query(p: ListParams) -> Result<ListQuery, AppError> {
@@ -405,6 +426,7 @@ fn list_query(p: ListParams) -> Result<ListQuery, AppError> {
         model: p.model.filter(|s| !s.is_empty()),
         image_id: None,
         provenance: p.provenance,
+        job: p.job.filter(|s| !s.is_empty()),
         since_ms: time("since", p.since)?,
         until_ms: time("until", p.until)?,
     })
