@@ -400,3 +400,72 @@ fn bad_feedback_flags_are_refused_with_the_reason() {
         assert!(error.to_string().contains(bad[0]), "{bad:?}: {error}");
     }
 }
+
+/// A read that fails is counted and keeps the last good figures with their read time;
+/// figures older than the staleness limit are removed, never shown as fresh.
+#[tokio::test]
+async fn a_failed_read_is_counted_and_stale_figures_go() {
+    use sightline_quality::Window;
+    use sightline_server::store::background::refresh_once;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = role_args("store", dir.path(), &["--quality-refresh-secs", "0"]);
+    let (app, state) = role_app(&args).await;
+    let store = state.results.clone().expect("a store");
+    let gauges = state.metrics.quality.clone();
+    let id = answered(&app, 1, "red").await;
+    let uri = format!("/api/v1/results/{id}/feedback");
+    let (status, _) = post_json(&app, &uri, &json!({"correct": true})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(
+        !metrics(&app).await.contains("sightline_quality_samples{"),
+        "--quality-refresh-secs 0: no reads, no series"
+    );
+    // One read of the hour into the gauges, figures older than `stale_ms` removed.
+    let read = async |stale_ms: i64, mut last_good: Option<i64>| {
+        let limit = Duration::from_secs(5);
+        refresh_once(
+            &store,
+            &gauges,
+            Window::Hour,
+            10,
+            limit,
+            stale_ms,
+            &mut last_good,
+        )
+        .await;
+        last_good
+    };
+    let read_at = read(60_000, None).await.expect("a good read");
+    let samples = format!("{}1\n", series("samples", "1h", None));
+    let stamp = format!(
+        "sightline_quality_read_timestamp_seconds{{window=\"1h\"}} {}\n",
+        read_at as f64 / 1000.0
+    );
+    let text = metrics(&app).await;
+    assert!(text.contains(&samples) && text.contains(&stamp), "{text}");
+
+    // The database goes away: counted, the last figures stay with their (old) read time.
+    store.close().await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let last_good = read(60_000, Some(read_at)).await;
+    let text = metrics(&app).await;
+    assert!(
+        text.contains("sightline_quality_refresh_failures_total{window=\"1h\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains(&samples) && text.contains(&stamp), "{text}");
+    assert_eq!(last_good, Some(read_at));
+    // Too old now: removed, read time included.
+    let last_good = read(1, last_good).await;
+    let text = metrics(&app).await;
+    assert!(!text.contains("sightline_quality_samples{"), "{text}");
+    assert!(
+        !text.contains("sightline_quality_read_timestamp_seconds{"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sightline_quality_refresh_failures_total{window=\"1h\"} 2"),
+        "{text}"
+    );
+    assert_eq!(last_good, None);
+}
