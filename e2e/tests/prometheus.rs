@@ -2,7 +2,8 @@
 //! three processes and the operator (its Kubernetes API unreachable) on loopback, scraped
 //! every second by a real Prometheus (Debian's `prometheus` package) that also loads the
 //! alert rules. Traffic goes through the pipeline — good images, bad images, unknown ids,
-//! missing and wrong API keys — and then, through Prometheus's HTTP API:
+//! missing and wrong API keys — and users' feedback on its answers (so the store role's
+//! live quality gauges have figures), and then, through Prometheus's HTTP API:
 //!
 //! - every expression of every dashboard panel returns data (with the dashboard's own
 //!   variables resolved through their `label_values` queries),
@@ -336,6 +337,10 @@ fn dashboards_are_importable_grafana_models() {
         "sightline_operator_reconcile_errors_total",
         "sightline_operator_reconcile_duration_seconds_bucket",
         "sightline_operator_managed_objects",
+        "sightline_quality_accuracy",
+        "sightline_quality_samples",
+        "sightline_quality_class_f1",
+        "sightline_quality_read_timestamp_seconds",
     ] {
         assert!(
             exprs.iter().any(|e| e.contains(needle)),
@@ -632,6 +637,9 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
         &common(vec![
             "--data-dir".into(),
             dir.path().join("store").display().to_string(),
+            // The live quality gauges read every second, so the Quality row has data.
+            "--quality-refresh-secs".into(),
+            "1".into(),
         ]),
         dir.path(),
     )
@@ -906,20 +914,64 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
 
-    // Wait until Prometheus has scraped the end of the traffic (and a few scrapes more).
+    // Users' feedback on the pipeline's answers, through the front door: the first right,
+    // the others wrong ("it is a teapot").
+    let listed: Value = client
+        .get(up("/api/v1/results?limit=8"))
+        .header("authorization", &key)
+        .send()
+        .await
+        .expect("list results")
+        .json()
+        .await
+        .expect("a page");
+    let mut answered = 0usize;
+    for (n, item) in listed["items"].as_array().into_iter().flatten().enumerate() {
+        let id = item["id"].as_str().unwrap_or_default();
+        let body = if n == 0 {
+            serde_json::json!({"correct": true})
+        } else {
+            serde_json::json!({"label": "teapot"})
+        };
+        let r = client
+            .post(up(&format!("/api/v1/results/{id}/feedback")))
+            .header("authorization", &key)
+            .json(&body)
+            .send()
+            .await;
+        expect("feedback", 201, r.expect("feedback call").status());
+        answered += 1;
+    }
+    let r = client
+        .post(up(&format!("/api/v1/results/{}/feedback", "0".repeat(32))))
+        .header("authorization", &key)
+        .json(&serde_json::json!({"label": "teapot"}))
+        .send()
+        .await;
+    expect(
+        "feedback on an unknown result",
+        404,
+        r.expect("call").status(),
+    );
+
+    // Wait until Prometheus has scraped the end of the traffic and the feedback (and a few
+    // scrapes more).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let stored = prom
             .scalar("sum(sightline_results_saved_total{job=\"sightline-store\"})")
             .await;
         let operator_up = prom.scalar("up{job=\"sightline-operator\"}").await;
-        if stored >= saved as f64 && operator_up == 1.0 {
+        let scored = prom
+            .scalar("sum(sightline_quality_samples{job=\"sightline-store\", window=\"1h\"})")
+            .await;
+        if stored >= saved as f64 && operator_up == 1.0 && scored >= answered as f64 {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "Prometheus did not see the traffic: {stored} results saved (want {saved}), \
-             operator up = {operator_up}\n{}",
+             {scored} answers scored (want {answered}), operator up = {operator_up}\n{}",
             prometheus_process.log()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;

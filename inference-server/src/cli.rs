@@ -229,6 +229,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
 
+    #[command(flatten)]
+    pub feedback: FeedbackArgs,
+
     /// Directory for local state (image store, SQLite database).
     #[arg(long, env = "SIGHTLINE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -392,9 +395,11 @@ pub struct ServeArgs {
 }
 
 mod config_file;
+mod feedback_args;
 mod model_args;
 
 pub use config_file::{CliError, parse, with_config_file};
+pub use feedback_args::{FeedbackArgs, Retention};
 pub use model_args::ModelArgs;
 
 #[cfg(test)]

@@ -19,7 +19,8 @@
 //! no offset scans.
 //!
 //! Users' feedback on the pipeline's answers (the true label) lives beside the results, and
-//! the live quality is counted from it by the database ([`feedback`]).
+//! the live quality is counted from it by the database ([`feedback`], [`live`]), exported
+//! as bounded Prometheus gauges ([`quality_gauges`]) and kept for a set time ([`retention`]).
 //!
 //! May use: `sightline-api` (the prediction format), `sightline-quality` (the seed's
 //! formulas, one implementation with the offline evaluation) and `sightline-telemetry`;
@@ -29,8 +30,11 @@ mod error;
 pub mod evaluations;
 pub mod feedback;
 mod ids;
+pub mod live;
 pub mod metrics;
+pub mod quality_gauges;
 mod records;
+pub mod retention;
 mod schema;
 
 pub use error::{Dialect, StoreError, redact};

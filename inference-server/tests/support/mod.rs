@@ -127,6 +127,22 @@ pub fn get(uri: &str) -> Request<Body> {
     Request::get(uri).body(Body::empty()).expect("request")
 }
 
+/// `POST uri` with a JSON body: the status and the JSON answer.
+pub async fn post_json(
+    app: &Router,
+    uri: &str,
+    body: &serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    let (status, response) = send(app, post(uri, "application/json", body.to_string())).await;
+    (status, body_json(response).await)
+}
+
+/// `GET uri`: the status and the JSON answer.
+pub async fn get_json(app: &Router, uri: &str) -> (StatusCode, serde_json::Value) {
+    let (status, response) = send(app, get(uri)).await;
+    (status, body_json(response).await)
+}
+
 /// A `w×h` image of one colour, encoded as `format`.
 pub fn solid(w: u32, h: u32, rgb: [u8; 3], format: image::ImageFormat) -> Vec<u8> {
     let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
