@@ -276,3 +276,113 @@ fn an_indexed_job_shard_takes_its_index_reports_its_summary_and_exits_by_kind_of
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("not of this one"));
 }
+
+/// `--store-url`: the results go to a real store role too (its SQLite database), named by
+/// the job; a second job over the same folder with the same model finds every image known
+/// and recognizes none, and the store keeps one result per image; a store that does not
+/// answer stops the run with status 1 (it may answer when the pod is retried).
+#[test]
+fn results_go_to_the_pipelines_store_and_a_second_job_recognizes_nothing_again() {
+    if !require(&[ort_lib(), models().join("test-classifier.onnx")]) {
+        return;
+    }
+    let Some(binary) = require_server_binary() else {
+        return;
+    };
+    const KEY: &str = "batch-store-key-0001";
+    let dir = ScratchDir::new("batch-store").expect("scratch dir");
+    let input = dir.path().join("photos");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    let images = 40u64;
+    for n in 0..images {
+        std::fs::write(input.join(format!("{n:03}.png")), unique_png(n)).expect("write");
+    }
+    let store = sightline_e2e::process::ServerProcess::start(
+        &binary,
+        "store",
+        &[
+            "--data-dir".to_string(),
+            dir.path().join("store").display().to_string(),
+            "--api-keys".to_string(),
+            KEY.to_string(),
+        ],
+        dir.path(),
+    )
+    .expect("the store starts");
+    let run = |job: &str, out: &str| {
+        let output = batch(&binary, &input, &dir.path().join(out))
+            .arg("--store-url")
+            .arg(store.url(""))
+            .arg("--job")
+            .arg(job)
+            .arg("--summary")
+            .arg(dir.path().join(format!("{job}.json")))
+            .env("SIGHTLINE_BATCH_STORE_API_KEY", KEY)
+            .output()
+            .expect("run");
+        let summary: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("{job}.json"))).expect("summary"),
+        )
+        .expect("JSON");
+        (output, summary)
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let results = |job: &str| -> serde_json::Value {
+        let url = store.url(&format!("/api/v1/results?limit=1000&job={job}"));
+        runtime.block_on(async {
+            let response = reqwest::Client::new()
+                .get(url)
+                .header("x-api-key", KEY)
+                .send()
+                .await
+                .expect("GET results");
+            assert!(response.status().is_success(), "{}", response.status());
+            response.json().await.expect("JSON")
+        })
+    };
+
+    let (output, summary) = run("archive-a", "a.jsonl");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(summary["recognized"], images, "{summary}");
+    let stored = results("archive-a");
+    let items = stored["items"].as_array().expect("items");
+    assert_eq!(items.len() as u64, images, "{stored}");
+    for item in items {
+        assert_eq!(item["job"], "archive-a", "{item}");
+        assert_eq!(item["provenance"], "server", "{item}");
+        assert!(
+            item["image_url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("file://"))
+        );
+    }
+
+    let (output, summary) = run("archive-b", "b.jsonl");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(summary["recognized"], 0, "{summary}");
+    assert_eq!(summary["known"], images, "{summary}");
+    assert_eq!(summary["skipped"], images, "{summary}");
+    let b = std::fs::read_to_string(dir.path().join("b.jsonl")).expect("b");
+    assert_eq!(b.lines().count() as u64, images);
+    assert!(
+        b.lines()
+            .all(|l| l.contains("\"known\":true") && l.contains("predictions"))
+    );
+    assert_eq!(results("archive-b")["items"], serde_json::json!([]));
+    assert_eq!(
+        results("archive-a")["items"].as_array().map(Vec::len),
+        Some(images as usize),
+        "one result per image"
+    );
+
+    // A store that does not answer: the run stops, status 1, and says why.
+    let output = batch(&binary, &input, &dir.path().join("c.jsonl"))
+        .arg("--store-url")
+        .arg("http://127.0.0.1:9")
+        .arg("--job")
+        .arg("archive-c")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("results store"));
+}

@@ -120,9 +120,15 @@ pub struct BatchArgs {
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
 
-    /// The name the metrics carry in their `job` label (a RecognitionJob's name).
+    /// The name the metrics carry in their `job` label (a RecognitionJob's name), and the
+    /// stored results with --store-url.
     #[arg(long, env = "SIGHTLINE_BATCH_JOB", default_value = "local")]
     pub job: String,
+
+    /// With --store-url (the store role's URL): the API key it wants (prefer the
+    /// environment variable).
+    #[arg(long, env = "SIGHTLINE_BATCH_STORE_API_KEY", hide_env_values = true)]
+    pub store_api_key: Option<String>,
 
     /// The true labels, a CSV of `path,label` (paths relative to the CSV file): the
     /// evaluation report over the images it names is printed at the end.
@@ -254,7 +260,9 @@ pub struct ServeArgs {
     pub recognize_url: Option<String>,
 
     /// Upload role: the store service the pipeline saves results to and the front door
-    /// forwards the results routes to (for example http://store:8080).
+    /// forwards the results routes to (for example http://store:8080). `batch`: keep the
+    /// results there too, named by --job; an image it has a result for (same bytes, same
+    /// model digest) is not recognized again.
     #[arg(long, env = "SIGHTLINE_STORE_URL")]
     pub store_url: Option<String>,
 

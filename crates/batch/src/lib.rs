@@ -48,4 +48,7 @@ pub enum BatchError {
     },
     #[error("--shard {index}/{count}: the index must be below the count")]
     Shard { index: usize, count: usize },
+    /// The results database did not answer (the run stops; resume it).
+    #[error("the results store: {0}")]
+    Sink(String),
 }

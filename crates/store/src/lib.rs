@@ -397,7 +397,11 @@ fn record(row: &AnyRow) -> Result<ResultRecord, StoreError> {
 }
 
 /// A nullable text column, read as [`text_column`] reads one.
-fn optional_text_column(row: &AnyRow, column: &str, id: &str) -> Result<Option<String>, StoreError> {
+fn optional_text_column(
+    row: &AnyRow,
+    column: &str,
+    id: &str,
+) -> Result<Option<String>, StoreError> {
     if let Ok(text) = row.try_get::<Option<String>, _>(column) {
         return Ok(text);
     }

@@ -6,6 +6,7 @@
 
 pub mod metrics;
 mod objects;
+mod store_sink;
 pub mod summary;
 mod truth;
 
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use sightline_batch::journal::{Journal, Line};
 use sightline_batch::listing::{self, Item};
-use sightline_batch::run::{Files, Reader};
+use sightline_batch::run::{Files, Reader, Sink};
 use sightline_batch::{BatchError, run};
 use sightline_eval::EvalError;
 use sightline_eval::progress::{self, Progress};
@@ -59,6 +60,12 @@ pub enum BatchCommandError {
     Metrics(std::io::Error),
     #[error(transparent)]
     Bucket(#[from] crate::upload::UploadError),
+    #[error(
+        "--job {0:?}: with --store-url the job must be a Kubernetes object name (a-z, 0-9, '-', '.')"
+    )]
+    JobName(String),
+    #[error("cannot make an HTTP client: {0}")]
+    Client(String),
 }
 
 impl BatchCommandError {
@@ -76,7 +83,9 @@ impl BatchCommandError {
             ),
             BatchCommandError::Model(_)
             | BatchCommandError::OtherModel { .. }
-            | BatchCommandError::NoShardIndex { .. } => true,
+            | BatchCommandError::NoShardIndex { .. }
+            | BatchCommandError::JobName(_) => true,
+            BatchCommandError::Client(_) => false,
             BatchCommandError::Bucket(e) => matches!(e, crate::upload::UploadError::StoreUrl(_)),
             BatchCommandError::OutputFolder { .. } | BatchCommandError::Metrics(_) => false,
         }
@@ -160,6 +169,9 @@ async fn run_shard(
         Some(bucket) => bucket,
         None => &Files,
     };
+    if args.serve.store_url.is_some() && !crate::store::http::is_job_name(&args.job) {
+        return Err(BatchCommandError::JobName(args.job.clone()));
+    }
     let items = listing::shard(listed, index, count)?;
     account.total = items.len() as u64;
     metrics.shard_images(account.total);
@@ -172,6 +184,13 @@ async fn run_shard(
     let (mut journal, done) = Journal::open(&args.out, args.resume)?;
     let model = crate::eval::command::load_model(&args.serve).await?;
     account.model_sha256 = model.info.sha256.clone();
+    let sink = match &args.serve.store_url {
+        Some(url) => Some(
+            store_sink::StoreSink::new(url, &args.job, &model.name, args.store_api_key.clone())
+                .map_err(|e| BatchCommandError::Client(e.to_string()))?,
+        ),
+        None => None,
+    };
     if let Some(other) = done.iter().find(|l| l.model_sha256 != model.info.sha256) {
         return Err(BatchCommandError::OtherModel {
             out: args.out.clone(),
@@ -194,13 +213,15 @@ async fn run_shard(
     let mut last_plain = Instant::now();
     let mut written = Vec::new();
     let max = args.serve.max_upload_bytes as u64;
-    let counts = run::run(&model, todo, reader, &mut journal, max, |line| {
+    let sink = sink.as_ref().map(|s| s as &dyn Sink);
+    let counts = run::run(&model, todo, (reader, sink), &mut journal, max, |line| {
         bar.inc();
         match &line.error {
             Some(error) => {
                 metrics.add("failed", 1);
                 account.bad_image(&line.image, error);
             }
+            None if line.known => metrics.add("skipped", 1),
             None => metrics.add("recognized", 1),
         }
         if plain && last_plain.elapsed() >= PLAIN_PROGRESS_EVERY {
@@ -220,16 +241,20 @@ async fn run_shard(
         0.0
     };
     account.recognized = counts.recognized;
+    account.known = counts.known;
+    account.skipped += counts.known;
     account.failed = counts.failed;
     account.seconds = seconds;
     account.images_per_second = rate;
     account.complete = true;
     println!(
-        "batch: {} recognized, {} failed, {} already in {} ({rate:.1} images/s)",
+        "batch: {} recognized, {} failed, {} already in {}, {} already in the store ({rate:.1} \
+         images/s)",
         counts.recognized,
         counts.failed,
-        account.skipped,
-        args.out.display()
+        account.skipped - counts.known,
+        args.out.display(),
+        counts.known,
     );
     let Some(truth) = &args.truth else {
         return Ok(None);

@@ -71,4 +71,14 @@ impl Reader for Bucket {
             Ok(bytes.to_vec())
         })
     }
+
+    fn url(&self, item: &Item) -> String {
+        let bucket = self
+            .url
+            .trim_start_matches("s3://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        format!("s3://{bucket}/{}", item.path.to_string_lossy())
+    }
 }

@@ -24,8 +24,12 @@ pub struct ShardSummary {
     pub total: u64,
     /// Images recognized by this run.
     pub recognized: u64,
-    /// Images already in `--out` when this run started.
+    /// Images not recognized by this run because they were done already: in `--out` when
+    /// it started, or in the results store (`known`).
     pub skipped: u64,
+    /// Of `skipped`, the images the results store (`--store-url`) had a result for.
+    #[serde(default)]
+    pub known: u64,
     /// Images recorded as errors by this run (not an image, too large, unreadable).
     pub failed: u64,
     /// The first bad images, with why.
