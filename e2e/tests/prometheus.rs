@@ -34,6 +34,9 @@ use sightline_e2e::{models, ort_lib, repo_root, require};
 const NAMESPACE: &str = "sightline-e2e";
 const API_KEY: &str = "e2e-observability-key";
 const REQUEST_ID: &str = "e2e-observability-0001";
+/// The batch shard's job and its photos (one more, broken, is a recorded failure).
+const BATCH_JOB: &str = "rjob-e2e";
+const BATCH_IMAGES: u8 = 20;
 /// What `$__rate_interval` becomes: 60 one-second scrapes.
 const RATE_INTERVAL: &str = "1m";
 
@@ -616,9 +619,10 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
         return;
     };
     let dir = ScratchDir::new("prometheus").expect("scratch dir");
-    let ports = free_ports(6).expect("ports");
+    let ports = free_ports(7).expect("ports");
     let (store_port, recognize_port, upload_port, operator_port, prom_port, closed_port) =
         (ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]);
+    let batch_port = ports[6];
 
     // The three roles, JSON logs, API keys on every one (the upload role forwards the key).
     let common = |extra: Vec<String>| {
@@ -656,6 +660,11 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
             "--intra-threads".into(),
             "1".into(),
             "--max-delay-ms".into(),
+            "5".into(),
+            // A small drift baseline, so that the drift panels have figures.
+            "--drift-baseline-answers".into(),
+            "5".into(),
+            "--drift-min-samples".into(),
             "5".into(),
         ]),
         dir.path(),
@@ -719,6 +728,44 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
         Duration::from_secs(30),
     );
 
+    // A batch shard, as a RecognitionJob's pod runs it, serving its figures until the end.
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).expect("mkdir photos");
+    for i in 0..BATCH_IMAGES {
+        std::fs::write(
+            photos.join(format!("{i:02}.png")),
+            png([i * 10, 200 - i * 5, 90], 16, 16),
+        )
+        .expect("write a photo");
+    }
+    std::fs::write(photos.join("broken.png"), b"not a photo").expect("write");
+    let mut batch_process = Spawned::start(
+        Command::new(&server)
+            .arg("batch")
+            .arg("--model")
+            .arg(models().join("test-classifier.onnx"))
+            .arg("--ort-lib")
+            .arg(ort_lib())
+            .arg("--input")
+            .arg(&photos)
+            .arg("--out")
+            .arg(dir.path().join("batch.jsonl"))
+            .args([
+                "--job",
+                BATCH_JOB,
+                "--no-progress",
+                "--metrics-linger-seconds",
+                "600",
+            ])
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{batch_port}")),
+        dir.path().join("batch.log"),
+    );
+    batch_process.wait_for(
+        &format!("http://127.0.0.1:{batch_port}/metrics"),
+        Duration::from_secs(30),
+    );
+
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -758,6 +805,10 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
         declared.extend(declared_names(&text));
         failures.extend(promtool_check_metrics(&promtool, name, &text));
     }
+    let (_, batch_text) =
+        get_metrics_text(&client, &format!("http://127.0.0.1:{batch_port}/metrics")).await;
+    declared.extend(declared_names(&batch_text));
+    failures.extend(promtool_check_metrics(&promtool, "batch", &batch_text));
     let rules_path = dir.path().join("rules.yml");
     std::fs::write(&rules_path, plain_rules_file()).expect("write rules");
     let checked = Command::new(&promtool)
@@ -781,12 +832,14 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
     };
     let config = format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-         rule_files: ['{}']\nscrape_configs:\n{}{}{}{}",
+         rule_files: ['{}']\nscrape_configs:\n{}{}{}{}{}    honor_labels: true\n",
         rules_path.display(),
         job("sightline-upload", upload_port),
         job("sightline-recognize", recognize_port),
         job("sightline-store", store_port),
         job("sightline-operator", operator_port),
+        // The batch shard's own `job` label names its job (as podmonitor-batch.yaml keeps it).
+        job("sightline-batch", batch_port),
     );
     let config_path = dir.path().join("prometheus.yml");
     std::fs::write(&config_path, config).expect("write prometheus.yml");
@@ -965,13 +1018,28 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
         let scored = prom
             .scalar("sum(sightline_quality_samples{job=\"sightline-store\", window=\"1h\"})")
             .await;
-        if stored >= saved as f64 && operator_up == 1.0 && scored >= answered as f64 {
+        let drift = prom
+            .scalar("count(sightline_model_drift{job=\"sightline-recognize\"})")
+            .await;
+        let batched = prom
+            .scalar(&format!(
+                "sum(sightline_batch_images_total{{job=\"{BATCH_JOB}\"}})"
+            ))
+            .await;
+        if stored >= saved as f64
+            && operator_up == 1.0
+            && scored >= answered as f64
+            && drift == 2.0
+            && batched > f64::from(BATCH_IMAGES)
+        {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "Prometheus did not see the traffic: {stored} results saved (want {saved}), \
-             {scored} answers scored (want {answered}), operator up = {operator_up}\n{}",
+             {scored} answers scored (want {answered}), operator up = {operator_up}, \
+             {drift} drift signals (want 2), {batched} batch images (want {})\n{}",
+            BATCH_IMAGES + 1,
             prometheus_process.log()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -120,6 +120,13 @@ pub struct BatchArgs {
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
 
+    /// With --metrics-listen: keep serving the final figures this long after the run ends,
+    /// so that a scrape interval's worth of last counts is not lost (a Prometheus scraping
+    /// every 30 s wants 30).
+    #[arg(long, default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub metrics_linger_seconds: u64,
+
     /// The name the metrics carry in their `job` label (a RecognitionJob's name), and the
     /// stored results with --store-url.
     #[arg(long, env = "SIGHTLINE_BATCH_JOB", default_value = "local")]

@@ -132,6 +132,9 @@ pub async fn run_cli(args: BatchArgs) -> Result<Summary, BatchCommandError> {
     {
         tracing::warn!(path = %path.display(), error = %e, "cannot write the batch summary");
     }
+    if args.metrics_listen.is_some() && args.metrics_linger_seconds > 0 {
+        tokio::time::sleep(Duration::from_secs(args.metrics_linger_seconds)).await;
+    }
     result.map(|report| Summary {
         shard: account,
         report,
