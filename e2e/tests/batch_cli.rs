@@ -16,19 +16,7 @@ const IMAGES: u64 = 3000;
 const LABELS: [&str; 3] = ["red", "green", "blue"];
 
 fn batch(binary: &Path, input: &Path, out: &Path) -> Command {
-    let mut command = Command::new(binary);
-    command
-        .arg("batch")
-        .arg("--model")
-        .arg(models().join("test-classifier.onnx"))
-        .arg("--ort-lib")
-        .arg(ort_lib())
-        .arg("--input")
-        .arg(input)
-        .arg("--out")
-        .arg(out)
-        .env("RUST_BACKTRACE", "0");
-    command
+    sightline_e2e::process::batch_command(binary, input, out)
 }
 
 fn lines(out: &Path) -> usize {

@@ -740,16 +740,7 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
     }
     std::fs::write(photos.join("broken.png"), b"not a photo").expect("write");
     let mut batch_process = Spawned::start(
-        Command::new(&server)
-            .arg("batch")
-            .arg("--model")
-            .arg(models().join("test-classifier.onnx"))
-            .arg("--ort-lib")
-            .arg(ort_lib())
-            .arg("--input")
-            .arg(&photos)
-            .arg("--out")
-            .arg(dir.path().join("batch.jsonl"))
+        sightline_e2e::process::batch_command(&server, &photos, &dir.path().join("batch.jsonl"))
             .args([
                 "--job",
                 BATCH_JOB,
