@@ -165,7 +165,7 @@ async fn run_shard(
     let input = input::Input::of(args)?;
     let listed = input.list().await?;
     let reader = input.reader();
-    if args.serve.store_url.is_some() && !crate::store::http::is_job_name(&args.job) {
+    if args.serve.store_url.is_some() && !crate::store::checks::is_job_name(&args.job) {
         return Err(BatchCommandError::JobName(args.job.clone()));
     }
     let items = listing::shard(listed, index, count)?;
