@@ -16,7 +16,8 @@ use crate::crd::{ImageModel, RecognitionPipeline};
 use crate::rollout::pod_ready;
 use sightline_api::applied_traffic;
 
-async fn pods(
+/// The pods of the namespace that carry `labels`.
+pub async fn pods(
     ctx: &Context,
     ns: &str,
     labels: &BTreeMap<String, String>,
@@ -36,7 +37,7 @@ fn running(pod: &Pod) -> bool {
 }
 
 /// Ready and not being deleted: its Service sends it traffic.
-fn serving(pod: &Pod) -> bool {
+pub fn serving(pod: &Pod) -> bool {
     pod_ready(pod) && pod.metadata.deletion_timestamp.is_none()
 }
 
@@ -145,5 +146,18 @@ pub async fn candidate_top1(ctx: &Context, ns: &str, pods: &[Pod]) -> Option<f64
             .flatten()
             .map(|e| e.accuracy),
         _ => None,
+    }
+}
+
+/// The digest of the model the candidate serves, as one of its ready pods reports it on
+/// `/readyz`.
+pub async fn candidate_digest(ctx: &Context, ns: &str, pods: &[Pod]) -> Option<String> {
+    let pod = pods.iter().find(|p| pod_ready(p))?;
+    match ctx.pod_get(ns, &pod.name_any(), "/readyz").await {
+        Ok((code, body)) => match crate::served::parse_readyz(code, &body) {
+            crate::served::Readyz::Ready(served) => Some(served.digest),
+            _ => None,
+        },
+        Err(_) => None,
     }
 }
