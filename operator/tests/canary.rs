@@ -17,16 +17,15 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use sightline_operator::controller::{Context, model, pipeline};
-use sightline_operator::crd::{ImageModel, RecognitionPipeline};
+use sightline_operator::controller::{Context, model};
+use sightline_operator::crd::ImageModel;
 use support::scrape_sim::Fleet;
 use support::sim::{Deadline, Pods, roll};
-use support::{Cluster, NS, TestClock, full_apis, sample_model, sample_pipeline};
+use support::{Cluster, NS, TestClock, full_apis, sample_model};
 
 const MODEL: &str = "efficientnet-lite0";
 const STABLE: &str = "efficientnet-lite0-recognize";
 const CANDIDATE: &str = "efficientnet-lite0-recognize-canary";
-const FRONT_DOOR: &str = "photos-upload";
 
 fn evaluation(top1: f64) -> String {
     json!({"id": "startup", "status": "succeeded", "report": {
@@ -68,11 +67,7 @@ impl Scene {
 
     /// The condition of `type_`.
     async fn condition(&self, type_: &str) -> Value {
-        let status = self.status().await;
-        status["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
-            .unwrap_or_else(|| panic!("no {type_} in {status:#}"))
+        self.cluster.model_condition(MODEL, type_).await
     }
 
     async fn template(&self, name: &str) -> Option<Value> {
@@ -148,15 +143,7 @@ impl Scene {
         let ready = scene.condition("Ready").await;
         assert_eq!(ready["status"], "True", "{ready:#}");
 
-        support::sample_secrets(&scene.cluster).await;
-        let p = Api::<RecognitionPipeline>::namespaced(scene.cluster.admin.clone(), NS)
-            .create(&PostParams::default(), &sample_pipeline())
-            .await
-            .expect("pipeline");
-        pipeline::reconcile(Arc::new(p), scene.ctx.clone())
-            .await
-            .expect("pipeline");
-        roll(&scene.cluster, FRONT_DOOR, Pods::Serving, Deadline::Within).await;
+        support::drive::sample_pipeline_serving(&scene.cluster, &scene.ctx).await;
         scene.fleet.sync(&scene.cluster).await;
         scene.stable = scene.template(STABLE).await.expect("stable");
 

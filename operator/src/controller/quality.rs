@@ -6,7 +6,6 @@
 //! front doors, never the API server's proxy). A canary's live checks read the same.
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::canary::read;
@@ -104,20 +103,9 @@ async fn pipelines(
     ns: &str,
     m: &ImageModel,
 ) -> Result<Vec<RecognitionPipeline>, Error> {
-    let all = Api::<RecognitionPipeline>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::Fetch {
-            what: "RecognitionPipelines",
-            source,
-        })?;
     let mut seen = Vec::new();
     let mut out = Vec::new();
-    for p in all
-        .items
-        .into_iter()
-        .filter(|p| p.spec.model_ref.name == m.name_any())
-    {
+    for p in read::pipelines_of(ctx, ns, m).await? {
         let storage = &p.spec.storage;
         if storage.database != DatabaseKind::Sqlite
             && let Some(url) = &storage.url_secret

@@ -56,22 +56,31 @@ pub async fn revision_pods(
         .collect())
 }
 
-/// The running front doors that read `m`'s traffic file: the upload pods of every
-/// pipeline of the namespace whose `modelRef` names it.
-pub async fn front_doors(ctx: &Context, ns: &str, m: &ImageModel) -> Result<Vec<Pod>, Error> {
-    let pipelines = Api::<RecognitionPipeline>::namespaced(ctx.client.clone(), ns)
+/// The pipelines of the namespace whose `modelRef` names `m`.
+pub async fn pipelines_of(
+    ctx: &Context,
+    ns: &str,
+    m: &ImageModel,
+) -> Result<Vec<RecognitionPipeline>, Error> {
+    let all = Api::<RecognitionPipeline>::namespaced(ctx.client.clone(), ns)
         .list(&ListParams::default())
         .await
         .map_err(|source| Error::Fetch {
             what: "RecognitionPipelines",
             source,
         })?;
-    let mut out = Vec::new();
-    for p in pipelines
+    Ok(all
         .items
-        .iter()
+        .into_iter()
         .filter(|p| p.spec.model_ref.name == m.name_any())
-    {
+        .collect())
+}
+
+/// The running front doors that read `m`'s traffic file: the upload pods of every
+/// pipeline of the namespace whose `modelRef` names it.
+pub async fn front_doors(ctx: &Context, ns: &str, m: &ImageModel) -> Result<Vec<Pod>, Error> {
+    let mut out = Vec::new();
+    for p in &pipelines_of(ctx, ns, m).await? {
         let labels = meta::selector_labels(&p.name_any(), UPLOAD);
         out.extend(pods(ctx, ns, &labels).await?.into_iter().filter(running));
     }
