@@ -11,15 +11,14 @@ mod support;
 
 use std::sync::Arc;
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use sightline_operator::controller::Context;
 use sightline_operator::crd::ImageModel;
-use sightline_quality::{Pair, Quality};
 use support::sim::{Deadline, Pods, roll};
+use support::store_sim::{self, OPERATOR_KEY};
 use support::{Cluster, NS, TestClock, full_apis, sample_model};
 
 const MODEL: &str = "efficientnet-lite0";
@@ -27,7 +26,6 @@ const STABLE: &str = "efficientnet-lite0-recognize";
 const FRONT_DOOR: &str = "photos-upload";
 /// The sample's `sha256`, which its pods report on `/readyz`.
 const DIGEST: &str = "8a2555a6d5b4dee51bdd253625b5ae2b6f991b71bf477c9404b533d6d7822b69";
-const OPERATOR_KEY: &str = "operator-key-0123456789";
 
 /// SIMULATION of a recognize pod's drift families in `sightline-server`'s text format:
 /// `baseline` and `live` answers counted, and the two divergences once known.
@@ -53,32 +51,14 @@ fn drift_metrics(baseline: u64, live: u64, divergence: Option<(f64, f64)>) -> St
     out
 }
 
-/// The store's quality answer for the model: `right` of `answers` right on `DIGEST`, and
-/// an older digest beside it.
-fn quality_answer(answers: u64, right: u64) -> String {
-    let digest = |sha: &str, pairs: Vec<Pair>| {
-        let mut figures = serde_json::to_value(Quality::from_pairs(pairs)).expect("json");
-        figures["model_sha256"] = json!(sha);
-        figures
-    };
-    let pair = |predicted: &str, truth: &str, count| Pair {
-        predicted: predicted.into(),
-        truth: truth.into(),
-        count,
-    };
-    let ours = vec![
-        pair("tabby", "tabby", right),
-        pair("tabby", "Egyptian cat", answers - right),
-    ];
-    let older = vec![pair("tabby", "tabby", 3)];
-    json!({"model": MODEL, "window": "24h", "since": "2027-01-14T08:00:00.000Z",
-        "until": "2027-01-15T08:00:00.000Z",
-        "digests": [digest(&"0".repeat(64), older), digest(DIGEST, ours)]})
-    .to_string()
+fn quality_path() -> String {
+    store_sim::quality_path(MODEL, DIGEST)
 }
 
-fn quality_path() -> String {
-    format!("/api/v1/quality?model={MODEL}&window=24h&digest={DIGEST}")
+/// The store's answer: `right` of `answers` right on `DIGEST`, an older digest beside it.
+fn quality_answer(answers: u64, right: u64) -> String {
+    let older = "0".repeat(64);
+    store_sim::quality_answer(MODEL, &[(&older, 3, 3), (DIGEST, answers, right)])
 }
 
 struct Scene {
@@ -126,23 +106,12 @@ impl Scene {
         }
     }
 
-    /// What the store answers through front door `door`, to the operator's key only.
     fn store_answers(&self, door: &str, body: String) {
-        self.cluster.answer_pod(door, &quality_path(), 200, body);
-        self.cluster
-            .require_key(door, &quality_path(), OPERATOR_KEY);
+        store_sim::store_answers(&self.cluster, door, &quality_path(), body);
     }
 
-    /// The keys file of the sample pipeline's keys Secret.
     async fn keys(&self, file: &str) {
-        Api::<Secret>::namespaced(self.cluster.admin.clone(), NS)
-            .patch(
-                "photos-api-keys",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"data": {"keys": ByteString(file.as_bytes().to_vec())}})),
-            )
-            .await
-            .expect("keys");
+        store_sim::keys_file(&self.cluster, file).await;
     }
 }
 
@@ -233,11 +202,7 @@ async fn status_quality_and_drifting_follow_what_the_pods_and_the_store_say() {
 
     // The operator's key is added; the store has feedback; the answers are like the
     // baseline's.
-    scene
-        .keys(&format!(
-            "key-1-for-users\nsightline-operator:{OPERATOR_KEY}\n"
-        ))
-        .await;
+    store_sim::give_operator_key(&scene.cluster).await;
     let door = scene.pods(FRONT_DOOR).await.remove(0);
     scene.store_answers(&door, quality_answer(400, 360));
     scene

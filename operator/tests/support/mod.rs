@@ -9,6 +9,7 @@ pub mod netpol;
 pub mod scrape_sim;
 pub mod sim;
 pub mod ssa;
+pub mod store_sim;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
