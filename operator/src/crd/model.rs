@@ -42,6 +42,11 @@ use super::runtime::Runtime;
         type_ = "integer",
         json_path = ".status.readyReplicas"
     ),
+    printcolumn(
+        name = "Drifting",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Drifting\")].status"
+    ),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
     printcolumn(
         name = "Age",
