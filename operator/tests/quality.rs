@@ -338,3 +338,23 @@ async fn a_key_the_front_door_refuses_is_said_not_hidden() {
         "no feedback on this model in the last 24h"
     );
 }
+
+#[tokio::test]
+async fn a_metrics_answer_too_long_to_read_is_no_drift() {
+    let scene = serving().await;
+    // Within the limit the drift is read, however far down the text it comes.
+    let padding = "# padding\n".repeat(300_000);
+    let long = format!("{padding}{}", drift_metrics(1000, 640, Some((0.05, 0.03))));
+    scene.metrics(&[long.clone(), long]).await;
+    scene.reconcile().await;
+    assert_eq!(scene.condition("Drifting").await["status"], "False");
+    // Beyond it: not read at all, never cut short into a wrong figure.
+    let huge = format!("{}{padding}", "# padding\n".repeat(200_000));
+    let huge = format!("{huge}{}", drift_metrics(1000, 640, Some((0.5, 0.5))));
+    scene.metrics(&[huge.clone(), huge]).await;
+    scene.reconcile().await;
+    let drifting = scene.condition("Drifting").await;
+    assert_eq!(drifting["status"], "Unknown");
+    let said = drifting["message"].as_str().unwrap_or_default();
+    assert!(said.contains("with more than 4194304 bytes"), "{said}");
+}

@@ -75,8 +75,8 @@ impl PodHttp for ApiServerProxy {
         ask: Ask<'a>,
     ) -> BoxFuture<'a, Result<(u16, String), String>> {
         Box::pin(async move {
-            let (code, body) = exchange(&self.0, ns, pod, path, ask.key).await?;
-            within(body, ask.limit, pod, path).map(|body| (code, body))
+            let (code, body) = exchange(&self.0, ns, pod, path, ask.key, ask.limit).await?;
+            Ok((code, String::from_utf8_lossy(&body).into_owned()))
         })
     }
 }
@@ -100,20 +100,22 @@ pub async fn pod_get(
     pod: &str,
     path: &str,
 ) -> Result<(u16, String), String> {
-    let (code, body) = exchange(client, ns, pod, path, None).await?;
+    let (code, body) = exchange(client, ns, pod, path, None, usize::MAX).await?;
     // A readiness or evaluation answer is small; never hold more than 64 KiB of it.
     let body = &body[..body.len().min(64 * 1024)];
     Ok((code, String::from_utf8_lossy(body).into_owned()))
 }
 
 /// `GET {path}` on `pod`'s server port through `pods/proxy`, presenting `key` as
-/// `X-API-Key`: the status and the whole body; `Err` when no answer came back in time.
+/// `X-API-Key`: the status and the whole body, read no further than `limit` bytes; `Err`
+/// when no answer came back in time or it is longer.
 async fn exchange(
     client: &Client,
     ns: &str,
     pod: &str,
     path: &str,
     key: Option<&str>,
+    limit: usize,
 ) -> Result<(u16, Vec<u8>), String> {
     let uri = format!("/api/v1/namespaces/{ns}/pods/{pod}:{PORT}/proxy{path}");
     let mut request = http::Request::get(&uri);
@@ -126,11 +128,16 @@ async fn exchange(
     let exchange = async {
         let response = client.send(request).await.map_err(|e| e.to_string())?;
         let code = response.status().as_u16();
-        let body = response
-            .into_body()
+        let body = http_body_util::Limited::new(response.into_body(), limit)
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    format!("pod {pod} answered {path} with more than {limit} bytes")
+                } else {
+                    e.to_string()
+                }
+            })?
             .to_bytes();
         Ok((code, body.to_vec()))
     };
