@@ -18,7 +18,6 @@ sightline_model_drift_samples{model="efficientnet-lite0",sha256="8a2555a6d5b4dee
 sightline_model_drift_samples{model="efficientnet-lite0",sha256="8a2555a6d5b4dee51bdd253625b5ae2b6f991b71bf477c9404b533d6d7822b69",window="live"} 640
 sightline_http_requests_total{route="/api/v1/recognize",method="POST",status_class="2xx"} 1640
 process_start_time_seconds 1800000000
-# EOF
 "#;
 
 /// The same pod before its baseline is complete: samples, no divergence.
@@ -276,4 +275,49 @@ fn a_reading_keeps_its_time_while_it_finds_the_same() {
         Some("2027-01-15T08:05:00Z")
     );
     assert_eq!(settle(None, first.clone()), first);
+}
+
+/// The drift families of a real `sightline-server recognize` (main at 8ccf6e4, the test
+/// classifier named `efficientnet-lite0`, a 60-answer baseline of red, green and blue
+/// images, then 150 grey ones), lines 206-217 of its `/metrics`, verbatim.
+const REAL: &str = r#"# TYPE sightline_cache_bytes gauge
+sightline_cache_bytes{model="efficientnet-lite0"} 26320
+# HELP sightline_model_drift Jensen-Shannon divergence (bits, 0 to 1) of the answers of the live window from the baseline's, by signal (class: top-1 classes; confidence: top-1 probability); absent until the baseline is complete and the window holds --drift-min-samples answers.
+# TYPE sightline_model_drift gauge
+sightline_model_drift{model="efficientnet-lite0",sha256="74fbfa4da713cbc89ae34fae5533ca24b47a2a6b838641e3c684e580a82d6bdd",signal="class"} 0.034283848959633909
+sightline_model_drift{model="efficientnet-lite0",sha256="74fbfa4da713cbc89ae34fae5533ca24b47a2a6b838641e3c684e580a82d6bdd",signal="confidence"} 0.18254445618152047
+# HELP sightline_model_drift_samples Answers in the drift baseline (complete at --drift-baseline-answers) and in the live window (--drift-window-seconds).
+# TYPE sightline_model_drift_samples gauge
+sightline_model_drift_samples{model="efficientnet-lite0",sha256="74fbfa4da713cbc89ae34fae5533ca24b47a2a6b838641e3c684e580a82d6bdd",window="live"} 368
+sightline_model_drift_samples{model="efficientnet-lite0",sha256="74fbfa4da713cbc89ae34fae5533ca24b47a2a6b838641e3c684e580a82d6bdd",window="baseline"} 60
+# HELP sightline_images_stored_total Images accepted by the upload role, by outcome (new, existing).
+# TYPE sightline_images_stored_total counter
+"#;
+
+#[test]
+fn a_real_servers_drift_is_read() {
+    let digest = "74fbfa4da713cbc89ae34fae5533ca24b47a2a6b838641e3c684e580a82d6bdd";
+    let d = parse_drift(REAL, "efficientnet-lite0", digest);
+    assert_eq!(
+        d,
+        PodDrift {
+            class: Some(0.034283848959633909),
+            confidence: Some(0.18254445618152047),
+            baseline: Some(60),
+            live: Some(368),
+        }
+    );
+    let pods = [PodReading {
+        pod: "p".into(),
+        read: Ok(d),
+    }];
+    let grey = drifting(&pods, 0.1);
+    assert_eq!(grey.reason, "DriftAboveThreshold");
+    assert!(
+        grey.message
+            .starts_with("confidence 0.1825 above maxDrift 0.1000"),
+        "{}",
+        grey.message
+    );
+    assert_eq!(drifting(&pods, 0.2).reason, "DriftWithinThreshold");
 }
