@@ -7,11 +7,13 @@
 #![allow(clippy::duplicated_attributes)]
 
 mod model;
+mod monitoring;
 mod pipeline;
 mod rollout;
 mod runtime;
 
 pub use model::*;
+pub use monitoring::*;
 pub use pipeline::*;
 pub use rollout::*;
 pub use runtime::*;
