@@ -104,6 +104,27 @@ pub fn batching_note(model: &str, base: &str) -> anyhow::Result<String> {
     ))
 }
 
+/// `recognize` flags for the test classifier with a small drift baseline (60 answers), a
+/// short live window and 30 answers for a figure, so that tests see drift within seconds.
+pub fn drift_test_flags(window_seconds: u64) -> Vec<String> {
+    [
+        "--model",
+        &models().join("test-classifier.onnx").display().to_string(),
+        "--ort-lib",
+        &ort_lib().display().to_string(),
+        "--intra-threads",
+        "1",
+        "--drift-baseline-answers",
+        "60",
+        "--drift-window-seconds",
+        &window_seconds.to_string(),
+        "--drift-min-samples",
+        "30",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Something a test needs is not there: under CI a failure, locally a loud skip.
 pub fn skip(message: &str) {
     if std::env::var_os("CI").is_some() {

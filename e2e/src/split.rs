@@ -24,6 +24,14 @@ pub fn png(rgb: [u8; 3], w: u32, h: u32) -> Vec<u8> {
     out.into_inner()
 }
 
+/// A `size`×`size` PNG of one colour.
+pub fn solid_png(rgb: [u8; 3], size: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(size, size, image::Rgb(rgb));
+    let mut out = std::io::Cursor::new(Vec::new());
+    let _ = image::DynamicImage::ImageRgb8(img).write_to(&mut out, image::ImageFormat::Png);
+    out.into_inner()
+}
+
 /// A PNG that differs from `unique_png(m)` for every `m != n`: a red, green or blue field
 /// (so the test classifier has a clear answer) with `n` written into its first pixels.
 pub fn unique_png(n: u64) -> Vec<u8> {

@@ -16,19 +16,20 @@
 //!
 //! Needs `target/debug/sightline-server` (`make test` builds it first) and `make models`.
 
+mod loopback;
 #[path = "../../operator/tests/support/mod.rs"]
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use loopback::LoopbackPods;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sightline_e2e::canary::{
@@ -36,14 +37,10 @@ use sightline_e2e::canary::{
 };
 use sightline_e2e::models;
 use sightline_e2e::split::client;
-use sightline_operator::build::pod::Platform;
-use sightline_operator::controller::pods::PodHttp;
 use sightline_operator::controller::{Context, model, pipeline};
 use sightline_operator::crd::{ImageModel, RecognitionPipeline};
-use sightline_operator::metrics::Metrics;
-use sightline_operator::status::SystemClock;
 use support::sim::{Deadline, Pods, roll};
-use support::{Cluster, NS, full_apis, sample_model, sample_pipeline};
+use support::{Cluster, NS, sample_model, sample_pipeline};
 
 /// The processes of one test at a time: they share two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -59,36 +56,6 @@ const CANDIDATE_SERVICE: &str =
 const PROJECTION: Duration = Duration::from_millis(1500);
 /// How long one rollout may take before the test gives up.
 const LIMIT: Duration = Duration::from_secs(150);
-
-/// Where `pods/proxy` would lead: each pod's own process, over plain HTTP.
-struct LoopbackPods {
-    client: reqwest::Client,
-    /// Pod name → the process's base URL.
-    pods: Mutex<BTreeMap<String, String>>,
-}
-
-impl PodHttp for LoopbackPods {
-    fn get<'a>(
-        &'a self,
-        _ns: &'a str,
-        pod: &'a str,
-        path: &'a str,
-    ) -> BoxFuture<'a, Result<(u16, String), String>> {
-        let base = self.pods.lock().expect("pods").get(pod).cloned();
-        Box::pin(async move {
-            let base = base.ok_or_else(|| format!("pod {pod} runs no process here"))?;
-            let answer = self
-                .client
-                .get(format!("{base}{path}"))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let code = answer.status().as_u16();
-            let body = answer.text().await.map_err(|e| e.to_string())?;
-            Ok((code, body))
-        })
-    }
-}
 
 /// A model's processes, the operator over the in-memory API, and the simulated kubelet.
 struct Rig {
@@ -123,21 +90,8 @@ impl Rig {
     async fn start(candidate: Vec<String>) -> Option<Rig> {
         let canary = Canary::start(&no_cache(lite0()), &[no_cache(candidate)])?;
         let cluster = Cluster::new().await;
-        let pods = Arc::new(LoopbackPods {
-            client: client(),
-            pods: Mutex::default(),
-        });
-        let ctx = Arc::new(
-            Context::new(
-                cluster.client.clone(),
-                Platform::default(),
-                full_apis(),
-                Arc::new(Metrics::new()),
-                Arc::new(SystemClock),
-                Some("e2e".into()),
-            )
-            .with_pods(pods.clone()),
-        );
+        let pods = Arc::new(LoopbackPods::new(client()));
+        let ctx = loopback::context(cluster.client.clone(), pods.clone());
         let services = BTreeMap::from([
             (STABLE_SERVICE.to_string(), canary.stable.url("")),
             (CANDIDATE_SERVICE.to_string(), canary.candidates[0].url("")),

@@ -27,12 +27,7 @@ const ALERT: &str = "SightlineModelDrift";
 const WINDOW_SECONDS: u64 = 10;
 
 fn png(rgb: [u8; 3]) -> Vec<u8> {
-    let img = image::RgbImage::from_pixel(16, 16, image::Rgb(rgb));
-    let mut out = std::io::Cursor::new(Vec::new());
-    image::DynamicImage::ImageRgb8(img)
-        .write_to(&mut out, image::ImageFormat::Png)
-        .expect("encode");
-    out.into_inner()
+    sightline_e2e::split::solid_png(rgb, 16)
 }
 
 /// The baseline's mix: pure and muted reds, greens and blues, all answered with > 99 %.
@@ -185,21 +180,7 @@ async fn a_shifted_stream_fires_the_drift_alert_and_a_stream_like_the_baseline_d
         &server,
         "recognize",
         ports[0],
-        &[
-            "--model",
-            &models().join("test-classifier.onnx").display().to_string(),
-            "--ort-lib",
-            &ort_lib().display().to_string(),
-            "--intra-threads",
-            "1",
-            "--drift-baseline-answers",
-            "60",
-            "--drift-window-seconds",
-            &WINDOW_SECONDS.to_string(),
-            "--drift-min-samples",
-            "30",
-        ]
-        .map(String::from),
+        &sightline_e2e::drift_test_flags(WINDOW_SECONDS),
         dir.path(),
     )
     .expect("recognize starts");
