@@ -69,7 +69,7 @@ fn is_recognition(route: &str) -> bool {
 }
 
 /// One sample line: the metric name, its labels, its value.
-fn sample_line(line: &str) -> Option<(&str, BTreeMap<&str, &str>, f64)> {
+pub(crate) fn sample_line(line: &str) -> Option<(&str, BTreeMap<&str, &str>, f64)> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return None;

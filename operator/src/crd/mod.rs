@@ -8,11 +8,13 @@
 
 mod model;
 mod pipeline;
+mod recognition_job;
 mod rollout;
 mod runtime;
 
 pub use model::*;
 pub use pipeline::*;
+pub use recognition_job::*;
 pub use rollout::*;
 pub use runtime::*;
 
