@@ -3,6 +3,7 @@
 #   make run     build and start `sightline-server all` on 127.0.0.1:8080 (pretrained model)
 #   make test    the whole test suite (unit, integration, e2e, operator)
 #   make bench   HTTP vs raw ONNX Runtime benchmark (writes the table for BENCHMARKS.md)
+#   make bench-batch  `sightline-server batch` on 2000 photos vs what the cores allow (BENCHMARKS.md)
 #   make bench-peers  Sightline against KServe, BentoML, LitServe and PyTriton, same model
 #                and photos (bench/peers/; writes target/bench-peers.md; BENCHMARKS.md)
 #   make load    mixed load on the three split services: figures + no loss/duplicates (RELIABILITY.md)
@@ -22,7 +23,7 @@ ORT_LIB := $(ORT_DIR)/libonnxruntime.so
 MODELS := models/build/efficientnet-lite0.onnx models/build/test-classifier.onnx
 CARGO ?= cargo
 
-.PHONY: run test bench bench-peers load lint deps deps-gpu models clean-models deny deny-advisories fuzz mutants
+.PHONY: run test bench bench-batch bench-peers load lint deps deps-gpu models clean-models deny deny-advisories fuzz mutants
 
 run: deps models
 	$(CARGO) run --release -p sightline-server -- all
@@ -33,6 +34,10 @@ test: deps models
 
 bench: deps models
 	$(CARGO) run --release -p sightline-e2e --bin sightline-bench -- --out target/bench.md
+
+bench-batch: deps models
+	$(CARGO) build --release -p sightline-server
+	$(CARGO) run --release -p sightline-e2e --bin sightline-bench -- --batch --models efficientnet-lite0 --out target/bench-batch.md
 
 # The four Python servers (bench/peers/*_server.py) in a venv of their own: their pins
 # (bench/peers/requirements.txt) differ from the project's. Too slow for `make test`.

@@ -78,7 +78,7 @@ const SETTINGS: [(&str, &[&str]); 5] = [
 ];
 
 /// CPU milliseconds per call of `f`, run `n` times in this process (after 10 untimed).
-fn cpu_ms_per_call(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+pub fn cpu_ms_per_call(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
     for _ in 0..10 {
         f()?;
     }
@@ -90,6 +90,34 @@ fn cpu_ms_per_call(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyho
     Ok((process_cpu_seconds(me)? - before) * 1000.0 / n as f64)
 }
 
+/// The raw session's CPU milliseconds per run of `tensor` (of `shape`) with the model
+/// `model` (a file stem in models/build), `runs` times.
+pub fn raw_cpu_ms(
+    ort_lib: &std::path::Path,
+    model: &str,
+    (tensor, shape): (&[f32], [i64; 4]),
+    threads: usize,
+    spinning: bool,
+    runs: usize,
+) -> anyhow::Result<f64> {
+    let env = sightline_server::ort_runtime::init(ort_lib)?;
+    let mut session = Session::builder(env)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_intra_threads(threads)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_intra_op_spinning(spinning)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .commit_from_file(models().join(format!("{model}.onnx")))?;
+    cpu_ms_per_call(runs, || {
+        let input = ort::value::TensorRef::from_array_view((shape, tensor))?;
+        let outputs = session.run(ort::inputs![input])?;
+        let (_, scores) = outputs[0].try_extract_tensor::<f32>()?;
+        std::hint::black_box(scores);
+        Ok(())
+    })
+}
+
 /// The raw session's CPU milliseconds per batch-1 run.
 fn raw_inference_cpu_ms(
     bench: &CpuBench,
@@ -98,22 +126,14 @@ fn raw_inference_cpu_ms(
     threads: usize,
     spinning: bool,
 ) -> anyhow::Result<f64> {
-    let env = sightline_server::ort_runtime::init(&bench.ort_lib)?;
-    let mut session = Session::builder(env)?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .with_intra_threads(threads)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .with_intra_op_spinning(spinning)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .commit_from_file(models().join(format!("{}.onnx", bench.model)))?;
-    cpu_ms_per_call(bench.requests, || {
-        let input = ort::value::TensorRef::from_array_view((shape, tensor))?;
-        let outputs = session.run(ort::inputs![input])?;
-        let (_, scores) = outputs[0].try_extract_tensor::<f32>()?;
-        std::hint::black_box(scores);
-        Ok(())
-    })
+    raw_cpu_ms(
+        &bench.ort_lib,
+        &bench.model,
+        (tensor, shape),
+        threads,
+        spinning,
+        bench.requests,
+    )
 }
 
 /// Runs the measurement; the Markdown table.

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests and the benchmark: repository paths, a
 //! `sightline-server` listening on a real loopback port, and the Python venv's tools.
 
+pub mod batch_bench;
 pub mod canary;
 pub mod cpu_bench;
 pub mod load;

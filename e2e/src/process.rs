@@ -39,6 +39,24 @@ fn built_binary(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// `sightline-server batch` with the test classifier over `input`, results to `out` (more
+/// flags may follow).
+pub fn batch_command(binary: &Path, input: &Path, out: &Path) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .arg("batch")
+        .arg("--model")
+        .arg(crate::models().join("test-classifier.onnx"))
+        .arg("--ort-lib")
+        .arg(crate::ort_lib())
+        .arg("--input")
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .env("RUST_BACKTRACE", "0");
+    command
+}
+
 /// The binary, or `None` after a loud notice (a failure under CI).
 pub fn require_server_binary() -> Option<PathBuf> {
     match server_binary() {

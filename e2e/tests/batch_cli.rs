@@ -16,19 +16,7 @@ const IMAGES: u64 = 3000;
 const LABELS: [&str; 3] = ["red", "green", "blue"];
 
 fn batch(binary: &Path, input: &Path, out: &Path) -> Command {
-    let mut command = Command::new(binary);
-    command
-        .arg("batch")
-        .arg("--model")
-        .arg(models().join("test-classifier.onnx"))
-        .arg("--ort-lib")
-        .arg(ort_lib())
-        .arg("--input")
-        .arg(input)
-        .arg("--out")
-        .arg(out)
-        .env("RUST_BACKTRACE", "0");
-    command
+    sightline_e2e::process::batch_command(binary, input, out)
 }
 
 fn lines(out: &Path) -> usize {
@@ -134,4 +122,255 @@ fn a_killed_batch_resumes_and_every_image_is_written_once() {
         let figures: Vec<&str> = row.split_whitespace().skip(1).collect();
         assert_eq!(figures[..3], ["1.0000", "1.0000", "1.0000"], "{row}");
     }
+}
+
+/// One pod of an Indexed Job as Kubernetes runs it: its index in `$JOB_COMPLETION_INDEX`,
+/// `--resume` on an output that does not exist yet (in a folder that does not either),
+/// the summary written where the kubelet reads a termination message, progress on
+/// `/metrics` while it runs; and the exit status a pod failure policy acts on.
+#[test]
+fn an_indexed_job_shard_takes_its_index_reports_its_summary_and_exits_by_kind_of_error() {
+    if !require(&[ort_lib(), models().join("test-classifier.onnx")]) {
+        return;
+    }
+    let Some(binary) = require_server_binary() else {
+        return;
+    };
+    let dir = ScratchDir::new("batch-shard").expect("scratch dir");
+    let input = dir.path().join("photos");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    let images = 600u64;
+    for n in 0..images {
+        std::fs::write(input.join(format!("{n:04}.png")), unique_png(n)).expect("write");
+    }
+    for n in 0..3 {
+        std::fs::write(input.join(format!("zz-broken-{n}.png")), b"no image").expect("write");
+    }
+    let listed = images + 3;
+    let port = sightline_e2e::process::free_port().expect("port");
+    let out = dir.path().join("results/job-a/shard-1.jsonl");
+    let summary_path = dir.path().join("termination-log");
+    let shard = |command: &mut Command| {
+        command
+            .arg("--shards")
+            .arg("3")
+            .arg("--resume")
+            .arg("--summary")
+            .arg(&summary_path)
+            .arg("--job")
+            .arg("job-a");
+    };
+    let mut command = batch(&binary, &input, &out);
+    shard(&mut command);
+    let mut running = command
+        .arg("--metrics-listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("JOB_COMPLETION_INDEX", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the shard");
+    // The listener comes up before the model loads: its first answer is there to read.
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let started = Instant::now();
+    let scraped = loop {
+        if let Ok((200, body)) = sightline_e2e::plain_http::get(&url) {
+            break body;
+        }
+        assert!(
+            running.try_wait().expect("wait").is_none(),
+            "the shard ended before /metrics answered"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60), "no /metrics");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let in_shard = listed.div_ceil(3) - u64::from(listed % 3 == 1);
+    assert!(
+        scraped.contains(&format!(
+            "sightline_batch_shard_images{{job=\"job-a\"}} {in_shard}"
+        )),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("sightline_batch_images_total{job=\"job-a\",outcome=\"recognized\"}"),
+        "{scraped}"
+    );
+    let status = running.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary_path).expect("summary")).expect("JSON");
+    assert_eq!(summary["shard"], 1, "{summary}");
+    assert_eq!(summary["shards"], 3, "{summary}");
+    assert_eq!(summary["total"], in_shard, "{summary}");
+    assert_eq!(summary["complete"], true, "{summary}");
+    let failed = summary["failed"].as_u64().expect("failed");
+    assert_eq!(
+        summary["recognized"].as_u64().expect("recognized") + failed,
+        in_shard,
+        "{summary}"
+    );
+    assert_eq!(
+        summary["errors"].as_array().map(Vec::len),
+        Some(failed as usize)
+    );
+    assert_eq!(lines(&out) as u64, in_shard);
+
+    // Run again (a restarted pod): everything is skipped, nothing is written twice.
+    let mut again = batch(&binary, &input, &out);
+    shard(&mut again);
+    let again = again
+        .env("JOB_COMPLETION_INDEX", "1")
+        .output()
+        .expect("run");
+    assert!(again.status.success());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary_path).expect("summary")).expect("JSON");
+    assert_eq!(summary["skipped"], in_shard, "{summary}");
+    assert_eq!(summary["recognized"], 0, "{summary}");
+    assert_eq!(lines(&out) as u64, in_shard);
+
+    // No index, or one out of range: status 2, and the summary says why.
+    for index in [None, Some("3"), Some("one")] {
+        let mut command = batch(&binary, &input, &dir.path().join("other.jsonl"));
+        shard(&mut command);
+        command.env_remove("JOB_COMPLETION_INDEX");
+        if let Some(index) = index {
+            command.env("JOB_COMPLETION_INDEX", index);
+        }
+        let output = command.output().expect("run");
+        assert_eq!(output.status.code(), Some(2), "index {index:?}");
+        let summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&summary_path).expect("summary")).expect("JSON");
+        assert!(
+            summary["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("JOB_COMPLETION_INDEX")),
+            "{summary}"
+        );
+        assert_eq!(summary["complete"], false, "{summary}");
+    }
+
+    // Another model's output: retrying cannot help, status 2.
+    let foreign = dir.path().join("foreign.jsonl");
+    std::fs::write(
+        &foreign,
+        "{\"image\":\"0000.png\",\"model\":\"m\",\"model_sha256\":\"00\"}\n",
+    )
+    .expect("write");
+    let output = batch(&binary, &input, &foreign)
+        .arg("--resume")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not of this one"));
+}
+
+/// `--store-url`: the results go to a real store role too (its SQLite database), named by
+/// the job; a second job over the same folder with the same model finds every image known
+/// and recognizes none, and the store keeps one result per image; a store that does not
+/// answer stops the run with status 1 (it may answer when the pod is retried).
+#[test]
+fn results_go_to_the_pipelines_store_and_a_second_job_recognizes_nothing_again() {
+    if !require(&[ort_lib(), models().join("test-classifier.onnx")]) {
+        return;
+    }
+    let Some(binary) = require_server_binary() else {
+        return;
+    };
+    const KEY: &str = "batch-store-key-0001";
+    let dir = ScratchDir::new("batch-store").expect("scratch dir");
+    let input = dir.path().join("photos");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    let images = 40u64;
+    for n in 0..images {
+        std::fs::write(input.join(format!("{n:03}.png")), unique_png(n)).expect("write");
+    }
+    let store = sightline_e2e::process::ServerProcess::start(
+        &binary,
+        "store",
+        &[
+            "--data-dir".to_string(),
+            dir.path().join("store").display().to_string(),
+            "--api-keys".to_string(),
+            KEY.to_string(),
+        ],
+        dir.path(),
+    )
+    .expect("the store starts");
+    let run = |job: &str, out: &str| {
+        let output = batch(&binary, &input, &dir.path().join(out))
+            .arg("--store-url")
+            .arg(store.url(""))
+            .arg("--job")
+            .arg(job)
+            .arg("--summary")
+            .arg(dir.path().join(format!("{job}.json")))
+            .env("SIGHTLINE_BATCH_STORE_API_KEY", KEY)
+            .output()
+            .expect("run");
+        let summary: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("{job}.json"))).expect("summary"),
+        )
+        .expect("JSON");
+        (output, summary)
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let results = |job: &str| -> serde_json::Value {
+        let url = store.url(&format!("/api/v1/results?limit=1000&job={job}"));
+        runtime.block_on(async {
+            let response = reqwest::Client::new()
+                .get(url)
+                .header("x-api-key", KEY)
+                .send()
+                .await
+                .expect("GET results");
+            assert!(response.status().is_success(), "{}", response.status());
+            response.json().await.expect("JSON")
+        })
+    };
+
+    let (output, summary) = run("archive-a", "a.jsonl");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(summary["recognized"], images, "{summary}");
+    let stored = results("archive-a");
+    let items = stored["items"].as_array().expect("items");
+    assert_eq!(items.len() as u64, images, "{stored}");
+    for item in items {
+        assert_eq!(item["job"], "archive-a", "{item}");
+        assert_eq!(item["provenance"], "server", "{item}");
+        assert!(
+            item["image_url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("file://"))
+        );
+    }
+
+    let (output, summary) = run("archive-b", "b.jsonl");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(summary["recognized"], 0, "{summary}");
+    assert_eq!(summary["known"], images, "{summary}");
+    assert_eq!(summary["skipped"], images, "{summary}");
+    let b = std::fs::read_to_string(dir.path().join("b.jsonl")).expect("b");
+    assert_eq!(b.lines().count() as u64, images);
+    assert!(
+        b.lines()
+            .all(|l| l.contains("\"known\":true") && l.contains("predictions"))
+    );
+    assert_eq!(results("archive-b")["items"], serde_json::json!([]));
+    assert_eq!(
+        results("archive-a")["items"].as_array().map(Vec::len),
+        Some(images as usize),
+        "one result per image"
+    );
+
+    // A store that does not answer: the run stops, status 1, and says why.
+    let output = batch(&binary, &input, &dir.path().join("c.jsonl"))
+        .arg("--store-url")
+        .arg("http://127.0.0.1:9")
+        .arg("--job")
+        .arg("archive-c")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("results store"));
 }

@@ -2,7 +2,8 @@
 //! three processes and the operator (its Kubernetes API unreachable) on loopback, scraped
 //! every second by a real Prometheus (Debian's `prometheus` package) that also loads the
 //! alert rules. Traffic goes through the pipeline — good images, bad images, unknown ids,
-//! missing and wrong API keys — and then, through Prometheus's HTTP API:
+//! missing and wrong API keys — and users' feedback on its answers (so the store role's
+//! live quality gauges have figures), and then, through Prometheus's HTTP API:
 //!
 //! - every expression of every dashboard panel returns data (with the dashboard's own
 //!   variables resolved through their `label_values` queries),
@@ -33,6 +34,9 @@ use sightline_e2e::{models, ort_lib, repo_root, require};
 const NAMESPACE: &str = "sightline-e2e";
 const API_KEY: &str = "e2e-observability-key";
 const REQUEST_ID: &str = "e2e-observability-0001";
+/// The batch shard's job and its photos (one more, broken, is a recorded failure).
+const BATCH_JOB: &str = "rjob-e2e";
+const BATCH_IMAGES: u8 = 20;
 /// What `$__rate_interval` becomes: 60 one-second scrapes.
 const RATE_INTERVAL: &str = "1m";
 
@@ -336,6 +340,10 @@ fn dashboards_are_importable_grafana_models() {
         "sightline_operator_reconcile_errors_total",
         "sightline_operator_reconcile_duration_seconds_bucket",
         "sightline_operator_managed_objects",
+        "sightline_quality_accuracy",
+        "sightline_quality_samples",
+        "sightline_quality_class_f1",
+        "sightline_quality_read_timestamp_seconds",
     ] {
         assert!(
             exprs.iter().any(|e| e.contains(needle)),
@@ -611,9 +619,10 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
         return;
     };
     let dir = ScratchDir::new("prometheus").expect("scratch dir");
-    let ports = free_ports(6).expect("ports");
+    let ports = free_ports(7).expect("ports");
     let (store_port, recognize_port, upload_port, operator_port, prom_port, closed_port) =
         (ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]);
+    let batch_port = ports[6];
 
     // The three roles, JSON logs, API keys on every one (the upload role forwards the key).
     let common = |extra: Vec<String>| {
@@ -632,6 +641,9 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
         &common(vec![
             "--data-dir".into(),
             dir.path().join("store").display().to_string(),
+            // The live quality gauges read every second, so the Quality row has data.
+            "--quality-refresh-secs".into(),
+            "1".into(),
         ]),
         dir.path(),
     )
@@ -648,6 +660,11 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
             "--intra-threads".into(),
             "1".into(),
             "--max-delay-ms".into(),
+            "5".into(),
+            // A small drift baseline, so that the drift panels have figures.
+            "--drift-baseline-answers".into(),
+            "5".into(),
+            "--drift-min-samples".into(),
             "5".into(),
         ]),
         dir.path(),
@@ -711,6 +728,35 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
         Duration::from_secs(30),
     );
 
+    // A batch shard, as a RecognitionJob's pod runs it, serving its figures until the end.
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).expect("mkdir photos");
+    for i in 0..BATCH_IMAGES {
+        std::fs::write(
+            photos.join(format!("{i:02}.png")),
+            png([i * 10, 200 - i * 5, 90], 16, 16),
+        )
+        .expect("write a photo");
+    }
+    std::fs::write(photos.join("broken.png"), b"not a photo").expect("write");
+    let mut batch_process = Spawned::start(
+        sightline_e2e::process::batch_command(&server, &photos, &dir.path().join("batch.jsonl"))
+            .args([
+                "--job",
+                BATCH_JOB,
+                "--no-progress",
+                "--metrics-linger-seconds",
+                "600",
+            ])
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{batch_port}")),
+        dir.path().join("batch.log"),
+    );
+    batch_process.wait_for(
+        &format!("http://127.0.0.1:{batch_port}/metrics"),
+        Duration::from_secs(30),
+    );
+
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -750,6 +796,10 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
         declared.extend(declared_names(&text));
         failures.extend(promtool_check_metrics(&promtool, name, &text));
     }
+    let (_, batch_text) =
+        get_metrics_text(&client, &format!("http://127.0.0.1:{batch_port}/metrics")).await;
+    declared.extend(declared_names(&batch_text));
+    failures.extend(promtool_check_metrics(&promtool, "batch", &batch_text));
     let rules_path = dir.path().join("rules.yml");
     std::fs::write(&rules_path, plain_rules_file()).expect("write rules");
     let checked = Command::new(&promtool)
@@ -773,12 +823,14 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
     };
     let config = format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-         rule_files: ['{}']\nscrape_configs:\n{}{}{}{}",
+         rule_files: ['{}']\nscrape_configs:\n{}{}{}{}{}    honor_labels: true\n",
         rules_path.display(),
         job("sightline-upload", upload_port),
         job("sightline-recognize", recognize_port),
         job("sightline-store", store_port),
         job("sightline-operator", operator_port),
+        // The batch shard's own `job` label names its job (as podmonitor-batch.yaml keeps it).
+        job("sightline-batch", batch_port),
     );
     let config_path = dir.path().join("prometheus.yml");
     std::fs::write(&config_path, config).expect("write prometheus.yml");
@@ -906,20 +958,79 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_data() {
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
 
-    // Wait until Prometheus has scraped the end of the traffic (and a few scrapes more).
+    // Users' feedback on the pipeline's answers, through the front door: the first right,
+    // the others wrong ("it is a teapot").
+    let listed: Value = client
+        .get(up("/api/v1/results?limit=8"))
+        .header("authorization", &key)
+        .send()
+        .await
+        .expect("list results")
+        .json()
+        .await
+        .expect("a page");
+    let mut answered = 0usize;
+    for (n, item) in listed["items"].as_array().into_iter().flatten().enumerate() {
+        let id = item["id"].as_str().unwrap_or_default();
+        let body = if n == 0 {
+            serde_json::json!({"correct": true})
+        } else {
+            serde_json::json!({"label": "teapot"})
+        };
+        let r = client
+            .post(up(&format!("/api/v1/results/{id}/feedback")))
+            .header("authorization", &key)
+            .json(&body)
+            .send()
+            .await;
+        expect("feedback", 201, r.expect("feedback call").status());
+        answered += 1;
+    }
+    let r = client
+        .post(up(&format!("/api/v1/results/{}/feedback", "0".repeat(32))))
+        .header("authorization", &key)
+        .json(&serde_json::json!({"label": "teapot"}))
+        .send()
+        .await;
+    expect(
+        "feedback on an unknown result",
+        404,
+        r.expect("call").status(),
+    );
+
+    // Wait until Prometheus has scraped the end of the traffic and the feedback (and a few
+    // scrapes more).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let stored = prom
             .scalar("sum(sightline_results_saved_total{job=\"sightline-store\"})")
             .await;
         let operator_up = prom.scalar("up{job=\"sightline-operator\"}").await;
-        if stored >= saved as f64 && operator_up == 1.0 {
+        let scored = prom
+            .scalar("sum(sightline_quality_samples{job=\"sightline-store\", window=\"1h\"})")
+            .await;
+        let drift = prom
+            .scalar("count(sightline_model_drift{job=\"sightline-recognize\"})")
+            .await;
+        let batched = prom
+            .scalar(&format!(
+                "sum(sightline_batch_images_total{{job=\"{BATCH_JOB}\"}})"
+            ))
+            .await;
+        if stored >= saved as f64
+            && operator_up == 1.0
+            && scored >= answered as f64
+            && drift == 2.0
+            && batched > f64::from(BATCH_IMAGES)
+        {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "Prometheus did not see the traffic: {stored} results saved (want {saved}), \
-             operator up = {operator_up}\n{}",
+             {scored} answers scored (want {answered}), operator up = {operator_up}, \
+             {drift} drift signals (want 2), {batched} batch images (want {})\n{}",
+            BATCH_IMAGES + 1,
             prometheus_process.log()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;

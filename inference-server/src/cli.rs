@@ -85,7 +85,8 @@ pub struct EvalArgs {
 #[derive(Debug, Clone, Args)]
 pub struct BatchArgs {
     /// The folder of images (sub-folders included; files named .jpg, .jpeg, .png, .webp,
-    /// .gif, .bmp or .jfif).
+    /// .gif, .bmp or .jfif), or an S3-compatible bucket `s3://bucket[/prefix]` (the image
+    /// store's --s3-* flags and AWS_* variables say where and how to sign in).
     #[arg(long, env = "SIGHTLINE_BATCH_INPUT")]
     pub input: PathBuf,
 
@@ -102,6 +103,39 @@ pub struct BatchArgs {
     /// position INDEX), so several processes can share one folder.
     #[arg(long, env = "SIGHTLINE_BATCH_SHARD", default_value = "0/1", value_parser = parse_shard)]
     pub shard: (usize, usize),
+
+    /// The listing is cut into this many shards and this process takes the one numbered by
+    /// `$JOB_COMPLETION_INDEX` (what Kubernetes gives each pod of an Indexed Job); instead
+    /// of --shard.
+    #[arg(long, conflicts_with = "shard",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub shards: Option<usize>,
+
+    /// Write what the run did as one JSON object to this file when it ends, also when it
+    /// fails (on a cluster `/dev/termination-log`, which the operator reads).
+    #[arg(long)]
+    pub summary: Option<PathBuf>,
+
+    /// Serve `GET /metrics` (sightline_batch_images_total, …) on this address while running.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// With --metrics-listen: keep serving the final figures this long after the run ends,
+    /// so that a scrape interval's worth of last counts is not lost (a Prometheus scraping
+    /// every 30 s wants 30).
+    #[arg(long, default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub metrics_linger_seconds: u64,
+
+    /// The name the metrics carry in their `job` label (a RecognitionJob's name), and the
+    /// stored results with --store-url.
+    #[arg(long, env = "SIGHTLINE_BATCH_JOB", default_value = "local")]
+    pub job: String,
+
+    /// With --store-url (the store role's URL): the API key it wants (prefer the
+    /// environment variable).
+    #[arg(long, env = "SIGHTLINE_BATCH_STORE_API_KEY", hide_env_values = true)]
+    pub store_api_key: Option<String>,
 
     /// The true labels, a CSV of `path,label` (paths relative to the CSV file): the
     /// evaluation report over the images it names is printed at the end.
@@ -208,6 +242,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
 
+    #[command(flatten)]
+    pub feedback: FeedbackArgs,
+
     /// Directory for local state (image store, SQLite database).
     #[arg(long, env = "SIGHTLINE_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -230,7 +267,9 @@ pub struct ServeArgs {
     pub recognize_url: Option<String>,
 
     /// Upload role: the store service the pipeline saves results to and the front door
-    /// forwards the results routes to (for example http://store:8080).
+    /// forwards the results routes to (for example http://store:8080). `batch`: keep the
+    /// results there too, named by --job; an image it has a result for (same bytes, same
+    /// model digest) is not recognized again.
     #[arg(long, env = "SIGHTLINE_STORE_URL")]
     pub store_url: Option<String>,
 
@@ -371,9 +410,11 @@ pub struct ServeArgs {
 }
 
 mod config_file;
+mod feedback_args;
 mod model_args;
 
 pub use config_file::{CliError, parse, with_config_file};
+pub use feedback_args::{FeedbackArgs, Retention};
 pub use model_args::ModelArgs;
 
 #[cfg(test)]

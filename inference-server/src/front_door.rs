@@ -128,7 +128,9 @@ pub fn store_router() -> Router<FrontDoorState> {
         .route("/api/v1/results/{id}", get(to_store))
         .route(
             "/api/v1/results/{id}/feedback",
-            post(to_feedback).layer(DefaultBodyLimit::max(MAX_FEEDBACK_BYTES)),
+            post(to_feedback)
+                .get(to_store)
+                .layer(DefaultBodyLimit::max(MAX_FEEDBACK_BYTES)),
         )
         .route("/api/v1/quality", get(to_store))
         .route("/api/v1/images/{id}/results", get(to_store))

@@ -22,7 +22,16 @@ fn main() -> anyhow::Result<()> {
     if let Command::Batch(batch) = cli.command {
         // Results go to --out, the summary to stdout, progress to stderr.
         init_command_logging();
-        runtime.block_on(sightline_server::batch::run_cli(batch))?;
+        if let Err(e) = runtime.block_on(sightline_server::batch::run_cli(batch)) {
+            eprintln!("Error: {e}");
+            // A pod failure policy fails the index on this status instead of retrying.
+            let status = if e.is_permanent() {
+                sightline_server::batch::EXIT_PERMANENT
+            } else {
+                1
+            };
+            std::process::exit(i32::from(status));
+        }
         return Ok(());
     }
     let args = match cli.command {

@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 pub use sightline_model::metrics::{Decoding, InferenceMetrics};
 pub use sightline_store::metrics::StoreMetrics;
+pub use sightline_store::quality_gauges::QualityGauges;
 use sightline_telemetry::{F64Gauge, HistogramFamily, ModelLabels, latency_histogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,6 +49,8 @@ pub struct Metrics {
     pub inference: InferenceMetrics,
     pub pipeline: PipelineMetrics,
     pub store: StoreMetrics,
+    /// Filled by the store role only (`crate::store::background`).
+    pub quality: QualityGauges,
     pub front_door: FrontDoorMetrics,
 }
 
@@ -68,6 +71,7 @@ impl Metrics {
         let inference = InferenceMetrics::register(registry, model);
         let pipeline = PipelineMetrics::register(registry);
         let store = StoreMetrics::register(registry);
+        let quality = QualityGauges::register(registry);
         let front_door = FrontDoorMetrics::register(registry);
         Metrics {
             registry: Arc::new(root),
@@ -76,6 +80,7 @@ impl Metrics {
             inference,
             pipeline,
             store,
+            quality,
             front_door,
         }
     }

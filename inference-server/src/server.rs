@@ -173,6 +173,7 @@ pub async fn role_state(
             .await?
             .with_metrics(state.metrics.store.clone());
         tracing::info!(database = %crate::store::redact(&url), "results database ready");
+        crate::store::background::start(&store, &state.metrics.quality, &args.feedback);
         state.results = Some(store);
     }
     if role == Role::Upload {

@@ -14,7 +14,7 @@ use axum::http::{Request, StatusCode};
 use pipeline_support::*;
 use serde_json::{Value, json};
 use sightline_quality::Confusion;
-use support::{body_json, get, post, send};
+use support::{body_json, get, get_json, post, post_json, send};
 
 const MODEL: &str = "colours";
 
@@ -31,16 +31,6 @@ fn answer(n: usize, label: &str) -> Value {
         "model": {"name": MODEL, "sha256": digest()},
         "predictions": [{"label": label, "probability": 0.9}, {"label": "other", "probability": 0.1}],
     })
-}
-
-async fn post_json(app: &Router, uri: &str, body: &Value) -> (StatusCode, Value) {
-    let (status, response) = send(app, post(uri, "application/json", body.to_string())).await;
-    (status, body_json(response).await)
-}
-
-async fn get_json(app: &Router, uri: &str) -> (StatusCode, Value) {
-    let (status, response) = send(app, get(uri)).await;
-    (status, body_json(response).await)
 }
 
 /// (predicted, true) per result: blue, green and red, seven of nine right.

@@ -323,7 +323,9 @@ fn example(method: &str, route: &str, made: &Made) -> Option<Call> {
                 "predictions": [{"label": "blue", "probability": 0.7}],
             }),
         ),
-        ("get", "/api/v1/results/{id}") => Call::get(route.replace("{id}", &made.result_id)),
+        ("get", "/api/v1/results/{id}" | "/api/v1/results/{id}/feedback") => {
+            Call::get(route.replace("{id}", &made.result_id))
+        }
         ("post", "/api/v1/results/{id}/feedback") => Call::json(
             route.replace("{id}", &made.recognized_id),
             &json!({"correct": true}),

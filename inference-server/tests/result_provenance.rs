@@ -47,6 +47,7 @@ fn result(provenance: Provenance, label: &str) -> NewResult {
             probability: 0.9,
         }],
         latency_ms: None,
+        job: None,
         provenance,
     }
 }
@@ -130,6 +131,29 @@ async fn migrates_an_old_database_and_keeps_the_two_apart(backend: Backend) {
         .await
         .expect("list");
     assert_eq!(servers.items.len(), 1, "{backend:?}");
+
+    // A batch job's result names the job (the column the migration added), and the job
+    // lists its own.
+    let mut batch = result(Provenance::Server, "tabby");
+    batch.image_id = Some("e".repeat(64));
+    batch.job = Some("archive-2026".into());
+    let (saved, created) = store.save(&batch).await.expect("save");
+    assert!(created, "{backend:?}");
+    assert_eq!(saved.job.as_deref(), Some("archive-2026"));
+    let of_job = store
+        .list(&ListQuery {
+            limit: 10,
+            job: Some("archive-2026".into()),
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(of_job.items.len(), 1, "{backend:?}");
+    assert_eq!(of_job.items[0].id, saved.id);
+    assert_eq!(
+        servers.items[0].job, None,
+        "{backend:?}: the pipeline's names none"
+    );
     store.close().await;
     db.cleanup().await;
 }

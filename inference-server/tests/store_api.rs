@@ -9,7 +9,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use pipeline_support::*;
 use serde_json::{Value, json};
-use support::{body_json, get, post, send};
+use support::{body_json, get_json, post, post_json, send};
 
 fn record(image: usize, model: &str, label: &str) -> Value {
     let id = sightline_server::upload::sha256_hex(format!("image {image}").as_bytes());
@@ -20,16 +20,6 @@ fn record(image: usize, model: &str, label: &str) -> Value {
         "predictions": [{"label": label, "probability": 0.9}, {"label": "other", "probability": 0.1}],
         "latency_ms": 1.5,
     })
-}
-
-async fn post_json(app: &Router, uri: &str, body: &Value) -> (StatusCode, Value) {
-    let (status, response) = send(app, post(uri, "application/json", body.to_string())).await;
-    (status, body_json(response).await)
-}
-
-async fn get_json(app: &Router, uri: &str) -> (StatusCode, Value) {
-    let (status, response) = send(app, get(uri)).await;
-    (status, body_json(response).await)
 }
 
 async fn contract(backend: Backend) {

@@ -7,61 +7,11 @@
 mod pipeline_support;
 mod support;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use axum::http::StatusCode;
 use image::ImageFormat;
 use pipeline_support::*;
-use support::{body_bytes, body_json, get, post, repo_root, send, solid};
-
-/// moto's S3 server; killed when dropped.
-struct Moto {
-    child: Child,
-    url: String,
-}
-
-impl Moto {
-    fn start() -> Option<Moto> {
-        let binary = repo_root().join(".venv/bin/moto_server");
-        if !binary.is_file() {
-            let message = format!("{} is missing: run `make deps`", binary.display());
-            if std::env::var_os("CI").is_some() {
-                panic!("{message}");
-            }
-            eprintln!("\n*** SKIPPED S3 tests (not in CI): {message} ***\n");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new(&binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto_server");
-        let moto = Moto {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(moto)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::moto::Moto;
+use support::{body_bytes, body_json, get, post, send, solid};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_live_in_an_s3_compatible_bucket() {

@@ -25,6 +25,9 @@ pub struct Line {
     /// Best first; empty when the image failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub predictions: Vec<Prediction>,
+    /// The predictions came from the results database, which had them already.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub known: bool,
     /// Why the image has no predictions (not an image, too large, unreadable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -115,6 +118,7 @@ mod tests {
                 label: "cat".into(),
                 probability: 0.5,
             }],
+            known: false,
             error: None,
         }
     }

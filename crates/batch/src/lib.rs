@@ -2,11 +2,12 @@
 //! batching the model tuned, written as JSON lines; resumable, so an interrupted run
 //! redoes nothing and loses nothing.
 //!
-//! - [`listing`]: the images of a folder, in a fixed order, and a deterministic shard of
-//!   them (index `i` of `n`).
+//! - [`listing`]: the images of a folder (or among an object store's keys), in a fixed
+//!   order, and a deterministic shard of them (index `i` of `n`).
 //! - [`journal`]: the output file: one JSON line per image, flushed as it is written; on
 //!   resume, the images it already holds (a line cut short by a kill is dropped).
-//! - [`run`]: the images through the model, as many in flight as batches can take.
+//! - [`run`]: the images through the model, as many in flight as batches can take, their
+//!   bytes from a [`run::Reader`] (files here; the server reads buckets).
 //!
 //! May use: `sightline-model` and `sightline-api`; never HTTP, the command line or the
 //! store. `sightline-server batch` loads the model from flags and calls [`run`].
@@ -47,4 +48,7 @@ pub enum BatchError {
     },
     #[error("--shard {index}/{count}: the index must be below the count")]
     Shard { index: usize, count: usize },
+    /// The results database did not answer (the run stops; resume it).
+    #[error("the results store: {0}")]
+    Sink(String),
 }

@@ -11,8 +11,9 @@ pub const IMAGE_ENDINGS: [&str; 7] = ["jpg", "jpeg", "png", "webp", "gif", "bmp"
 /// and where it is.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Item {
-    /// Relative to the input folder, `/`-separated.
+    /// Relative to the input folder (or the bucket prefix), `/`-separated.
     pub name: String,
+    /// The file; for an object store ([`objects`]), the object's key.
     pub path: PathBuf,
 }
 
@@ -63,6 +64,30 @@ pub fn name_in(root: &Path, path: &Path) -> Option<String> {
             .collect::<Vec<_>>()
             .join("/"),
     )
+}
+
+/// The images among an object store's keys under `prefix`: the same rule as for a folder
+/// (image endings only, no segment starting with `.`), named relative to the prefix,
+/// sorted.
+pub fn objects(prefix: &str, keys: impl IntoIterator<Item = String>) -> Vec<Item> {
+    let prefix = prefix.trim_matches('/');
+    let mut items: Vec<Item> = keys
+        .into_iter()
+        .filter_map(|key| {
+            let name = if prefix.is_empty() {
+                key.as_str()
+            } else {
+                key.strip_prefix(prefix)?.strip_prefix('/')?
+            };
+            let visible = !name.is_empty() && name.split('/').all(|s| !s.starts_with('.'));
+            (visible && is_image_name(name)).then(|| Item {
+                name: name.to_string(),
+                path: PathBuf::from(&key),
+            })
+        })
+        .collect();
+    items.sort();
+    items
 }
 
 fn is_image_name(name: &str) -> bool {
@@ -122,5 +147,24 @@ mod tests {
             list(&root.join("a.png")),
             Err(BatchError::NotAFolder(_))
         ));
+    }
+
+    #[test]
+    fn object_keys_are_listed_like_files() {
+        let keys = [
+            "photos/z.JPG",
+            "photos/a.png",
+            "photos/b/.cache/x.png",
+            "photos/b/y.gif",
+            "photos/notes.txt",
+            "photos-old/a.png",
+            "other/a.png",
+        ]
+        .map(String::from);
+        let items = objects("photos/", keys.clone());
+        let names: Vec<&str> = items.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["a.png", "b/y.gif", "z.JPG"]);
+        assert_eq!(items[1].path, PathBuf::from("photos/b/y.gif"));
+        assert_eq!(objects("", keys).len(), 5);
     }
 }

@@ -16,17 +16,18 @@
 //! top-1) or give the label; "wrong" without the label cannot be scored and is refused
 //! ([`TrueAnswer::from_parts`]).
 //!
-//! [`ResultStore::quality`] counts (top-1, true label) pairs with a `GROUP BY` in the
-//! database, per model digest, over the answers given since a time; the figures are
-//! `sightline-quality`'s, the very formulas the offline evaluation uses.
+//! The live quality counted from these answers is [`crate::live`]'s, and how long they are
+//! kept [`crate::retention`]'s.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sightline_quality::{Pair, Quality};
+use sightline_quality::Quality;
 use sqlx::Row;
 
-use super::{Dialect, ModelRef, Provenance, ResultStore, StoreError, TABLE, now_ms, rfc3339};
+use super::{
+    Dialect, ModelRef, Provenance, ResultRecord, ResultStore, StoreError, now_ms, rfc3339,
+};
 use crate::ids::new_id;
 use crate::text_column;
 
@@ -34,6 +35,8 @@ use crate::text_column;
 pub const FEEDBACK: &str = "sightline_feedback";
 /// Every answer ever given, appended.
 pub const HISTORY: &str = "sightline_feedback_history";
+/// Most answers of a result's history read at once (the newest).
+pub const MAX_HISTORY: usize = 1000;
 /// Longest true label or caller name, in bytes (the results' `top_label` column's size).
 pub const MAX_TEXT_BYTES: usize = 255;
 
@@ -155,7 +158,7 @@ pub struct DigestQuality {
     pub quality: Quality,
 }
 
-fn query_error(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+pub(crate) fn query_error(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { what, source }
 }
 
@@ -176,7 +179,8 @@ fn is_transient(e: &StoreError) -> bool {
 
 impl ResultStore {
     /// Records `caller`'s `answer` about result `result_id` (replacing the caller's
-    /// earlier answer, which stays in the history).
+    /// earlier answer, which stays in the history). Only the model's own (`server`)
+    /// results take feedback.
     pub async fn record_feedback(
         &self,
         result_id: &str,
@@ -190,6 +194,32 @@ impl ResultStore {
         if result.provenance != Provenance::Server {
             return Err(FeedbackError::NotOurs(result.id));
         }
+        self.record_on(result, caller, answer).await
+    }
+
+    /// Records the true label a caller declared when saving its own result (the seed's
+    /// save): kept like an answer (shown with the result's feedback, deleted by the
+    /// retention), never counted in the live quality, which counts the model's own
+    /// (`server`) results only — a client's prediction is no measurement of the model.
+    pub async fn record_declared_label(
+        &self,
+        result: ResultRecord,
+        caller: &str,
+        label: String,
+    ) -> Result<Feedback, FeedbackError> {
+        let answer = TrueAnswer::Label {
+            label,
+            claimed: None,
+        };
+        self.record_on(result, caller, answer).await
+    }
+
+    async fn record_on(
+        &self,
+        result: ResultRecord,
+        caller: &str,
+        answer: TrueAnswer,
+    ) -> Result<Feedback, FeedbackError> {
         let predicted = result
             .top_label
             .clone()
@@ -312,91 +342,67 @@ impl ResultStore {
         Ok(replaced)
     }
 
-    /// Every answer given about `result_id`, by any caller, oldest first.
-    pub async fn feedback_history(&self, result_id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
-        self.timed("feedback_history", async {
-            let sql = format!(
-                "SELECT caller, true_label, correct, created_ms FROM {HISTORY} \
-                 WHERE result_id = {} ORDER BY created_ms, id",
-                self.dialect.ph(1)
-            );
-            let rows = sqlx::query(&sql)
-                .bind(result_id.to_string())
-                .fetch_all(&self.pool)
-                .await
-                .map_err(query_error("feedback_history"))?;
-            rows.iter()
-                .map(|row| {
-                    Ok(HistoryEntry {
-                        caller: text_column(row, "caller", result_id)?,
-                        label: text_column(row, "true_label", result_id)?,
-                        correct: row
-                            .try_get::<i64, _>("correct")
-                            .map_err(query_error("decode row"))?
-                            != 0,
-                        created_at_ms: row
-                            .try_get("created_ms")
-                            .map_err(query_error("decode row"))?,
-                    })
-                })
-                .collect()
-        })
-        .await
+    /// The current answer of each caller about `result_id`, by caller (the first
+    /// [`MAX_HISTORY`] callers, and one more to say there are more).
+    pub async fn current_feedback(&self, result_id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut current = self
+            .timed(
+                "feedback_history",
+                self.answers(FEEDBACK, result_id, "caller"),
+            )
+            .await?;
+        // By the name's bytes, whatever the database's collation.
+        current.sort_by(|a, b| a.caller.cmp(&b.caller));
+        Ok(current)
     }
 
-    /// The live figures of `model` per model digest (only `digest` when given), over the
-    /// current answers given since `since_ms` about the model's own (`server`) results.
-    /// The database counts the (top-1, true label) pairs; `sightline-quality` scores them.
-    pub async fn quality(
-        &self,
-        model: &str,
-        digest: Option<&str>,
-        since_ms: i64,
-    ) -> Result<Vec<DigestQuality>, StoreError> {
-        self.timed("quality", async {
-            let d = self.dialect;
-            let mut sql = format!(
-                "SELECT f.model_sha256 AS digest, r.top_label AS predicted, \
-                 f.true_label AS truth, COUNT(*) AS n \
-                 FROM {FEEDBACK} f JOIN {TABLE} r ON r.id = f.result_id \
-                 WHERE f.model = {} AND f.created_ms >= {} \
-                 AND r.provenance = 'server' AND r.top_label IS NOT NULL",
-                d.ph(1),
-                d.ph(2)
-            );
-            if digest.is_some() {
-                sql.push_str(&format!(" AND f.model_sha256 = {}", d.ph(3)));
-            }
-            sql.push_str(" GROUP BY f.model_sha256, r.top_label, f.true_label");
-            let mut query = sqlx::query(&sql).bind(model.to_string()).bind(since_ms);
-            if let Some(digest) = digest {
-                query = query.bind(digest.to_string());
-            }
-            let rows = query
-                .fetch_all(&self.pool)
-                .await
-                .map_err(query_error("quality"))?;
-            let mut by_digest: std::collections::BTreeMap<String, Vec<Pair>> = Default::default();
-            for row in &rows {
-                let count: i64 = row.try_get("n").map_err(query_error("decode row"))?;
-                by_digest
-                    .entry(text_column(row, "digest", "quality")?)
-                    .or_default()
-                    .push(Pair {
-                        predicted: text_column(row, "predicted", "quality")?,
-                        truth: text_column(row, "truth", "quality")?,
-                        count: u64::try_from(count).unwrap_or(0),
-                    });
-            }
-            Ok(by_digest
-                .into_iter()
-                .map(|(model_sha256, pairs)| DigestQuality {
-                    model_sha256,
-                    quality: Quality::from_pairs(pairs),
-                })
-                .collect())
-        })
+    /// The answers given about `result_id`, by any caller, oldest first: every one, or the
+    /// newest [`MAX_HISTORY`] (then one more is returned, the oldest, to say so: callers
+    /// check `len() > MAX_HISTORY`).
+    pub async fn feedback_history(&self, result_id: &str) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.timed(
+            "feedback_history",
+            self.answers(HISTORY, result_id, "created_ms DESC, id DESC"),
+        )
         .await
+        .map(|mut newest_first| {
+            newest_first.reverse();
+            newest_first
+        })
+    }
+
+    async fn answers(
+        &self,
+        table: &str,
+        result_id: &str,
+        order: &str,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let sql = format!(
+            "SELECT caller, true_label, correct, created_ms FROM {table} \
+             WHERE result_id = {} ORDER BY {order} LIMIT {}",
+            self.dialect.ph(1),
+            MAX_HISTORY + 1
+        );
+        let rows = sqlx::query(&sql)
+            .bind(result_id.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("feedback_history"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(HistoryEntry {
+                    caller: text_column(row, "caller", result_id)?,
+                    label: text_column(row, "true_label", result_id)?,
+                    correct: row
+                        .try_get::<i64, _>("correct")
+                        .map_err(query_error("decode row"))?
+                        != 0,
+                    created_at_ms: row
+                        .try_get("created_ms")
+                        .map_err(query_error("decode row"))?,
+                })
+            })
+            .collect()
     }
 }
 

@@ -19,7 +19,8 @@
 //! no offset scans.
 //!
 //! Users' feedback on the pipeline's answers (the true label) lives beside the results, and
-//! the live quality is counted from it by the database ([`feedback`]).
+//! the live quality is counted from it by the database ([`feedback`], [`live`]), exported
+//! as bounded Prometheus gauges ([`quality_gauges`]) and kept for a set time ([`retention`]).
 //!
 //! May use: `sightline-api` (the prediction format), `sightline-quality` (the seed's
 //! formulas, one implementation with the offline evaluation) and `sightline-telemetry`;
@@ -29,8 +30,11 @@ mod error;
 pub mod evaluations;
 pub mod feedback;
 mod ids;
+pub mod live;
 pub mod metrics;
+pub mod quality_gauges;
 mod records;
+pub mod retention;
 mod schema;
 
 pub use error::{Dialect, StoreError, redact};
@@ -65,7 +69,7 @@ pub struct ResultStore {
 }
 
 const COLUMNS: &str = "id, image_id, image_url, model, model_sha256, top_label, predictions, \
-     latency_ms, created_ms, provenance";
+     latency_ms, created_ms, provenance, job";
 
 impl ResultStore {
     /// The default: SQLite at `<data_dir>/sightline.db` (created when missing).
@@ -202,9 +206,9 @@ impl ResultStore {
             })?;
         let top_label = new.predictions.first().map(|p| p.label.clone());
         let d = self.dialect;
-        let values = (1..=11).map(|n| d.ph(n)).collect::<Vec<_>>().join(", ");
+        let values = (1..=12).map(|n| d.ph(n)).collect::<Vec<_>>().join(", ");
         let columns = "id, idem_key, image_id, image_url, model, model_sha256, top_label, \
-                       predictions, latency_ms, created_ms, provenance";
+                       predictions, latency_ms, created_ms, provenance, job";
         let sql = match d {
             Dialect::MySql => format!(
                 "INSERT INTO {TABLE} ({columns}) VALUES ({values}) ON DUPLICATE KEY UPDATE idem_key = idem_key"
@@ -231,6 +235,7 @@ impl ResultStore {
             )
             .bind(now)
             .bind(new.provenance.as_str())
+            .bind(new.job.clone())
             .execute(&self.pool)
             .await
             .map_err(|source| StoreError::Query {
@@ -303,6 +308,9 @@ impl ResultStore {
         }
         if let Some(provenance) = q.provenance {
             add("provenance =", Bind::Text(provenance.as_str().to_string()));
+        }
+        if let Some(job) = &q.job {
+            add("job =", Bind::Text(job.clone()));
         }
         if let Some(since) = q.since_ms {
             add("created_ms >=", Bind::Int(since));
@@ -383,8 +391,31 @@ fn record(row: &AnyRow) -> Result<ResultRecord, StoreError> {
         created_at: rfc3339(created_ms),
         created_at_ms: created_ms,
         provenance,
+        job: optional_text_column(row, "job", &id)?,
         id,
     })
+}
+
+/// A nullable text column, read as [`text_column`] reads one.
+fn optional_text_column(
+    row: &AnyRow,
+    column: &str,
+    id: &str,
+) -> Result<Option<String>, StoreError> {
+    if let Ok(text) = row.try_get::<Option<String>, _>(column) {
+        return Ok(text);
+    }
+    let raw: Option<Vec<u8>> = row.try_get(column).map_err(|e| StoreError::Query {
+        what: "decode row",
+        source: e,
+    })?;
+    raw.map(|raw| {
+        String::from_utf8(raw).map_err(|e| StoreError::Corrupt {
+            id: id.to_string(),
+            detail: e.to_string(),
+        })
+    })
+    .transpose()
 }
 
 /// A text column (MySQL hands TEXT and VARCHAR columns to `Any` as BLOBs at times).

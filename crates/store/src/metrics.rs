@@ -30,7 +30,7 @@ pub struct StoreMetrics {
 
 impl StoreMetrics {
     /// The operations [`crate::ResultStore`] runs (label values).
-    pub const OPERATIONS: [&'static str; 9] = [
+    pub const OPERATIONS: [&'static str; 11] = [
         "insert",
         "get",
         "list",
@@ -40,6 +40,8 @@ impl StoreMetrics {
         "feedback_put",
         "feedback_history",
         "quality",
+        "quality_all",
+        "feedback_purge",
     ];
 
     fn families() -> StoreMetrics {
@@ -54,7 +56,7 @@ impl StoreMetrics {
         let m = Self::families();
         registry.register(
             "db_query_duration_seconds",
-            "Time of one results-database operation (insert, get, list, ping, evaluation_put, evaluation_get, feedback_put, feedback_history, quality), errors included",
+            "Time of one results-database operation (insert, get, list, ping, evaluation_put, evaluation_get, feedback_put, feedback_history, quality, quality_all, feedback_purge), errors included",
             m.duration.clone(),
         );
         registry.register(

@@ -43,6 +43,10 @@ pub struct NewResult {
     pub predictions: Vec<Prediction>,
     #[serde(default)]
     pub latency_ms: Option<f64>,
+    /// The RecognitionJob (or `sightline-server batch --job`) that produced it; only the
+    /// server's own results carry one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     /// Never read from a request body: what a route of the store role is for says it
     /// (a caller's save is `client`; the pipeline's save, `server`).
     #[serde(skip)]
@@ -84,6 +88,9 @@ pub struct ResultRecord {
     /// Who produced it (records of an older server may omit it: `client`).
     #[serde(default)]
     pub provenance: Provenance,
+    /// The batch job that produced it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 /// Filters and paging for a listing.
@@ -97,6 +104,8 @@ pub struct ListQuery {
     pub image_id: Option<String>,
     /// Only records of this provenance.
     pub provenance: Option<Provenance>,
+    /// Only records of this batch job.
+    pub job: Option<String>,
     /// Inclusive lower bound on creation time, milliseconds since the epoch.
     pub since_ms: Option<i64>,
     /// Exclusive upper bound on creation time, milliseconds since the epoch.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sqlx::Row;
 
 use super::{Dialect, ResultStore, StoreError, TABLE};
+use crate::feedback::{FEEDBACK, HISTORY};
 
 /// One migration step.
 enum Step {
@@ -16,6 +17,13 @@ enum Step {
     AddColumn {
         column: &'static str,
         definition: &'static str,
+    },
+    /// An index on one of the tables, skipped when it exists (MySQL has no
+    /// `CREATE INDEX IF NOT EXISTS`; the others run exactly that).
+    AddIndex {
+        table: &'static str,
+        name: &'static str,
+        columns: &'static str,
     },
 }
 
@@ -44,6 +52,43 @@ impl Dialect {
                 .into_iter()
                 .map(|(v, sql)| (v, Step::Sql(sql))),
         );
+        // Retention deletes, and the gauges read every model, by answer time alone.
+        steps.push((
+            16,
+            Step::AddIndex {
+                table: FEEDBACK,
+                name: "sightline_feedback_created",
+                columns: "created_ms",
+            },
+        ));
+        steps.push((
+            17,
+            Step::AddIndex {
+                table: HISTORY,
+                name: "sightline_feedback_history_created",
+                columns: "created_ms",
+            },
+        ));
+        let job = match self {
+            Dialect::Sqlite => "TEXT NULL",
+            Dialect::Postgres | Dialect::MySql => "VARCHAR(253) NULL",
+        };
+        steps.push((
+            20,
+            Step::AddColumn {
+                column: "job",
+                definition: job,
+            },
+        ));
+        // A job's results, listed by `?job=`.
+        steps.push((
+            21,
+            Step::AddIndex {
+                table: TABLE,
+                name: "sightline_results_job",
+                columns: "job",
+            },
+        ));
         steps
     }
 
@@ -264,6 +309,15 @@ impl ResultStore {
                         .await
                         .map_err(|e| step(&format!("v{version}"), e))?;
                 }
+                Step::AddIndex {
+                    table,
+                    name,
+                    columns,
+                } => {
+                    self.add_index(table, name, columns)
+                        .await
+                        .map_err(|e| step(&format!("v{version}"), e))?;
+                }
             }
             let record = match self.dialect {
                 Dialect::MySql => "INSERT IGNORE INTO sightline_schema (version) VALUES (?)",
@@ -317,12 +371,42 @@ impl ResultStore {
             },
         }
     }
+
+    /// Adds index `name` on `table (columns)` unless it is there (a replica migrating at
+    /// the same moment may have added it: a failed `ALTER` is fine when it now exists).
+    async fn add_index(&self, table: &str, name: &str, columns: &str) -> Result<(), sqlx::Error> {
+        if self.dialect != Dialect::MySql {
+            let create = format!("CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})");
+            return self.idempotent(&create).await;
+        }
+        let probe = "SELECT COUNT(*) FROM information_schema.statistics \
+                     WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ?";
+        let exists = || async {
+            sqlx::query(probe)
+                .bind(table.to_string())
+                .bind(name.to_string())
+                .fetch_one(&self.pool)
+                .await
+                .and_then(|row| row.try_get::<i64, _>(0))
+                .map(|n| n > 0)
+        };
+        if exists().await? {
+            return Ok(());
+        }
+        let alter = format!("ALTER TABLE {table} ADD INDEX {name} ({columns})");
+        match sqlx::query(&alter).execute(&self.pool).await {
+            Ok(_) => Ok(()),
+            Err(e) => match exists().await {
+                Ok(true) => Ok(()),
+                _ => Err(e),
+            },
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feedback::{FEEDBACK, HISTORY};
 
     #[test]
     fn every_dialect_creates_the_feedback_tables_in_new_versions() {

@@ -37,6 +37,7 @@ fn ids_sort_by_time_and_keys_by_image_and_model() {
         },
         predictions: vec![],
         latency_ms: None,
+        job: None,
         provenance: Provenance::Client,
     };
     let mut other_url = base.clone();

@@ -148,3 +148,11 @@ fn unknown_keys_are_rejected_by_clap() {
     .expect("merge");
     assert!(Cli::try_parse_from(merged).is_err());
 }
+
+/// Every subcommand's flags are well formed (unique names, valid defaults and conflicts):
+/// clap checks it only when the subcommand runs, which a unit test of another one misses.
+#[test]
+fn every_subcommand_is_well_formed() {
+    use clap::CommandFactory;
+    super::Cli::command().debug_assert();
+}

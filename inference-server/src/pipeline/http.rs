@@ -161,6 +161,7 @@ async fn run(
         },
         predictions: recognition.predictions,
         latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+        job: None,
         // This system's own recognition: only such records answer the pipeline.
         provenance: Provenance::Server,
     };

@@ -8,17 +8,19 @@
 //! forwards: in a cluster only the front door reaches the store role (its NetworkPolicy),
 //! so no caller can make its word the pipeline's.
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::feedback::{FeedbackError, check_text};
 use super::{
     DEFAULT_PAGE, ListQuery, MAX_PAGE, ModelRef, NewResult, Provenance, ResultStore, StoreError,
 };
+use crate::auth::Caller;
 use crate::http::error::{AppError, Json, Query};
 use crate::metrics::PipelineMetrics;
 use crate::postprocess::Prediction;
@@ -97,6 +99,18 @@ impl From<StoreError> for AppError {
     }
 }
 
+/// The answer to feedback the store did not record.
+pub fn feedback_refused(e: FeedbackError) -> AppError {
+    match e {
+        FeedbackError::NoResult(_) => AppError::NotFound(e.to_string()),
+        FeedbackError::NotOurs(_) | FeedbackError::NoPrediction(_) => {
+            AppError::Conflict(e.to_string())
+        }
+        FeedbackError::Contradicts { .. } => AppError::BadRequest(e.to_string()),
+        FeedbackError::Store(e) => e.into(),
+    }
+}
+
 /// Most predictions one saved result may hold.
 pub const MAX_PREDICTIONS: usize = 10_000;
 
@@ -108,6 +122,8 @@ pub const MAX_PREDICTIONS: usize = 10_000;
 struct SeedSave {
     url: Option<SeedUrl>,
     result: Option<Vec<Prediction>>,
+    /// The image's true label, as the caller declares it (optional; see [`seed_save`]).
+    label: Option<serde_json::Value>,
 }
 
 impl<'de> Deserialize<'de> for SeedSave {
@@ -136,11 +152,13 @@ impl<'de> Deserialize<'de> for SeedSave {
                 let mut save = SeedSave {
                     url: None,
                     result: None,
+                    label: None,
                 };
                 while let Some(key) = a.next_key::<std::borrow::Cow<'de, str>>()? {
                     match key.as_ref() {
                         "url" => save.url = Some(a.next_value()?),
                         "result" => save.result = a.next_value_seed(Result_)?,
+                        "label" => save.label = Some(a.next_value()?),
                         _ => {
                             a.next_value::<serde::de::IgnoredAny>()?;
                         }
@@ -240,15 +258,32 @@ fn seed_result<'de, D: serde::Deserializer<'de>>(
     d.deserialize_any(V)
 }
 
-/// Seed contract: `{"url": "...", "result": [...]}` → `201 {"message": ...}`.
+/// Seed contract: `{"url": "...", "result": [...]}` → `201 {"message": ...}`. An optional
+/// `"label"` is the image's true label as the caller declares it: recorded with the
+/// result's feedback (the caller's answer, `label` in the reply), never counted in the live
+/// quality — the record is the caller's (`client`), not the model's answer.
 async fn seed_save(
     State(state): State<StoreState>,
+    caller: Option<Extension<Caller>>,
     Json(body): Json<SeedSave>,
 ) -> Result<Response, AppError> {
     let store = &state.results;
     let (Some(url), Some(predictions)) = (body.url, body.result) else {
         return Err(AppError::bad_request("Missing parameters"));
     };
+    let label = match body.label {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(label)) => {
+            check_text("label", &label).map_err(AppError::BadRequest)?;
+            Some(label)
+        }
+        Some(_) => return Err(AppError::bad_request("'label' must be a string")),
+    };
+    if label.is_some() && predictions.is_empty() {
+        return Err(AppError::bad_request(
+            "a 'label' needs a 'result' with at least one prediction to label",
+        ));
+    }
     let url = match url {
         SeedUrl::Text(url) if !url.trim().is_empty() => url,
         _ => return Err(AppError::bad_request("'url' must be a non-empty string")),
@@ -262,16 +297,21 @@ async fn seed_save(
         },
         predictions,
         latency_ms: None,
+        job: None,
         provenance: Provenance::Client,
     };
     check(&new)?;
     let (record, created) = store.save(&new).await?;
     state.metrics.result_saved(created);
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({"message": "Result saved successfully", "id": record.id})),
-    )
-        .into_response())
+    let mut reply = json!({"message": "Result saved successfully", "id": record.id});
+    if let Some(label) = label {
+        let declared = store
+            .record_declared_label(record, &Caller::of(caller).0, label)
+            .await
+            .map_err(feedback_refused)?;
+        reply["label"] = json!(declared.label);
+    }
+    Ok((StatusCode::CREATED, axum::Json(reply)).into_response())
 }
 
 /// The content id inside one of our image URLs (`.../images/<sha256>` or
@@ -282,10 +322,25 @@ pub fn image_id_of(url: &str) -> Option<String> {
     crate::upload::is_image_id(stem).then(|| stem.to_string())
 }
 
+/// A Kubernetes object name (RFC 1123 subdomain): what a RecognitionJob is called.
+pub fn is_job_name(name: &str) -> bool {
+    (1..=253).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
 fn check(new: &NewResult) -> Result<(), AppError> {
     if new.image_url.len() > 4096 {
         return Err(AppError::bad_request(
             "the image URL is longer than 4096 bytes",
+        ));
+    }
+    if new.job.as_ref().is_some_and(|j| !is_job_name(j)) {
+        return Err(AppError::bad_request(
+            "job must be a Kubernetes object name: 1 to 253 of a-z, 0-9, '-' and '.'",
         ));
     }
     if new.model.name.len() > 255 || new.model.sha256.len() > 64 {
@@ -348,6 +403,10 @@ async fn save_as(
     provenance: Provenance,
 ) -> Result<Response, AppError> {
     new.provenance = provenance;
+    // A caller's word is no job's: only the server's own results name one.
+    if provenance == Provenance::Client {
+        new.job = None;
+    }
     let store = &state.results;
     if new.image_url.trim().is_empty() {
         return Err(AppError::bad_request("'image_url' must not be empty"));
@@ -372,6 +431,7 @@ struct ListParams {
     since: Option<String>,
     until: Option<String>,
     provenance: Option<Provenance>,
+    job: Option<String>,
 }
 
 fn list_query(p: ListParams) -> Result<ListQuery, AppError> {
@@ -405,6 +465,7 @@ fn list_query(p: ListParams) -> Result<ListQuery, AppError> {
         model: p.model.filter(|s| !s.is_empty()),
         image_id: None,
         provenance: p.provenance,
+        job: p.job.filter(|s| !s.is_empty()),
         since_ms: time("since", p.since)?,
         until_ms: time("until", p.until)?,
     })

@@ -10,6 +10,9 @@
 //!   forwards it: like `/internal/v1/results`, in a cluster only the front door reaches the
 //!   store role (its NetworkPolicy), so no caller can speak for another. The front door
 //!   builds the header itself; a caller's own is never passed on.
+//! - `GET /api/v1/results/{id}/feedback`: the result's feedback — each caller's current
+//!   answer and the history of every answer (replaced ones included), newest
+//!   [`MAX_HISTORY`] — and whether it counts in the live quality (`server` results only).
 //! - `GET /api/v1/quality?model=&window=1h|24h|7d&digest=`: the seed's figures over the
 //!   answers given in the window, per model digest ([`ResultStore::quality`]).
 //!
@@ -24,8 +27,9 @@ use serde::Deserialize;
 use serde_json::json;
 use sightline_quality::Window;
 
-use super::feedback::{FeedbackError, TrueAnswer, check_text};
+use super::feedback::{HistoryEntry, MAX_HISTORY, TrueAnswer, check_text};
 use super::http::StoreState;
+use super::{Provenance, rfc3339};
 use crate::auth::Caller;
 use crate::http::error::{AppError, Json, Query};
 
@@ -38,7 +42,9 @@ pub fn router() -> Router<StoreState> {
     Router::new()
         .route(
             "/api/v1/results/{id}/feedback",
-            post(feedback).layer(DefaultBodyLimit::max(MAX_FEEDBACK_BYTES)),
+            post(feedback)
+                .get(feedback_of)
+                .layer(DefaultBodyLimit::max(MAX_FEEDBACK_BYTES)),
         )
         .route("/api/v1/quality", get(quality))
 }
@@ -120,20 +126,57 @@ async fn record(
         .results
         .record_feedback(id, caller, answer)
         .await
-        .map_err(|e| match e {
-            FeedbackError::NoResult(_) => AppError::NotFound(e.to_string()),
-            FeedbackError::NotOurs(_) | FeedbackError::NoPrediction(_) => {
-                AppError::Conflict(e.to_string())
-            }
-            FeedbackError::Contradicts { .. } => AppError::BadRequest(e.to_string()),
-            FeedbackError::Store(e) => e.into(),
-        })?;
+        .map_err(super::http::feedback_refused)?;
     let status = if recorded.replaced {
         StatusCode::OK
     } else {
         StatusCode::CREATED
     };
     Ok((status, axum::Json(recorded)).into_response())
+}
+
+/// Result `id`'s feedback: each caller's current answer, and every answer given (the
+/// newest [`MAX_HISTORY`]), oldest first.
+async fn feedback_of(
+    State(state): State<StoreState>,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let not_found = || AppError::NotFound(format!("no result with id {id:?}"));
+    if !super::is_record_id(&id) {
+        return Err(not_found());
+    }
+    let result = state.results.get(&id).await?.ok_or_else(not_found)?;
+    let current = state.results.current_feedback(&id).await?;
+    let mut history = state.results.feedback_history(&id).await?;
+    let truncated = history.len() > MAX_HISTORY;
+    if truncated {
+        history.remove(0);
+    }
+    let view = |answers: &[HistoryEntry]| {
+        answers
+            .iter()
+            .take(MAX_HISTORY)
+            .map(|a| {
+                json!({
+                    "caller": a.caller,
+                    "label": a.label,
+                    "correct": a.correct,
+                    "created_at": rfc3339(a.created_at_ms),
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    Ok(axum::Json(json!({
+        "result_id": result.id,
+        "predicted": result.top_label,
+        "model": result.model,
+        "provenance": result.provenance,
+        "counted": result.provenance == Provenance::Server,
+        "current": view(&current),
+        "history": view(&history),
+        "history_truncated": truncated,
+    }))
+    .into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -84,6 +84,50 @@ pub struct S3Config {
     pub secret_access_key: Option<String>,
 }
 
+impl S3Config {
+    /// The bucket's client (nothing is contacted yet) and the prefix under it, without
+    /// surrounding `/`. Also used by `sightline-server batch --input s3://…`.
+    pub fn connect(&self) -> Result<(Arc<dyn object_store::ObjectStore>, String), UploadError> {
+        let rest = self
+            .url
+            .strip_prefix("s3://")
+            .ok_or_else(|| UploadError::StoreUrl(self.url.clone()))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(UploadError::StoreUrl(self.url.clone()));
+        }
+        // Bounded retries: a dead bucket is a quick 503, not a request held for minutes.
+        let retry = object_store::RetryConfig {
+            max_retries: 3,
+            retry_timeout: std::time::Duration::from_secs(10),
+            ..object_store::RetryConfig::default()
+        };
+        let mut builder = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry);
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        if let Some(region) = &self.region {
+            builder = builder.with_region(region);
+        }
+        if let Some(key) = &self.access_key_id {
+            builder = builder.with_access_key_id(key);
+        }
+        if let Some(secret) = &self.secret_access_key {
+            builder = builder.with_secret_access_key(secret);
+        }
+        let store = builder.build().map_err(|source| UploadError::Object {
+            action: "configure",
+            key: self.url.clone(),
+            source,
+        })?;
+        Ok((Arc::new(store), prefix.trim_matches('/').to_string()))
+    }
+}
+
 enum Backend {
     Local(PathBuf),
     Object {
@@ -195,50 +239,12 @@ impl ImageStore {
 
     /// An S3-compatible bucket (nothing is contacted until the first request).
     pub fn s3(config: &S3Config, limits: DecodeLimits) -> Result<ImageStore, UploadError> {
-        let rest = config
-            .url
-            .strip_prefix("s3://")
-            .ok_or_else(|| UploadError::StoreUrl(config.url.clone()))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(UploadError::StoreUrl(config.url.clone()));
-        }
-        // Bounded retries: a dead bucket is a quick 503, not a request held for minutes.
-        let retry = object_store::RetryConfig {
-            max_retries: 3,
-            retry_timeout: std::time::Duration::from_secs(10),
-            ..object_store::RetryConfig::default()
-        };
-        let mut builder = object_store::aws::AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_retry(retry);
-        if let Some(endpoint) = &config.endpoint {
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"));
-        }
-        if let Some(region) = &config.region {
-            builder = builder.with_region(region);
-        }
-        if let Some(key) = &config.access_key_id {
-            builder = builder.with_access_key_id(key);
-        }
-        if let Some(secret) = &config.secret_access_key {
-            builder = builder.with_secret_access_key(secret);
-        }
-        let store = builder.build().map_err(|source| UploadError::Object {
-            action: "configure",
-            key: config.url.clone(),
-            source,
-        })?;
+        let (store, prefix) = config.connect()?;
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
         Ok(ImageStore {
-            backend: Arc::new(Backend::Object {
-                store: Arc::new(store),
-                prefix: prefix.trim_matches('/').to_string(),
-            }),
+            backend: Arc::new(Backend::Object { store, prefix }),
             limits,
             cpu: Arc::new(Semaphore::new(cores)),
         })

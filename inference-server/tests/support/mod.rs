@@ -2,6 +2,8 @@
 //! library, a fully loaded router for a model, and request helpers.
 #![allow(dead_code)]
 
+pub mod moto;
+
 use std::path::{Path, PathBuf};
 
 use axum::Router;
@@ -123,6 +125,22 @@ pub fn post(uri: &str, content_type: &str, body: impl Into<Body>) -> Request<Bod
 
 pub fn get(uri: &str) -> Request<Body> {
     Request::get(uri).body(Body::empty()).expect("request")
+}
+
+/// `POST uri` with a JSON body: the status and the JSON answer.
+pub async fn post_json(
+    app: &Router,
+    uri: &str,
+    body: &serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    let (status, response) = send(app, post(uri, "application/json", body.to_string())).await;
+    (status, body_json(response).await)
+}
+
+/// `GET uri`: the status and the JSON answer.
+pub async fn get_json(app: &Router, uri: &str) -> (StatusCode, serde_json::Value) {
+    let (status, response) = send(app, get(uri)).await;
+    (status, body_json(response).await)
 }
 
 /// A `w×h` image of one colour, encoded as `format`.

@@ -105,6 +105,14 @@ struct Args {
     /// size and as the server does it (a large JPEG at a reduced DCT scale) instead.
     #[arg(long)]
     decode: bool,
+    /// Measure `sightline-server batch` on a folder of --batch-images JPEGs made from
+    /// --image against what the cores allow (`sightline_e2e::batch_bench`); the first of
+    /// --models.
+    #[arg(long)]
+    batch: bool,
+    /// With --batch: images in the folder.
+    #[arg(long, default_value_t = 2000)]
+    batch_images: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -200,6 +208,20 @@ fn main() -> anyhow::Result<()> {
             ort_lib: lib.clone(),
         };
         let table = sightline_e2e::cpu_bench::run(&bench, &client_rt)?;
+        return emit(&table, args.out.as_deref());
+    }
+    if args.batch {
+        let bench = sightline_e2e::batch_bench::BatchBench {
+            model: args
+                .models
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "efficientnet-lite0".into()),
+            image: image_path.clone(),
+            images: args.batch_images,
+            ort_lib: lib.clone(),
+        };
+        let table = sightline_e2e::batch_bench::run(&bench)?;
         return emit(&table, args.out.as_deref());
     }
     if args.cache {

@@ -1,0 +1,273 @@
+//! `sightline-server batch`: every image of a folder through the model, in this process,
+//! with the model loaded exactly as the recognize role loads it. The work is
+//! [`sightline_batch`]; this is the command: flags, the shard, resume, progress, the
+//! summary ([`summary`], also for the operator), metrics ([`metrics`]) and, with `--truth`,
+//! the evaluation report over the images it names ([`truth`]).
+
+pub mod metrics;
+mod objects;
+mod store_sink;
+pub mod summary;
+mod truth;
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sightline_batch::journal::{Journal, Line};
+use sightline_batch::listing::{self, Item};
+use sightline_batch::run::{Files, Reader, Sink};
+use sightline_batch::{BatchError, run};
+use sightline_eval::EvalError;
+use sightline_eval::progress::{self, Progress};
+use sightline_eval::report::Report;
+
+use crate::cli::BatchArgs;
+use metrics::BatchMetrics;
+use summary::ShardSummary;
+
+/// The environment variable the Job controller sets to a pod's completion index (Indexed
+/// Jobs).
+pub const COMPLETION_INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
+/// Exit status of a run that retrying cannot fix (a pod failure policy fails the index).
+pub const EXIT_PERMANENT: u8 = 2;
+
+/// How often progress is written when stderr is not a terminal.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Why the command stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchCommandError {
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error(transparent)]
+    Model(#[from] EvalError),
+    #[error("{out} holds results of model {theirs}, not of this one ({ours}): give another --out")]
+    OtherModel {
+        out: PathBuf,
+        theirs: String,
+        ours: String,
+    },
+    #[error("--shards {count}: ${COMPLETION_INDEX_ENV} {found}, not a shard index below {count}")]
+    NoShardIndex { count: usize, found: String },
+    #[error("cannot create the folder of {path}: {source}")]
+    OutputFolder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Metrics(std::io::Error),
+    #[error(transparent)]
+    Bucket(#[from] crate::upload::UploadError),
+    #[error(
+        "--job {0:?}: with --store-url the job must be a Kubernetes object name (a-z, 0-9, '-', '.')"
+    )]
+    JobName(String),
+    #[error("cannot make an HTTP client: {0}")]
+    Client(String),
+}
+
+impl BatchCommandError {
+    /// True when running again cannot help (bad flags, another model's output, a model
+    /// that does not load or match its digest, a corrupt output file): exit
+    /// [`EXIT_PERMANENT`]. Reading and writing files may be transient.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            BatchCommandError::Batch(e) => matches!(
+                e,
+                BatchError::NotAFolder(_)
+                    | BatchError::OutputExists(_)
+                    | BatchError::BadLine { .. }
+                    | BatchError::Shard { .. }
+            ),
+            BatchCommandError::Model(_)
+            | BatchCommandError::OtherModel { .. }
+            | BatchCommandError::NoShardIndex { .. }
+            | BatchCommandError::JobName(_) => true,
+            BatchCommandError::Client(_) => false,
+            BatchCommandError::Bucket(e) => matches!(e, crate::upload::UploadError::StoreUrl(_)),
+            BatchCommandError::OutputFolder { .. } | BatchCommandError::Metrics(_) => false,
+        }
+    }
+}
+
+/// What a run did, for the summary line (and tests).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub shard: ShardSummary,
+    /// With `--truth`: the evaluation over the images it names.
+    pub report: Option<Report>,
+}
+
+/// `(index, count)`: `--shard I/N`, or with `--shards N` the index the Job controller gave
+/// this pod.
+fn shard_of(args: &BatchArgs) -> Result<(usize, usize), BatchCommandError> {
+    let Some(count) = args.shards else {
+        return Ok(args.shard);
+    };
+    let found = std::env::var(COMPLETION_INDEX_ENV);
+    match found.as_deref().map(str::trim).map(str::parse::<usize>) {
+        Ok(Ok(index)) if index < count => Ok((index, count)),
+        _ => Err(BatchCommandError::NoShardIndex {
+            count,
+            found: match found {
+                Ok(v) => format!("is {v:?}"),
+                Err(_) => "is not set".to_string(),
+            },
+        }),
+    }
+}
+
+/// Runs the command; with `--summary`, the summary is written whether it succeeds or not.
+pub async fn run_cli(args: BatchArgs) -> Result<Summary, BatchCommandError> {
+    let metrics = BatchMetrics::new(&args.job);
+    let mut account = ShardSummary::default();
+    let result = run_shard(&args, &metrics, &mut account).await;
+    if let Err(e) = &result {
+        account.error = Some(e.to_string());
+    }
+    if let Some(path) = &args.summary
+        && let Err(e) = account.write(path)
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the batch summary");
+    }
+    if args.metrics_listen.is_some() && args.metrics_linger_seconds > 0 {
+        tokio::time::sleep(Duration::from_secs(args.metrics_linger_seconds)).await;
+    }
+    result.map(|report| Summary {
+        shard: account,
+        report,
+    })
+}
+
+async fn run_shard(
+    args: &BatchArgs,
+    metrics: &BatchMetrics,
+    account: &mut ShardSummary,
+) -> Result<Option<Report>, BatchCommandError> {
+    if let Some(addr) = args.metrics_listen {
+        metrics
+            .serve(addr)
+            .await
+            .map_err(BatchCommandError::Metrics)?;
+    }
+    let (index, count) = shard_of(args)?;
+    (account.shard, account.shards) = (index, count);
+    let bucket = match args.input.to_str().filter(|i| i.starts_with("s3://")) {
+        Some(url) => Some(objects::Bucket::connect(&crate::upload::S3Config {
+            url: url.to_string(),
+            endpoint: args.serve.s3_endpoint.clone(),
+            region: args.serve.s3_region.clone(),
+            access_key_id: args.serve.s3_access_key_id.clone(),
+            secret_access_key: args.serve.s3_secret_access_key.clone(),
+        })?),
+        None => None,
+    };
+    let listed = match &bucket {
+        Some(bucket) => bucket.list().await?,
+        None => listing::list(&args.input)?,
+    };
+    let reader: &dyn Reader = match &bucket {
+        Some(bucket) => bucket,
+        None => &Files,
+    };
+    if args.serve.store_url.is_some() && !crate::store::http::is_job_name(&args.job) {
+        return Err(BatchCommandError::JobName(args.job.clone()));
+    }
+    let items = listing::shard(listed, index, count)?;
+    account.total = items.len() as u64;
+    metrics.shard_images(account.total);
+    if let Some(folder) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder).map_err(|source| BatchCommandError::OutputFolder {
+            path: args.out.clone(),
+            source,
+        })?;
+    }
+    let (mut journal, done) = Journal::open(&args.out, args.resume)?;
+    let model = crate::eval::command::load_model(&args.serve).await?;
+    account.model_sha256 = model.info.sha256.clone();
+    let sink = match &args.serve.store_url {
+        Some(url) => Some(
+            store_sink::StoreSink::new(url, &args.job, &model.name, args.store_api_key.clone())
+                .map_err(|e| BatchCommandError::Client(e.to_string()))?,
+        ),
+        None => None,
+    };
+    if let Some(other) = done.iter().find(|l| l.model_sha256 != model.info.sha256) {
+        return Err(BatchCommandError::OtherModel {
+            out: args.out.clone(),
+            theirs: other.model_sha256.clone(),
+            ours: model.info.sha256.clone(),
+        });
+    }
+    let known: HashSet<&str> = done.iter().map(|l| l.image.as_str()).collect();
+    let todo: Vec<Item> = items
+        .iter()
+        .filter(|i| !known.contains(i.name.as_str()))
+        .cloned()
+        .collect();
+    account.skipped = (items.len() - todo.len()) as u64;
+    metrics.add("skipped", account.skipped);
+    let total = todo.len() as u64;
+    let started = Instant::now();
+    let bar = Progress::new(total, !args.no_progress);
+    let plain = !args.no_progress && !std::io::stderr().is_terminal();
+    let mut last_plain = Instant::now();
+    let mut written = Vec::new();
+    let max = args.serve.max_upload_bytes as u64;
+    let sink = sink.as_ref().map(|s| s as &dyn Sink);
+    let counts = run::run(&model, todo, (reader, sink), &mut journal, max, |line| {
+        bar.inc();
+        match &line.error {
+            Some(error) => {
+                metrics.add("failed", 1);
+                account.bad_image(&line.image, error);
+            }
+            None if line.known => metrics.add("skipped", 1),
+            None => metrics.add("recognized", 1),
+        }
+        if plain && last_plain.elapsed() >= PLAIN_PROGRESS_EVERY {
+            last_plain = Instant::now();
+            eprintln!("{}", progress::line(bar.done(), total, started.elapsed()));
+        }
+        if args.truth.is_some() {
+            written.push(line.clone());
+        }
+    })
+    .await?;
+    bar.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    let rate = if seconds > 0.0 {
+        (counts.recognized + counts.failed) as f64 / seconds
+    } else {
+        0.0
+    };
+    account.recognized = counts.recognized;
+    account.known = counts.known;
+    account.skipped += counts.known;
+    account.failed = counts.failed;
+    account.seconds = seconds;
+    account.images_per_second = rate;
+    account.complete = true;
+    println!(
+        "batch: {} recognized, {} failed, {} already in {}, {} already in the store ({rate:.1} \
+         images/s)",
+        counts.recognized,
+        counts.failed,
+        account.skipped - counts.known,
+        args.out.display(),
+        counts.known,
+    );
+    let Some(truth) = &args.truth else {
+        return Ok(None);
+    };
+    let lines: Vec<Line> = done.into_iter().chain(written).collect();
+    let root = match (&bucket, truth.parent()) {
+        (Some(_), Some(folder)) => folder,
+        _ => args.input.as_path(),
+    };
+    let report = truth::evaluate(truth, root, &model.name, &model.labels, &lines, seconds)?;
+    print!("{}", report.table());
+    Ok(Some(report))
+}
