@@ -39,13 +39,35 @@ use support::{Cluster, NS, full_apis};
 
 const JOB: &str = "archive";
 const SHARDS: i32 = 3;
-const IMAGES: u64 = 1800;
+const IMAGES: u64 = 3000;
 const LIMIT: Duration = Duration::from_secs(240);
 
 fn lines(path: &Path) -> usize {
     std::fs::read(path)
         .map(|b| b.iter().filter(|c| **c == b'\n').count())
         .unwrap_or(0)
+}
+
+/// The end of each pod's output, for failure messages.
+fn pod_logs(pods: &Path) -> String {
+    let mut out = String::new();
+    let mut dirs: Vec<_> = std::fs::read_dir(pods)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let text = std::fs::read_to_string(dir.join("output.log")).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(6).collect();
+        out.push_str(&format!("--- {}\n", dir.display()));
+        for line in tail.into_iter().rev() {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn model(sha256: &str) -> ImageModel {
@@ -165,7 +187,8 @@ async fn an_indexed_job_of_real_shards_survives_a_kill_and_a_restart_without_dup
         }
         assert!(
             condition(&now, "Failed").is_none_or(|c| c["status"] != "True"),
-            "the job failed: {now:#}"
+            "the job failed: {now:#}\n{}",
+            pod_logs(&scratch.path().join("pods"))
         );
         assert!(
             started.elapsed() < LIMIT,
@@ -194,7 +217,7 @@ async fn an_indexed_job_of_real_shards_survives_a_kill_and_a_restart_without_dup
             restarted_at = Some(written);
             sim.step(&claims).await;
         }
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let at_kill = killed_at.expect("shard 0 was killed");
     assert!(
@@ -225,12 +248,31 @@ async fn an_indexed_job_of_real_shards_survives_a_kill_and_a_restart_without_dup
 
     // The status says what happened, and said how far it was while it ran.
     let done = status(&cluster).await;
-    assert_eq!(done["total"], total, "{done:#}");
+    let mut logs = pod_logs(&scratch.path().join("pods"));
+    for p in Api::<k8s_openapi::api::core::v1::Pod>::namespaced(cluster.admin.clone(), NS)
+        .list(&Default::default())
+        .await
+        .expect("pods")
+        .items
+    {
+        logs.push_str(&format!(
+            "{}\n",
+            serde_json::to_string(&p.status).expect("json")
+        ));
+    }
+    assert_eq!(done["total"], total, "{done:#}\n{logs}");
     let counted = done["recognized"].as_u64().unwrap_or(0)
         + done["skipped"].as_u64().unwrap_or(0)
         + done["failed"].as_u64().unwrap_or(0);
     assert_eq!(counted, total, "{done:#}");
     assert_eq!(done["progress"], "100%", "{done:#}");
+    // After the restart, what the first Job's pods wrote was skipped, not done again.
+    assert!(done["skipped"].as_u64() > Some(0), "{done:#}");
+    assert!(
+        sim.attempts.get(&0).copied() >= Some(3),
+        "shard 0: killed, retried, and run again by the new Job: {:?}",
+        sim.attempts
+    );
     assert_eq!(done["shards"]["succeeded"], SHARDS, "{done:#}");
     assert_eq!(done["modelSha256"], sha, "{done:#}");
     assert_eq!(

@@ -346,7 +346,7 @@ impl IndexedJob {
             let message = String::from_utf8_lossy(&message).into_owned();
             let phase = if code == 0 { "Succeeded" } else { "Failed" };
             self.pod_api()
-                .patch(
+                .patch_status(
                     &r.pod,
                     &PatchParams::default(),
                     &Patch::Merge(json!({"status": {"phase": phase, "containerStatuses": [

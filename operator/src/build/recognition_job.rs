@@ -32,7 +32,7 @@ use super::pod::{PORT, Platform, pod_template, server_container, with_overrides}
 use crate::crd::{Device, ImageModel, RecognitionJob};
 use crate::validate::Invalid;
 
-pub const COMPONENT: &str = "batch";
+pub const COMPONENT: &str = "recognition-job";
 /// The shard container's name (the pod failure policy's rules name it).
 pub const CONTAINER: &str = "batch";
 /// Where the Job controller puts a pod's index (and the kubelet expands `$(…)` of it in
@@ -80,10 +80,19 @@ fn in_claim(claim: &str, path: &str) -> String {
     }
 }
 
+/// Where the shards read the images: a folder in the container, or `s3://…`.
+fn input_location(job: &RecognitionJob) -> String {
+    match (&job.spec.input.pvc, &job.spec.input.s3) {
+        (Some(pvc), _) => in_claim(&pvc.claim_name, &pvc.path),
+        (None, Some(s3)) => s3.uri.clone(),
+        (None, None) => String::new(),
+    }
+}
+
 /// The shard command's arguments (before the model's flags).
 pub fn batch_args(job: &RecognitionJob) -> Vec<String> {
     let spec = &job.spec;
-    let input = in_claim(&spec.input.pvc.claim_name, &spec.input.pvc.path);
+    let input = input_location(job);
     let out = format!(
         "{}/shard-$({INDEX_ENV}).jsonl",
         in_claim(&spec.output.pvc.claim_name, &spec.output.pvc.path)
@@ -106,6 +115,14 @@ pub fn batch_args(job: &RecognitionJob) -> Vec<String> {
         "--out".into(),
         out,
     ];
+    if let Some(s3) = &spec.input.s3 {
+        if let Some(endpoint) = &s3.endpoint {
+            args.extend(["--s3-endpoint".to_string(), endpoint.clone()]);
+        }
+        if let Some(region) = &s3.region {
+            args.extend(["--s3-region".to_string(), region.clone()]);
+        }
+    }
     if let Some(labels) = &spec.labels {
         args.extend([
             "--truth".to_string(),
@@ -117,10 +134,11 @@ pub fn batch_args(job: &RecognitionJob) -> Vec<String> {
 
 /// The input and output claims, each mounted once (read-only when only read).
 fn data_volumes(job: &RecognitionJob) -> (Vec<Volume>, Vec<VolumeMount>) {
-    let input = &job.spec.input.pvc.claim_name;
     let output = &job.spec.output.pvc.claim_name;
     let mut claims = vec![(output.clone(), false)];
-    if input != output {
+    if let Some(input) = job.spec.input.pvc.as_ref().map(|p| &p.claim_name)
+        && input != output
+    {
         claims.push((input.clone(), true));
     }
     let mut volumes = Vec::new();
@@ -167,8 +185,22 @@ pub fn validate(job: &RecognitionJob) -> Result<(), Invalid> {
             "an evaluation needs shards: 1: each shard would count the images of the others as failed",
         );
     }
+    match (&spec.input.pvc, &spec.input.s3) {
+        (Some(_), None) => {}
+        (None, Some(s3)) if s3.uri.len() > 5 && s3.uri.starts_with("s3://") => {}
+        (None, Some(_)) => return invalid("spec.input.s3.uri", "must be s3://bucket[/prefix]"),
+        _ => return invalid("spec.input", "is exactly one of pvc and s3"),
+    }
+    if spec.labels.is_some() && spec.input.pvc.is_none() {
+        return invalid(
+            "spec.labels",
+            "needs input.pvc: the CSV is read from the input claim",
+        );
+    }
+    let empty = String::new();
+    let input_path = spec.input.pvc.as_ref().map(|p| &p.path).unwrap_or(&empty);
     for (field, path) in [
-        ("spec.input.pvc.path", &spec.input.pvc.path),
+        ("spec.input.pvc.path", input_path),
         ("spec.output.pvc.path", &spec.output.pvc.path),
     ] {
         if path.starts_with('/') || path.contains("..") {
@@ -244,7 +276,15 @@ pub fn job(job: &RecognitionJob, model: &ImageModel, platform: &Platform) -> Job
             .clone()
             .or_else(|| model.spec.runtime.resources.clone()),
     );
-    let mut container = server_container(platform, CONTAINER, args, resources, None, mounts);
+    // The bucket's credentials, as the environment the shard reads them from.
+    let env_from = job
+        .spec
+        .input
+        .s3
+        .as_ref()
+        .and_then(|s3| s3.credentials_secret.as_deref())
+        .map(super::model::credentials_env);
+    let mut container = server_container(platform, CONTAINER, args, resources, env_from, mounts);
     container.image = Some(server_image(model, platform, gpu));
     // A shard serves `/metrics` only, never `/readyz`: no probes (a Job's pod is done when
     // its process exits).

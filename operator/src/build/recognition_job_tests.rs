@@ -188,3 +188,35 @@ fn parallelism_never_exceeds_the_shards() {
     let j = built(json!({"shards": 2, "parallelism": 9}));
     assert_eq!(j["spec"]["parallelism"], 2);
 }
+
+#[test]
+fn a_bucket_input_is_read_by_the_shards_with_its_credentials() {
+    let j = built(json!({"input": {"s3": {"uri": "s3://photos/2024",
+        "credentialsSecret": "photos-s3", "endpoint": "http://minio.storage:9000",
+        "region": "eu-west-1"}}}));
+    let a = args(&j);
+    assert_eq!(flag(&a, "--input").as_deref(), Some("s3://photos/2024"));
+    assert_eq!(
+        flag(&a, "--s3-endpoint").as_deref(),
+        Some("http://minio.storage:9000")
+    );
+    assert_eq!(flag(&a, "--s3-region").as_deref(), Some("eu-west-1"));
+    let pod = &j["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["containers"][0]["envFrom"][0]["secretRef"]["name"],
+        "photos-s3"
+    );
+    // Only the output claim is mounted.
+    let claims: Vec<&Value> = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter(|v| v["persistentVolumeClaim"].is_object())
+        .collect();
+    assert_eq!(claims.len(), 2, "results and the model's claim: {claims:?}");
+    assert!(validate(&rjob(json!({"input": {"s3": {"uri": "s3://"}}}))).is_err());
+    assert!(validate(&rjob(json!({"input": {}}))).is_err());
+    let labels = json!({"shards": 1, "parallelism": 1, "labels": {"csv": "t.csv"},
+        "input": {"s3": {"uri": "s3://photos"}}});
+    assert!(validate(&rjob(labels)).is_err());
+}

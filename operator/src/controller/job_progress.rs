@@ -39,6 +39,8 @@ pub struct Summary {
     pub model_sha256: String,
     /// Every image of the shard is in its output.
     pub complete: bool,
+    /// Why the run stopped early, when it did.
+    pub error: Option<String>,
 }
 
 /// What one shard has done so far.
@@ -304,10 +306,7 @@ pub fn failed_attempts(pods: &[Pod]) -> Vec<String> {
         .filter_map(|p| {
             let index = index_of(p)?;
             let said = match summary(p) {
-                Some(s) => s
-                    .errors
-                    .first()
-                    .map(|e| format!("{}: {}", e.image, e.error)),
+                Some(s) => s.error.clone(),
                 None => termination_message(p).filter(|m| !m.trim().is_empty()),
             };
             let exit = p

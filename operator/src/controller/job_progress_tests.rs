@@ -144,8 +144,21 @@ fn failed_attempts_say_which_shard_and_why() {
         terminated(2, "error: the model's digest is 1234, not abcd"),
         "2027-01-01T00:00:00Z",
     );
-    let said = failed_attempts(&[bad]);
-    assert_eq!(said.len(), 1);
+    let summarised = pod(
+        "j-4-a",
+        4,
+        "Failed",
+        terminated(
+            2,
+            &json!({"total": 0, "complete": false,
+                "error": "results.jsonl holds results of model 12, not of this one (ab)"})
+            .to_string(),
+        ),
+        "2027-01-01T00:00:00Z",
+    );
+    let said = failed_attempts(&[bad, summarised]);
+    assert_eq!(said.len(), 2);
+    assert!(said[1].ends_with("not of this one (ab)"), "{}", said[1]);
     assert!(
         said[0].starts_with("shard 3 (pod j-3-a, exit code 2): error: the model"),
         "{}",

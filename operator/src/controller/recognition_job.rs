@@ -52,7 +52,7 @@ async fn reconcile_job(rjob: &RecognitionJob, ctx: &Context) -> Result<Action, E
     rjob.uid()
         .ok_or_else(|| Error::Incomplete(rjob.name_any()))?;
     if let Err(invalid) = build::validate(rjob) {
-        let stalled = Cond::no(types::STALLED, reasons::INVALID_SPEC, invalid.to_string());
+        let stalled = Cond::yes(types::STALLED, reasons::INVALID_SPEC, invalid.to_string());
         write_status(rjob, ctx, not_started(stalled), None).await?;
         return Err(invalid.into());
     }

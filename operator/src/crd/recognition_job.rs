@@ -41,14 +41,15 @@ use super::pipeline::ModelRef;
 #[x_kube(
     cel,
     validation = kube::core::Rule::new("!has(self.labels) || self.shards == 1").message("labels (an evaluation) needs shards: 1: each shard would count the images of the others as failed"),
-    validation = kube::core::Rule::new("!has(self.parallelism) || self.parallelism <= self.shards").message("parallelism cannot exceed shards")
+    validation = kube::core::Rule::new("!has(self.parallelism) || self.parallelism <= self.shards").message("parallelism cannot exceed shards"),
+    validation = kube::core::Rule::new("!has(self.labels) || has(self.input.pvc)").message("labels needs input.pvc: the CSV is read from the input claim")
 )]
 pub struct RecognitionJobSpec {
     /// The `ImageModel` (same namespace) whose model runs: its digest-pinned source,
     /// preprocessing, device and image. Fixed once the job exists.
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("modelRef is fixed once the job exists: create another RecognitionJob"))]
     pub model_ref: ModelRef,
-    /// The images: every file under a folder of a PersistentVolumeClaim named `.jpg`,
+    /// The images: every file under a claim's folder or a bucket's prefix named `.jpg`,
     /// `.jpeg`, `.png`, `.webp`, `.gif`, `.bmp` or `.jfif`, in sorted order. Fixed once the
     /// job exists.
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("input is fixed once the job exists"))]
@@ -97,12 +98,37 @@ pub struct ClaimPath {
     pub path: String,
 }
 
-/// Where the images are. (Only a claim for now: `sightline-server batch` reads a folder.)
+/// Where the images are: one of `pvc` and `s3`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(cel, validation = kube::core::Rule::new("has(self.pvc) != has(self.s3)").message("input is exactly one of pvc and s3"))]
 pub struct JobInput {
     /// A folder on a PersistentVolumeClaim, mounted read-only.
-    pub pvc: ClaimPath,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<ClaimPath>,
+    /// The objects under a prefix of an S3-compatible bucket, read by each shard itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Input>,
+}
+
+/// Images in an S3-compatible bucket.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Input {
+    /// `s3://bucket[/prefix]`.
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('s3://') && size(self) > 5").message("uri must be s3://bucket[/prefix]"))]
+    pub uri: String,
+    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and optionally
+    /// `AWS_REGION`), given to the shards as environment variables. Without it, the
+    /// shards' own identity (`podOverrides.serviceAccountName` of the ImageModel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// The endpoint of an S3-compatible store (MinIO, Ceph, …; default AWS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The bucket's region (default `AWS_REGION`, else us-east-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// Where the results go.

@@ -108,7 +108,7 @@ pub(super) fn fetch_container(
     }
 }
 
-pub(super) fn credentials_env(secret: &str) -> Vec<EnvFromSource> {
+pub fn credentials_env(secret: &str) -> Vec<EnvFromSource> {
     vec![EnvFromSource {
         secret_ref: Some(SecretEnvSource {
             name: secret.into(),

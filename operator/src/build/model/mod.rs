@@ -24,7 +24,8 @@ pub use super::sizing::{
 };
 pub use deployment::{PROGRESS_DEADLINE, deployment, model_flags, server_image, server_resources};
 pub use fetch::{
-    FETCH_ATTEMPTS, LABELS_ATTEMPT_SECONDS, MODEL_ATTEMPT_SECONDS, ModelFiles, model_files,
+    FETCH_ATTEMPTS, LABELS_ATTEMPT_SECONDS, MODEL_ATTEMPT_SECONDS, ModelFiles, credentials_env,
+    model_files,
 };
 pub use identity::{
     COMPONENT, INPUTS_ANNOTATION, ModelInputs, child_labels, endpoint, name, secret_names,
