@@ -242,3 +242,61 @@ async fn a_failed_shard_is_named_with_what_it_said_and_the_counts_come_from_summ
         "{writes:?}"
     );
 }
+
+#[tokio::test]
+async fn a_changed_model_leaves_the_running_job_alone_and_a_finished_job_is_not_run_again() {
+    let (cluster, ctx) = setup().await;
+    reconcile_job(&cluster, &ctx, JOB).await.expect("reconcile");
+    let jobs = Api::<Job>::namespaced(cluster.admin.clone(), NS);
+    let before = jobs.get(JOB).await.expect("the Job");
+    // The ImageModel changes while the job runs: a Job's pod template cannot change.
+    Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
+        .patch(
+            "efficientnet-lite0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"preprocess": {"size": 256}}})),
+        )
+        .await
+        .expect("model change");
+    cluster.take_writes();
+    reconcile_job(&cluster, &ctx, JOB).await.expect("reconcile");
+    let writes = cluster.take_writes();
+    assert!(
+        writes.iter().all(|w| w.resource != "jobs"),
+        "the Job is left as it is: {writes:?}"
+    );
+    let after = jobs.get(JOB).await.expect("the Job");
+    assert_eq!(before.spec, after.spec);
+    let now = status(&cluster).await;
+    let message = condition(&now, "Progressing")["message"]
+        .as_str()
+        .expect("message")
+        .to_string();
+    assert!(
+        message.contains("changed since Job archive-2024 started"),
+        "{message}"
+    );
+
+    // It completes; its Job deleted afterwards is not created again.
+    job_status(
+        &cluster,
+        json!({"completedIndexes": "0-15", "succeeded": 16,
+            "conditions": [{"type": "Complete", "status": "True"}]}),
+    )
+    .await;
+    reconcile_job(&cluster, &ctx, JOB).await.expect("reconcile");
+    let done = status(&cluster).await;
+    assert_eq!(condition(&done, "Complete")["status"], "True", "{done:#}");
+    assert_eq!(condition(&done, "Reconciling")["status"], "False");
+    assert_eq!(done["shards"]["succeeded"], 16);
+    jobs.delete(JOB, &Default::default()).await.expect("delete");
+    reconcile_job(&cluster, &ctx, JOB).await.expect("reconcile");
+    assert!(
+        jobs.get_opt(JOB).await.expect("get").is_none(),
+        "a finished job is not run again"
+    );
+    assert_eq!(
+        condition(&status(&cluster).await, "Complete")["status"],
+        "True"
+    );
+}
