@@ -95,6 +95,11 @@ pub struct BatchArgs {
     #[arg(long, env = "SIGHTLINE_BATCH_OUT")]
     pub out: PathBuf,
 
+    /// Also write the results as CSV here when the run ends (`image, sha256, label,
+    /// probability, known, error`; the top class only).
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+
     /// Go on from an existing --out: the images it holds are not done again.
     #[arg(long)]
     pub resume: bool,

@@ -9,33 +9,23 @@ mod support;
 use std::collections::HashMap;
 
 use image::ImageFormat;
-use sightline_server::cli::{self, Command};
 use support::moto::Moto;
-use support::{models, ort_lib, solid, test_classifier_ready};
+use support::{solid, test_classifier_ready};
 
 const LABELS: [&str; 3] = ["red", "green", "blue"];
 
+/// The batch flags with moto's credentials.
 fn batch_args(extra: &[&str]) -> sightline_server::cli::BatchArgs {
-    let mut argv: Vec<std::ffi::OsString> = vec![
-        "sightline-server".into(),
-        "batch".into(),
-        "--model".into(),
-        models().join("test-classifier.onnx").into(),
-        "--ort-lib".into(),
-        ort_lib().into(),
-        "--no-progress".into(),
-        "--s3-region".into(),
-        "us-east-1".into(),
-        "--s3-access-key-id".into(),
-        "testing".into(),
-        "--s3-secret-access-key".into(),
-        "testing".into(),
+    let mut flags = vec![
+        "--s3-region",
+        "us-east-1",
+        "--s3-access-key-id",
+        "testing",
+        "--s3-secret-access-key",
+        "testing",
     ];
-    argv.extend(extra.iter().map(Into::into));
-    match cli::parse(argv).expect("flags parse").command {
-        Command::Batch(args) => args,
-        _ => panic!("not the batch command"),
-    }
+    flags.extend_from_slice(extra);
+    support::batch_args(&flags)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 //! deadline.
 
 pub mod figures;
+pub mod live;
 pub mod stats;
 pub mod window;
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use figures::{
     Bucket, Counters, Figures, Mirrored, parse_counters, parse_mirrored, parse_started,
 };
+pub use live::{Feedback, LiveFeedback};
 pub use window::{PodRead, PodTally, Reading, Tally};
 
 use stats::{count, too_many};
@@ -31,6 +33,16 @@ pub struct Thresholds {
     pub min_agreement: f64,
     pub max_error_rate: f64,
     pub max_p99_latency_ratio: f64,
+    /// `minLiveAccuracy` and `maxLiveAccuracyDrop`: checked only when set.
+    pub min_live_accuracy: Option<f64>,
+    pub max_live_accuracy_drop: Option<f64>,
+}
+
+impl Thresholds {
+    /// Whether a check judges on live feedback (the stores must be read).
+    pub fn live(&self) -> bool {
+        self.min_live_accuracy.is_some() || self.max_live_accuracy_drop.is_some()
+    }
 }
 
 /// A check's verdicts (`status.rollout.checks[].status`).
@@ -47,7 +59,8 @@ pub mod verdicts {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Check {
-    /// `errorRate`, `p99LatencyRatio`, `agreement`, `top1Drop`.
+    /// `errorRate`, `p99LatencyRatio`, `agreement`, `top1Drop`, `liveAccuracy`,
+    /// `liveAccuracyDrop`.
     pub name: String,
     /// `Passed`, `Failed`, `Pending` (not enough data yet) or `Skipped` (cannot be
     /// measured: the note says why).
@@ -92,7 +105,7 @@ impl Check {
             .measured
             .map_or_else(|| "no data".to_string(), |m| format!("{m:.4}"));
         let bound = match self.name.as_str() {
-            "agreement" => format!("at least {:.4}", self.threshold),
+            "agreement" | "liveAccuracy" => format!("at least {:.4}", self.threshold),
             _ => format!("at most {:.4}", self.threshold),
         };
         format!("{} {measured} ({bound})", self.name)
@@ -111,6 +124,8 @@ pub struct Window {
     /// candidate's start-up evaluation (when the model has `spec.evaluation`).
     pub stable_top1: Option<f64>,
     pub candidate_top1: Option<f64>,
+    /// The users' feedback on the two revisions' models, when a live check is asked for.
+    pub feedback: Option<LiveFeedback>,
 }
 
 /// Which checks run at a step, and the sample a passing one needs.
@@ -135,6 +150,7 @@ pub fn checks(t: &Thresholds, w: &Window, scope: &Scope) -> Vec<Check> {
     if scope.evaluating {
         out.push(top1_drop(t, w));
     }
+    out.extend(live::checks(t, w));
     out
 }
 

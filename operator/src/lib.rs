@@ -10,6 +10,7 @@ pub mod crdgen;
 pub mod exposition;
 pub mod leader;
 pub mod metrics;
+pub mod quality;
 pub mod quantity;
 pub mod render;
 pub mod rollout;

@@ -30,6 +30,10 @@ pub mod types {
     /// Model: the start-up evaluation of `spec.evaluation` finished (its figures are in
     /// `status.evaluation`).
     pub const EVALUATED: &str = "Evaluated";
+    /// Model: the answers of the serving pods moved away from their baseline beyond
+    /// `spec.monitoring.maxDrift` (True), stay within it (False), or cannot be told
+    /// (Unknown). The model still serves either way: it never changes `Ready`.
+    pub const DRIFTING: &str = "Drifting";
     /// kstatus' "abnormal-true" pair (sigs.k8s.io/cli-utils/pkg/kstatus, read by Flux,
     /// kpt and `kubectl`-side waiters, which otherwise call any observed resource
     /// `Current`): the spec is still being realised ([`kstatus`]).
@@ -90,6 +94,13 @@ pub mod reasons {
     pub const EVALUATED: &str = "Evaluated";
     pub const EVALUATION_PENDING: &str = "EvaluationPending";
     pub const EVALUATION_FAILED: &str = "EvaluationFailed";
+    /// `Drifting=True`: a drift signal is above `maxDrift`.
+    pub const DRIFT_ABOVE_THRESHOLD: &str = "DriftAboveThreshold";
+    /// `Drifting=False`: the drift is known and within `maxDrift`.
+    pub const DRIFT_WITHIN_THRESHOLD: &str = "DriftWithinThreshold";
+    /// `Drifting=Unknown`: no pod reports a drift (baseline incomplete, too few answers,
+    /// no pod answered).
+    pub const DRIFT_UNKNOWN: &str = "DriftUnknown";
 }
 
 /// Where "now" comes from.
@@ -122,6 +133,9 @@ impl Clock for FixedClock {
 pub struct Cond {
     pub type_: &'static str,
     pub status: bool,
+    /// Neither true nor false: what it is about cannot be told now (`status` is false, so
+    /// nothing reads it as true).
+    pub unknown: bool,
     /// CamelCase: ours, Kubernetes' (`ImagePullBackOff`) or the server's (`DigestMismatch`).
     pub reason: String,
     pub message: String,
@@ -160,6 +174,7 @@ impl Cond {
         Cond {
             type_,
             status: true,
+            unknown: false,
             reason: valid_reason(reason.into()),
             message: bounded(message.into()),
         }
@@ -169,13 +184,30 @@ impl Cond {
         Cond {
             type_,
             status: false,
+            unknown: false,
             reason: valid_reason(reason.into()),
             message: bounded(message.into()),
         }
     }
 
+    /// Status `Unknown`.
+    pub fn unknown(
+        type_: &'static str,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Cond {
+            unknown: true,
+            ..Cond::no(type_, reason, message)
+        }
+    }
+
     fn status_str(&self) -> &'static str {
-        if self.status { "True" } else { "False" }
+        match (self.unknown, self.status) {
+            (true, _) => "Unknown",
+            (false, true) => "True",
+            (false, false) => "False",
+        }
     }
 }
 
@@ -312,6 +344,15 @@ mod tests {
         );
         assert_eq!(flipped[0].last_transition_time.0.as_second(), 300);
         assert_eq!(flipped[0].status, "True");
+        let unknown = merge(
+            &flipped,
+            &[Cond::unknown(types::READY, reasons::PENDING, "?")],
+            Some(2),
+            &at(400),
+        );
+        assert_eq!(unknown[0].status, "Unknown");
+        assert_eq!(unknown[0].last_transition_time.0.as_second(), 400);
+        assert!(!Cond::unknown(types::DRIFTING, reasons::DRIFT_UNKNOWN, "").status);
     }
 
     #[test]

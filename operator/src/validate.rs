@@ -3,7 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::crd::{ImageModel, RecognitionPipeline};
+use crate::crd::{Analysis, ImageModel, MonitoringSpec, QUALITY_WINDOWS, RecognitionPipeline};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -111,6 +111,67 @@ pub fn model(m: &ImageModel) -> Result<(), Invalid> {
             "minReplicas must not exceed maxReplicas",
         ));
     }
+    if let Some(monitoring) = &m.spec.monitoring {
+        self::monitoring(monitoring)?;
+    }
+    if let Some(rollout) = &m.spec.rollout {
+        live_checks(&rollout.analysis)?;
+    }
+    Ok(())
+}
+
+/// `spec.monitoring`: a threshold a drift can cross, a window the store counts, a sample.
+fn monitoring(spec: &MonitoringSpec) -> Result<(), Invalid> {
+    if let Some(max) = spec.max_drift
+        && !(max > 0.0 && max < 1.0)
+    {
+        return Err(invalid(
+            "spec.monitoring.maxDrift",
+            format!(
+                "{max} is not above 0 and below 1: the drift is a Jensen-Shannon divergence \
+                 (base 2) from 0 (answers distributed as the baseline's) to 1 (nothing in \
+                 common), so at 0 every model drifts and at 1 none ever does"
+            ),
+        ));
+    }
+    if let Some(window) = &spec.quality_window
+        && !QUALITY_WINDOWS.contains(&window.as_str())
+    {
+        return Err(invalid(
+            "spec.monitoring.qualityWindow",
+            format!("{window:?} is not a window the store counts: 1h, 24h or 7d"),
+        ));
+    }
+    if spec.min_feedback_samples == Some(0) {
+        return Err(invalid(
+            "spec.monitoring.minFeedbackSamples",
+            "at least 1: a live check cannot judge on no feedback",
+        ));
+    }
+    Ok(())
+}
+
+/// `minLiveAccuracy` and `maxLiveAccuracyDrop` are shares of answers.
+fn live_checks(analysis: &Analysis) -> Result<(), Invalid> {
+    for (field, value) in [
+        (
+            "spec.rollout.analysis.minLiveAccuracy",
+            analysis.min_live_accuracy,
+        ),
+        (
+            "spec.rollout.analysis.maxLiveAccuracyDrop",
+            analysis.max_live_accuracy_drop,
+        ),
+    ] {
+        if let Some(v) = value
+            && !(0.0..=1.0).contains(&v)
+        {
+            return Err(invalid(
+                field,
+                format!("{v} is not a share of answers (from 0 to 1)"),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -160,5 +221,54 @@ mod tests {
         assert!(check_uri("f", "pvc://claim").is_err());
         assert!(check_uri("f", "https://host").is_err());
         assert!(check_uri("f", "http://h/m.onnx").is_err());
+    }
+
+    #[test]
+    fn monitoring_and_live_checks_say_what_is_wrong() {
+        let ok = MonitoringSpec {
+            max_drift: Some(0.3),
+            quality_window: Some("7d".into()),
+            min_feedback_samples: Some(1),
+        };
+        assert_eq!(monitoring(&ok), Ok(()));
+        assert_eq!(monitoring(&MonitoringSpec::default()), Ok(()));
+        for max in [0.0, 1.0, -0.1, 1.5, f64::NAN] {
+            let bad = MonitoringSpec {
+                max_drift: Some(max),
+                ..ok.clone()
+            };
+            let e = monitoring(&bad).expect_err("a drift no model can cross");
+            assert_eq!(e.field, "spec.monitoring.maxDrift");
+            assert!(e.message.contains("above 0 and below 1"), "{e}");
+        }
+        let e = monitoring(&MonitoringSpec {
+            quality_window: Some("1d".into()),
+            ..ok.clone()
+        })
+        .expect_err("1d");
+        assert_eq!(
+            e.to_string(),
+            "spec.monitoring.qualityWindow: \"1d\" is not a window the store counts: 1h, 24h or 7d"
+        );
+        let e = monitoring(&MonitoringSpec {
+            min_feedback_samples: Some(0),
+            ..ok
+        })
+        .expect_err("no sample");
+        assert_eq!(e.field, "spec.monitoring.minFeedbackSamples");
+
+        assert_eq!(live_checks(&Analysis::default()), Ok(()));
+        let a = Analysis {
+            min_live_accuracy: Some(0.9),
+            max_live_accuracy_drop: Some(0.0),
+            ..Analysis::default()
+        };
+        assert_eq!(live_checks(&a), Ok(()));
+        let e = live_checks(&Analysis {
+            max_live_accuracy_drop: Some(2.0),
+            ..a
+        })
+        .expect_err("a drop of 2");
+        assert_eq!(e.field, "spec.rollout.analysis.maxLiveAccuracyDrop");
     }
 }

@@ -17,16 +17,15 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use sightline_operator::controller::{Context, model, pipeline};
-use sightline_operator::crd::{ImageModel, RecognitionPipeline};
+use sightline_operator::controller::{Context, model};
+use sightline_operator::crd::ImageModel;
 use support::scrape_sim::Fleet;
 use support::sim::{Deadline, Pods, roll};
-use support::{Cluster, NS, TestClock, full_apis, sample_model, sample_pipeline};
+use support::{Cluster, NS, TestClock, full_apis, sample_model};
 
 const MODEL: &str = "efficientnet-lite0";
 const STABLE: &str = "efficientnet-lite0-recognize";
 const CANDIDATE: &str = "efficientnet-lite0-recognize-canary";
-const FRONT_DOOR: &str = "photos-upload";
 
 fn evaluation(top1: f64) -> String {
     json!({"id": "startup", "status": "succeeded", "report": {
@@ -68,11 +67,7 @@ impl Scene {
 
     /// The condition of `type_`.
     async fn condition(&self, type_: &str) -> Value {
-        let status = self.status().await;
-        status["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
-            .unwrap_or_else(|| panic!("no {type_} in {status:#}"))
+        self.cluster.model_condition(MODEL, type_).await
     }
 
     async fn template(&self, name: &str) -> Option<Value> {
@@ -148,15 +143,7 @@ impl Scene {
         let ready = scene.condition("Ready").await;
         assert_eq!(ready["status"], "True", "{ready:#}");
 
-        support::sample_secrets(&scene.cluster).await;
-        let p = Api::<RecognitionPipeline>::namespaced(scene.cluster.admin.clone(), NS)
-            .create(&PostParams::default(), &sample_pipeline())
-            .await
-            .expect("pipeline");
-        pipeline::reconcile(Arc::new(p), scene.ctx.clone())
-            .await
-            .expect("pipeline");
-        roll(&scene.cluster, FRONT_DOOR, Pods::Serving, Deadline::Within).await;
+        support::drive::sample_pipeline_serving(&scene.cluster, &scene.ctx).await;
         scene.fleet.sync(&scene.cluster).await;
         scene.stable = scene.template(STABLE).await.expect("stable");
 
@@ -653,4 +640,75 @@ fn the_first_step_must_leave_stable_some_traffic() {
         "{refused:?}"
     );
     assert!(RolloutSpec::validate_cel(&spec(json!([100, 100])), None).is_err());
+}
+
+/// The sample's model file, which the stable revision serves.
+const STABLE_DIGEST: &str = "8a2555a6d5b4dee51bdd253625b5ae2b6f991b71bf477c9404b533d6d7822b69";
+/// Another model file, which the candidate serves.
+const NEW_DIGEST: &str = "1b2555a6d5b4dee51bdd253625b5ae2b6f991b71bf477c9404b533d6d7822b00";
+
+/// A canary of another model file judged on live feedback too (`minFeedbackSamples` 100),
+/// the operator's key in the pipeline's keys Secret; the candidate serves, the first
+/// window open. The store answers `stable` and `candidate` as (answers, right).
+async fn judged_on_feedback(analysis: Value, stable: (u64, u64), candidate: (u64, u64)) -> Scene {
+    let mut rollout = three_steps();
+    rollout["analysis"] = analysis;
+    let edit = json!({"source": {"sha256": NEW_DIGEST},
+        "monitoring": {"minFeedbackSamples": 100}});
+    let mut scene = Scene::with(rollout, false, edit).await;
+    support::store_sim::give_operator_key(&scene.cluster).await;
+    feedback(&scene, stable, candidate);
+    scene.candidate_serves().await;
+    scene.front_doors_apply().await;
+    scene
+}
+
+/// What the store answers now, through the front door, for each revision's model.
+fn feedback(scene: &Scene, stable: (u64, u64), candidate: (u64, u64)) {
+    use support::store_sim::{quality_answer, quality_path, store_answers};
+    let door = scene.fleet.pods("door")[0].clone();
+    for (digest, (answers, right)) in [(STABLE_DIGEST, stable), (NEW_DIGEST, candidate)] {
+        let body = quality_answer(MODEL, &[(digest, answers, right)]);
+        store_answers(&scene.cluster, &door, &quality_path(MODEL, digest), body);
+    }
+}
+
+#[tokio::test]
+async fn a_candidate_the_users_say_is_wrong_is_rolled_back_once_the_feedback_suffices() {
+    let analysis = json!({"minLiveAccuracy": 0.9});
+    // Three answers of four wrong, but only 40 of them: the check waits, the step holds.
+    let mut scene = judged_on_feedback(analysis, (1000, 940), (40, 10)).await;
+    scene.serve(1000, 61).await;
+    let rollout = scene.rollout().await;
+    assert_eq!(rollout["step"], 0, "held: {rollout:#}");
+    let live = Scene::check(&rollout, "liveAccuracy");
+    assert_eq!(
+        (&live["status"], &live["note"]),
+        (
+            &json!("Pending"),
+            &json!("40 of 100 feedback answers on the candidate's model")
+        ),
+        "{rollout:#}"
+    );
+    assert_eq!(Scene::check(&rollout, "errorRate")["status"], "Passed");
+    // More feedback: half of 200 answers wrong is far beyond chance for a model at 0.9.
+    feedback(&scene, (1000, 940), (200, 100));
+    scene.serve(100, 10).await;
+    scene
+        .rolled_back("CheckFailed", "liveAccuracy 0.5000 (at least 0.9000)")
+        .await;
+}
+
+#[tokio::test]
+async fn a_candidate_as_right_as_stable_on_feedback_advances() {
+    let analysis = json!({"minLiveAccuracy": 0.85, "maxLiveAccuracyDrop": 0.02});
+    let mut scene = judged_on_feedback(analysis, (1000, 940), (300, 285)).await;
+    scene.serve(1000, 61).await;
+    scene.at_step(1, 50).await;
+    let rollout = scene.rollout().await;
+    let drop = Scene::check(&rollout, "liveAccuracyDrop");
+    assert_eq!(drop["status"], "Passed", "{rollout:#}");
+    let measured = drop["measured"].as_f64().expect("a drop");
+    assert!((measured + 0.01).abs() < 1e-12, "0.94 - 0.95: {measured}");
+    assert_eq!(Scene::check(&rollout, "liveAccuracy")["measured"], 0.95);
 }

@@ -198,6 +198,12 @@ fn cel_rules_reject_what_cannot_be_honoured() {
         RecognitionJobSpec::validate_cel(&evaluation, None).is_err(),
         "an evaluation across shards would count the other shards' images as failed"
     );
+    let mut both = job.clone();
+    both["input"]["s3"] = json!({"uri": "s3://photos"});
+    assert!(
+        RecognitionJobSpec::validate_cel(&both, None).is_err(),
+        "one input"
+    );
     let mut wide = job.clone();
     wide["parallelism"] = json!(5);
     assert!(RecognitionJobSpec::validate_cel(&wide, None).is_err());
@@ -257,16 +263,10 @@ fn every_rendered_object_is_valid_for_kubernetes_1_33() {
     );
 }
 
-#[test]
-fn the_http_route_validates_against_the_gateway_api_crd_schema() {
-    let Some(python) = tool("python") else { return };
-    let route = rendered()
-        .into_iter()
-        .find(|o| o["kind"] == "HTTPRoute")
-        .expect("the pipeline sample has an HTTPRoute");
-    let crd = serde_json::to_value(gateway_api::apis::standard::httproutes::HttpRoute::crd())
-        .expect("crd");
-    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+/// Whether `object` validates against the OpenAPI v3 `schema` (Python's jsonschema):
+/// `None` without the tool (a loud skip outside CI), else what jsonschema said.
+fn json_schema_says(object: &Value, schema: &Value) -> Option<Result<(), String>> {
+    let python = tool("python")?;
     let script = "import json,sys,jsonschema\nd=json.load(sys.stdin)\njsonschema.validate(d['object'], d['schema'])\nprint('valid')";
     let mut child = Command::new(python)
         .args(["-c", script])
@@ -281,17 +281,107 @@ fn the_http_route_validates_against_the_gateway_api_crd_schema() {
         .take()
         .expect("stdin")
         .write_all(
-            serde_json::json!({"object": route, "schema": schema})
+            serde_json::json!({"object": object, "schema": schema})
                 .to_string()
                 .as_bytes(),
         )
         .expect("write");
     let output = child.wait_with_output().expect("wait");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    Some(if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    })
+}
+
+#[test]
+fn the_http_route_validates_against_the_gateway_api_crd_schema() {
+    let route = rendered()
+        .into_iter()
+        .find(|o| o["kind"] == "HTTPRoute")
+        .expect("the pipeline sample has an HTTPRoute");
+    let crd = serde_json::to_value(gateway_api::apis::standard::httproutes::HttpRoute::crd())
+        .expect("crd");
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    if let Some(said) = json_schema_says(&route, schema) {
+        said.expect("the HTTPRoute is valid");
+    }
+}
+
+/// `spec.monitoring`, the live canary checks and `status.quality` are in the ImageModel
+/// schema, typed and bounded: an object the operator writes validates, a wrong one does
+/// not.
+#[test]
+fn monitoring_and_quality_are_in_the_image_model_schema() {
+    use serde_json::json;
+    let crd = serde_json::to_value(ImageModel::crd()).expect("crd");
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let props = &schema["properties"];
+    let monitoring = &props["spec"]["properties"]["monitoring"]["properties"];
+    assert_eq!(monitoring["maxDrift"]["type"], "number");
+    assert_eq!(monitoring["qualityWindow"]["type"], "string");
+    assert_eq!(monitoring["minFeedbackSamples"]["minimum"], 1.0);
+    let analysis = &props["spec"]["properties"]["rollout"]["properties"]["analysis"]["properties"];
+    assert_eq!(analysis["minLiveAccuracy"]["type"], "number");
+    assert_eq!(analysis["maxLiveAccuracyDrop"]["type"], "number");
+    let quality = &props["status"]["properties"]["quality"]["properties"];
+    for (field, type_) in [
+        ("window", "string"),
+        ("digest", "string"),
+        ("accuracy", "number"),
+        ("samples", "integer"),
+        ("accuracyReadAt", "string"),
+        ("accuracyNote", "string"),
+        ("drift", "object"),
+        ("driftSamples", "integer"),
+        ("driftReadAt", "string"),
+    ] {
+        assert_eq!(quality[field]["type"], type_, "status.quality.{field}");
+    }
+    assert_eq!(quality["drift"]["properties"]["class"]["type"], "number");
+    assert_eq!(
+        quality["drift"]["properties"]["confidence"]["type"],
+        "number"
     );
+
+    // The CEL rules the API server runs on these fields.
+    let rule = |field: &Value| field["x-kubernetes-validations"][0]["rule"].clone();
+    assert_eq!(rule(&monitoring["maxDrift"]), "self > 0.0 && self < 1.0");
+    assert_eq!(
+        rule(&monitoring["qualityWindow"]),
+        "self in ['1h', '24h', '7d']"
+    );
+    assert_eq!(
+        rule(&analysis["minLiveAccuracy"]),
+        "self >= 0.0 && self <= 1.0"
+    );
+    assert_eq!(
+        rule(&analysis["maxLiveAccuracyDrop"]),
+        "self >= 0.0 && self <= 1.0"
+    );
+    let ok = json!({"maxDrift": 0.2, "qualityWindow": "7d", "minFeedbackSamples": 50});
+
+    // An ImageModel as a user writes it and as the operator leaves it.
+    let mut model = serde_json::to_value(samples().models[0].clone()).expect("json");
+    model["spec"]["monitoring"] = ok;
+    model["spec"]["rollout"] = json!({"strategy": "Canary",
+        "analysis": {"minLiveAccuracy": 0.9, "maxLiveAccuracyDrop": 0.02}});
+    model["status"] = json!({"conditions": [{"type": "Drifting", "status": "Unknown",
+            "reason": "DriftUnknown", "message": "no pod serves the model",
+            "lastTransitionTime": "2027-01-15T08:00:00Z"}],
+        "quality": {"window": "24h", "digest": "ab", "accuracy": 0.9, "samples": 400,
+            "accuracyReadAt": "2027-01-15T08:00:00Z", "drift": {"class": 0.1},
+            "driftSamples": 640, "driftReadAt": "2027-01-15T08:00:00Z"}});
+    let Some(said) = json_schema_says(&model, schema) else {
+        return;
+    };
+    said.expect("a model with monitoring and quality is valid");
+    let mut wrong = model.clone();
+    wrong["status"]["quality"]["samples"] = json!("many");
+    assert!(json_schema_says(&wrong, schema).is_some_and(|s| s.is_err()));
+    let mut wrong = model;
+    wrong["spec"]["monitoring"]["minFeedbackSamples"] = json!(0);
+    assert!(json_schema_says(&wrong, schema).is_some_and(|s| s.is_err()));
 }
 
 fn pod_specs(objects: &[Value]) -> Vec<(String, Value)> {

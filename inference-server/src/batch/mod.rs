@@ -4,11 +4,14 @@
 //! summary ([`summary`], also for the operator), metrics ([`metrics`]) and, with `--truth`,
 //! the evaluation report over the images it names ([`truth`]).
 
+mod csv_out;
+mod input;
 pub mod metrics;
 mod objects;
 mod store_sink;
 pub mod summary;
 mod truth;
+mod web;
 
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use sightline_batch::journal::{Journal, Line};
 use sightline_batch::listing::{self, Item};
-use sightline_batch::run::{Files, Reader, Sink};
+use sightline_batch::run::Sink;
 use sightline_batch::{BatchError, run};
 use sightline_eval::EvalError;
 use sightline_eval::progress::{self, Progress};
@@ -60,6 +63,10 @@ pub enum BatchCommandError {
     Metrics(std::io::Error),
     #[error(transparent)]
     Bucket(#[from] crate::upload::UploadError),
+    #[error(transparent)]
+    Listing(#[from] web::WebListError),
+    #[error(transparent)]
+    Csv(#[from] csv_out::CsvError),
     #[error(
         "--job {0:?}: with --store-url the job must be a Kubernetes object name (a-z, 0-9, '-', '.')"
     )]
@@ -85,7 +92,8 @@ impl BatchCommandError {
             | BatchCommandError::OtherModel { .. }
             | BatchCommandError::NoShardIndex { .. }
             | BatchCommandError::JobName(_) => true,
-            BatchCommandError::Client(_) => false,
+            BatchCommandError::Listing(e) => matches!(e, web::WebListError::BadLine { .. }),
+            BatchCommandError::Client(_) | BatchCommandError::Csv(_) => false,
             BatchCommandError::Bucket(e) => matches!(e, crate::upload::UploadError::StoreUrl(_)),
             BatchCommandError::OutputFolder { .. } | BatchCommandError::Metrics(_) => false,
         }
@@ -154,25 +162,10 @@ async fn run_shard(
     }
     let (index, count) = shard_of(args)?;
     (account.shard, account.shards) = (index, count);
-    let bucket = match args.input.to_str().filter(|i| i.starts_with("s3://")) {
-        Some(url) => Some(objects::Bucket::connect(&crate::upload::S3Config {
-            url: url.to_string(),
-            endpoint: args.serve.s3_endpoint.clone(),
-            region: args.serve.s3_region.clone(),
-            access_key_id: args.serve.s3_access_key_id.clone(),
-            secret_access_key: args.serve.s3_secret_access_key.clone(),
-        })?),
-        None => None,
-    };
-    let listed = match &bucket {
-        Some(bucket) => bucket.list().await?,
-        None => listing::list(&args.input)?,
-    };
-    let reader: &dyn Reader = match &bucket {
-        Some(bucket) => bucket,
-        None => &Files,
-    };
-    if args.serve.store_url.is_some() && !crate::store::http::is_job_name(&args.job) {
+    let input = input::Input::of(args)?;
+    let listed = input.list().await?;
+    let reader = input.reader();
+    if args.serve.store_url.is_some() && !crate::store::checks::is_job_name(&args.job) {
         return Err(BatchCommandError::JobName(args.job.clone()));
     }
     let items = listing::shard(listed, index, count)?;
@@ -259,12 +252,15 @@ async fn run_shard(
         args.out.display(),
         counts.known,
     );
+    if let Some(csv) = &args.csv {
+        csv_out::write(&args.out, csv)?;
+    }
     let Some(truth) = &args.truth else {
         return Ok(None);
     };
     let lines: Vec<Line> = done.into_iter().chain(written).collect();
-    let root = match (&bucket, truth.parent()) {
-        (Some(_), Some(folder)) => folder,
+    let root = match truth.parent() {
+        Some(folder) if !input.is_local() => folder,
         _ => args.input.as_path(),
     };
     let report = truth::evaluate(truth, root, &model.name, &model.labels, &lines, seconds)?;

@@ -16,6 +16,7 @@ use axum::{Extension, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::checks::{MAX_PREDICTIONS, check};
 use super::feedback::{FeedbackError, check_text};
 use super::{
     DEFAULT_PAGE, ListQuery, MAX_PAGE, ModelRef, NewResult, Provenance, ResultStore, StoreError,
@@ -110,9 +111,6 @@ pub fn feedback_refused(e: FeedbackError) -> AppError {
         FeedbackError::Store(e) => e.into(),
     }
 }
-
-/// Most predictions one saved result may hold.
-pub const MAX_PREDICTIONS: usize = 10_000;
 
 /// The seed's save request, parsed as it is read: `url` kept only when it is a string,
 /// `result` straight into predictions (at most [`MAX_PREDICTIONS`]). No `Value` tree and no
@@ -320,67 +318,6 @@ pub fn image_id_of(url: &str) -> Option<String> {
     let last = url.trim_end_matches('/').rsplit('/').next()?;
     let stem = last.split('.').next()?;
     crate::upload::is_image_id(stem).then(|| stem.to_string())
-}
-
-/// A Kubernetes object name (RFC 1123 subdomain): what a RecognitionJob is called.
-pub fn is_job_name(name: &str) -> bool {
-    (1..=253).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
-fn check(new: &NewResult) -> Result<(), AppError> {
-    if new.image_url.len() > 4096 {
-        return Err(AppError::bad_request(
-            "the image URL is longer than 4096 bytes",
-        ));
-    }
-    if new.job.as_ref().is_some_and(|j| !is_job_name(j)) {
-        return Err(AppError::bad_request(
-            "job must be a Kubernetes object name: 1 to 253 of a-z, 0-9, '-' and '.'",
-        ));
-    }
-    if new.model.name.len() > 255 || new.model.sha256.len() > 64 {
-        return Err(AppError::bad_request(
-            "model name must be at most 255 bytes and its sha256 at most 64",
-        ));
-    }
-    if new.predictions.len() > MAX_PREDICTIONS {
-        return Err(AppError::bad_request(format!(
-            "at most {MAX_PREDICTIONS} predictions"
-        )));
-    }
-    // PostgreSQL's TEXT cannot hold NUL: refuse it here, for every backend alike.
-    if [&new.image_url, &new.model.name, &new.model.sha256]
-        .into_iter()
-        .chain(new.predictions.iter().map(|p| &p.label))
-        .any(|s| s.contains('\0'))
-    {
-        return Err(AppError::bad_request(
-            "text fields must not contain NUL characters",
-        ));
-    }
-    if let Some(p) = new
-        .predictions
-        .iter()
-        .find(|p| p.label.len() > 255 || !p.probability.is_finite())
-    {
-        return Err(AppError::bad_request(format!(
-            "bad prediction {:?}: labels are at most 255 bytes and probabilities finite",
-            p.label
-        )));
-    }
-    if let Some(id) = &new.image_id
-        && !crate::upload::is_image_id(id)
-    {
-        return Err(AppError::bad_request(
-            "image_id must be the image's SHA-256 (64 lowercase hex digits)",
-        ));
-    }
-    Ok(())
 }
 
 /// Native save: a [`NewResult`] → `201` with the record, or `200` with the one that

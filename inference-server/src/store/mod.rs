@@ -5,5 +5,6 @@
 pub use sightline_store::*;
 
 pub mod background;
+pub mod checks;
 pub mod http;
 pub mod quality;

@@ -281,3 +281,24 @@ pub async fn serve_on_loopback(app: Router) -> String {
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}")
 }
+
+/// `sightline-server batch` with the test classifier and `extra` flags, as parsed.
+pub fn batch_args(extra: &[&str]) -> sightline_server::cli::BatchArgs {
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        "sightline-server".into(),
+        "batch".into(),
+        "--model".into(),
+        models().join("test-classifier.onnx").into(),
+        "--ort-lib".into(),
+        ort_lib().into(),
+        "--no-progress".into(),
+    ];
+    argv.extend(extra.iter().map(Into::into));
+    match sightline_server::cli::parse(argv)
+        .expect("flags parse")
+        .command
+    {
+        sightline_server::cli::Command::Batch(args) => args,
+        _ => panic!("not the batch command"),
+    }
+}

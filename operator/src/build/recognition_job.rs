@@ -80,12 +80,15 @@ fn in_claim(claim: &str, path: &str) -> String {
     }
 }
 
-/// Where the shards read the images: a folder in the container, or `s3://…`.
+/// Where the shards read the images: a folder in the container, `s3://…` or a listing
+/// file's URL.
 fn input_location(job: &RecognitionJob) -> String {
-    match (&job.spec.input.pvc, &job.spec.input.s3) {
-        (Some(pvc), _) => in_claim(&pvc.claim_name, &pvc.path),
-        (None, Some(s3)) => s3.uri.clone(),
-        (None, None) => String::new(),
+    let input = &job.spec.input;
+    match (&input.pvc, &input.s3, &input.https) {
+        (Some(pvc), _, _) => in_claim(&pvc.claim_name, &pvc.path),
+        (None, Some(s3), _) => s3.uri.clone(),
+        (None, None, Some(https)) => https.url.clone(),
+        (None, None, None) => String::new(),
     }
 }
 
@@ -185,11 +188,27 @@ pub fn validate(job: &RecognitionJob) -> Result<(), Invalid> {
             "an evaluation needs shards: 1: each shard would count the images of the others as failed",
         );
     }
-    match (&spec.input.pvc, &spec.input.s3) {
-        (Some(_), None) => {}
-        (None, Some(s3)) if s3.uri.len() > 5 && s3.uri.starts_with("s3://") => {}
-        (None, Some(_)) => return invalid("spec.input.s3.uri", "must be s3://bucket[/prefix]"),
-        _ => return invalid("spec.input", "is exactly one of pvc and s3"),
+    let input = &spec.input;
+    let given = [
+        input.pvc.is_some(),
+        input.s3.is_some(),
+        input.https.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return invalid("spec.input", "is exactly one of pvc, s3 and https");
+    }
+    if let Some(s3) = &input.s3
+        && !(s3.uri.len() > 5 && s3.uri.starts_with("s3://"))
+    {
+        return invalid("spec.input.s3.uri", "must be s3://bucket[/prefix]");
+    }
+    if let Some(https) = &input.https
+        && !(https.url.starts_with("https://") || https.url.starts_with("http://"))
+    {
+        return invalid(
+            "spec.input.https.url",
+            "must start with https:// or http://",
+        );
     }
     if spec.labels.is_some() && spec.input.pvc.is_none() {
         return invalid(

@@ -220,3 +220,16 @@ fn a_bucket_input_is_read_by_the_shards_with_its_credentials() {
         "input": {"s3": {"uri": "s3://photos"}}});
     assert!(validate(&rjob(labels)).is_err());
 }
+
+#[test]
+fn a_listing_file_is_passed_as_the_input() {
+    let j = built(json!({"input": {"https": {"url": "https://photos.example.com/list.txt"}}}));
+    assert_eq!(
+        flag(&args(&j), "--input").as_deref(),
+        Some("https://photos.example.com/list.txt")
+    );
+    let two = json!({"input": {"https": {"url": "https://a/l.txt"},
+        "pvc": {"claimName": "photos"}}});
+    assert!(validate(&rjob(two)).is_err());
+    assert!(validate(&rjob(json!({"input": {"https": {"url": "ftp://a/l.txt"}}}))).is_err());
+}

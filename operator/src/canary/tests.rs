@@ -9,6 +9,8 @@ fn thresholds() -> Thresholds {
         min_agreement: 0.95,
         max_error_rate: 0.01,
         max_p99_latency_ratio: 1.5,
+        min_live_accuracy: None,
+        max_live_accuracy_drop: None,
     }
 }
 
@@ -45,6 +47,7 @@ fn good() -> Window {
         },
         stable_top1: Some(0.80),
         candidate_top1: Some(0.795),
+        feedback: None,
     }
 }
 
@@ -503,4 +506,144 @@ fn durations() {
     assert_eq!(show_duration(60), "1m");
     assert_eq!(show_duration(3660), "61m");
     assert_eq!(show_duration(30), "30s");
+}
+
+fn live(candidate: Result<(u64, u64), &str>, stable: (u64, u64)) -> Window {
+    let feedback = |(samples, correct)| Feedback { samples, correct };
+    Window {
+        feedback: Some(LiveFeedback {
+            candidate: candidate.map(feedback).map_err(str::to_string),
+            stable: Ok(feedback(stable)),
+            same_digest: false,
+            min_samples: 100,
+        }),
+        ..good()
+    }
+}
+
+fn live_thresholds() -> Thresholds {
+    Thresholds {
+        min_live_accuracy: Some(0.9),
+        max_live_accuracy_drop: Some(0.02),
+        ..thresholds()
+    }
+}
+
+#[test]
+fn live_checks_judge_only_once_the_feedback_suffices() {
+    let t = live_thresholds();
+    assert!(t.live() && !thresholds().live());
+    let judged = |w: &Window| {
+        let all = checks(&t, w, &scope());
+        (
+            find(&all, "liveAccuracy").clone(),
+            find(&all, "liveAccuracyDrop").clone(),
+        )
+    };
+    // Not asked for: not run.
+    assert_eq!(
+        checks(&thresholds(), &live(Ok((500, 0)), (500, 500)), &scope()).len(),
+        4
+    );
+
+    // Below minFeedbackSamples, even every answer wrong is pending: never failed.
+    let (accuracy, drop) = judged(&live(Ok((99, 0)), (1000, 940)));
+    assert_eq!(
+        (accuracy.status.as_str(), drop.status.as_str()),
+        ("Pending", "Pending")
+    );
+    assert_eq!(
+        accuracy.note.as_deref(),
+        Some("99 of 100 feedback answers on the candidate's model")
+    );
+    assert_eq!(accuracy.measured, None);
+
+    // Enough, and as good as stable: both pass.
+    let (accuracy, drop) = judged(&live(Ok((200, 190)), (1000, 940)));
+    assert_eq!(
+        (accuracy.status.as_str(), drop.status.as_str()),
+        ("Passed", "Passed")
+    );
+    assert_eq!(accuracy.measured, Some(0.95));
+    assert!((drop.measured.expect("drop") + 0.01).abs() < 1e-12);
+
+    // Half wrong on 200 answers: far beyond chance for a model at 0.9 (or at 0.92).
+    let (accuracy, drop) = judged(&live(Ok((200, 100)), (1000, 940)));
+    assert_eq!(
+        (accuracy.status.as_str(), drop.status.as_str()),
+        ("Failed", "Failed")
+    );
+    assert_eq!(accuracy.describe(), "liveAccuracy 0.5000 (at least 0.9000)");
+    assert_eq!(drop.describe(), "liveAccuracyDrop 0.4400 (at most 0.0200)");
+
+    // Just below the threshold: 22 wrong of 200 where 20 are expected — not evidence.
+    let (accuracy, drop) = judged(&live(Ok((200, 178)), (1000, 940)));
+    assert_eq!(
+        (accuracy.status.as_str(), drop.status.as_str()),
+        ("Pending", "Pending")
+    );
+    assert!(
+        accuracy
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("22 of 200 answers were wrong")),
+        "{accuracy:?}"
+    );
+
+    // The stable model without enough feedback: the drop waits, the minimum does not.
+    let (accuracy, drop) = judged(&live(Ok((200, 190)), (40, 40)));
+    assert_eq!(accuracy.status, "Passed");
+    assert_eq!(
+        (drop.status.as_str(), drop.note.as_deref()),
+        (
+            "Pending",
+            Some("40 of 100 feedback answers on the stable model")
+        )
+    );
+
+    // The store unread: pending with why.
+    let (accuracy, _) = judged(&live(
+        Err("pipeline photos: no front door of it is ready"),
+        (1000, 940),
+    ));
+    assert_eq!(
+        (accuracy.status.as_str(), accuracy.note.as_deref()),
+        (
+            "Pending",
+            Some("pipeline photos: no front door of it is ready")
+        )
+    );
+
+    // The same model file: feedback cannot tell the revisions apart.
+    let mut same = live(Ok((500, 500)), (500, 500));
+    if let Some(f) = same.feedback.as_mut() {
+        f.same_digest = true;
+    }
+    let (accuracy, drop) = judged(&same);
+    assert_eq!(
+        (accuracy.status.as_str(), drop.status.as_str()),
+        ("Skipped", "Skipped")
+    );
+
+    // Not read yet (no feedback in the window): pending.
+    let (accuracy, _) = judged(&good());
+    assert_eq!(accuracy.status, "Pending");
+}
+
+#[test]
+fn a_pending_live_check_holds_the_step_and_a_failed_one_rolls_back() {
+    let t = live_thresholds();
+    let waiting = checks(&t, &live(Ok((10, 10)), (1000, 940)), &scope());
+    match decide(&plan(), &at(0, 600), &waiting, 1000.0, &[]) {
+        Decision::Hold(why) => assert!(
+            why.contains("liveAccuracy pending: 10 of 100 feedback answers"),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let failed = checks(&t, &live(Ok((200, 100)), (1000, 940)), &scope());
+    assert!(matches!(
+        decide(&plan(), &at(0, 600), &failed, 1000.0, &[]),
+        Decision::RollBack { .. }
+    ));
 }

@@ -8,7 +8,7 @@
 //! candidate goes once the front doors apply the traffic without it ([`traffic`]).
 
 mod clock;
-mod read;
+pub(super) mod read;
 pub(super) mod traffic;
 mod window;
 
@@ -81,6 +81,8 @@ impl Settings {
                 min_agreement: a.min_agreement.unwrap_or(0.95),
                 max_error_rate: a.max_error_rate.unwrap_or(0.01),
                 max_p99_latency_ratio: a.max_p99_latency_ratio.unwrap_or(1.5),
+                min_live_accuracy: a.min_live_accuracy,
+                max_live_accuracy_drop: a.max_live_accuracy_drop,
             },
         }
     }

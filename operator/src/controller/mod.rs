@@ -1,15 +1,16 @@
 //! Module order, one way: each module imports only modules before it, never one after it
 //! (issue 19; re-exports count).
 //! - leaves: `quantity`, `status`, `rollout`, `served`, `traffic`, `exposition`, `leader`,
-//!   `canary` (the analysis: `figures`, `stats`, `window`);
-//! - `crd` (`rollout`, `runtime` → `model`, `pipeline`) → `validate`, `verdict`, `metrics`;
+//!   `canary` (the analysis: `figures`, `stats`, `window`, `live`);
+//! - `crd` (`rollout`, `runtime`, `monitoring` → `model`, `pipeline`) → `validate`,
+//!   `verdict`, `metrics`, `quality`;
 //! - `build`: `meta`, `pod` → `model::identity`, `pipeline::identity` → `canary`, `device`,
 //!   `sizing`, `inputs`, `network`, `monitoring` → `model` (`fetch` → `deployment`) →
 //!   `pipeline` (`config`, `storage` → `workloads`, `routes`); then `apply`, `render`,
 //!   `crdgen`;
 //! - `controller`: `pods` → this module (`Context`, `Error`) → `observe`, `model_status`,
-//!   `canary::clock` → `canary::read` → `canary::traffic` → `canary` → `canary::window` →
-//!   `model` → `pipeline` → `run`. The model controller calls the canary; the canary never
+//!   `canary::clock` → `canary::read` → `quality` → `canary::traffic` → `canary` →
+//!   `canary::window` → `model` → `pipeline` → `run`. The model controller calls the canary; the canary never
 //!   names the model controller.
 //!
 //! The reconcilers. Each is a short pipeline: fetch what the resource references →
@@ -23,6 +24,7 @@ pub mod model_status;
 pub mod observe;
 pub mod pipeline;
 pub mod pods;
+pub mod quality;
 pub mod recognition_job;
 pub mod run;
 
@@ -183,6 +185,17 @@ impl Context {
     /// `GET {path}` on `pod`'s server port (see [`pods::PodHttp`]).
     pub async fn pod_get(&self, ns: &str, pod: &str, path: &str) -> Result<(u16, String), String> {
         self.pods.get(ns, pod, path).await
+    }
+
+    /// `GET {path}` on `pod`'s server port as `ask` says (see [`pods::PodHttp::get_as`]).
+    pub async fn pod_get_as(
+        &self,
+        ns: &str,
+        pod: &str,
+        path: &str,
+        ask: pods::Ask<'_>,
+    ) -> Result<(u16, String), String> {
+        self.pods.get_as(ns, pod, path, ask).await
     }
 
     /// Publishes an event about `object`; a failure to publish is logged, never fatal.

@@ -52,6 +52,7 @@ struct Observed {
     evaluation: Option<EvaluationStatus>,
     device: Option<crate::crd::DeviceStatus>,
     rollout: Option<crate::crd::RolloutStatus>,
+    quality: Option<crate::crd::QualityStatus>,
 }
 
 fn gpu_resource(m: &ImageModel) -> &str {
@@ -204,6 +205,10 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
         conditions.push(cond);
     }
     let settled = conditions.iter().all(|c| c.status);
+    // Drifting is about the answers, not the rollout: it never gates `Ready` or a resync.
+    let digest = served.as_ref().map(|s| s.digest.as_str());
+    let (quality, drifting) = super::quality::observe(ctx, &ns, m, digest).await?;
+    conditions.push(drifting);
     let candidate_pending = rollout_status
         .as_ref()
         .is_some_and(|r| r.pending_generation.is_some());
@@ -223,6 +228,7 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
             evaluation,
             device: Some(inputs.device),
             rollout: rollout_status,
+            quality: Some(quality),
         },
     )
     .await?;
@@ -294,6 +300,7 @@ fn unchanged(m: &ImageModel, conditions: Vec<Cond>) -> Observed {
         evaluation: previous.evaluation,
         device: previous.device,
         rollout: previous.rollout,
+        quality: previous.quality,
     }
 }
 
@@ -453,6 +460,7 @@ async fn write_status(m: &ImageModel, ctx: &Context, observed: Observed) -> Resu
         ready_replicas: observed.ready_replicas,
         device: observed.device,
         rollout: observed.rollout,
+        quality: observed.quality,
     };
     if m.status.as_ref() != Some(&status) {
         ctx.patch_status(m, &status).await?;

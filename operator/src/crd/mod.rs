@@ -7,12 +7,14 @@
 #![allow(clippy::duplicated_attributes)]
 
 mod model;
+mod monitoring;
 mod pipeline;
 mod recognition_job;
 mod rollout;
 mod runtime;
 
 pub use model::*;
+pub use monitoring::*;
 pub use pipeline::*;
 pub use recognition_job::*;
 pub use rollout::*;

@@ -42,6 +42,11 @@ use super::runtime::Runtime;
         type_ = "integer",
         json_path = ".status.readyReplicas"
     ),
+    printcolumn(
+        name = "Drifting",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Drifting\")].status"
+    ),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
     printcolumn(
         name = "Age",
@@ -66,6 +71,11 @@ pub struct ImageModelSpec {
     /// How a change of the serving pods rolls out: `Rolling` (default) or `Canary`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
+    /// How the serving model's answers are watched: the drift threshold of `Drifting`, the
+    /// live accuracy's window, the feedback a canary's live checks need
+    /// (docs/quality.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<super::monitoring::MonitoringSpec>,
 }
 
 /// The labelled set of a start-up evaluation.
@@ -205,8 +215,8 @@ pub struct ImageModelStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `Progressing`, `Available`, `ModelFetched`, `ModelValidated`, (with
-    /// `spec.evaluation`) `Evaluated`, and kstatus' `Reconciling` and `Stalled`, each with
-    /// a reason; see docs/status.md.
+    /// `spec.evaluation`) `Evaluated`, `Drifting`, and kstatus' `Reconciling` and
+    /// `Stalled`, each with a reason; see docs/status.md.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// SHA-256 of the model the serving pods loaded (as they report it).
@@ -231,6 +241,9 @@ pub struct ImageModelStatus {
     /// The canary rollout, with `spec.rollout.strategy: Canary`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+    /// The serving model's live accuracy and drift, each with when it was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<super::monitoring::QualityStatus>,
 }
 
 /// Where the model runs, and why.

@@ -98,10 +98,10 @@ pub struct ClaimPath {
     pub path: String,
 }
 
-/// Where the images are: one of `pvc` and `s3`.
+/// Where the images are: one of `pvc`, `s3` and `https`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(cel, validation = kube::core::Rule::new("has(self.pvc) != has(self.s3)").message("input is exactly one of pvc and s3"))]
+#[x_kube(cel, validation = kube::core::Rule::new("(has(self.pvc) ? 1 : 0) + (has(self.s3) ? 1 : 0) + (has(self.https) ? 1 : 0) == 1").message("input is exactly one of pvc, s3 and https"))]
 pub struct JobInput {
     /// A folder on a PersistentVolumeClaim, mounted read-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,6 +109,19 @@ pub struct JobInput {
     /// The objects under a prefix of an S3-compatible bucket, read by each shard itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Input>,
+    /// A listing file: one image URL per line (absolute, or relative to the listing's
+    /// URL), each fetched by the shard that takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<HttpsInput>,
+}
+
+/// A listing file of image URLs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpsInput {
+    /// `https://host/list.txt` (or `http://`).
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("url must start with https:// or http://"))]
+    pub url: String,
 }
 
 /// Images in an S3-compatible bucket.

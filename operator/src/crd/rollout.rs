@@ -75,6 +75,18 @@ pub struct Analysis {
     /// Most the candidate's p99 latency may be, as a multiple of the stable's (default 1.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_p99_latency_ratio: Option<f64>,
+    /// Least live top-1 accuracy of the candidate's model on the users' feedback (the
+    /// store's `GET /api/v1/quality` for its digest, over `spec.monitoring.qualityWindow`);
+    /// judged once it has `spec.monitoring.minFeedbackSamples` answers. Unset: not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 0.0 && self <= 1.0").message("minLiveAccuracy is a share, from 0 to 1"))]
+    pub min_live_accuracy: Option<f64>,
+    /// Most the candidate's live accuracy may fall below the stable model's (both on
+    /// feedback, each with at least `spec.monitoring.minFeedbackSamples` answers). Unset:
+    /// not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 0.0 && self <= 1.0").message("maxLiveAccuracyDrop is a share, from 0 to 1"))]
+    pub max_live_accuracy_drop: Option<f64>,
 }
 
 /// Where a canary rollout stands (`status.rollout`).

@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use kube::Api;
-use sightline_operator::controller::{Context, model, recognition_job};
-use sightline_operator::crd::{ImageModel, RecognitionJob};
+use kube::api::PostParams;
+use sightline_operator::controller::{Context, model, pipeline, recognition_job};
+use sightline_operator::crd::{ImageModel, RecognitionJob, RecognitionPipeline};
 
+use super::sim::{Deadline, Pods, roll};
 use super::{Cluster, NS};
 
 /// One reconcile of ImageModel `name` as it is stored now; the error in words.
@@ -22,6 +24,20 @@ pub async fn reconcile_model(
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// The sample pipeline (API keys on, its Secrets created first) reconciled once, and its
+/// front door (`photos-upload`) serving.
+pub async fn sample_pipeline_serving(cluster: &Cluster, ctx: &Arc<Context>) {
+    super::sample_secrets(cluster).await;
+    let p = Api::<RecognitionPipeline>::namespaced(cluster.admin.clone(), NS)
+        .create(&PostParams::default(), &super::sample_pipeline())
+        .await
+        .expect("pipeline");
+    pipeline::reconcile(Arc::new(p), ctx.clone())
+        .await
+        .expect("pipeline");
+    roll(cluster, "photos-upload", Pods::Serving, Deadline::Within).await;
 }
 
 /// One reconcile of RecognitionJob `name` as it is stored now; the error in words.

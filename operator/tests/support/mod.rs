@@ -9,6 +9,7 @@ pub mod netpol;
 pub mod scrape_sim;
 pub mod sim;
 pub mod ssa;
+pub mod store_sim;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -93,6 +94,8 @@ pub struct Cluster {
     refusals: Arc<Mutex<BTreeMap<String, (u16, String)>>>,
     /// The paths asked of pods through `pods/proxy`, in order.
     asked: Arc<Mutex<Vec<String>>>,
+    /// The API key a pod's path answers only to ([`Cluster::require_key`]).
+    keys: Arc<Mutex<BTreeMap<(String, String), String>>>,
 }
 
 type PodAnswers = BTreeMap<(String, String), (u16, String)>;
@@ -110,6 +113,26 @@ pub fn status_body(code: u16, reason: &str, message: &str) -> String {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
     .to_string()
+}
+
+/// SIMULATION of a Sightline server's key check (inference-server/src/auth/mod.rs,
+/// `enforce`): a request presenting no key (`Authorization: Bearer` or `X-API-Key`; the
+/// API server's proxy passes `X-API-Key` on and consumes `Authorization` itself) or
+/// another key than `key` is refused 401 with the server's words.
+fn refuse_key(
+    request: &http::Request<kube::client::Body>,
+    key: &str,
+) -> Option<http::Response<kube::client::Body>> {
+    let presented = request
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok());
+    let error = match presented {
+        Some(k) if k == key => return None,
+        Some(_) => "the API key is not valid",
+        None => "an API key is required: send Authorization: Bearer <key> or X-API-Key",
+    };
+    Some(respond(401, json!({ "error": error }).to_string()))
 }
 
 /// `/api/v1/namespaces/{ns}/pods/{pod}[:port]/proxy/{path}` → (pod, `/path`).
@@ -200,8 +223,10 @@ impl Cluster {
         let pod_answers: Arc<Mutex<PodAnswers>> = Arc::default();
         let refusals: Arc<Mutex<BTreeMap<String, (u16, String)>>> = Arc::default();
         let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let keys: Arc<Mutex<BTreeMap<(String, String), String>>> = Arc::default();
         let (answer, pods, refused) = (proxied.clone(), pod_answers.clone(), refusals.clone());
         let asked_log = asked.clone();
+        let required = keys.clone();
         let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
             let fake = fake.clone();
             let log = log.clone();
@@ -209,14 +234,22 @@ impl Cluster {
             let pods = pods.clone();
             let refused = refused.clone();
             let asked_log = asked_log.clone();
+            let required = required.clone();
             async move {
                 let call = classify(request.method(), request.uri());
                 if let Some(call) = &call {
                     log.lock().expect("log").push(call.clone());
                 }
                 let path = request.uri().path().to_string();
-                if let Some(target) = pod_proxy_target(&path) {
+                if let Some(mut target) = pod_proxy_target(&path) {
+                    if let Some(query) = request.uri().query() {
+                        target.1 = format!("{}?{query}", target.1);
+                    }
                     asked_log.lock().expect("asked").push(target.1.clone());
+                    let key = required.lock().expect("keys").get(&target).cloned();
+                    if let Some(refusal) = key.and_then(|k| refuse_key(&request, &k)) {
+                        return Ok(refusal);
+                    }
                     let found = pods.lock().expect("answers").get(&target).cloned();
                     let (status, body) = found.unwrap_or_else(|| {
                         let message = format!("no endpoints available for pod {:?}", target.0);
@@ -267,7 +300,16 @@ impl Cluster {
             pod_answers,
             refusals,
             asked,
+            keys,
         }
+    }
+
+    /// Makes `GET pods/{pod}/proxy{path}` answer only to the API key `key`.
+    pub fn require_key(&self, pod: &str, path: &str, key: &str) {
+        self.keys
+            .lock()
+            .expect("keys")
+            .insert((pod.to_string(), path.to_string()), key.to_string());
     }
 
     /// Forgets the paths asked of pods so far; returns them.
@@ -505,6 +547,15 @@ impl Cluster {
     /// The `ImageModel` `name`'s status, as JSON.
     pub async fn model_status(&self, name: &str) -> serde_json::Value {
         serde_json::to_value(self.model(name).await.status).expect("json")
+    }
+
+    /// The condition `type_` of the `ImageModel` `name`, as JSON.
+    pub async fn model_condition(&self, name: &str, type_: &str) -> serde_json::Value {
+        let status = self.model_status(name).await;
+        status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+            .unwrap_or_else(|| panic!("no {type_} in {status:#}"))
     }
 
     /// Deployment `name`'s pod template, as JSON, when the Deployment exists.

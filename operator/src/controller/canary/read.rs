@@ -16,7 +16,8 @@ use crate::crd::{ImageModel, RecognitionPipeline};
 use crate::rollout::pod_ready;
 use sightline_api::applied_traffic;
 
-async fn pods(
+/// The pods of the namespace that carry `labels`.
+pub async fn pods(
     ctx: &Context,
     ns: &str,
     labels: &BTreeMap<String, String>,
@@ -36,7 +37,7 @@ fn running(pod: &Pod) -> bool {
 }
 
 /// Ready and not being deleted: its Service sends it traffic.
-fn serving(pod: &Pod) -> bool {
+pub fn serving(pod: &Pod) -> bool {
     pod_ready(pod) && pod.metadata.deletion_timestamp.is_none()
 }
 
@@ -55,22 +56,31 @@ pub async fn revision_pods(
         .collect())
 }
 
-/// The running front doors that read `m`'s traffic file: the upload pods of every
-/// pipeline of the namespace whose `modelRef` names it.
-pub async fn front_doors(ctx: &Context, ns: &str, m: &ImageModel) -> Result<Vec<Pod>, Error> {
-    let pipelines = Api::<RecognitionPipeline>::namespaced(ctx.client.clone(), ns)
+/// The pipelines of the namespace whose `modelRef` names `m`.
+pub async fn pipelines_of(
+    ctx: &Context,
+    ns: &str,
+    m: &ImageModel,
+) -> Result<Vec<RecognitionPipeline>, Error> {
+    let all = Api::<RecognitionPipeline>::namespaced(ctx.client.clone(), ns)
         .list(&ListParams::default())
         .await
         .map_err(|source| Error::Fetch {
             what: "RecognitionPipelines",
             source,
         })?;
-    let mut out = Vec::new();
-    for p in pipelines
+    Ok(all
         .items
-        .iter()
+        .into_iter()
         .filter(|p| p.spec.model_ref.name == m.name_any())
-    {
+        .collect())
+}
+
+/// The running front doors that read `m`'s traffic file: the upload pods of every
+/// pipeline of the namespace whose `modelRef` names it.
+pub async fn front_doors(ctx: &Context, ns: &str, m: &ImageModel) -> Result<Vec<Pod>, Error> {
+    let mut out = Vec::new();
+    for p in &pipelines_of(ctx, ns, m).await? {
         let labels = meta::selector_labels(&p.name_any(), UPLOAD);
         out.extend(pods(ctx, ns, &labels).await?.into_iter().filter(running));
     }
@@ -145,5 +155,18 @@ pub async fn candidate_top1(ctx: &Context, ns: &str, pods: &[Pod]) -> Option<f64
             .flatten()
             .map(|e| e.accuracy),
         _ => None,
+    }
+}
+
+/// The digest of the model the candidate serves, as one of its ready pods reports it on
+/// `/readyz`.
+pub async fn candidate_digest(ctx: &Context, ns: &str, pods: &[Pod]) -> Option<String> {
+    let pod = pods.iter().find(|p| pod_ready(p))?;
+    match ctx.pod_get(ns, &pod.name_any(), "/readyz").await {
+        Ok((code, body)) => match crate::served::parse_readyz(code, &body) {
+            crate::served::Readyz::Ready(served) => Some(served.digest),
+            _ => None,
+        },
+        Err(_) => None,
     }
 }

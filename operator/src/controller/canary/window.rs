@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use super::super::Error;
+use super::super::{Error, quality};
 use super::clock::{now_text, parse_time};
 use super::{Run, read};
 use crate::build::canary as build;
@@ -110,6 +110,12 @@ impl Run<'_> {
                 .map(|e| e.accuracy),
             candidate_top1: if evaluating {
                 read::candidate_top1(self.ctx, self.ns, candidate_pods).await
+            } else {
+                None
+            },
+            feedback: if self.settings.thresholds.live() {
+                let live = quality::canary_feedback(self.ctx, self.ns, self.m, candidate_pods);
+                Some(live.await?)
             } else {
                 None
             },
