@@ -95,7 +95,13 @@ async fn job_status(cluster: &Cluster, status: Value) {
 #[tokio::test]
 async fn the_job_is_created_once_and_a_pod_that_cannot_be_scheduled_is_named() {
     let (cluster, ctx) = setup().await;
+    cluster.take_writes();
     reconcile_job(&cluster, &ctx, JOB).await.expect("reconcile");
+    let writes = cluster.take_writes();
+    assert!(
+        writes.iter().any(|w| w.resource == "events"),
+        "a Started event: {writes:?}"
+    );
     let job = Api::<Job>::namespaced(cluster.admin.clone(), NS)
         .get(JOB)
         .await
@@ -284,7 +290,12 @@ async fn a_changed_model_leaves_the_running_job_alone_and_a_finished_job_is_not_
             "conditions": [{"type": "Complete", "status": "True"}]}),
     )
     .await;
+    cluster.take_writes();
     reconcile_job(&cluster, &ctx, JOB).await.expect("reconcile");
+    assert!(
+        cluster.take_writes().iter().any(|w| w.resource == "events"),
+        "a Completed event"
+    );
     let done = status(&cluster).await;
     assert_eq!(condition(&done, "Complete")["status"], "True", "{done:#}");
     assert_eq!(condition(&done, "Reconciling")["status"], "False");

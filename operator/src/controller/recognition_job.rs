@@ -174,25 +174,34 @@ async fn observe(
         })
         .collect();
     let now = ctx.clock.now();
-    let mut counts: BTreeMap<i32, Counts> = BTreeMap::new();
-    for (index, pod) in progress::deciding_pods(&pods) {
-        let seen = match progress::phase(pod) {
-            "Running" => {
-                let seconds =
-                    progress::started_at(pod).map(|t| now.duration_since(t).as_secs_f64().max(0.0));
-                match ctx.pod_get(ns, &pod.name_any(), "/metrics").await {
-                    Ok((200, text)) => {
-                        Some(progress::from_metrics(&text, &rjob.name_any(), seconds))
+    // Every running shard's `/metrics` at once: a slow pod delays the others by nothing.
+    let job_name = rjob.name_any();
+    let seen = progress::deciding_pods(&pods)
+        .into_iter()
+        .map(|(index, pod)| {
+            let job_name = &job_name;
+            async move {
+                let seen = match progress::phase(pod) {
+                    "Running" => {
+                        let seconds = progress::started_at(pod)
+                            .map(|t| now.duration_since(t).as_secs_f64().max(0.0));
+                        match ctx.pod_get(ns, &pod.name_any(), "/metrics").await {
+                            Ok((200, text)) => {
+                                Some(progress::from_metrics(&text, job_name, seconds))
+                            }
+                            _ => None,
+                        }
                     }
-                    _ => None,
-                }
+                    _ => progress::summary(pod).map(Counts::from),
+                };
+                seen.map(|c| (index, c))
             }
-            _ => progress::summary(pod).map(Counts::from),
-        };
-        if let Some(seen) = seen {
-            counts.insert(index, seen);
-        }
-    }
+        });
+    let counts: BTreeMap<i32, Counts> = futures::future::join_all(seen)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     let totals = progress::totals(rjob.spec.shards, &counts);
     let wanted = job_conditions(rjob, &live, &pods, &totals, note);
     let previous = rjob.status.clone().unwrap_or_default();
