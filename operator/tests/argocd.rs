@@ -80,7 +80,7 @@ fn health_by(script: &str, object: &Value) -> Option<(String, String)> {
 fn the_configmap_embeds_the_script_verbatim_for_both_kinds() {
     let text = std::fs::read_to_string(repo("manifests/argocd/argocd-cm.yaml")).expect("cm");
     let cm: Value = serde_yaml::from_str(&text).expect("yaml");
-    for kind in ["ImageModel", "RecognitionPipeline"] {
+    for kind in ["ImageModel", "RecognitionPipeline", "RecognitionJob"] {
         let key = format!("resource.customizations.health.sightline.io_{kind}");
         assert_eq!(
             cm["data"][&key].as_str(),
@@ -238,21 +238,13 @@ async fn argo_cd_reads_healthy_progressing_and_degraded_from_the_status() {
     assert!(message.starts_with("RolledBack"), "{message}");
 }
 
-/// A RecognitionJob's health (manifests/argocd/health-recognitionjob.lua, embedded in the
-/// ConfigMap) from the statuses its reconciler writes, agreeing with kstatus: running,
+/// A RecognitionJob's health (the same script) from the statuses its reconciler writes, agreeing with kstatus: running,
 /// complete, failed.
 #[tokio::test]
 async fn argo_cd_reads_a_recognition_jobs_health_from_its_status() {
     use k8s_openapi::api::batch::v1::Job;
     use sightline_operator::crd::RecognitionJob;
-    let script = std::fs::read_to_string(repo("manifests/argocd/health-recognitionjob.lua"))
-        .expect("script");
-    let text = std::fs::read_to_string(repo("manifests/argocd/argocd-cm.yaml")).expect("cm");
-    let cm: Value = serde_yaml::from_str(&text).expect("yaml");
-    assert_eq!(
-        cm["data"]["resource.customizations.health.sightline.io_RecognitionJob"].as_str(),
-        Some(script.as_str())
-    );
+    let script = script();
     let cluster = Cluster::new().await;
     let ctx = cluster.context(full_apis());
     let jobs = Api::<RecognitionJob>::namespaced(cluster.admin.clone(), NS);
