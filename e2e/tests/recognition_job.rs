@@ -87,7 +87,8 @@ fn recognition_job() -> RecognitionJob {
         "metadata": {"name": JOB, "namespace": NS},
         "spec": {"modelRef": {"name": "test-classifier"},
             "input": {"pvc": {"claimName": "photos", "path": "2024"}},
-            "output": {"pvc": {"claimName": "results", "path": "test-classifier"}},
+            "output": {"pvc": {"claimName": "results", "path": "test-classifier"},
+                "csv": true},
             "shards": SHARDS, "parallelism": 2, "backoffLimitPerIndex": 2}
     }))
     .expect("recognition job")
@@ -244,6 +245,11 @@ async fn an_indexed_job_of_real_shards_survives_a_kill_and_a_restart_without_dup
         }
     }
     assert_eq!(seen.len() as u64, total, "every image once");
+    // And as CSV beside them, one row per image (a header each).
+    let rows: usize = (0..SHARDS)
+        .map(|i| lines(&outputs.join(format!("shard-{i}.csv"))).saturating_sub(1))
+        .sum();
+    assert_eq!(rows as u64, total, "every image once in the CSVs");
     assert!(seen["broken.png"]["error"].is_string());
 
     // The status says what happened, and said how far it was while it ran.

@@ -96,10 +96,8 @@ fn input_location(job: &RecognitionJob) -> String {
 pub fn batch_args(job: &RecognitionJob) -> Vec<String> {
     let spec = &job.spec;
     let input = input_location(job);
-    let out = format!(
-        "{}/shard-$({INDEX_ENV}).jsonl",
-        in_claim(&spec.output.pvc.claim_name, &spec.output.pvc.path)
-    );
+    let folder = in_claim(&spec.output.pvc.claim_name, &spec.output.pvc.path);
+    let out = format!("{folder}/shard-$({INDEX_ENV}).jsonl");
     let mut args: Vec<String> = vec![
         "batch".into(),
         "--shards".into(),
@@ -118,6 +116,12 @@ pub fn batch_args(job: &RecognitionJob) -> Vec<String> {
         "--out".into(),
         out,
     ];
+    if spec.output.csv {
+        args.extend([
+            "--csv".to_string(),
+            format!("{folder}/shard-$({INDEX_ENV}).csv"),
+        ]);
+    }
     if let Some(s3) = &spec.input.s3 {
         if let Some(endpoint) = &s3.endpoint {
             args.extend(["--s3-endpoint".to_string(), endpoint.clone()]);

@@ -233,3 +233,16 @@ fn a_listing_file_is_passed_as_the_input() {
     assert!(validate(&rjob(two)).is_err());
     assert!(validate(&rjob(json!({"input": {"https": {"url": "ftp://a/l.txt"}}}))).is_err());
 }
+
+#[test]
+fn a_csv_beside_each_shards_lines_when_asked() {
+    let j = built(
+        json!({"output": {"pvc": {"claimName": "results", "path": "lite0"},
+        "csv": true}}),
+    );
+    assert_eq!(
+        flag(&args(&j), "--csv").as_deref(),
+        Some("/data/results/lite0/shard-$(JOB_COMPLETION_INDEX).csv")
+    );
+    assert!(flag(&args(&built(json!({}))), "--csv").is_none());
+}

@@ -151,6 +151,10 @@ pub struct JobOutput {
     /// A folder on a PersistentVolumeClaim, mounted read-write (ReadWriteMany when shards
     /// run on several nodes).
     pub pvc: ClaimPath,
+    /// Also `shard-<I>.csv` beside each shard's JSON lines, written when the shard ends
+    /// (`image, sha256, label, probability, known, error`; the top class only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub csv: bool,
 }
 
 /// The true labels of the images.
