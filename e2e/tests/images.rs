@@ -998,6 +998,7 @@ fn operator_image_prints_its_crds() {
     for file in [
         "imagemodels.sightline.io.yaml",
         "recognitionpipelines.sightline.io.yaml",
+        "recognitionjobs.sightline.io.yaml",
     ] {
         let text = std::fs::read_to_string(repo_root().join("crds").join(file)).expect("crd");
         expected.push(serde_yaml::from_str::<Value>(&text).expect("crd yaml"));

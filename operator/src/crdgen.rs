@@ -3,7 +3,7 @@
 
 use kube::CustomResourceExt;
 
-use crate::crd::{ImageModel, RecognitionPipeline};
+use crate::crd::{ImageModel, RecognitionJob, RecognitionPipeline};
 
 /// `(file name, YAML)` for each CRD.
 pub fn crds() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
@@ -15,6 +15,10 @@ pub fn crds() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
         (
             "recognitionpipelines.sightline.io.yaml",
             serde_yaml::to_string(&RecognitionPipeline::crd())?,
+        ),
+        (
+            "recognitionjobs.sightline.io.yaml",
+            serde_yaml::to_string(&RecognitionJob::crd())?,
         ),
     ])
 }

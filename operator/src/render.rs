@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::build::canary::TrafficFor;
 use crate::build::pod::Platform;
 use crate::build::{canary, model, pipeline};
-use crate::crd::{ImageModel, RecognitionPipeline};
+use crate::crd::{ImageModel, RecognitionJob, RecognitionPipeline};
 use crate::validate;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,9 +22,11 @@ pub enum RenderError {
         kind: String,
         source: serde_json::Error,
     },
-    #[error("document {index} has kind {kind:?}; expected ImageModel or RecognitionPipeline")]
+    #[error(
+        "document {index} has kind {kind:?}; expected ImageModel, RecognitionPipeline or RecognitionJob"
+    )]
     UnknownKind { index: usize, kind: String },
-    #[error("pipeline {pipeline:?} refers to ImageModel {model:?}, which is not among the inputs")]
+    #[error("{pipeline:?} refers to ImageModel {model:?}, which is not among the inputs")]
     ModelNotFound { pipeline: String, model: String },
     #[error("{name}: {source}")]
     InvalidSpec {
@@ -40,6 +42,7 @@ pub enum RenderError {
 pub struct Inputs {
     pub models: Vec<ImageModel>,
     pub pipelines: Vec<RecognitionPipeline>,
+    pub jobs: Vec<RecognitionJob>,
 }
 
 /// Parses every document of `text` (empty documents are skipped).
@@ -67,6 +70,9 @@ pub fn parse(text: &str) -> Result<Inputs, RenderError> {
                 .push(serde_json::from_value(value).map_err(invalid)?),
             "RecognitionPipeline" => inputs
                 .pipelines
+                .push(serde_json::from_value(value).map_err(invalid)?),
+            "RecognitionJob" => inputs
+                .jobs
                 .push(serde_json::from_value(value).map_err(invalid)?),
             // Other objects in the same stream (a kustomization's Namespace, Secrets) are
             // not the operator's to render.
@@ -147,16 +153,12 @@ pub fn children(inputs: &Inputs, platform: &Platform) -> Result<Vec<Value>, Rend
             name: name.clone(),
             source,
         })?;
-        let m = inputs
-            .models
-            .iter()
-            .find(|m| {
-                kube::ResourceExt::name_any(*m) == p.spec.model_ref.name
-                    && same_namespace(&m.metadata.namespace, &p.metadata.namespace)
-            })
-            .ok_or_else(|| RenderError::ModelNotFound {
-                pipeline: name.clone(),
-                model: p.spec.model_ref.name.clone(),
+        let m =
+            model_of(inputs, &p.spec.model_ref.name, &p.metadata.namespace).ok_or_else(|| {
+                RenderError::ModelNotFound {
+                    pipeline: name.clone(),
+                    model: p.spec.model_ref.name.clone(),
+                }
             })?;
         let c = pipeline::children(p, m, platform, "");
         out.push(to_value(&c.config_map)?);
@@ -178,7 +180,35 @@ pub fn children(inputs: &Inputs, platform: &Platform) -> Result<Vec<Value>, Rend
         }
         out.push(to_value(&c.monitor)?);
     }
+    for j in &inputs.jobs {
+        let name = kube::ResourceExt::name_any(j);
+        crate::build::recognition_job::validate(j).map_err(|source| RenderError::InvalidSpec {
+            name: name.clone(),
+            source,
+        })?;
+        let m =
+            model_of(inputs, &j.spec.model_ref.name, &j.metadata.namespace).ok_or_else(|| {
+                RenderError::ModelNotFound {
+                    pipeline: name.clone(),
+                    model: j.spec.model_ref.name.clone(),
+                }
+            })?;
+        out.push(to_value(&crate::build::recognition_job::job(
+            j, m, platform,
+        ))?);
+    }
     Ok(out)
+}
+
+/// The ImageModel `name` of `namespace` among the inputs.
+fn model_of<'a>(
+    inputs: &'a Inputs,
+    name: &str,
+    namespace: &Option<String>,
+) -> Option<&'a ImageModel> {
+    inputs.models.iter().find(|m| {
+        kube::ResourceExt::name_any(*m) == name && same_namespace(&m.metadata.namespace, namespace)
+    })
 }
 
 /// The children as one multi-document YAML stream.

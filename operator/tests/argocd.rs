@@ -46,10 +46,15 @@ fn lua(value: &Value) -> String {
 /// The health Argo CD would show for `object`, or `None` when no Lua 5.1 is installed
 /// (outside CI only).
 fn health(object: &Value) -> Option<(String, String)> {
+    health_by(&script(), object)
+}
+
+/// The health `script` gives `object` (see [`health`]).
+fn health_by(script: &str, object: &Value) -> Option<(String, String)> {
     let program = format!(
         "obj = {}\nlocal function check()\n{}\nend\nlocal hs = check()\nio.write(hs.status, \"\\n\", hs.message or \"\")",
         lua(object),
-        script()
+        script
     );
     let output = match Command::new("lua5.1").arg("-e").arg(&program).output() {
         Ok(output) => output,
@@ -75,7 +80,7 @@ fn health(object: &Value) -> Option<(String, String)> {
 fn the_configmap_embeds_the_script_verbatim_for_both_kinds() {
     let text = std::fs::read_to_string(repo("manifests/argocd/argocd-cm.yaml")).expect("cm");
     let cm: Value = serde_yaml::from_str(&text).expect("yaml");
-    for kind in ["ImageModel", "RecognitionPipeline"] {
+    for kind in ["ImageModel", "RecognitionPipeline", "RecognitionJob"] {
         let key = format!("resource.customizations.health.sightline.io_{kind}");
         assert_eq!(
             cm["data"][&key].as_str(),
@@ -109,7 +114,10 @@ fn kstatus(object: &Value) -> &'static str {
 
 /// Argo CD's health of `object`, checked against kstatus' reading.
 fn health_agreed(object: &Value) -> (String, String) {
-    let (status, message) = health(object).expect("lua");
+    agreed(health(object).expect("lua"), object)
+}
+
+fn agreed((status, message): (String, String), object: &Value) -> (String, String) {
     assert_eq!(
         kstatus(object),
         status,
@@ -228,4 +236,68 @@ async fn argo_cd_reads_healthy_progressing_and_degraded_from_the_status() {
     let (status, message) = health_agreed(&model_object(&cluster).await);
     assert_eq!(status, "Degraded", "{message}");
     assert!(message.starts_with("RolledBack"), "{message}");
+}
+
+/// A RecognitionJob's health (the same script) from the statuses its reconciler writes, agreeing with kstatus: running,
+/// complete, failed.
+#[tokio::test]
+async fn argo_cd_reads_a_recognition_jobs_health_from_its_status() {
+    use k8s_openapi::api::batch::v1::Job;
+    use sightline_operator::crd::RecognitionJob;
+    let script = script();
+    let cluster = Cluster::new().await;
+    let ctx = cluster.context(full_apis());
+    let jobs = Api::<RecognitionJob>::namespaced(cluster.admin.clone(), NS);
+    jobs.create(&PostParams::default(), &support::sample_job())
+        .await
+        .expect("create");
+    let object = || async {
+        serde_json::to_value(jobs.get("archive-2024").await.expect("get")).expect("json")
+    };
+    let check = |object: Value| {
+        let said = health_by(&script, &object).map(|h| agreed(h, &object));
+        said.map(|(status, _)| status)
+    };
+    // No model yet: stalled, so Degraded.
+    support::drive::reconcile_job(&cluster, &ctx, "archive-2024")
+        .await
+        .expect("reconcile");
+    let Some(status) = check(object().await) else {
+        return;
+    };
+    assert_eq!(status, "Degraded", "ModelNotFound");
+    Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
+        .create(&PostParams::default(), &sample_model())
+        .await
+        .expect("model");
+    support::drive::reconcile_job(&cluster, &ctx, "archive-2024")
+        .await
+        .expect("reconcile");
+    assert_eq!(check(object().await).as_deref(), Some("Progressing"));
+    let job_api = Api::<Job>::namespaced(cluster.admin.clone(), NS);
+    let job_status = |status: Value| {
+        let job_api = job_api.clone();
+        async move {
+            job_api
+                .patch_status(
+                    "archive-2024",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": status})),
+                )
+                .await
+                .expect("job status");
+        }
+    };
+    job_status(json!({"conditions": [{"type": "Failed", "status": "True",
+        "reason": "FailedIndexes", "message": "Job has failed indexes"}]}))
+    .await;
+    support::drive::reconcile_job(&cluster, &ctx, "archive-2024")
+        .await
+        .expect("reconcile");
+    assert_eq!(check(object().await).as_deref(), Some("Degraded"));
+    job_status(json!({"conditions": [{"type": "Complete", "status": "True"}]})).await;
+    support::drive::reconcile_job(&cluster, &ctx, "archive-2024")
+        .await
+        .expect("reconcile");
+    assert_eq!(check(object().await).as_deref(), Some("Healthy"));
 }

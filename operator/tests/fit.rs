@@ -20,7 +20,11 @@ use sightline_operator::render::{self, Inputs};
 use support::{Cluster, NS, full_apis, repo, sample_model, sample_pipeline};
 
 fn inputs(models: Vec<ImageModel>, pipelines: Vec<RecognitionPipeline>) -> Inputs {
-    Inputs { models, pipelines }
+    Inputs {
+        models,
+        pipelines,
+        jobs: Vec::new(),
+    }
 }
 
 fn render_with(models: Vec<ImageModel>, pipelines: Vec<RecognitionPipeline>) -> Vec<Value> {

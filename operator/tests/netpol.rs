@@ -39,6 +39,7 @@ fn inputs() -> Inputs {
     Inputs {
         models: vec![model],
         pipelines: vec![photos, other],
+        jobs: Vec::new(),
     }
 }
 

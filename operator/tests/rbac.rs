@@ -113,6 +113,15 @@ async fn exercised(namespaced: bool) -> BTreeSet<Grant> {
     )
     .await;
     reconcile_both(&cluster, &ctx).await;
+    // A RecognitionJob: its Job is created (get, apply), its pods listed, its status and
+    // events written.
+    Api::<sightline_operator::crd::RecognitionJob>::namespaced(cluster.admin.clone(), NS)
+        .create(&post, &support::sample_job())
+        .await
+        .expect("recognition job");
+    support::drive::reconcile_job(&cluster, &ctx, "archive-2024")
+        .await
+        .expect("recognition job reconcile");
     // A canary: the candidate's objects are created, then removed by a rollback.
     patch::<ImageModel>(
         &cluster,
@@ -218,7 +227,11 @@ async fn exercised(namespaced: bool) -> BTreeSet<Grant> {
     // Not sent by the code, required by the API server: setting blockOwnerDeletion on an
     // owner reference needs `update` on the owner's finalizers where the
     // OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift).
-    for resource in ["imagemodels/finalizers", "recognitionpipelines/finalizers"] {
+    for resource in [
+        "imagemodels/finalizers",
+        "recognitionpipelines/finalizers",
+        "recognitionjobs/finalizers",
+    ] {
         grants.insert(("sightline.io".into(), resource.into(), "update".into()));
     }
     for (group, resource) in run::watched() {

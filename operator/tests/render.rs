@@ -11,7 +11,8 @@ use kube::CustomResourceExt;
 use serde_json::Value;
 use sightline_operator::build::pod::Platform;
 use sightline_operator::crd::{
-    Autoscaling, BatchTuning, Gateway, ImageModel, RecognitionPipeline, Runtime, Storage,
+    Autoscaling, BatchTuning, Gateway, ImageModel, RecognitionJob, RecognitionJobSpec,
+    RecognitionPipeline, Runtime, Storage,
 };
 use sightline_operator::render::{self, Inputs};
 
@@ -32,7 +33,9 @@ fn samples() -> Inputs {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                n.starts_with("imagemodel") || n.starts_with("recognitionpipeline")
+                n.starts_with("imagemodel")
+                    || n.starts_with("recognitionpipeline")
+                    || n.starts_with("recognitionjob")
             })
         })
         .collect();
@@ -117,9 +120,10 @@ fn assert_structural(schema: &Value, path: &str) {
 
 #[test]
 fn crds_are_structural_with_status_printer_columns_and_short_names() {
-    for (crd, short) in [
-        (ImageModel::crd(), "imodel"),
-        (RecognitionPipeline::crd(), "rpipe"),
+    for (crd, short, state) in [
+        (ImageModel::crd(), "imodel", "Ready"),
+        (RecognitionPipeline::crd(), "rpipe", "Ready"),
+        (RecognitionJob::crd(), "rjob", "Complete"),
     ] {
         let v = serde_json::to_value(&crd).expect("json");
         assert_eq!(v["spec"]["group"], "sightline.io");
@@ -136,7 +140,7 @@ fn crds_are_structural_with_status_printer_columns_and_short_names() {
             .map(|c| c["name"].as_str().expect("name"))
             .collect();
         assert!(
-            columns.contains(&"Ready") && columns.contains(&"Age"),
+            columns.contains(&state) && columns.contains(&"Age"),
             "{columns:?}"
         );
         assert_structural(&version["schema"]["openAPIV3Schema"], "root");
@@ -185,6 +189,24 @@ fn cel_rules_reject_what_cannot_be_honoured() {
         .is_err()
     );
     assert!(Gateway::validate_cel(&json!({"parentRefs": [{"name": "gw"}]}), None).is_ok());
+    let job = json!({"modelRef": {"name": "m"}, "input": {"pvc": {"claimName": "in"}},
+        "output": {"pvc": {"claimName": "out"}}, "shards": 4});
+    assert!(RecognitionJobSpec::validate_cel(&job, None).is_ok());
+    let mut evaluation = job.clone();
+    evaluation["labels"] = json!({"csv": "truth.csv"});
+    assert!(
+        RecognitionJobSpec::validate_cel(&evaluation, None).is_err(),
+        "an evaluation across shards would count the other shards' images as failed"
+    );
+    let mut both = job.clone();
+    both["input"]["s3"] = json!({"uri": "s3://photos"});
+    assert!(
+        RecognitionJobSpec::validate_cel(&both, None).is_err(),
+        "one input"
+    );
+    let mut wide = job.clone();
+    wide["parallelism"] = json!(5);
+    assert!(RecognitionJobSpec::validate_cel(&wide, None).is_err());
 }
 
 /// The checked-in CRD files.
@@ -192,6 +214,7 @@ fn crd_files() -> Vec<PathBuf> {
     [
         "imagemodels.sightline.io.yaml",
         "recognitionpipelines.sightline.io.yaml",
+        "recognitionjobs.sightline.io.yaml",
     ]
     .iter()
     .map(|f| root().join("crds").join(f))
@@ -364,7 +387,7 @@ fn monitoring_and_quality_are_in_the_image_model_schema() {
 fn pod_specs(objects: &[Value]) -> Vec<(String, Value)> {
     objects
         .iter()
-        .filter(|o| o["kind"] == "Deployment")
+        .filter(|o| o["kind"] == "Deployment" || o["kind"] == "Job")
         .map(|o| {
             (
                 o["metadata"]["name"].as_str().expect("name").to_string(),
@@ -377,7 +400,11 @@ fn pod_specs(objects: &[Value]) -> Vec<(String, Value)> {
 #[test]
 fn every_pod_meets_the_restricted_pod_security_profile() {
     let pods = pod_specs(&rendered());
-    assert_eq!(pods.len(), 4);
+    assert_eq!(
+        pods.len(),
+        5,
+        "four Deployments and the RecognitionJob's Job"
+    );
     for (name, pod) in pods {
         assert_restricted(&name, &pod);
     }
@@ -447,7 +474,8 @@ fn every_child_is_owned_and_labelled() {
         let owner = &meta["ownerReferences"][0];
         assert_eq!(owner["controller"], true, "{what}");
         assert!(
-            owner["kind"] == "ImageModel" || owner["kind"] == "RecognitionPipeline",
+            ["ImageModel", "RecognitionPipeline", "RecognitionJob"]
+                .contains(&owner["kind"].as_str().unwrap_or_default()),
             "{what}"
         );
         assert_eq!(owner["apiVersion"], "sightline.io/v1alpha1", "{what}");
@@ -696,7 +724,7 @@ fn the_crds_kustomization_builds_offline() {
     let Some(text) = kustomize("crds") else {
         return;
     };
-    assert_eq!(text.matches("kind: CustomResourceDefinition").count(), 2);
+    assert_eq!(text.matches("kind: CustomResourceDefinition").count(), 3);
 }
 
 /// `kubectl kustomize` of a folder, or `None` (a loud skip outside CI) without kubectl.
@@ -856,7 +884,14 @@ fn the_samples_kustomization_builds_and_validates_with_the_crds() {
         "every built-in sample object validated against Kubernetes 1.33:\n{said}"
     );
     let inputs = render::parse(&text).expect("the custom resources parse");
-    assert_eq!((inputs.models.len(), inputs.pipelines.len()), (2, 1));
+    assert_eq!(
+        (
+            inputs.models.len(),
+            inputs.pipelines.len(),
+            inputs.jobs.len()
+        ),
+        (2, 1, 1)
+    );
     render::children(&inputs, &Platform::default()).expect("and render");
 }
 

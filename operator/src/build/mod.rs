@@ -10,4 +10,5 @@ pub mod monitoring;
 pub mod network;
 pub mod pipeline;
 pub mod pod;
+pub mod recognition_job;
 pub mod sizing;

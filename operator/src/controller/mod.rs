@@ -18,12 +18,14 @@
 //! status. Only the fetch, apply and status steps touch the API.
 
 pub mod canary;
+pub mod job_progress;
 pub mod model;
 pub mod model_status;
 pub mod observe;
 pub mod pipeline;
 pub mod pods;
 pub mod quality;
+pub mod recognition_job;
 pub mod run;
 
 use std::collections::HashMap;

@@ -28,11 +28,11 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{ClusterApis, Context, error_policy, model, pipeline};
+use super::{ClusterApis, Context, error_policy, model, pipeline, recognition_job};
 use crate::build::meta::{LABEL_MANAGED_BY, MANAGED_BY};
 use crate::build::monitoring::ServiceMonitor;
 use crate::build::pod::Platform;
-use crate::crd::{ImageModel, RecognitionPipeline};
+use crate::crd::{ImageModel, RecognitionJob, RecognitionPipeline};
 use crate::leader::{Leadership, LeaseLock};
 use crate::metrics::Metrics;
 use crate::status::SystemClock;
@@ -166,6 +166,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     metrics.preinit(&[
         ImageModel::kind(&()).as_ref(),
         RecognitionPipeline::kind(&()).as_ref(),
+        RecognitionJob::kind(&()).as_ref(),
     ]);
     let probe = Arc::new(Probe {
         metrics: metrics.clone(),
@@ -297,6 +298,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         stores.push((model_store, pipeline_store));
         controllers.push(pipelines);
         controllers.push(models);
+        controllers.push(job_controller(&client, scope, &ctx, stop_rx.clone()));
     }
     if let Ok(mut held) = probe.stores.lock() {
         *held = Some(stores);
@@ -414,6 +416,26 @@ fn model_controller(
     (logged(running, "model controller"), store)
 }
 
+/// The RecognitionJob controller of `scope`: its Jobs (their status moves it).
+fn job_controller(
+    client: &Client,
+    scope: Option<&str>,
+    ctx: &Arc<Context>,
+    stop: watch::Receiver<bool>,
+) -> Running {
+    let running = Controller::new(
+        api::<RecognitionJob>(client, scope),
+        watcher::Config::default(),
+    )
+    .owns(
+        api::<k8s_openapi::api::batch::v1::Job>(client, scope),
+        owned_children(),
+    )
+    .graceful_shutdown_on(stopped(stop))
+    .run(recognition_job::reconcile, error_policy, ctx.clone());
+    logged(running, "recognition job controller")
+}
+
 async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
     server
         .await
@@ -443,6 +465,8 @@ pub fn watched() -> Vec<(String, String)> {
     let mut all = vec![
         of::<ImageModel>(),
         of::<RecognitionPipeline>(),
+        of::<RecognitionJob>(),
+        of::<k8s_openapi::api::batch::v1::Job>(),
         of::<ConfigMap>(),
         of::<PersistentVolumeClaim>(),
         of::<Service>(),

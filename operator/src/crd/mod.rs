@@ -9,12 +9,14 @@
 mod model;
 mod monitoring;
 mod pipeline;
+mod recognition_job;
 mod rollout;
 mod runtime;
 
 pub use model::*;
 pub use monitoring::*;
 pub use pipeline::*;
+pub use recognition_job::*;
 pub use rollout::*;
 pub use runtime::*;
 

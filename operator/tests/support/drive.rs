@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use kube::Api;
 use kube::api::PostParams;
-use sightline_operator::controller::{Context, model, pipeline};
-use sightline_operator::crd::{ImageModel, RecognitionPipeline};
+use sightline_operator::controller::{Context, model, pipeline, recognition_job};
+use sightline_operator::crd::{ImageModel, RecognitionJob, RecognitionPipeline};
 
 use super::sim::{Deadline, Pods, roll};
 use super::{Cluster, NS};
@@ -38,4 +38,20 @@ pub async fn sample_pipeline_serving(cluster: &Cluster, ctx: &Arc<Context>) {
         .await
         .expect("pipeline");
     roll(cluster, "photos-upload", Pods::Serving, Deadline::Within).await;
+}
+
+/// One reconcile of RecognitionJob `name` as it is stored now; the error in words.
+pub async fn reconcile_job(
+    cluster: &Cluster,
+    ctx: &Arc<Context>,
+    name: &str,
+) -> Result<(), String> {
+    let j = Api::<RecognitionJob>::namespaced(cluster.admin.clone(), NS)
+        .get(name)
+        .await
+        .expect("recognition job");
+    recognition_job::reconcile(Arc::new(j), ctx.clone())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

@@ -208,6 +208,8 @@ impl Cluster {
         let fake = kube_fake_client::ClientBuilder::new()
             .with_resource::<ImageModel>()
             .with_resource::<RecognitionPipeline>()
+            .with_resource::<sightline_operator::crd::RecognitionJob>()
+            .with_status_subresource::<k8s_openapi::api::batch::v1::Job>()
             .with_resource::<HttpRoute>()
             .with_resource::<ServiceMonitor>()
             .with_status_subresource::<Deployment>()
@@ -478,6 +480,14 @@ pub fn sample_pipeline() -> RecognitionPipeline {
     let text = std::fs::read_to_string(repo("manifests/samples/recognitionpipeline.yaml"))
         .expect("sample");
     serde_yaml::from_str(&text).expect("RecognitionPipeline")
+}
+
+/// The sample RecognitionJob (the last document of its file; the claims come before).
+pub fn sample_job() -> sightline_operator::crd::RecognitionJob {
+    let text =
+        std::fs::read_to_string(repo("manifests/samples/recognitionjob.yaml")).expect("sample");
+    let inputs = sightline_operator::render::parse(&text).expect("sample parses");
+    inputs.jobs.into_iter().next().expect("a RecognitionJob")
 }
 
 /// The namespace of the samples.

@@ -4,16 +4,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
-use k8s_openapi::api::core::v1::{
-    EmptyDirVolumeSource, ImageVolumeSource, PersistentVolumeClaimVolumeSource, Volume, VolumeMount,
-};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
 use super::fetch::{
-    FETCH_ATTEMPTS, IMAGE_DIR, LABELS_ATTEMPT_SECONDS, MODEL_ATTEMPT_SECONDS, MODEL_DIR, Placement,
-    credentials_env, fetch_container, placement,
+    FETCH_ATTEMPTS, LABELS_ATTEMPT_SECONDS, MODEL_ATTEMPT_SECONDS, Placement, credentials_env,
+    model_files, placement,
 };
 use super::identity::{COMPONENT, INPUTS_ANNOTATION, ModelInputs, name};
 use crate::build::meta::{object_meta, selector_labels};
@@ -22,7 +19,7 @@ use crate::build::pod::{
     with_overrides,
 };
 use crate::build::sizing::rolling_update;
-use crate::crd::{BatchTuning, FileSource, ImageModel};
+use crate::crd::{BatchTuning, ImageModel};
 
 /// Seconds the startup probe waits for a loading model: 120 failures × 5 s.
 const STARTUP_FAILURES: i32 = 120;
@@ -40,11 +37,25 @@ const ORT_LIB: &str = "/opt/onnxruntime/lib/libonnxruntime.so";
 
 /// The server's arguments for this model.
 fn server_args(model: &ImageModel, gpu: bool, model_path: &str, labels_path: &str) -> Vec<String> {
-    let spec = &model.spec;
     let mut args: Vec<String> = vec![
         "recognize".into(),
         "--listen".into(),
         format!("0.0.0.0:{PORT}"),
+    ];
+    args.extend(model_flags(model, gpu, model_path, labels_path));
+    args
+}
+
+/// The flags that load this model as the recognize role loads it (file, digest,
+/// preprocessing, threads, batching, device): `recognize` and `batch` take the same.
+pub fn model_flags(
+    model: &ImageModel,
+    gpu: bool,
+    model_path: &str,
+    labels_path: &str,
+) -> Vec<String> {
+    let spec = &model.spec;
+    let mut args: Vec<String> = vec![
         "--model".into(),
         model_path.into(),
         "--labels".into(),
@@ -140,124 +151,17 @@ fn server_args(model: &ImageModel, gpu: bool, model_path: &str, labels_path: &st
     args
 }
 
-/// The recognize Deployment; `inputs_digest` is the digest of the referenced Secrets
-/// (empty when unknown, as in `render`). The model fetches no images by URL: the
-/// pipelines' front doors resolve their own images and send the bytes, so adding or
-/// removing a pipeline never changes (or restarts) a model's pods.
-pub fn deployment(model: &ImageModel, platform: &Platform, inputs: &ModelInputs) -> Deployment {
-    let spec = &model.spec;
-    let gpu = inputs.device.resolved == "gpu";
-    let inputs_digest = inputs.digest.as_str();
-    let instance = model.name_any();
-    let model_place = placement(&spec.source.model, "model.onnx");
-    let labels_place = placement(&spec.source.labels, "labels.txt");
-    let credentials = spec.source.credentials_secret.as_deref();
-
-    let mut init = Vec::new();
-    let mut volumes = Vec::new();
-    let mut mounts = Vec::new();
-    let mut claims: Vec<String> = Vec::new();
-    let mut needs_emptydir = false;
-    let mut image_volume: Option<String> = None;
-    let mut path_of = |place: &Placement, source: &FileSource, init_name: &str| -> String {
-        match place {
-            Placement::Fetched { path } => {
-                needs_emptydir = true;
-                init.push(fetch_container(
-                    platform,
-                    init_name,
-                    source,
-                    path,
-                    credentials,
-                ));
-                path.clone()
-            }
-            Placement::Mounted { claim, path } => {
-                if !claims.contains(claim) {
-                    claims.push(claim.clone());
-                }
-                path.clone()
-            }
-            Placement::Image { reference, path } => {
-                image_volume = Some(reference.clone());
-                path.clone()
-            }
-        }
-    };
-    let model_path = path_of(&model_place, &spec.source.model, "fetch-model");
-    let labels_path = path_of(&labels_place, &spec.source.labels, "fetch-labels");
-    // The labelled set is fetched by the server itself once the model serves, so a bad
-    // dataset URL fails only the evaluation, never the pod. A `pvc://` set is mounted.
-    let evaluation_source =
-        spec.evaluation
-            .as_ref()
-            .map(|e| match placement(&e.dataset, "evaluation.zip") {
-                Placement::Mounted { claim, path } => {
-                    if !claims.contains(&claim) {
-                        claims.push(claim);
-                    }
-                    path
-                }
-                Placement::Fetched { .. } | Placement::Image { .. } => e.dataset.uri.clone(),
-            });
-    if let Some(reference) = image_volume {
-        volumes.push(Volume {
-            name: "model-image".into(),
-            image: Some(ImageVolumeSource {
-                reference: Some(reference),
-                pull_policy: Some("IfNotPresent".into()),
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: "model-image".into(),
-            mount_path: IMAGE_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-    }
-    if needs_emptydir {
-        let room = spec.source.max_size.clone().unwrap_or_else(|| "4Gi".into());
-        volumes.push(Volume {
-            name: "models".into(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                size_limit: Some(Quantity(room)),
-                medium: None,
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: "models".into(),
-            mount_path: MODEL_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-    }
-    for (i, claim) in claims.iter().enumerate() {
-        let volume = format!("source-{i}");
-        volumes.push(Volume {
-            name: volume.clone(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: claim.clone(),
-                read_only: Some(true),
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: volume,
-            mount_path: format!("/sources/{claim}"),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-    }
-
-    let mut resources = spec
-        .runtime
-        .resources
-        .clone()
-        .unwrap_or_else(|| default_resources("500m", "512Mi"));
+/// The server container's requests and limits: `given`, else defaults, with one unit of
+/// the GPU resource on a GPU.
+pub fn server_resources(
+    model: &ImageModel,
+    gpu: bool,
+    given: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+) -> k8s_openapi::api::core::v1::ResourceRequirements {
+    let mut resources = given.unwrap_or_else(|| default_resources("500m", "512Mi"));
     if gpu {
-        let gpu = spec
+        let gpu = model
+            .spec
             .runtime
             .gpu_resource
             .clone()
@@ -268,6 +172,49 @@ pub fn deployment(model: &ImageModel, platform: &Platform, inputs: &ModelInputs)
             .entry(gpu)
             .or_insert_with(|| Quantity("1".into()));
     }
+    resources
+}
+
+/// The server image of `model`'s pods: its own, else the operator's (GPU or not).
+pub fn server_image(model: &ImageModel, platform: &Platform, gpu: bool) -> String {
+    model.spec.runtime.image.clone().unwrap_or_else(|| {
+        if gpu {
+            platform.gpu_server.clone()
+        } else {
+            platform.server.clone()
+        }
+    })
+}
+
+/// The recognize Deployment; `inputs_digest` is the digest of the referenced Secrets
+/// (empty when unknown, as in `render`). The model fetches no images by URL: the
+/// pipelines' front doors resolve their own images and send the bytes, so adding or
+/// removing a pipeline never changes (or restarts) a model's pods.
+pub fn deployment(model: &ImageModel, platform: &Platform, inputs: &ModelInputs) -> Deployment {
+    let spec = &model.spec;
+    let gpu = inputs.device.resolved == "gpu";
+    let inputs_digest = inputs.digest.as_str();
+    let instance = model.name_any();
+    let credentials = spec.source.credentials_secret.as_deref();
+    let mut files = model_files(model, platform);
+    // The labelled set is fetched by the server itself once the model serves, so a bad
+    // dataset URL fails only the evaluation, never the pod. A `pvc://` set is mounted.
+    let evaluation_source =
+        spec.evaluation
+            .as_ref()
+            .map(|e| match placement(&e.dataset, "evaluation.zip") {
+                Placement::Mounted { claim, path } => {
+                    if !files.claims.contains(&claim) {
+                        files.claims.push(claim);
+                    }
+                    path
+                }
+                Placement::Fetched { .. } | Placement::Image { .. } => e.dataset.uri.clone(),
+            });
+    let (volumes, mounts) = files.volumes(model);
+    let (init, model_path, labels_path) = (files.init, files.model_path, files.labels_path);
+
+    let resources = server_resources(model, gpu, spec.runtime.resources.clone());
     let mut args = server_args(model, gpu, &model_path, &labels_path);
     let mut env_from = None;
     if let (Some(source), Some(evaluation)) = (evaluation_source, &spec.evaluation) {
@@ -280,13 +227,7 @@ pub fn deployment(model: &ImageModel, platform: &Platform, inputs: &ModelInputs)
         }
     }
     let mut container = server_container(platform, "server", args, resources, env_from, mounts);
-    container.image = Some(spec.runtime.image.clone().unwrap_or_else(|| {
-        if gpu {
-            platform.gpu_server.clone()
-        } else {
-            platform.server.clone()
-        }
-    }));
+    container.image = Some(server_image(model, platform, gpu));
     // Loading and warming a large model (or a GPU session) takes a while: the startup
     // probe waits up to ten minutes for `/readyz` before liveness takes over.
     container.startup_probe = Some(readiness_startup_probe(STARTUP_FAILURES));

@@ -1,10 +1,14 @@
 //! How the model and labels files reach a recognize pod: fetched by init containers (with
 //! the source's credentials), mounted read-only from a PVC, or from a model image.
 
-use k8s_openapi::api::core::v1::{Container, EnvFromSource, SecretEnvSource, VolumeMount};
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, EnvFromSource, ImageVolumeSource,
+    PersistentVolumeClaimVolumeSource, SecretEnvSource, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::build::pod::{Platform, container_security, default_resources};
-use crate::crd::FileSource;
+use crate::crd::{FileSource, ImageModel};
 
 /// Attempts each fetch init container makes, and the seconds one attempt may take: ten
 /// minutes for the model (gigabytes at tens of MB/s), one for the labels file.
@@ -104,7 +108,7 @@ pub(super) fn fetch_container(
     }
 }
 
-pub(super) fn credentials_env(secret: &str) -> Vec<EnvFromSource> {
+pub fn credentials_env(secret: &str) -> Vec<EnvFromSource> {
     vec![EnvFromSource {
         secret_ref: Some(SecretEnvSource {
             name: secret.into(),
@@ -112,4 +116,124 @@ pub(super) fn credentials_env(secret: &str) -> Vec<EnvFromSource> {
         }),
         ..EnvFromSource::default()
     }]
+}
+
+/// How a pod gets a model's file and labels: the paths the server reads them at, and the
+/// init containers, volumes and mounts that put them there. The recognize Deployment and
+/// a RecognitionJob's shards get them the same way.
+pub struct ModelFiles {
+    /// Fetch init containers (for `https://` and `s3://` sources).
+    pub init: Vec<Container>,
+    pub model_path: String,
+    pub labels_path: String,
+    /// Claims mounted read-only at `/sources/<claim>` (more may be added before
+    /// [`ModelFiles::volumes`]).
+    pub claims: Vec<String>,
+    /// A model image mounted as an image volume.
+    image: Option<String>,
+    /// Files fetched into the `models` emptyDir.
+    fetched: bool,
+}
+
+/// Where `model`'s files come from, for its pods.
+pub fn model_files(model: &ImageModel, platform: &Platform) -> ModelFiles {
+    let source = &model.spec.source;
+    let credentials = source.credentials_secret.as_deref();
+    let mut files = ModelFiles {
+        init: Vec::new(),
+        model_path: String::new(),
+        labels_path: String::new(),
+        claims: Vec::new(),
+        image: None,
+        fetched: false,
+    };
+    for (file, name, init_name) in [
+        (&source.model, "model.onnx", "fetch-model"),
+        (&source.labels, "labels.txt", "fetch-labels"),
+    ] {
+        let path = match placement(file, name) {
+            Placement::Fetched { path } => {
+                files.fetched = true;
+                files.init.push(fetch_container(
+                    platform,
+                    init_name,
+                    file,
+                    &path,
+                    credentials,
+                ));
+                path
+            }
+            Placement::Mounted { claim, path } => {
+                if !files.claims.contains(&claim) {
+                    files.claims.push(claim);
+                }
+                path
+            }
+            Placement::Image { reference, path } => {
+                files.image = Some(reference);
+                path
+            }
+        };
+        if init_name == "fetch-model" {
+            files.model_path = path;
+        } else {
+            files.labels_path = path;
+        }
+    }
+    files
+}
+
+impl ModelFiles {
+    /// The volumes and the server container's mounts for these files.
+    pub fn volumes(&self, model: &ImageModel) -> (Vec<Volume>, Vec<VolumeMount>) {
+        let mut volumes = Vec::new();
+        let mut mounts = Vec::new();
+        let read_only = |name: &str, path: String| VolumeMount {
+            name: name.into(),
+            mount_path: path,
+            read_only: Some(true),
+            ..VolumeMount::default()
+        };
+        if let Some(reference) = &self.image {
+            volumes.push(Volume {
+                name: "model-image".into(),
+                image: Some(ImageVolumeSource {
+                    reference: Some(reference.clone()),
+                    pull_policy: Some("IfNotPresent".into()),
+                }),
+                ..Volume::default()
+            });
+            mounts.push(read_only("model-image", IMAGE_DIR.into()));
+        }
+        if self.fetched {
+            let room = model
+                .spec
+                .source
+                .max_size
+                .clone()
+                .unwrap_or_else(|| "4Gi".into());
+            volumes.push(Volume {
+                name: "models".into(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    size_limit: Some(Quantity(room)),
+                    medium: None,
+                }),
+                ..Volume::default()
+            });
+            mounts.push(read_only("models", MODEL_DIR.into()));
+        }
+        for (i, claim) in self.claims.iter().enumerate() {
+            let volume = format!("source-{i}");
+            volumes.push(Volume {
+                name: volume.clone(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    read_only: Some(true),
+                }),
+                ..Volume::default()
+            });
+            mounts.push(read_only(&volume, format!("/sources/{claim}")));
+        }
+        (volumes, mounts)
+    }
 }

@@ -22,8 +22,11 @@ pub use super::device::{decided_device, device_without_nodes, resolve_device};
 pub use super::sizing::{
     QUEUE_METRIC, candidate_replicas, hpa, hpa_with_floor, pdb, rolling_update,
 };
-pub use deployment::{PROGRESS_DEADLINE, deployment};
-pub use fetch::{FETCH_ATTEMPTS, LABELS_ATTEMPT_SECONDS, MODEL_ATTEMPT_SECONDS};
+pub use deployment::{PROGRESS_DEADLINE, deployment, model_flags, server_image, server_resources};
+pub use fetch::{
+    FETCH_ATTEMPTS, LABELS_ATTEMPT_SECONDS, MODEL_ATTEMPT_SECONDS, ModelFiles, credentials_env,
+    model_files,
+};
 pub use identity::{
     COMPONENT, INPUTS_ANNOTATION, ModelInputs, child_labels, endpoint, name, secret_names,
 };
