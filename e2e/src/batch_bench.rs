@@ -34,8 +34,13 @@ pub struct BatchBench {
 }
 
 /// The command's settings tried: a name and its flags.
-const SETTINGS: [(&str, &[&str]); 2] = [
+const SETTINGS: [(&str, &[&str]); 4] = [
     ("defaults", &[]),
+    ("spinning on", &["--intra-op-spinning", "true"]),
+    (
+        "batches of up to 8, 20 ms wait",
+        &["--max-batch-size", "8", "--max-delay-ms", "20"],
+    ),
     (
         "one instance per core × 1 thread",
         &["--instances", "CORES", "--intra-threads", "1"],
