@@ -165,16 +165,22 @@ fn an_indexed_job_shard_takes_its_index_reports_its_summary_and_exits_by_kind_of
     let mut running = command
         .arg("--metrics-listen")
         .arg(format!("127.0.0.1:{port}"))
+        // Up for a while after the run too, however fast it goes.
+        .args(["--metrics-linger-seconds", "3"])
         .env("JOB_COMPLETION_INDEX", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start the shard");
-    // The listener comes up before the model loads: its first answer is there to read.
+    // The listener comes up before the model loads: its figures are there to read while
+    // the run lasts.
     let url = format!("http://127.0.0.1:{port}/metrics");
     let started = Instant::now();
     let scraped = loop {
-        if let Ok((200, body)) = sightline_e2e::plain_http::get(&url) {
+        // The listener comes up first, the shard's size once the listing is read.
+        if let Ok((200, body)) = sightline_e2e::plain_http::get(&url)
+            && body.contains("sightline_batch_shard_images{")
+        {
             break body;
         }
         assert!(
