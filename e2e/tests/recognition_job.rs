@@ -13,6 +13,7 @@
 
 #[path = "recognition_job/indexed_job.rs"]
 mod indexed_job;
+mod loopback;
 #[path = "../../operator/tests/support/mod.rs"]
 mod support;
 
@@ -21,21 +22,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use indexed_job::{IndexedJob, Pods};
+use indexed_job::IndexedJob;
 use k8s_openapi::api::batch::v1::Job;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
+use loopback::LoopbackPods;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sightline_e2e::process::{ScratchDir, require_server_binary};
 use sightline_e2e::split::unique_png;
 use sightline_e2e::{models, ort_lib, require};
-use sightline_operator::build::pod::Platform;
-use sightline_operator::controller::Context;
 use sightline_operator::crd::{ImageModel, RecognitionJob};
-use sightline_operator::metrics::Metrics;
-use sightline_operator::status::SystemClock;
-use support::{Cluster, NS, full_apis};
+use support::{Cluster, NS};
 
 const JOB: &str = "archive";
 const SHARDS: i32 = 3;
@@ -146,18 +144,8 @@ async fn an_indexed_job_of_real_shards_survives_a_kill_and_a_restart_without_dup
         .create(&post, &recognition_job())
         .await
         .expect("recognition job");
-    let pods = Arc::new(Pods::default());
-    let ctx = Arc::new(
-        Context::new(
-            cluster.client.clone(),
-            Platform::default(),
-            full_apis(),
-            Arc::new(Metrics::new()),
-            Arc::new(SystemClock),
-            Some("e2e".into()),
-        )
-        .with_pods(pods.clone()),
-    );
+    let pods = Arc::new(LoopbackPods::new(reqwest::Client::new()));
+    let ctx = loopback::context(cluster.client.clone(), pods.clone());
     // The server image's ONNX Runtime is this machine's.
     let image = vec![(
         "/opt/onnxruntime/lib/libonnxruntime.so".to_string(),

@@ -22,7 +22,7 @@
 //!   (kubernetes.io/docs/tasks/debug/debug-application/determine-reason-pod-failure); a
 //!   process killed by a signal exits `128 + signal` (137 for SIGKILL).
 //! - Each pod has its own network namespace: its `--metrics-listen 0.0.0.0:8080` is given a
-//!   loopback port of its own here, which `pods/proxy` reaches ([`Pods`]).
+//!   loopback port of its own here, which `pods/proxy` reaches ([`LoopbackPods`]).
 //! - The garbage collector: deleting the Job deletes its pods; their processes get
 //!   SIGKILL at once (the kubelet's SIGTERM then SIGKILL after the grace period, with no
 //!   grace: the harsher case).
@@ -30,48 +30,18 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
-use sightline_operator::controller::pods::PodHttp;
+
+use crate::loopback::LoopbackPods;
 
 const INDEX: &str = "batch.kubernetes.io/job-completion-index";
-
-/// What `pods/proxy` reaches: each pod's own process, over loopback.
-#[derive(Default)]
-pub struct Pods {
-    client: reqwest::Client,
-    /// Pod name → the process's base URL.
-    urls: Mutex<BTreeMap<String, String>>,
-}
-
-impl PodHttp for Pods {
-    fn get<'a>(
-        &'a self,
-        _ns: &'a str,
-        pod: &'a str,
-        path: &'a str,
-    ) -> BoxFuture<'a, Result<(u16, String), String>> {
-        let base = self.urls.lock().expect("urls").get(pod).cloned();
-        Box::pin(async move {
-            let base = base.ok_or_else(|| format!("pod {pod} runs no process"))?;
-            let answer = self
-                .client
-                .get(format!("{base}{path}"))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let code = answer.status().as_u16();
-            Ok((code, answer.text().await.map_err(|e| e.to_string())?))
-        })
-    }
-}
 
 /// One pod's process.
 struct Running {
@@ -91,7 +61,7 @@ pub struct IndexedJob {
     mounts: Vec<(String, PathBuf)>,
     /// Per-pod folders (termination logs, process output).
     scratch: PathBuf,
-    pods: Arc<Pods>,
+    pods: Arc<LoopbackPods>,
     /// The uid of the Job this state belongs to.
     uid: Option<String>,
     running: Vec<Running>,
@@ -118,7 +88,7 @@ impl IndexedJob {
         binary: PathBuf,
         image: Vec<(String, PathBuf)>,
         scratch: PathBuf,
-        pods: Arc<Pods>,
+        pods: Arc<LoopbackPods>,
     ) -> IndexedJob {
         IndexedJob {
             admin,
@@ -208,7 +178,7 @@ impl IndexedJob {
                 .delete(&p.name_any(), &DeleteParams::default())
                 .await;
         }
-        self.pods.urls.lock().expect("urls").clear();
+        self.pods.pods.lock().expect("pods").clear();
         self.succeeded.clear();
         self.failed_indexes.clear();
         self.counted.clear();
@@ -293,9 +263,9 @@ impl IndexedJob {
             .spawn()
             .expect("start the shard process");
         self.pods
-            .urls
+            .pods
             .lock()
-            .expect("urls")
+            .expect("pods")
             .insert(pod_name.clone(), format!("http://127.0.0.1:{port}"));
         let mut labels = template["metadata"]["labels"].clone();
         labels["batch.kubernetes.io/job-name"] = json!(self.name);
@@ -357,7 +327,7 @@ impl IndexedJob {
                 )
                 .await
                 .expect("pod status");
-            self.pods.urls.lock().expect("urls").remove(&r.pod);
+            self.pods.pods.lock().expect("pods").remove(&r.pod);
             if code == 0 {
                 self.succeeded.insert(r.index, r.pod.clone());
             } else {
