@@ -152,6 +152,15 @@ fn find_jpeg() -> anyhow::Result<PathBuf> {
         .with_context(|| format!("no JPEG in {}", dir.display()))
 }
 
+impl Args {
+    /// The model of the modes that measure one: the first of --models.
+    fn first_model(&self) -> &str {
+        self.models
+            .first()
+            .map_or("efficientnet-lite0", String::as_str)
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.mirror {
@@ -196,11 +205,7 @@ fn main() -> anyhow::Result<()> {
     }
     if args.cpu {
         let bench = sightline_e2e::cpu_bench::CpuBench {
-            model: args
-                .models
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "efficientnet-lite0".into()),
+            model: args.first_model().to_string(),
             image: image_path.clone(),
             threads,
             concurrency: args.concurrency.clone(),
@@ -212,11 +217,7 @@ fn main() -> anyhow::Result<()> {
     }
     if args.batch {
         let bench = sightline_e2e::batch_bench::BatchBench {
-            model: args
-                .models
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "efficientnet-lite0".into()),
+            model: args.first_model().to_string(),
             image: image_path.clone(),
             images: args.batch_images,
             ort_lib: lib.clone(),
@@ -311,11 +312,7 @@ fn bench_serve_args(
 /// `--mirror`: see [`sightline_e2e::mirror_bench`].
 fn mirror_bench(args: &Args) -> anyhow::Result<()> {
     let bench = sightline_e2e::mirror_bench::MirrorBench {
-        model: args
-            .models
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "efficientnet-lite0".into()),
+        model: args.first_model().to_string(),
         concurrency: args.concurrency.clone(),
         requests: args.requests,
         rounds: args.rounds.max(1),
@@ -382,9 +379,7 @@ fn decode_bench(args: &Args, image_path: &std::path::Path, jpeg: &[u8]) -> anyho
 fn peers_bench(args: &Args) -> anyhow::Result<()> {
     let mut bench = sightline_e2e::peers_bench::PeersBench::prepare(
         &args.peers_list,
-        args.models
-            .first()
-            .map_or("efficientnet-lite0", String::as_str),
+        args.first_model(),
         &args.concurrency,
         args.requests,
         if args.threads == 0 { 2 } else { args.threads },
