@@ -162,12 +162,12 @@ async fn run_shard(
     }
     let (index, count) = shard_of(args)?;
     (account.shard, account.shards) = (index, count);
-    let input = input::Input::of(args)?;
-    let listed = input.list().await?;
-    let reader = input.reader();
     if args.serve.store_url.is_some() && !crate::store::checks::is_job_name(&args.job) {
         return Err(BatchCommandError::JobName(args.job.clone()));
     }
+    let input = input::Input::of(args)?;
+    let listed = input.list().await?;
+    let reader = input.reader();
     let items = listing::shard(listed, index, count)?;
     account.total = items.len() as u64;
     metrics.shard_images(account.total);
