@@ -14,7 +14,9 @@ use prometheus_client::registry::Registry;
 pub use sightline_model::metrics::{Decoding, InferenceMetrics};
 pub use sightline_store::metrics::StoreMetrics;
 pub use sightline_store::quality_gauges::QualityGauges;
-use sightline_telemetry::{F64Gauge, HistogramFamily, ModelLabels, latency_histogram};
+use sightline_telemetry::{
+    F64Gauge, HistogramFamily, ModelLabels, latency_histogram, request_latency_histogram,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -116,7 +118,7 @@ impl HttpMetrics {
     fn register(registry: &mut Registry) -> HttpMetrics {
         let requests = Family::<HttpLabels, Counter>::default();
         let duration: HistogramFamily<RouteLabels> =
-            Family::new_with_constructor(latency_histogram);
+            Family::new_with_constructor(request_latency_histogram);
         registry.register(
             "http_requests",
             "HTTP requests answered, by route template, method and status class",

@@ -32,9 +32,9 @@ use sightline_operator::status::Clock;
 
 use super::{Cluster, NS, TestClock};
 
-/// The recognize server's latency buckets (`exponential_buckets(0.0005, 2.0, 16)`).
+/// The recognize server's request latency buckets.
 fn bounds() -> Vec<f64> {
-    (0..16).map(|i| 0.0005 * 2f64.powi(i)).collect()
+    sightline_telemetry::request_latency_bounds()
 }
 
 /// How one revision answers.
