@@ -7,6 +7,7 @@ use std::time::Duration;
 use sightline_model::batching::BatchConfig;
 use sightline_model::drift::DriftConfig;
 use sightline_model::engine::EngineConfig;
+use sightline_model::layout_tuning::Fixed;
 use sightline_model::model_config::{ModelSidecar, Preprocess};
 use sightline_model::preprocess::DecodeLimits;
 use sightline_model::serving::{ModelSetup, SetupError};
@@ -84,12 +85,13 @@ pub fn model_setup(args: &ServeArgs) -> Result<ModelSetup, SetupError> {
             expected_sha256: m.model_sha256.clone(),
             device: m.device,
             allow_cpu_fallback: m.allow_cpu_fallback,
+            // Set by the layout (the flags', or the warm-up trial's).
             intra_threads: if m.intra_threads == 0 {
                 cores
             } else {
                 m.intra_threads
             },
-            intra_op_spinning: m.intra_op_spinning,
+            intra_op_spinning: m.intra_op_spinning.unwrap_or(false),
             batch_size: m.max_batch_size,
         },
         batching: BatchConfig {
@@ -105,7 +107,14 @@ pub fn model_setup(args: &ServeArgs) -> Result<ModelSetup, SetupError> {
             max_pixels: args.max_image_pixels,
             ..DecodeLimits::default()
         },
-        instances: m.instances.max(1),
+        layout: Fixed {
+            instances: m.instances.map(usize::from),
+            threads: (m.intra_threads > 0).then_some(m.intra_threads),
+            spinning: m.intra_op_spinning,
+        },
+        cores,
+        // Checked by the flag's parser: finite, from 0 to 600.
+        tune_budget: Duration::from_secs_f64(m.tune_budget_seconds),
         preprocess_workers: if m.decode_threads == 0 {
             cores
         } else {

@@ -75,8 +75,12 @@ pub struct ReadyModel {
     pub load_seconds: f64,
     /// How the batch size was decided (`sightline_model::batch_tuning::Tuning`).
     pub batching: serde_json::Value,
-    /// Sessions of the model (`--instances`).
+    /// Sessions of the model (`--instances`, or the warm-up trial's choice).
     pub instances: u64,
+    /// How the sessions run and the warm-up trial that chose it
+    /// (`sightline_model::tuned::LayoutTuning`): instances, threads, spinning, the lone
+    /// session's threads, every candidate's images per second, the rounds and seconds.
+    pub layout: serde_json::Value,
 }
 
 #[cfg(test)]
@@ -95,6 +99,7 @@ mod tests {
                 load_seconds: 1.5,
                 batching: serde_json::json!({"max_batch_size": 8}),
                 instances: 1,
+                layout: serde_json::json!({"mode": "auto", "instances": 1}),
             }),
             ..Readiness::ready()
         };

@@ -7,6 +7,11 @@
 //! (being decoded right now). So a lone request never waits for company, and under load the
 //! requests that arrive while the model is busy share the next run.
 //!
+//! A *lone* session (more intra-op threads than each instance has) may stand beside the
+//! instances: a batch goes to it only when no other batch is running ([`to_lone`]), so a
+//! request that arrives alone gets every core, while under load the instances — cheaper
+//! per image, one thread each — take all the work.
+//!
 //! The queue is bounded (`queue_capacity` jobs); a full queue is an immediate
 //! [`InferError::QueueFull`] (HTTP 503 with `Retry-After`), never unbounded memory. The
 //! workers are dedicated OS threads, not tasks on the async reactor.
@@ -19,6 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::metrics::InferenceMetrics;
+use lone::{Handed, LoneHandle};
 
 /// Batching settings (the `ImageModel` `spec.runtime.batching` fields).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +80,15 @@ pub fn decide(
     }
 }
 
+/// Whether a formed batch goes to the lone session: only when it is idle, no other batch
+/// is running and no other request is queued or being decoded (`waiting`) — a request that
+/// came alone, which then has the cores to itself. With others on their way the instances
+/// take it: they will be busy in a moment anyway, and the lone session's threads would
+/// then compete with theirs.
+pub fn to_lone(running: usize, lone_idle: bool, waiting: usize) -> bool {
+    running == 0 && lone_idle && waiting == 0
+}
+
 /// How many rows a batch of `rows` is run with: itself, or always `max_batch_size` when
 /// the shape is fixed.
 pub fn run_rows(rows: usize, max_batch_size: usize, fixed_shape: bool) -> usize {
@@ -123,6 +138,7 @@ pub struct Batcher {
     depth: Arc<AtomicUsize>,
     incoming: Arc<AtomicUsize>,
     metrics: InferenceMetrics,
+    lone_batches: Arc<AtomicUsize>,
 }
 
 /// Marks a request as on its way to the queue while it is decoded; the worker waits for
@@ -136,11 +152,14 @@ impl Drop for Incoming {
 }
 
 impl Batcher {
-    /// Starts one worker thread per runner (model instance); each owns its runner until
-    /// every handle is dropped. An idle worker takes the queue, forms the next batch and
-    /// lets go of the queue before it runs the batch, so instances run side by side.
+    /// Starts one worker thread per runner (model instance), and one for the `lone` runner
+    /// when there is one; each owns its runner until every handle is dropped. An idle
+    /// worker takes the queue, forms the next batch and lets go of the queue before it runs
+    /// the batch (or hands it to the lone runner, [`to_lone`]), so instances run side by
+    /// side.
     pub fn start<R: BatchRunner>(
         runners: Vec<R>,
+        lone: Option<R>,
         cfg: BatchConfig,
         row_len: usize,
         metrics: InferenceMetrics,
@@ -155,6 +174,19 @@ impl Batcher {
         let rx = Arc::new(Mutex::new(rx));
         let depth = Arc::new(AtomicUsize::new(0));
         let incoming = Arc::new(AtomicUsize::new(0));
+        let running = Arc::new(AtomicUsize::new(0));
+        let lone_batches = Arc::new(AtomicUsize::new(0));
+        let lone = match lone {
+            Some(runner) => Some(lone::start(
+                runner,
+                cfg,
+                row_len,
+                running.clone(),
+                lone_batches.clone(),
+                metrics.clone(),
+            )?),
+            None => None,
+        };
         for (i, runner) in runners.into_iter().enumerate() {
             let worker = Worker {
                 rx: rx.clone(),
@@ -163,6 +195,8 @@ impl Batcher {
                 row_len,
                 depth: depth.clone(),
                 incoming: incoming.clone(),
+                running: running.clone(),
+                lone: lone.clone(),
                 metrics: metrics.clone(),
             };
             std::thread::Builder::new()
@@ -175,7 +209,31 @@ impl Batcher {
             depth,
             incoming,
             metrics,
+            lone_batches,
         })
+    }
+
+    /// Batches the lone runner has run.
+    pub fn lone_batches(&self) -> usize {
+        self.lone_batches.load(Ordering::SeqCst)
+    }
+
+    /// [`Batcher::infer`] for a plain thread (no async runtime): blocks until the rows are
+    /// back.
+    pub fn infer_blocking(&self, input: Vec<f32>, rows: usize) -> Result<Vec<f32>, InferError> {
+        self.submit_blocking(input, rows)?()
+    }
+
+    /// [`Batcher::submit`] for a plain thread: queues now; calling the result blocks until
+    /// the rows are back.
+    pub fn submit_blocking(
+        &self,
+        input: Vec<f32>,
+        rows: usize,
+    ) -> Result<impl FnOnce() -> Result<Vec<f32>, InferError> + use<>, InferError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(input, rows, reply)?;
+        Ok(move || answer.blocking_recv().unwrap_or(Err(InferError::Stopped)))
     }
 
     pub fn config(&self) -> BatchConfig {
@@ -204,13 +262,23 @@ impl Batcher {
         input: Vec<f32>,
         rows: usize,
     ) -> Result<impl Future<Output = Result<Vec<f32>, InferError>> + use<>, InferError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(input, rows, reply)?;
+        Ok(async move { answer.await.unwrap_or(Err(InferError::Stopped)) })
+    }
+
+    fn enqueue(
+        &self,
+        input: Vec<f32>,
+        rows: usize,
+        reply: oneshot::Sender<Result<Vec<f32>, InferError>>,
+    ) -> Result<(), InferError> {
         if rows == 0 || rows > self.cfg.max_request_rows {
             return Err(InferError::TooManyRows {
                 rows,
                 max: self.cfg.max_request_rows,
             });
         }
-        let (reply, answer) = oneshot::channel();
         let job = Job {
             input,
             rows,
@@ -233,7 +301,7 @@ impl Batcher {
             }
         }
         self.metrics.queue_depth(self.depth());
-        Ok(async move { answer.await.unwrap_or(Err(InferError::Stopped)) })
+        Ok(())
     }
 }
 
@@ -245,6 +313,9 @@ struct Worker<R> {
     row_len: usize,
     depth: Arc<AtomicUsize>,
     incoming: Arc<AtomicUsize>,
+    /// Batches running now, on any runner.
+    running: Arc<AtomicUsize>,
+    lone: Option<LoneHandle>,
     metrics: InferenceMetrics,
 }
 
@@ -259,8 +330,30 @@ impl<R: BatchRunner> Worker<R> {
             let Some((jobs, rows)) = self.next_batch(&mut carry) else {
                 return; // every handle dropped: shut down
             };
-            self.run_batch(jobs, rows);
+            let Some((jobs, rows)) = self.hand_to_lone(jobs, rows) else {
+                continue;
+            };
+            self.running.fetch_add(1, Ordering::SeqCst);
+            run_batch(
+                &mut self.runner,
+                jobs,
+                rows,
+                self.cfg,
+                self.row_len,
+                &self.metrics,
+            );
+            self.running.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// Hands the batch to the lone runner when [`to_lone`] says so (`None`); otherwise
+    /// gives it back to run here.
+    fn hand_to_lone(&self, jobs: Vec<Job>, rows: usize) -> Option<Handed> {
+        let Some(lone) = &self.lone else {
+            return Some((jobs, rows));
+        };
+        let waiting = self.depth.load(Ordering::SeqCst) + self.incoming.load(Ordering::SeqCst);
+        lone.offer((jobs, rows), &self.running, waiting)
     }
 
     /// Holds the queue while it forms one batch (starting with `carry`, a job that did
@@ -328,53 +421,60 @@ impl<R: BatchRunner> Worker<R> {
         let left = self.depth.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
         self.metrics.queue_depth(left);
     }
+}
 
-    fn run_batch(&mut self, jobs: Vec<Job>, rows: usize) {
-        let _span = tracing::debug_span!("inference", rows, requests = jobs.len()).entered();
-        let started = Instant::now();
-        for job in &jobs {
-            self.metrics
-                .queue_wait(started.duration_since(job.enqueued));
-        }
-        let run_rows = run_rows(rows, self.cfg.max_batch_size, self.cfg.fixed_shape);
-        let mut input = Vec::with_capacity(run_rows * self.row_len);
-        for job in &jobs {
-            input.extend_from_slice(&job.input);
-        }
-        input.resize(run_rows * self.row_len, 0.0);
-        let runner = &mut self.runner;
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            runner.run(&input, run_rows)
-        }))
-        .unwrap_or_else(|_| Err("the model runner panicked".to_string()));
-        self.metrics.batch(rows, started.elapsed());
-        match result {
-            Ok(output) if run_rows > 0 && output.len() % run_rows == 0 => {
-                let per_row = output.len() / run_rows;
-                let mut offset = 0;
-                for job in jobs {
-                    let end = offset + job.rows * per_row;
-                    let _ = job.reply.send(Ok(output[offset..end].to_vec()));
-                    offset = end;
-                }
+/// Runs one batch on `runner` and answers each job with its rows (or the error).
+fn run_batch<R: BatchRunner>(
+    runner: &mut R,
+    jobs: Vec<Job>,
+    rows: usize,
+    cfg: BatchConfig,
+    row_len: usize,
+    metrics: &InferenceMetrics,
+) {
+    let _span = tracing::debug_span!("inference", rows, requests = jobs.len()).entered();
+    let started = Instant::now();
+    for job in &jobs {
+        metrics.queue_wait(started.duration_since(job.enqueued));
+    }
+    let run_rows = run_rows(rows, cfg.max_batch_size, cfg.fixed_shape);
+    let mut input = Vec::with_capacity(run_rows * row_len);
+    for job in &jobs {
+        input.extend_from_slice(&job.input);
+    }
+    input.resize(run_rows * row_len, 0.0);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runner.run(&input, run_rows)
+    }))
+    .unwrap_or_else(|_| Err("the model runner panicked".to_string()));
+    metrics.batch(rows, started.elapsed());
+    match result {
+        Ok(output) if run_rows > 0 && output.len() % run_rows == 0 => {
+            let per_row = output.len() / run_rows;
+            let mut offset = 0;
+            for job in jobs {
+                let end = offset + job.rows * per_row;
+                let _ = job.reply.send(Ok(output[offset..end].to_vec()));
+                offset = end;
             }
-            Ok(output) => {
-                let err =
-                    InferError::Failed(format!("{} output values for {rows} rows", output.len()));
-                for job in jobs {
-                    let _ = job.reply.send(Err(err.clone()));
-                }
+        }
+        Ok(output) => {
+            let err = InferError::Failed(format!("{} output values for {rows} rows", output.len()));
+            for job in jobs {
+                let _ = job.reply.send(Err(err.clone()));
             }
-            Err(message) => {
-                tracing::error!(error = %message, rows, "inference failed");
-                self.metrics.failed();
-                for job in jobs {
-                    let _ = job.reply.send(Err(InferError::Failed(message.clone())));
-                }
+        }
+        Err(message) => {
+            tracing::error!(error = %message, rows, "inference failed");
+            metrics.failed();
+            for job in jobs {
+                let _ = job.reply.send(Err(InferError::Failed(message.clone())));
             }
         }
     }
 }
+
+mod lone;
 
 #[cfg(test)]
 mod tests;

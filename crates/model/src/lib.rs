@@ -3,7 +3,9 @@
 //! Where to look: [`preprocess`] (bytes → tensor, pure), [`engine`] (one ONNX Runtime
 //! session: load, check, warm up, run), [`ort_runtime`] (loading `libonnxruntime.so` at run
 //! time), [`batching`] (the queue and its flush policy), [`batch_tuning`] (the batch size
-//! measured at warm-up), [`cache`] (the result cache), [`postprocess`] (scores → ranked
+//! measured at warm-up), [`layout_tuning`] (instances, threads, spinning and batch size
+//! chosen together) and [`load_shape`] (the warm-up trial that measures them under load),
+//! [`cache`] (the result cache), [`postprocess`] (scores → ranked
 //! labels), [`drift`] (how far the answers moved from the baseline's), [`serving`] (a
 //! model's lifecycle: loading → ready | failed), [`metrics`] (the `sightline_inference_*`,
 //! `_model_*` and `_cache_*` families).
@@ -20,9 +22,12 @@ pub mod cache;
 pub mod drift;
 pub mod engine;
 pub mod labels;
+pub mod layout_tuning;
+pub mod load_shape;
 pub mod metrics;
 pub mod model_config;
 pub mod ort_runtime;
 pub mod postprocess;
 pub mod preprocess;
 pub mod serving;
+pub mod tuned;

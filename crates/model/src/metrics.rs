@@ -41,6 +41,25 @@ pub struct ModelInfoLabels {
     pub device: String,
 }
 
+/// A layout of the model's sessions (tuned.rs).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LayoutLabels {
+    pub model: String,
+    pub instances: String,
+    pub threads: String,
+    pub spinning: String,
+}
+
+/// A layout tried at one batch size.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrialLabels {
+    pub model: String,
+    pub instances: String,
+    pub threads: String,
+    pub spinning: String,
+    pub rows: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DriftLabels {
     pub model: String,
@@ -82,6 +101,10 @@ pub struct InferenceMetrics {
     load_seconds: Family<ModelLabels, F64Gauge>,
     max_batch_size: Family<ModelLabels, Gauge>,
     batch_throughput: Family<ModelRowsLabels, F64Gauge>,
+    layout: Family<LayoutLabels, Gauge>,
+    lone_threads: Family<ModelLabels, Gauge>,
+    trial_throughput: Family<TrialLabels, F64Gauge>,
+    trial_seconds: Family<ModelLabels, F64Gauge>,
     ready: Family<ModelLabels, Gauge>,
     info: Family<ModelInfoLabels, Gauge>,
     cache_hits: Family<ModelLabels, Counter>,
@@ -110,6 +133,10 @@ impl InferenceMetrics {
             load_seconds: Family::default(),
             max_batch_size: Family::default(),
             batch_throughput: Family::default(),
+            layout: Family::default(),
+            lone_threads: Family::default(),
+            trial_throughput: Family::default(),
+            trial_seconds: Family::default(),
             ready: Family::default(),
             info: Family::default(),
             cache_hits: Family::default(),
@@ -184,6 +211,30 @@ impl InferenceMetrics {
             "inference_batch_throughput",
             "Images per second each batch size ran at when measured at warm-up (--max-batch-size auto)",
             m.batch_throughput.clone(),
+        );
+        registry.register(
+            "inference_layout",
+            "How the model's sessions run: instances side by side, intra-op threads each, \
+             spinning or not (value is always 1); chosen by the warm-up trial unless fixed",
+            m.layout.clone(),
+        );
+        registry.register(
+            "inference_lone_threads",
+            "Intra-op threads of the lone session that takes a batch when nothing else runs \
+             (0: none)",
+            m.lone_threads.clone(),
+        );
+        registry.register(
+            "inference_trial_throughput",
+            "Images per second each layout and batch size ran at in the warm-up trial, with \
+             decoding beside it",
+            m.trial_throughput.clone(),
+        );
+        registry.register(
+            "inference_trial_duration_seconds",
+            "How long the warm-up trial took (bounded by --tune-budget-seconds, at least one \
+             round; 0 when there was none)",
+            m.trial_seconds.clone(),
         );
         registry.register(
             "model_ready",
@@ -320,6 +371,38 @@ impl InferenceMetrics {
                 .get_or_create(&labels)
                 .set(m.images_per_second);
         }
+    }
+
+    pub fn layout_tuned(&self, tuning: &crate::tuned::LayoutTuning) {
+        let model = || self.model.model.clone();
+        self.layout.clear();
+        self.layout
+            .get_or_create(&LayoutLabels {
+                model: model(),
+                instances: tuning.instances.to_string(),
+                threads: tuning.threads.to_string(),
+                spinning: tuning.spinning.to_string(),
+            })
+            .set(1);
+        self.lone_threads
+            .get_or_create(&self.model)
+            .set(tuning.lone_threads.unwrap_or(0) as i64);
+        self.trial_throughput.clear();
+        for t in &tuning.trials {
+            let labels = TrialLabels {
+                model: model(),
+                instances: t.layout.instances.to_string(),
+                threads: t.layout.threads.to_string(),
+                spinning: t.layout.spinning.to_string(),
+                rows: t.rows.to_string(),
+            };
+            self.trial_throughput
+                .get_or_create(&labels)
+                .set(t.images_per_second);
+        }
+        self.trial_seconds
+            .get_or_create(&self.model)
+            .set(tuning.seconds);
     }
 
     pub fn not_ready(&self) {

@@ -10,14 +10,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use crate::batch_tuning::BatchSize;
 use crate::batching::{BatchConfig, Batcher, InferError};
 use crate::cache::{KeyPrefix, ResultCache, Scores};
 use crate::drift::{Drift, DriftConfig, SLOTS};
-use crate::engine::{Engine, EngineConfig, LoadError, ModelInfo};
+use crate::engine::{EngineConfig, LoadError, ModelInfo};
+use crate::layout_tuning::{Fixed, Layout};
+use crate::load_shape::Load;
 use crate::metrics::InferenceMetrics;
 use crate::model_config::Preprocess;
 use crate::postprocess::{Prediction, top_k, top1};
 use crate::preprocess::{DecodeLimits, PreprocessError, preprocess};
+use crate::tuned::{LayoutTuning, TrialSetup, Tuned};
 
 /// A loaded model behind its batcher.
 pub struct ServingModel {
@@ -26,8 +30,10 @@ pub struct ServingModel {
     pub labels: Arc<Vec<String>>,
     pub preprocess: Preprocess,
     pub limits: DecodeLimits,
-    /// Sessions of the model running side by side (`--instances`).
+    /// Sessions of the model running side by side (`--instances`, or the warm-up's choice).
     pub instances: usize,
+    /// How the sessions were laid out, and the warm-up trial that chose it.
+    pub layout: LayoutTuning,
     batcher: Batcher,
     /// Bounds concurrent decode+resize work to the CPU count (the blocking pool itself is
     /// large; this keeps image work from crowding out inference).
@@ -232,12 +238,39 @@ pub struct ModelSetup {
     pub batching: BatchConfig,
     pub limits: DecodeLimits,
     pub preprocess_workers: usize,
-    /// Sessions of the model, each with its own inference thread (`--instances`).
-    pub instances: usize,
+    /// What the flags fix of the layout (`--instances`, `--intra-threads`,
+    /// `--intra-op-spinning`); the warm-up trial chooses the rest.
+    pub layout: Fixed,
+    /// The CPU cores this process may use.
+    pub cores: usize,
+    /// How long the warm-up trial may take (`--tune-budget-seconds`); zero turns it off.
+    pub tune_budget: Duration,
     /// Bytes of the result cache (`--cache-bytes`); 0 turns it off.
     pub cache_bytes: usize,
     /// The drift baseline and window (`--drift-*`).
     pub drift: DriftConfig,
+}
+
+impl ModelSetup {
+    /// Whether the warm-up trial chooses the layout or batch size: on a CPU, with a
+    /// budget, and something left to choose.
+    fn tried(&self) -> bool {
+        let batch_fixed = matches!(self.engine.batch_size, BatchSize::Fixed(_));
+        self.engine.device == crate::engine::Device::Cpu
+            && !self.tune_budget.is_zero()
+            && !(self.layout.all() && batch_fixed)
+    }
+
+    /// The layout without a trial: the flags', else one session as wide as the cores with
+    /// sleeping threads.
+    fn fixed_layout(&self) -> Layout {
+        let wide = Layout::wide(self.cores);
+        Layout {
+            instances: self.layout.instances.unwrap_or(wide.instances),
+            threads: self.layout.threads.unwrap_or(wide.threads),
+            spinning: self.layout.spinning.unwrap_or(wide.spinning),
+        }
+    }
 }
 
 /// Loads the model on a blocking thread and publishes the outcome into `slot`.
@@ -282,20 +315,39 @@ fn load(
     let env = crate::ort_runtime::init(&setup.ort_lib)
         .map_err(|e| ("RuntimeUnavailable", e.to_string()))?;
     let load_err = |e: LoadError| (e.reason(), e.to_string());
-    let engine = Engine::load(env, &setup.engine).map_err(load_err)?;
-    let info = engine.info().clone();
-    let row_len = engine.row_len();
-    // More instances: the same model, each its own session, at the size the first chose.
-    let mut engines = vec![engine];
-    let same_size = EngineConfig {
-        batch_size: crate::batch_tuning::BatchSize::Fixed(info.batching.max_batch_size),
-        ..setup.engine.clone()
-    };
-    for _ in 1..setup.instances.max(1) {
-        engines.push(Engine::load(env, &same_size).map_err(load_err)?);
+    let tuned = if setup.tried() {
+        let load = Load {
+            photo: crate::load_shape::sample_photo(),
+            limits: setup.limits,
+            preprocess: setup.engine.preprocess.clone(),
+            // Twice the cores, each one request at a time: decoding beside inference, as
+            // at concurrency 2 and more.
+            feeders: setup.cores.max(1) * 2,
+            max_delay: setup.batching.max_delay,
+            budget: setup.tune_budget,
+        };
+        let trial = TrialSetup {
+            cores: setup.cores,
+            fixed: setup.layout,
+            budget: setup.tune_budget,
+            load,
+        };
+        crate::tuned::tune(env, &setup.engine, trial)
+    } else {
+        crate::tuned::fixed(env, &setup.engine, setup.fixed_layout())
     }
+    .map_err(load_err)?;
+    let Tuned {
+        engines,
+        lone,
+        info,
+        row_len,
+        layout,
+    } = tuned;
+    let instances = engines.len();
     metrics.queue_capacity(setup.batching.queue_capacity);
     metrics.batch_tuned(&info.batching);
+    metrics.layout_tuned(&layout);
     let batching = crate::batching::BatchConfig {
         max_batch_size: info.batching.max_batch_size,
         max_request_rows: info.batching.max_request_rows(),
@@ -304,12 +356,13 @@ fn load(
             || info.batching.mode == crate::batch_tuning::Mode::Model,
         ..setup.batching
     };
-    let batcher = Batcher::start(engines, batching, row_len, metrics.clone()).map_err(|e| {
-        (
-            "WorkerFailed",
-            format!("cannot start the inference thread: {e}"),
-        )
-    })?;
+    let batcher =
+        Batcher::start(engines, lone, batching, row_len, metrics.clone()).map_err(|e| {
+            (
+                "WorkerFailed",
+                format!("cannot start the inference thread: {e}"),
+            )
+        })?;
     let key_prefix = KeyPrefix::new(&info.sha256, &setup.engine.preprocess);
     Ok(ServingModel {
         name: setup.name,
@@ -317,7 +370,8 @@ fn load(
         labels: Arc::new(setup.engine.labels),
         preprocess: setup.engine.preprocess,
         limits: setup.limits,
-        instances: setup.instances.max(1),
+        instances,
+        layout,
         batcher,
         cpu: Arc::new(Semaphore::new(setup.preprocess_workers.max(1))),
         cache: ResultCache::new(setup.cache_bytes, metrics.clone()),

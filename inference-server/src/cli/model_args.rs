@@ -77,21 +77,32 @@ pub struct ModelArgs {
     #[arg(long, env = "SIGHTLINE_ALLOW_CPU_FALLBACK")]
     pub allow_cpu_fallback: bool,
 
-    /// Threads ONNX Runtime uses inside one operator (0 = one per CPU core).
+    /// Threads ONNX Runtime uses inside one operator, in each instance (0 = chosen by the
+    /// warm-up trial; one per CPU core without a trial).
     #[arg(long, env = "SIGHTLINE_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
 
     /// Let ONNX Runtime's intra-op threads spin (busy-wait) for work between operators
-    /// instead of sleeping (ONNX Runtime's own default). Off by default: spinning burned
-    /// the CPU that image decoding and HTTP need (BENCHMARKS.md, "CPU per request").
-    #[arg(long, env = "SIGHTLINE_INTRA_OP_SPINNING", default_value_t = false, action = clap::ArgAction::Set)]
-    pub intra_op_spinning: bool,
+    /// instead of sleeping. Unset, the warm-up trial tries both; without a trial they sleep:
+    /// spinning burned the CPU that image decoding and HTTP need on one CPU and won on
+    /// another (BENCHMARKS.md, "Speed on every CPU").
+    #[arg(long, env = "SIGHTLINE_INTRA_OP_SPINNING", action = clap::ArgAction::Set)]
+    pub intra_op_spinning: Option<bool>,
 
     /// Copies of the model, each its own ONNX Runtime session and inference thread, taking
-    /// batches from one queue side by side (Triton's instance count). On a CPU, give each
-    /// `--intra-threads` cores ÷ instances.
-    #[arg(long, env = "SIGHTLINE_INSTANCES", default_value_t = 1)]
-    pub instances: usize,
+    /// batches from one queue side by side (Triton's instance count). Unset, the warm-up
+    /// trial chooses (1 without a trial); on a CPU, give each `--intra-threads` cores ÷
+    /// instances.
+    #[arg(long, env = "SIGHTLINE_INSTANCES", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub instances: Option<u16>,
+
+    /// Seconds the warm-up trial may take: every candidate layout (instances, intra-op
+    /// threads, spinning) and batch size runs with decoding beside it, round after round
+    /// while the budget lasts (at least one round), and the fastest is served. 0 turns the
+    /// trial off: the flags' layout, else one session with a thread per core, and the
+    /// batch size timed on the session alone. Never on a GPU.
+    #[arg(long, env = "SIGHTLINE_TUNE_BUDGET_SECONDS", default_value_t = 15.0, value_parser = parse_budget)]
+    pub tune_budget_seconds: f64,
 
     /// Images decoded and preprocessed at once (0 = one per CPU core).
     #[arg(long, env = "SIGHTLINE_DECODE_THREADS", default_value_t = 0)]
@@ -144,4 +155,13 @@ impl ModelArgs {
     pub fn beside_model(&self, suffix: &str) -> PathBuf {
         self.model.with_extension(suffix)
     }
+}
+
+/// `--tune-budget-seconds`: a number of seconds from 0 to 600.
+fn parse_budget(text: &str) -> Result<f64, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| (0.0..=600.0).contains(s))
+        .ok_or_else(|| format!("expected seconds from 0 to 600, got {text:?}"))
 }

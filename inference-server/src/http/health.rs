@@ -101,6 +101,7 @@ async fn readyz(State(state): State<HealthState>) -> Response {
                 load_seconds: model.info.load_seconds,
                 batching: serde_json::to_value(&model.info.batching).unwrap_or_default(),
                 instances: model.instances as u64,
+                layout: serde_json::to_value(&model.layout).unwrap_or_default(),
             }),
             ..Readiness::ready()
         })

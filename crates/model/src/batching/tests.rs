@@ -38,6 +38,7 @@ impl BatchRunner for SumRunner {
 fn batcher(cfg: BatchConfig, delay: Duration) -> Batcher {
     Batcher::start(
         vec![SumRunner { row_len: 4, delay }],
+        None,
         cfg,
         4,
         InferenceMetrics::unregistered(),
@@ -143,15 +144,10 @@ async fn two_instances_run_batches_side_by_side() {
         row_len: 4,
         delay: Duration::from_millis(100),
     };
-    let cfg = BatchConfig {
-        max_batch_size: 1,
-        max_request_rows: 1,
-        max_delay: Duration::ZERO,
-        queue_capacity: 8,
-        fixed_shape: false,
-    };
+    let cfg = one_row_batches();
     let b = Batcher::start(
         vec![runner(), runner()],
+        None,
         cfg,
         4,
         InferenceMetrics::unregistered(),
@@ -202,4 +198,100 @@ async fn oversized_requests_are_refused() {
     let b = batcher(BatchConfig::default(), Duration::ZERO);
     let err = b.infer(vec![0.0; 4 * 9], 9).await.expect_err("too many");
     assert_eq!(err, InferError::TooManyRows { rows: 9, max: 8 });
+}
+
+#[test]
+fn the_lone_runner_takes_a_batch_only_when_nothing_else_runs() {
+    assert!(to_lone(0, true, 0));
+    assert!(
+        !to_lone(1, true, 0),
+        "an instance is running: the cores are not free"
+    );
+    assert!(!to_lone(0, false, 0), "the lone runner is busy");
+    assert!(
+        !to_lone(0, true, 1),
+        "another request is on its way: not alone"
+    );
+}
+
+/// Output row i = [sum of input row i, which runner ran it]: 1 for the instances, 2 for
+/// the lone runner.
+struct Marked {
+    mark: f32,
+    delay: Duration,
+}
+
+impl BatchRunner for Marked {
+    fn run(&mut self, input: &[f32], _rows: usize) -> Result<Vec<f32>, String> {
+        std::thread::sleep(self.delay);
+        Ok(input
+            .chunks_exact(4)
+            .flat_map(|r| [r.iter().sum::<f32>(), self.mark])
+            .collect())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lone_request_runs_on_the_lone_runner_and_load_on_the_instances() {
+    let runner = |mark| Marked {
+        mark,
+        delay: Duration::from_millis(100),
+    };
+    let cfg = one_row_batches();
+    let b = Batcher::start(
+        vec![runner(1.0), runner(1.0)],
+        Some(runner(2.0)),
+        cfg,
+        4,
+        InferenceMetrics::unregistered(),
+    )
+    .expect("start");
+    // One request at a time: each goes to the lone runner.
+    for i in 0..3 {
+        let out = b.infer(vec![i as f32; 4], 1).await.expect("inference");
+        assert_eq!(out, vec![4.0 * i as f32, 2.0], "request {i}");
+    }
+    assert_eq!(b.lone_batches(), 3);
+    // Three at once: not alone, so the instances take them (the lone runner only when it
+    // formed before the others were queued), and all three run side by side.
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..3)
+        .map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move { b.infer(vec![i as f32; 4], 1).await })
+        })
+        .collect();
+    let mut marks = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let out = t.await.expect("join").expect("inference");
+        assert_eq!(out[0], 4.0 * i as f32, "request {i} got another's row");
+        marks.push(out[1]);
+    }
+    assert!(
+        marks.iter().filter(|&&m| m == 1.0).count() >= 2,
+        "the instances took the load: {marks:?}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(280),
+        "3 runs of 100 ms on three runners took {took:?}: they did not run side by side"
+    );
+}
+
+#[test]
+fn a_plain_thread_can_wait_for_its_rows() {
+    let b = batcher(BatchConfig::default(), Duration::ZERO);
+    let out = b.infer_blocking(vec![1.0; 4], 1).expect("inference");
+    assert_eq!(out, vec![4.0, 1.0]);
+}
+
+/// Batches of one request, flushed at once.
+fn one_row_batches() -> BatchConfig {
+    BatchConfig {
+        max_batch_size: 1,
+        max_request_rows: 1,
+        max_delay: Duration::ZERO,
+        queue_capacity: 8,
+        fixed_shape: false,
+    }
 }

@@ -1,0 +1,232 @@
+//! A model's sessions as the warm-up chose them: the candidate layouts and batch sizes
+//! (layout_tuning.rs) tried under load (load_shape.rs), the best kept, the rest dropped,
+//! and a lone session beside narrow instances (batching.rs). What was tried, what won and
+//! how long it took is [`LayoutTuning`], served in `/readyz` and the metrics.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::batch_tuning::{self, BatchSize, Measured, Tuning};
+use crate::engine::{Engine, EngineConfig, LoadError, ModelInfo};
+use crate::layout_tuning::{self, Fixed, Layout, Trial};
+use crate::load_shape::{self, Load, Sessions, Shared};
+
+/// How the layout was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayoutMode {
+    /// Tried under load at warm-up.
+    Auto,
+    /// The flags', or one session as wide as the cores when the trial is off
+    /// (`--tune-budget-seconds 0`) or the model runs on a GPU.
+    Fixed,
+}
+
+/// The layout served, and the trial it came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayoutTuning {
+    pub mode: LayoutMode,
+    pub instances: usize,
+    pub threads: usize,
+    pub spinning: bool,
+    /// Intra-op threads of the lone session (taking a batch only when nothing else
+    /// runs), when one stands beside the instances.
+    pub lone_threads: Option<usize>,
+    /// Every candidate's images per second under load (empty unless `auto`).
+    pub trials: Vec<Trial>,
+    pub rounds: usize,
+    /// How long the trial took, and the budget it had.
+    pub seconds: f64,
+    pub budget_seconds: f64,
+}
+
+impl LayoutTuning {
+    pub fn fixed(layout: Layout) -> LayoutTuning {
+        LayoutTuning {
+            mode: LayoutMode::Fixed,
+            instances: layout.instances,
+            threads: layout.threads,
+            spinning: layout.spinning,
+            lone_threads: None,
+            trials: Vec::new(),
+            rounds: 0,
+            seconds: 0.0,
+            budget_seconds: 0.0,
+        }
+    }
+}
+
+/// The sessions to serve with.
+pub struct Tuned {
+    pub engines: Vec<Shared>,
+    pub lone: Option<Shared>,
+    pub info: ModelInfo,
+    pub row_len: usize,
+    pub layout: LayoutTuning,
+}
+
+/// What the trial needs beyond the model's own configuration.
+pub struct TrialSetup {
+    pub cores: usize,
+    pub fixed: Fixed,
+    pub budget: Duration,
+    pub load: Load,
+}
+
+/// Tries every candidate layout and batch size under load and keeps the best. `base` is
+/// the model's configuration (its threads, spinning and batch size are the trial's to
+/// set, except where `trial.fixed` or a fixed batch size pins them).
+pub fn tune(
+    env: &ort::environment::Environment,
+    base: &EngineConfig,
+    trial: TrialSetup,
+) -> Result<Tuned, LoadError> {
+    let started = Instant::now();
+    let layouts = layout_tuning::layouts(trial.cores, trial.fixed);
+    let first = *layouts
+        .first()
+        .ok_or_else(|| LoadError::Warmup("no layout to try".into()))?;
+    // The first session validates the model and says whether its batch is fixed.
+    let probe_size = match base.batch_size {
+        BatchSize::Fixed(n) => BatchSize::Fixed(n),
+        BatchSize::Auto { .. } => BatchSize::Auto { limit: 1 },
+    };
+    let probe = Engine::load(
+        env,
+        &EngineConfig {
+            intra_threads: first.threads,
+            intra_op_spinning: first.spinning,
+            batch_size: probe_size,
+            ..base.clone()
+        },
+    )?;
+    let (mut info, row_len) = (probe.info().clone(), probe.row_len());
+    let (sizes, limit) = match (info.batching.mode, base.batch_size) {
+        (batch_tuning::Mode::Model, _) => (vec![info.batching.max_batch_size], base.batch_size),
+        (_, BatchSize::Fixed(n)) => (vec![n], BatchSize::Fixed(n)),
+        (_, BatchSize::Auto { limit }) => (batch_tuning::candidates(limit), base.batch_size),
+    };
+    let largest = sizes.iter().copied().max().unwrap_or(1);
+    let mut loaded = Vec::new();
+    let mut probe = Some(probe);
+    for layout in layouts {
+        let mut sessions = Vec::new();
+        if layout == first
+            && let Some(engine) = probe.take()
+        {
+            sessions.push(Shared(std::sync::Arc::new(std::sync::Mutex::new(engine))));
+        }
+        let more = layout.instances.saturating_sub(sessions.len());
+        if more > 0 {
+            let rest = Layout {
+                instances: more,
+                ..layout
+            };
+            sessions.extend(Sessions::load(env, base, rest, largest)?.engines);
+        }
+        loaded.push(Sessions {
+            layout,
+            engines: sessions,
+        });
+    }
+    let candidates: Vec<(&Sessions, usize)> = loaded
+        .iter()
+        .flat_map(|s| sizes.iter().map(move |&rows| (s, rows)))
+        .collect();
+    let load = Load {
+        budget: trial.budget,
+        ..trial.load
+    };
+    let (trials, rounds) = load_shape::run(&candidates, row_len, &load)?;
+    let chosen = layout_tuning::choose(&trials)
+        .ok_or_else(|| LoadError::Warmup("the warm-up trial measured nothing".into()))?;
+    info.batching = batching_of(&info.batching, limit, &trials, chosen);
+    let pick = |layout: Layout| loaded.iter().position(|s| s.layout == layout);
+    let wide = Layout::wide(trial.cores);
+    let lone = if layout_tuning::wants_lone(chosen.layout, trial.cores) {
+        Some(match pick(wide) {
+            Some(i) => loaded[i].engines[0].clone(),
+            None => Sessions::load(env, base, wide, largest)?.engines.remove(0),
+        })
+    } else {
+        None
+    };
+    let engines = pick(chosen.layout)
+        .map(|i| loaded.swap_remove(i).engines)
+        .unwrap_or_default();
+    let layout = LayoutTuning {
+        mode: LayoutMode::Auto,
+        instances: chosen.layout.instances,
+        threads: chosen.layout.threads,
+        spinning: chosen.layout.spinning,
+        lone_threads: lone.as_ref().map(|_| wide.threads),
+        trials,
+        rounds,
+        seconds: started.elapsed().as_secs_f64(),
+        budget_seconds: trial.budget.as_secs_f64(),
+    };
+    info.load_seconds += started.elapsed().as_secs_f64();
+    Ok(Tuned {
+        engines,
+        lone,
+        info,
+        row_len,
+        layout,
+    })
+}
+
+/// The batch size's own account: the chosen layout's figure at every size.
+fn batching_of(probe: &Tuning, limit: BatchSize, trials: &[Trial], chosen: Trial) -> Tuning {
+    let measured: Vec<Measured> = trials
+        .iter()
+        .filter(|t| t.layout == chosen.layout)
+        .map(|t| Measured {
+            rows: t.rows,
+            images_per_second: t.images_per_second,
+        })
+        .collect();
+    match (probe.mode, limit) {
+        (batch_tuning::Mode::Model, _) => probe.clone(),
+        (_, BatchSize::Fixed(n)) => Tuning::fixed(n),
+        (_, BatchSize::Auto { limit }) => Tuning {
+            max_batch_size: chosen.rows,
+            ..Tuning::auto(limit, measured)
+        },
+    }
+}
+
+/// The sessions of one layout, no trial: the flags' (or one session as wide as the cores),
+/// the batch size as the first session decided it (measured alone for `auto`).
+pub fn fixed(
+    env: &ort::environment::Environment,
+    base: &EngineConfig,
+    layout: Layout,
+) -> Result<Tuned, LoadError> {
+    let cfg = EngineConfig {
+        intra_threads: layout.threads,
+        intra_op_spinning: layout.spinning,
+        ..base.clone()
+    };
+    let first = Engine::load(env, &cfg)?;
+    let (info, row_len) = (first.info().clone(), first.row_len());
+    // More instances: the same model, each its own session, at the size the first chose.
+    let same_size = EngineConfig {
+        batch_size: BatchSize::Fixed(info.batching.max_batch_size),
+        ..cfg
+    };
+    let mut engines = vec![first];
+    for _ in 1..layout.instances.max(1) {
+        engines.push(Engine::load(env, &same_size)?);
+    }
+    Ok(Tuned {
+        engines: engines
+            .into_iter()
+            .map(|e| Shared(std::sync::Arc::new(std::sync::Mutex::new(e))))
+            .collect(),
+        lone: None,
+        info,
+        row_len,
+        layout: LayoutTuning::fixed(layout),
+    })
+}
