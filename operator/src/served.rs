@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sightline_api::readiness::{self, Readiness};
 
 /// The model as the serving pods report it (`status.served`).
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Served {
     /// SHA-256 of the model file the pods loaded.
@@ -24,10 +24,83 @@ pub struct Served {
     pub revision: i64,
     /// Pods of that revision that answered ready.
     pub pods: u32,
+    /// How the first of those pods runs the model on its CPU, and the warm-up trial that
+    /// chose it (each pod tries on the node it landed on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<ServedRuntime>,
+}
+
+/// A pod's sessions as its warm-up chose them (`/readyz`'s `model.layout`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedRuntime {
+    /// `auto` (tried under load at warm-up) or `fixed` (the spec's, or no trial).
+    pub tuning: String,
+    /// Sessions side by side.
+    pub instances: u64,
+    /// Intra-op threads of each.
+    pub threads: u64,
+    /// Whether those threads spin between operators.
+    pub spinning: bool,
+    /// Threads of the lone session that takes a request arriving alone, if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lone_threads: Option<u64>,
+    /// Most images in one model run.
+    pub max_batch_size: u64,
+    /// How long the trial took.
+    pub trial_seconds: f64,
+    /// Every candidate's images per second in the trial (decoding beside it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trials: Vec<ServedTrial>,
+}
+
+/// One candidate of the warm-up trial.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedTrial {
+    pub instances: u64,
+    pub threads: u64,
+    pub spinning: bool,
+    pub rows: u64,
+    /// Rounded to 0.1.
+    pub images_per_second: f64,
+}
+
+/// `model.layout` and `model.batching` of a `/readyz` answer; `None` from a server that
+/// reports no layout.
+fn runtime_of(m: &readiness::ReadyModel) -> Option<ServedRuntime> {
+    let l = &m.layout;
+    let number = |v: &serde_json::Value| v.as_u64();
+    let trials = l["trials"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| {
+                    Some(ServedTrial {
+                        instances: number(&t["instances"])?,
+                        threads: number(&t["threads"])?,
+                        spinning: t["spinning"].as_bool()?,
+                        rows: number(&t["rows"])?,
+                        images_per_second: (t["images_per_second"].as_f64()? * 10.0).round() / 10.0,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(ServedRuntime {
+        tuning: l["mode"].as_str()?.to_string(),
+        instances: number(&l["instances"])?,
+        threads: number(&l["threads"])?,
+        spinning: l["spinning"].as_bool()?,
+        lone_threads: number(&l["lone_threads"]),
+        max_batch_size: number(&m.batching["max_batch_size"]).unwrap_or(1),
+        trial_seconds: (l["seconds"].as_f64().unwrap_or(0.0) * 10.0).round() / 10.0,
+        trials,
+    })
 }
 
 /// One pod's `/readyz` answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Readyz {
     /// 200: the model is loaded, validated and warmed up.
     Ready(Served),
@@ -60,6 +133,7 @@ pub fn parse_readyz(code: u16, body: &str) -> Readyz {
         (200, readiness::READY) => {
             let m = answer.model.unwrap_or_default();
             Readyz::Ready(Served {
+                runtime: runtime_of(&m),
                 digest: m.sha256,
                 device: m.device,
                 input_shape: m.input_shape,
@@ -98,6 +172,29 @@ mod tests {
             ("ab", "gpu", 1000)
         );
         assert_eq!(served.input_shape, vec![-1, 3, 224, 224]);
+        assert_eq!(served.runtime, None, "an older server reports no layout");
+        // The layout and its trial, as a server reports them.
+        let tuned = parse_readyz(
+            200,
+            r#"{"status":"ready","model":{"sha256":"ab","device":"cpu","batching":{"max_batch_size":2},
+                "layout":{"mode":"auto","instances":2,"threads":1,"spinning":false,"lone_threads":2,
+                "trials":[{"instances":2,"threads":1,"spinning":false,"rows":2,"images_per_second":123.456}],
+                "rounds":3,"seconds":20.04,"budget_seconds":20.0}}}"#,
+        );
+        let Readyz::Ready(Served {
+            runtime: Some(runtime),
+            ..
+        }) = tuned
+        else {
+            panic!("{tuned:?}")
+        };
+        assert_eq!(
+            (runtime.tuning.as_str(), runtime.instances, runtime.threads),
+            ("auto", 2, 1)
+        );
+        assert_eq!((runtime.lone_threads, runtime.max_batch_size), (Some(2), 2));
+        assert_eq!(runtime.trial_seconds, 20.0);
+        assert_eq!(runtime.trials[0].images_per_second, 123.5);
         assert_eq!(
             parse_readyz(
                 503,
