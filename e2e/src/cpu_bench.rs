@@ -1,24 +1,26 @@
-//! `sightline-bench --cpu`: where a request's CPU time goes, against what the work needs.
+//! `sightline-bench --cpu`: the server's throughput against what the cores allow, with the
+//! result cache off, per concurrency — the way issue 22 measures it.
 //!
-//! The work, measured in this process with nothing else running: one batch-1 inference
-//! (the raw session's CPU time per run, ONNX Runtime's thread spinning on and off; the
-//! smaller counts) and one decode + resize + normalise of the photo (CPU time per image,
-//! one thread). The server: `sightline-server recognize` as its own process, for each
-//! setting tried (spinning, decode threads), closed-loop POSTs of the photo at each
-//! concurrency with the result cache off; its CPU time (utime + stime from
-//! `/proc/<pid>/stat`, every thread) per request, and its throughput against what the
-//! cores allow for that work (`cores ÷ (inference + decode CPU)`). The clients run on the
-//! same cores, in every setting alike.
+//! What the cores allow: the raw ONNX Runtime session at its best (one session with a
+//! thread per core, spinning on and off, and one one-thread session per core side by
+//! side; batches of 1, 2, 4 and 8: the most images per second, wall time), plus the
+//! server's own decode + resize + normalise of the photo (CPU time per image, one thread,
+//! shared over the cores): `1 ÷ (1 ÷ raw + decode ÷ cores)` images per second.
+//!
+//! Then, in alternating pairs: the raw session at its best setting again (so each pair has
+//! its own bound) and each server setting at each concurrency (`c` clients POSTing the
+//! photo in a closed loop, on the same cores, as a user's load test would). Each cell's
+//! figure is the median over the pairs of its throughput ÷ that pair's bound; the server's
+//! CPU time per request (utime + stime of every thread, `/proc/<pid>/stat`) beside it.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 
-use crate::canary::model_flags;
 use crate::mirror_bench::{cpu_model, send};
 use crate::models;
 use crate::proc_stat::process_cpu_seconds;
@@ -30,52 +32,100 @@ pub struct CpuBench {
     /// A file stem in models/build.
     pub model: String,
     pub image: PathBuf,
-    /// ONNX Runtime intra-op threads, raw session and server alike.
-    pub threads: usize,
     pub concurrency: Vec<usize>,
-    /// Requests per cell (and raw runs / decodes per measurement).
+    /// Requests per cell (and images per raw measurement).
     pub requests: usize,
+    /// Alternating pairs (raw, then every server cell).
+    pub pairs: usize,
     pub ort_lib: PathBuf,
 }
 
-/// The server settings tried: a name and its flags (after `--intra-threads <threads>`,
-/// so a setting's own `--intra-threads` wins).
-const SETTINGS: [(&str, &[&str]); 5] = [
+/// The server settings compared: a name and its flags. The first is what a user gets.
+const SETTINGS: [(&str, &[&str]); 2] = [
+    ("defaults (warm-up trial)", &["--tune-budget-seconds", "15"]),
     (
-        "1 instance, spinning on (ONNX Runtime's default)",
-        &["--intra-op-spinning", "true"],
-    ),
-    (
-        "1 instance, spinning off",
-        &["--intra-op-spinning", "false"],
-    ),
-    (
-        "1 instance, spinning off, 1 decode thread",
-        &["--intra-op-spinning", "false", "--decode-threads", "1"],
-    ),
-    (
-        "2 instances × 1 thread, spinning off",
-        &[
-            "--instances",
-            "2",
-            "--intra-threads",
-            "1",
-            "--intra-op-spinning",
-            "false",
-        ],
-    ),
-    (
-        "2 instances × 1 thread, spinning on",
-        &[
-            "--instances",
-            "2",
-            "--intra-threads",
-            "1",
-            "--intra-op-spinning",
-            "true",
-        ],
+        "no trial (one session, a thread per core, spinning off; the default until now)",
+        &["--tune-budget-seconds", "0"],
     ),
 ];
+
+/// One way to run the raw session: `instances` sessions side by side, `threads` each.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RawLayout {
+    instances: usize,
+    threads: usize,
+    spinning: bool,
+}
+
+impl std::fmt::Display for RawLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} × {} thread{}{}",
+            self.instances,
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            match (self.threads, self.spinning) {
+                (1, _) => "",
+                (_, true) => ", spinning",
+                (_, false) => ", not spinning",
+            }
+        )
+    }
+}
+
+/// Images per second of the raw session(s) at batch `rows` over about `images` images:
+/// each session on its own thread, wall time from the first run to the last.
+fn raw_images_per_second(
+    bench: &CpuBench,
+    tensor: &[f32],
+    p: &sightline_server::model_config::Preprocess,
+    layout: RawLayout,
+    rows: usize,
+    images: usize,
+) -> anyhow::Result<f64> {
+    let env = sightline_server::ort_runtime::init(&bench.ort_lib)?;
+    let mut sessions = (0..layout.instances)
+        .map(|_| -> anyhow::Result<Session> {
+            Ok(Session::builder(env)?
+                .with_optimization_level(GraphOptimizationLevel::Level3)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .with_intra_threads(layout.threads)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .with_intra_op_spinning(layout.spinning)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .commit_from_file(models().join(format!("{}.onnx", bench.model)))?)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let input: Vec<f32> = std::iter::repeat_n(tensor, rows)
+        .flatten()
+        .copied()
+        .collect();
+    let shape = p.batch_shape(rows).map(|d| d as i64);
+    let run = |session: &mut Session| -> anyhow::Result<()> {
+        let value = ort::value::TensorRef::from_array_view((shape, input.as_slice()))?;
+        let outputs = session.run(ort::inputs![value])?;
+        std::hint::black_box(outputs[0].try_extract_tensor::<f32>()?);
+        Ok(())
+    };
+    for session in &mut sessions {
+        run(session)?;
+        run(session)?;
+    }
+    let runs = images.div_ceil(rows * layout.instances).max(2);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = sessions
+            .iter_mut()
+            .map(|session| scope.spawn(move || (0..runs).try_for_each(|_| run(session))))
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a raw thread panicked"))?
+        })
+    })?;
+    Ok((runs * rows * layout.instances) as f64 / started.elapsed().as_secs_f64())
+}
 
 /// CPU milliseconds per call of `f`, run `n` times in this process (after 10 untimed).
 pub fn cpu_ms_per_call(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
@@ -118,22 +168,18 @@ pub fn raw_cpu_ms(
     })
 }
 
-/// The raw session's CPU milliseconds per batch-1 run.
-fn raw_inference_cpu_ms(
-    bench: &CpuBench,
-    tensor: &[f32],
-    shape: [i64; 4],
-    threads: usize,
-    spinning: bool,
-) -> anyhow::Result<f64> {
-    raw_cpu_ms(
-        &bench.ort_lib,
-        &bench.model,
-        (tensor, shape),
-        threads,
-        spinning,
-        bench.requests,
-    )
+/// One server cell of one pair.
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    ratio: f64,
+    rps: f64,
+    p50_ms: f64,
+    cpu_ms: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Runs the measurement; the Markdown table.
@@ -146,7 +192,6 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
         &models().join(format!("{}.json", bench.model)),
     )?;
     let p = sidecar.preprocess.clone();
-    let shape = p.batch_shape(1).map(|d| d as i64);
     let limits = sightline_server::preprocess::DecodeLimits::default();
     let tensor = sightline_server::preprocess::preprocess(&jpeg, &limits, &p)?;
     let decode_ms = cpu_ms_per_call(bench.requests, || {
@@ -155,29 +200,125 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
         )?);
         Ok(())
     })?;
-    let spin_ms = raw_inference_cpu_ms(bench, &tensor, shape, bench.threads, true)?;
-    let nospin_ms = raw_inference_cpu_ms(bench, &tensor, shape, bench.threads, false)?;
-    let single_ms = raw_inference_cpu_ms(bench, &tensor, shape, 1, false)?;
-    let work_ms = spin_ms.min(nospin_ms).min(single_ms) + decode_ms;
-    let allowed_rps = cores as f64 * 1000.0 / work_ms;
+
+    // The raw session's best: every layout and batch size once.
+    let mut layouts = vec![
+        RawLayout {
+            instances: 1,
+            threads: cores,
+            spinning: true,
+        },
+        RawLayout {
+            instances: 1,
+            threads: cores,
+            spinning: false,
+        },
+    ];
+    if cores > 1 {
+        layouts.push(RawLayout {
+            instances: cores,
+            threads: 1,
+            spinning: false,
+        });
+    }
+    let mut sweep = Vec::new();
+    for &layout in &layouts {
+        for rows in [1, 2, 4, 8] {
+            let ips = raw_images_per_second(bench, &tensor, &p, layout, rows, bench.requests)?;
+            eprintln!("cpu: raw {layout}, batch {rows}: {ips:.1} images/s");
+            sweep.push((layout, rows, ips));
+        }
+    }
+    let &(best_layout, best_rows, _) = sweep
+        .iter()
+        .max_by(|a, b| a.2.total_cmp(&b.2))
+        .context("no raw measurement")?;
 
     let binary = require_server_binary().context("the server runs as its own process")?;
     let scratch = ScratchDir::new("cpu-bench")?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;
+    let lib = bench.ort_lib.display().to_string();
+    let mut servers = Vec::new();
+    for (name, flags) in SETTINGS {
+        // No `--intra-threads`: the server's own defaults.
+        let model = models().join(format!("{}.onnx", bench.model));
+        let mut args: Vec<String> = vec![
+            "--model".into(),
+            model.display().to_string(),
+            "--ort-lib".into(),
+            lib.clone(),
+            "--cache-bytes".into(),
+            "0".into(),
+            "--queue-capacity".into(),
+            "256".into(),
+        ];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let server = ServerProcess::start_named(
+            &binary,
+            "recognize",
+            &name.replace([' ', ',', '(', ')', ';'], "-"),
+            free_port()?,
+            &args,
+            scratch.path(),
+        )?;
+        let layout = client.block_on(async {
+            let ready: serde_json::Value =
+                http.get(server.url("/readyz")).send().await?.json().await?;
+            anyhow::Ok(ready["model"].clone())
+        })?;
+        servers.push((name, server, layout));
+    }
+
+    let mut bounds = Vec::new();
+    // cells[server][concurrency] over the pairs.
+    let mut cells: Vec<Vec<Vec<Cell>>> =
+        vec![vec![Vec::new(); bench.concurrency.len()]; servers.len()];
+    for pair in 0..bench.pairs {
+        let raw =
+            raw_images_per_second(bench, &tensor, &p, best_layout, best_rows, bench.requests)?;
+        let allowed = 1.0 / (1.0 / raw + decode_ms / 1000.0 / cores as f64);
+        bounds.push(allowed);
+        for (s, (name, server, _)) in servers.iter().enumerate() {
+            let pid = server.pid().context("the server's pid")?;
+            let url = server.url("/api/v1/recognize");
+            for (i, &c) in bench.concurrency.iter().enumerate() {
+                client.block_on(send(&http, &url, vec![jpeg.clone(); 2 * c], c))?;
+                let before = process_cpu_seconds(pid)?;
+                let started = Instant::now();
+                let mut latencies =
+                    client.block_on(send(&http, &url, vec![jpeg.clone(); bench.requests], c))?;
+                let wall = started.elapsed().as_secs_f64();
+                let cpu_ms = (process_cpu_seconds(pid)? - before) * 1000.0 / bench.requests as f64;
+                latencies.sort();
+                let p50_ms = latencies
+                    .get(latencies.len() / 2)
+                    .map_or(f64::NAN, Duration::as_secs_f64)
+                    * 1000.0;
+                let rps = bench.requests as f64 / wall;
+                eprintln!(
+                    "cpu: pair {pair}, {name}, c={c}: {rps:.1} req/s, {:.3} of {allowed:.1}",
+                    rps / allowed
+                );
+                cells[s][i].push(Cell {
+                    ratio: rps / allowed,
+                    rps,
+                    p50_ms,
+                    cpu_ms,
+                });
+            }
+        }
+    }
+
     let mut table = format!(
-        "Machine: {} ({cores} cores). {}, ONNX Runtime intra-op threads {}, photo {} \
-         ({} bytes), result cache off, {} requests per cell.\n\n\
-         The work: raw batch-1 inference {spin_ms:.2} CPU ms with {} threads spinning, \
-         {nospin_ms:.2} with them not spinning, {single_ms:.2} on one thread; decode + \
-         preprocess {decode_ms:.2} CPU ms; so {work_ms:.2} CPU ms a request (the least \
-         inference + decode), and the cores allow {allowed_rps:.1} requests/s.\n\n\
-         | server setting | concurrency | req/s | p50 ms | server CPU ms / request | ÷ work | \
-         req/s ÷ allowed |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        "Machine: {} ({cores} cores). {}, photo {} ({} bytes), result cache off, {} requests \
+         per cell, {} alternating pairs.\n\n\
+         The raw session's best: {best_layout} at batch {best_rows}; decode + preprocess \
+         {decode_ms:.2} CPU ms an image; the cores allow {:.1} images/s (median of the pairs; \
+         {:.1}–{:.1}).\n\n",
         cpu_model(),
         bench.model,
-        bench.threads,
         bench
             .image
             .file_name()
@@ -185,52 +326,50 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
             .unwrap_or_default(),
         jpeg.len(),
         bench.requests,
-        bench.threads,
+        bench.pairs,
+        median(bounds.clone()),
+        bounds.iter().copied().fold(f64::INFINITY, f64::min),
+        bounds.iter().copied().fold(0.0, f64::max),
     );
-    for (name, flags) in SETTINGS {
-        let threads = bench.threads.to_string();
-        let lib = bench.ort_lib.display().to_string();
-        let mut extra = vec![
-            "--intra-threads",
-            &threads,
-            "--cache-bytes",
-            "0",
-            "--queue-capacity",
-            "256",
-            "--ort-lib",
-            &lib,
-        ];
-        extra.extend_from_slice(flags);
-        let server = ServerProcess::start_named(
-            &binary,
-            "recognize",
-            &name.replace([' ', ',', '='], "-"),
-            free_port()?,
-            &model_flags(&format!("{}.onnx", bench.model), &extra),
-            scratch.path(),
-        )?;
-        let pid = server.pid().context("the server's pid")?;
-        let url = server.url("/api/v1/recognize");
-        for &c in &bench.concurrency {
-            client.block_on(send(&http, &url, vec![jpeg.clone(); 20], c))?;
-            let before = process_cpu_seconds(pid)?;
-            let started = Instant::now();
-            let mut latencies =
-                client.block_on(send(&http, &url, vec![jpeg.clone(); bench.requests], c))?;
-            let wall = started.elapsed().as_secs_f64();
-            let cpu_ms = (process_cpu_seconds(pid)? - before) * 1000.0 / bench.requests as f64;
-            latencies.sort();
-            let p50 = latencies
-                .get(latencies.len() / 2)
-                .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
-            let rps = bench.requests as f64 / wall;
+    table.push_str("| raw layout | batch | images/s |\n|---|---:|---:|\n");
+    for (layout, rows, ips) in &sweep {
+        table.push_str(&format!("| {layout} | {rows} | {ips:.1} |\n"));
+    }
+    table.push_str(
+        "\n| server setting | concurrency | req/s | ÷ allowed (median) | min–max | p50 ms | \
+         server CPU ms / request |\n|---|---:|---:|---:|---|---:|---:|\n",
+    );
+    for (s, (name, _, _)) in servers.iter().enumerate() {
+        for (i, &c) in bench.concurrency.iter().enumerate() {
+            let of = |f: fn(&Cell) -> f64| cells[s][i].iter().map(f).collect::<Vec<_>>();
+            let ratios = of(|c| c.ratio);
             table.push_str(&format!(
-                "| {name} | {c} | {rps:.1} | {p50:.2} | {cpu_ms:.2} | {:.3} | {:.3} |\n",
-                cpu_ms / work_ms,
-                rps / allowed_rps
+                "| {name} | {c} | {:.1} | **{:.3}** | {:.3}–{:.3} | {:.2} | {:.2} |\n",
+                median(of(|c| c.rps)),
+                median(ratios.clone()),
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(0.0, f64::max),
+                median(of(|c| c.p50_ms)),
+                median(of(|c| c.cpu_ms)),
             ));
-            eprintln!("cpu: {name}, c={c} done");
         }
+    }
+    table.push('\n');
+    for (name, _, model) in &servers {
+        let layout = &model["layout"];
+        let trials = layout["trials"].as_array().cloned().unwrap_or_default();
+        table.push_str(&format!(
+            "- {name}: {} instance(s) × {} thread(s), spinning {}, lone session threads {}, \
+             batches up to {}; trial {} round(s) in {:.1} s over {} candidates\n",
+            layout["instances"],
+            layout["threads"],
+            layout["spinning"],
+            layout["lone_threads"],
+            model["batching"]["max_batch_size"],
+            layout["rounds"],
+            layout["seconds"].as_f64().unwrap_or(0.0),
+            trials.len(),
+        ));
     }
     Ok(table)
 }

@@ -72,9 +72,9 @@ struct Args {
     /// at 100 % to each candidate, alternated for --rounds rounds.
     #[arg(long)]
     mirror: bool,
-    /// Measure the server's CPU time per request (a `sightline-server recognize` process,
-    /// several settings) against the raw inference and decode CPU time instead
-    /// (`sightline_e2e::cpu_bench`); the first of --models, --image, --threads.
+    /// Measure the server's throughput against what the cores allow instead (the raw
+    /// session at its best plus the server's decode; `sightline_e2e::cpu_bench`), with the
+    /// result cache off, in --rounds alternating pairs; the first of --models, --image.
     #[arg(long)]
     cpu: bool,
     /// With --mirror: this process on CPU 0 and the candidates on CPU 1, as if the
@@ -94,7 +94,7 @@ struct Args {
         default_value = "kserve,bentoml,litserve,pytriton"
     )]
     peers_list: Vec<String>,
-    /// With --mirror or --cache: rounds of each setting.
+    /// With --mirror, --cache or --cpu: rounds of each setting.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Measure the result cache (first model of --models, the last --concurrency for the
@@ -207,9 +207,9 @@ fn main() -> anyhow::Result<()> {
         let bench = sightline_e2e::cpu_bench::CpuBench {
             model: args.first_model().to_string(),
             image: image_path.clone(),
-            threads,
             concurrency: args.concurrency.clone(),
             requests: args.requests,
+            pairs: args.rounds,
             ort_lib: lib.clone(),
         };
         let table = sightline_e2e::cpu_bench::run(&bench, &client_rt)?;
