@@ -7,8 +7,8 @@
 //! server's own decode + resize + normalise of the photo (CPU time per image, one thread,
 //! shared over the cores): `1 ÷ (1 ÷ raw + decode ÷ cores)` images per second.
 //!
-//! Then, in alternating pairs: the raw session at its best setting again (so each pair has
-//! its own bound) and each server setting at each concurrency (`c` clients POSTing the
+//! Then, in alternating pairs: the raw session again at the sweep's three best settings,
+//! the most of them (so each pair has its own bound, never an unlucky draw) and each server setting at each concurrency (`c` clients POSTing the
 //! photo in a closed loop, on the same cores, as a user's load test would). Each cell's
 //! figure is the median over the pairs of its throughput ÷ that pair's bound; the server's
 //! CPU time per request (utime + stime of every thread, `/proc/<pid>/stat`) beside it.
@@ -229,10 +229,12 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
             sweep.push((layout, rows, ips));
         }
     }
-    let &(best_layout, best_rows, _) = sweep
-        .iter()
-        .max_by(|a, b| a.2.total_cmp(&b.2))
-        .context("no raw measurement")?;
+    // One sweep is noisy: each pair re-measures the three best settings and takes the
+    // most, so that the bound is never an unlucky draw of the best setting.
+    let mut ranked = sweep.clone();
+    ranked.sort_by(|a, b| b.2.total_cmp(&a.2));
+    ranked.truncate(3);
+    let &(best_layout, best_rows, _) = ranked.first().context("no raw measurement")?;
 
     let binary = require_server_binary().context("the server runs as its own process")?;
     let scratch = ScratchDir::new("cpu-bench")?;
@@ -276,8 +278,17 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
     let mut cells: Vec<Vec<Vec<Cell>>> =
         vec![vec![Vec::new(); bench.concurrency.len()]; servers.len()];
     for pair in 0..bench.pairs {
-        let raw =
-            raw_images_per_second(bench, &tensor, &p, best_layout, best_rows, bench.requests)?;
+        let mut raw = 0.0f64;
+        for &(layout, rows, _) in &ranked {
+            raw = raw.max(raw_images_per_second(
+                bench,
+                &tensor,
+                &p,
+                layout,
+                rows,
+                bench.requests,
+            )?);
+        }
         let allowed = 1.0 / (1.0 / raw + decode_ms / 1000.0 / cores as f64);
         bounds.push(allowed);
         for (s, (name, server, _)) in servers.iter().enumerate() {
@@ -314,7 +325,8 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
     let mut table = format!(
         "Machine: {} ({cores} cores). {}, photo {} ({} bytes), result cache off, {} requests \
          per cell, {} alternating pairs.\n\n\
-         The raw session's best: {best_layout} at batch {best_rows}; decode + preprocess \
+         The raw session's best in the sweep: {best_layout} at batch {best_rows} (each pair \
+         takes the most of the sweep's three best, re-measured); decode + preprocess \
          {decode_ms:.2} CPU ms an image; the cores allow {:.1} images/s (median of the pairs; \
          {:.1}–{:.1}).\n\n",
         cpu_model(),

@@ -1,6 +1,7 @@
 //! `sightline-bench --peers` (`make bench-peers`): Sightline against four Python model
 //! servers — KServe's ModelServer, BentoML, LitServe and NVIDIA PyTriton — serving the same
-//! model with the same preprocessing and the same ONNX Runtime thread count.
+//! model with the same preprocessing; the peers with the same ONNX Runtime thread count,
+//! Sightline with what its warm-up trial chose (as a user who sets nothing gets).
 //!
 //! One server at a time runs as a process of its own (Sightline: the release
 //! `sightline-server recognize` beside this binary, result cache off; a peer:
@@ -171,7 +172,8 @@ pub fn run(bench: &PeersBench) -> anyhow::Result<String> {
         .collect();
     let mut table = format!(
         "Machine: {} ({cores} cores; {}); 1-minute load average {} before, {} after.\n\
-         Model {}; ONNX Runtime intra-op threads {} in every server; max batch {} (peers \
+         Model {}; ONNX Runtime intra-op threads {} in every peer (Sightline: its warm-up \
+         trial's choice of instances, threads and spinning); max batch {} (peers \
          that batch; Sightline `--max-batch-size {}`), batch wait {} ms; {} requests per cell after a warm-up; photos: {}.\n\
          Server CPU = utime + stime of the server's process tree per request.\n\n\
          | photo | concurrency | server | req/s | p50 ms | p99 ms | server CPU ms/req |\n\

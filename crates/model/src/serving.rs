@@ -81,10 +81,12 @@ impl ServingModel {
     }
 
     /// How many images a bulk caller (an evaluation, a batch run) keeps in flight: enough
-    /// to fill a batch while the next one is being decoded, never more than the queue holds.
+    /// to fill every instance's batch while the next ones are being decoded, never more
+    /// than the queue holds.
     pub fn bulk_in_flight(&self) -> usize {
         let batching = self.batch_config();
-        (batching.max_batch_size * 2).clamp(1, batching.queue_capacity.max(1))
+        (batching.max_batch_size * self.instances.max(1) * 2)
+            .clamp(1, batching.queue_capacity.max(1))
     }
 
     /// Decodes and classifies one image; returns the top `k` predictions. The same bytes

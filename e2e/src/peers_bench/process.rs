@@ -42,7 +42,8 @@ impl ServerProcess {
                     .arg(&model)
                     .arg("--ort-lib")
                     .arg(&bench.ort_lib)
-                    .args(["--intra-threads", &threads])
+                    // No --intra-threads: the warm-up trial chooses instances, threads and
+                    // spinning, as for a user who sets nothing.
                     .args(["--max-batch-size", &bench.sightline_batch])
                     .args(["--max-delay-ms", &bench.batch_timeout_ms.to_string()])
                     .args(["--cache-bytes", "0", "--queue-capacity", "256"])
