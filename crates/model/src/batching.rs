@@ -334,6 +334,7 @@ impl<R: BatchRunner> Worker<R> {
                 continue;
             };
             self.running.fetch_add(1, Ordering::SeqCst);
+            let running = &self.running;
             run_batch(
                 &mut self.runner,
                 jobs,
@@ -341,8 +342,10 @@ impl<R: BatchRunner> Worker<R> {
                 self.cfg,
                 self.row_len,
                 &self.metrics,
+                || {
+                    running.fetch_sub(1, Ordering::SeqCst);
+                },
             );
-            self.running.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -423,7 +426,9 @@ impl<R: BatchRunner> Worker<R> {
     }
 }
 
-/// Runs one batch on `runner` and answers each job with its rows (or the error).
+/// Runs one batch on `runner`, calls `done` (the runner is free again) and then answers
+/// each job with its rows (or the error) — in that order, so that a caller who sends its
+/// next request the moment it has its answer finds the runner free.
 fn run_batch<R: BatchRunner>(
     runner: &mut R,
     jobs: Vec<Job>,
@@ -431,6 +436,7 @@ fn run_batch<R: BatchRunner>(
     cfg: BatchConfig,
     row_len: usize,
     metrics: &InferenceMetrics,
+    done: impl FnOnce(),
 ) {
     let _span = tracing::debug_span!("inference", rows, requests = jobs.len()).entered();
     let started = Instant::now();
@@ -448,6 +454,7 @@ fn run_batch<R: BatchRunner>(
     }))
     .unwrap_or_else(|_| Err("the model runner panicked".to_string()));
     metrics.batch(rows, started.elapsed());
+    done();
     match result {
         Ok(output) if run_rows > 0 && output.len() % run_rows == 0 => {
             let per_row = output.len() / run_rows;

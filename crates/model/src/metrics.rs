@@ -373,22 +373,30 @@ impl InferenceMetrics {
         }
     }
 
-    pub fn layout_tuned(&self, tuning: &crate::tuned::LayoutTuning) {
+    /// The layout served (`lone_threads`: the lone session's, if any) and the warm-up
+    /// trial it came from (`trials` over `seconds`; none without a trial).
+    pub fn layout_tuned(
+        &self,
+        layout: crate::layout_tuning::Layout,
+        lone_threads: Option<usize>,
+        trials: &[crate::layout_tuning::Trial],
+        seconds: f64,
+    ) {
         let model = || self.model.model.clone();
         self.layout.clear();
         self.layout
             .get_or_create(&LayoutLabels {
                 model: model(),
-                instances: tuning.instances.to_string(),
-                threads: tuning.threads.to_string(),
-                spinning: tuning.spinning.to_string(),
+                instances: layout.instances.to_string(),
+                threads: layout.threads.to_string(),
+                spinning: layout.spinning.to_string(),
             })
             .set(1);
         self.lone_threads
             .get_or_create(&self.model)
-            .set(tuning.lone_threads.unwrap_or(0) as i64);
+            .set(lone_threads.unwrap_or(0) as i64);
         self.trial_throughput.clear();
-        for t in &tuning.trials {
+        for t in trials {
             let labels = TrialLabels {
                 model: model(),
                 instances: t.layout.instances.to_string(),
@@ -400,9 +408,7 @@ impl InferenceMetrics {
                 .get_or_create(&labels)
                 .set(t.images_per_second);
         }
-        self.trial_seconds
-            .get_or_create(&self.model)
-            .set(tuning.seconds);
+        self.trial_seconds.get_or_create(&self.model).set(seconds);
     }
 
     pub fn not_ready(&self) {

@@ -349,7 +349,16 @@ fn load(
     let instances = engines.len();
     metrics.queue_capacity(setup.batching.queue_capacity);
     metrics.batch_tuned(&info.batching);
-    metrics.layout_tuned(&layout);
+    metrics.layout_tuned(
+        Layout {
+            instances: layout.instances,
+            threads: layout.threads,
+            spinning: layout.spinning,
+        },
+        layout.lone_threads,
+        &layout.trials,
+        layout.seconds,
+    );
     let batching = crate::batching::BatchConfig {
         max_batch_size: info.batching.max_batch_size,
         max_request_rows: info.batching.max_request_rows(),

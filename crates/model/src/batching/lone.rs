@@ -70,10 +70,11 @@ pub(super) fn start<R: BatchRunner>(
         .name("sightline-batcher-lone".into())
         .spawn(move || {
             while let Ok((jobs, rows)) = rx.recv() {
-                run_batch(&mut runner, jobs, rows, cfg, row_len, &metrics);
-                batches.fetch_add(1, Ordering::SeqCst);
-                running.fetch_sub(1, Ordering::SeqCst);
-                idle.store(true, Ordering::SeqCst);
+                run_batch(&mut runner, jobs, rows, cfg, row_len, &metrics, || {
+                    batches.fetch_add(1, Ordering::SeqCst);
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    idle.store(true, Ordering::SeqCst);
+                });
             }
         })?;
     Ok(handle)
