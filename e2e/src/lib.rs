@@ -76,8 +76,8 @@ pub fn run_eval(
         .output()
 }
 
-/// The batch size the server at `base` (`http://host:port`) serves with and how it was
-/// decided, from its `/readyz`, as one line for a benchmark's notes.
+/// The batch size and the layout the server at `base` (`http://host:port`) serves with and
+/// how they were decided, from its `/readyz`, as one line for a benchmark's notes.
 pub fn batching_note(model: &str, base: &str) -> anyhow::Result<String> {
     let (status, body) = plain_http::get(&format!("{base}/readyz"))?;
     anyhow::ensure!(status == 200, "{base}/readyz answered {status}: {body}");
@@ -92,15 +92,23 @@ pub fn batching_note(model: &str, base: &str) -> anyhow::Result<String> {
             format!("{}: {ips:.1}", m["rows"])
         })
         .collect();
+    let l = &body["model"]["layout"];
     Ok(format!(
-        "{model}: server batch size {} ({}; images/s per batch size at warm-up: {})",
+        "{model}: server batch size {} ({}; images/s per batch size at warm-up: {}); \
+         {} instance(s) × {} intra-op thread(s), spinning {}, lone session threads {} \
+         (layout {})",
         b["max_batch_size"],
         b["mode"].as_str().unwrap_or("?"),
         if measured.is_empty() {
             "not measured".into()
         } else {
             measured.join(", ")
-        }
+        },
+        l["instances"],
+        l["threads"],
+        l["spinning"],
+        l["lone_threads"],
+        l["mode"].as_str().unwrap_or("?"),
     ))
 }
 
