@@ -231,8 +231,18 @@ impl Batcher {
         input: Vec<f32>,
         rows: usize,
     ) -> Result<impl FnOnce() -> Result<Vec<f32>, InferError> + use<>, InferError> {
+        self.submit_incoming_blocking(None, input, rows)
+    }
+
+    /// [`Batcher::submit_incoming`] for a plain thread.
+    pub fn submit_incoming_blocking(
+        &self,
+        incoming: Option<Incoming>,
+        input: Vec<f32>,
+        rows: usize,
+    ) -> Result<impl FnOnce() -> Result<Vec<f32>, InferError> + use<>, InferError> {
         let (reply, answer) = oneshot::channel();
-        self.enqueue(input, rows, reply)?;
+        self.enqueue(input, rows, reply, incoming)?;
         Ok(move || answer.blocking_recv().unwrap_or(Err(InferError::Stopped)))
     }
 
@@ -262,8 +272,21 @@ impl Batcher {
         input: Vec<f32>,
         rows: usize,
     ) -> Result<impl Future<Output = Result<Vec<f32>, InferError>> + use<>, InferError> {
+        self.submit_incoming(None, input, rows)
+    }
+
+    /// [`Batcher::submit`] for a request marked [`Batcher::incoming`] while it was decoded:
+    /// the mark ends the moment the request is counted in the queue, so that a worker never
+    /// sees it as both queued and still on its way (which would keep a lone request from
+    /// the lone runner).
+    pub fn submit_incoming(
+        &self,
+        incoming: Option<Incoming>,
+        input: Vec<f32>,
+        rows: usize,
+    ) -> Result<impl Future<Output = Result<Vec<f32>, InferError>> + use<>, InferError> {
         let (reply, answer) = oneshot::channel();
-        self.enqueue(input, rows, reply)?;
+        self.enqueue(input, rows, reply, incoming)?;
         Ok(async move { answer.await.unwrap_or(Err(InferError::Stopped)) })
     }
 
@@ -272,6 +295,7 @@ impl Batcher {
         input: Vec<f32>,
         rows: usize,
         reply: oneshot::Sender<Result<Vec<f32>, InferError>>,
+        incoming: Option<Incoming>,
     ) -> Result<(), InferError> {
         if rows == 0 || rows > self.cfg.max_request_rows {
             return Err(InferError::TooManyRows {
@@ -286,6 +310,8 @@ impl Batcher {
             reply,
         };
         self.depth.fetch_add(1, Ordering::SeqCst);
+        // Counted in the queue from here: no longer on its way.
+        drop(incoming);
         match self.tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {

@@ -142,9 +142,9 @@ fn images_per_second(
                     let answer = preprocess(&load.photo, &load.limits, &load.preprocess)
                         .map_err(|e| e.to_string())
                         .and_then(|input| {
-                            let queued = batcher.submit_blocking(input, 1);
-                            drop(incoming);
-                            queued.map_err(|e| e.to_string())
+                            batcher
+                                .submit_incoming_blocking(Some(incoming), input, 1)
+                                .map_err(|e| e.to_string())
                         });
                     match answer.and_then(|wait| wait().map_err(|e| e.to_string())) {
                         Ok(_) => {

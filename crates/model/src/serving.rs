@@ -145,8 +145,8 @@ impl ServingModel {
     async fn scores(&self, bytes: bytes::Bytes) -> Result<Scores, RecognizeError> {
         let incoming = self.batcher.incoming();
         let tensor = self.preprocess_bytes(bytes).await?;
-        let answer = self.batcher.submit(tensor, 1)?;
-        drop(incoming); // queued: the batcher no longer waits for it
+        // Queued: the batcher no longer waits for it.
+        let answer = self.batcher.submit_incoming(Some(incoming), tensor, 1)?;
         let row = answer
             .instrument(tracing::debug_span!("queue_wait_and_inference"))
             .await?;

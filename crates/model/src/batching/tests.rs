@@ -295,3 +295,31 @@ fn one_row_batches() -> BatchConfig {
         fixed_shape: false,
     }
 }
+
+#[test]
+fn a_request_decoded_alone_reaches_the_lone_runner_even_at_batches_of_one() {
+    // Batches of one flush the moment a job is taken: the request's "on its way" mark
+    // must already be gone then, or it would count as a second request and the lone
+    // runner would never see a lone one.
+    let runner = |mark| Marked {
+        mark,
+        delay: Duration::from_millis(5),
+    };
+    let b = Batcher::start(
+        vec![runner(1.0), runner(1.0)],
+        Some(runner(2.0)),
+        one_row_batches(),
+        4,
+        InferenceMetrics::unregistered(),
+    )
+    .expect("start");
+    for i in 0..20 {
+        let incoming = b.incoming();
+        let wait = b
+            .submit_incoming_blocking(Some(incoming), vec![i as f32; 4], 1)
+            .expect("queued");
+        let out = wait().expect("inference");
+        assert_eq!(out, vec![4.0 * i as f32, 2.0], "request {i}");
+    }
+    assert_eq!(b.lone_batches(), 20);
+}
