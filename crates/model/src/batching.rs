@@ -8,8 +8,9 @@
 //! requests that arrive while the model is busy share the next run.
 //!
 //! A *lone* session (more intra-op threads than each instance has) may stand beside the
-//! instances: a batch goes to it only when no other batch is running ([`to_lone`]), so a
-//! request that arrives alone gets every core, while under load the instances — cheaper
+//! instances: a batch goes to it only when no other batch is running and no other request
+//! is queued or being decoded ([`to_lone`]), so a request that arrives alone gets every
+//! core, while under load the instances — cheaper
 //! per image, one thread each — take all the work.
 //!
 //! The queue is bounded (`queue_capacity` jobs); a full queue is an immediate
@@ -219,23 +220,8 @@ impl Batcher {
         self.lone_batches.load(Ordering::SeqCst)
     }
 
-    /// [`Batcher::infer`] for a plain thread (no async runtime): blocks until the rows are
-    /// back.
-    pub fn infer_blocking(&self, input: Vec<f32>, rows: usize) -> Result<Vec<f32>, InferError> {
-        self.submit_blocking(input, rows)?()
-    }
-
-    /// [`Batcher::submit`] for a plain thread: queues now; calling the result blocks until
-    /// the rows are back.
-    pub fn submit_blocking(
-        &self,
-        input: Vec<f32>,
-        rows: usize,
-    ) -> Result<impl FnOnce() -> Result<Vec<f32>, InferError> + use<>, InferError> {
-        self.submit_incoming_blocking(None, input, rows)
-    }
-
-    /// [`Batcher::submit_incoming`] for a plain thread.
+    /// [`Batcher::submit_incoming`] for a plain thread (no async runtime): queues now;
+    /// calling the result blocks until the rows are back.
     pub fn submit_incoming_blocking(
         &self,
         incoming: Option<Incoming>,

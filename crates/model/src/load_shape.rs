@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::batch_tuning::BatchSize;
 use crate::batching::{BatchConfig, BatchRunner, Batcher};
 use crate::engine::{Engine, EngineConfig, LoadError};
 use crate::layout_tuning::{Layout, Trial};
@@ -29,6 +30,12 @@ const MIN_IMAGES: usize = 40;
 /// ends before the next starts, and the served one keeps it).
 #[derive(Clone)]
 pub struct Shared(pub Arc<Mutex<Engine>>);
+
+impl Shared {
+    pub fn new(engine: Engine) -> Shared {
+        Shared(Arc::new(Mutex::new(engine)))
+    }
+}
 
 impl BatchRunner for Shared {
     fn run(&mut self, input: &[f32], rows: usize) -> Result<Vec<f32>, String> {
@@ -54,16 +61,21 @@ impl Sessions {
         layout: Layout,
         largest: usize,
     ) -> Result<Sessions, LoadError> {
-        let cfg = EngineConfig {
-            intra_threads: layout.threads,
-            intra_op_spinning: layout.spinning,
-            batch_size: crate::batch_tuning::BatchSize::Fixed(largest),
-            ..base.clone()
-        };
+        let cfg = with_layout(base, layout, BatchSize::Fixed(largest));
         let engines = (0..layout.instances)
-            .map(|_| Engine::load(env, &cfg).map(|e| Shared(Arc::new(Mutex::new(e)))))
+            .map(|_| Engine::load(env, &cfg).map(Shared::new))
             .collect::<Result<_, _>>()?;
         Ok(Sessions { layout, engines })
+    }
+}
+
+/// `base` with `layout`'s threads and spinning, batching up to `batch_size`.
+pub fn with_layout(base: &EngineConfig, layout: Layout, batch_size: BatchSize) -> EngineConfig {
+    EngineConfig {
+        intra_threads: layout.threads,
+        intra_op_spinning: layout.spinning,
+        batch_size,
+        ..base.clone()
     }
 }
 

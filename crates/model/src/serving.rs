@@ -331,7 +331,6 @@ fn load(
         let trial = TrialSetup {
             cores: setup.cores,
             fixed: setup.layout,
-            budget: setup.tune_budget,
             load,
         };
         crate::tuned::tune(env, &setup.engine, trial)
@@ -350,11 +349,7 @@ fn load(
     metrics.queue_capacity(setup.batching.queue_capacity);
     metrics.batch_tuned(&info.batching);
     metrics.layout_tuned(
-        Layout {
-            instances: layout.instances,
-            threads: layout.threads,
-            spinning: layout.spinning,
-        },
+        layout.layout,
         layout.lone_threads,
         &layout.trials,
         layout.seconds,

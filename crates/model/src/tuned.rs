@@ -3,14 +3,14 @@
 //! and a lone session beside narrow instances (batching.rs). What was tried, what won and
 //! how long it took is [`LayoutTuning`], served in `/readyz` and the metrics.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::batch_tuning::{self, BatchSize, Measured, Tuning};
 use crate::engine::{Engine, EngineConfig, LoadError, ModelInfo};
 use crate::layout_tuning::{self, Fixed, Layout, Trial};
-use crate::load_shape::{self, Load, Sessions, Shared};
+use crate::load_shape::{self, Load, Sessions, Shared, with_layout};
 
 /// How the layout was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -27,9 +27,9 @@ pub enum LayoutMode {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LayoutTuning {
     pub mode: LayoutMode,
-    pub instances: usize,
-    pub threads: usize,
-    pub spinning: bool,
+    /// Instances, threads each, spinning.
+    #[serde(flatten)]
+    pub layout: Layout,
     /// Intra-op threads of the lone session (taking a batch only when nothing else
     /// runs), when one stands beside the instances.
     pub lone_threads: Option<usize>,
@@ -45,9 +45,7 @@ impl LayoutTuning {
     pub fn fixed(layout: Layout) -> LayoutTuning {
         LayoutTuning {
             mode: LayoutMode::Fixed,
-            instances: layout.instances,
-            threads: layout.threads,
-            spinning: layout.spinning,
+            layout,
             lone_threads: None,
             trials: Vec::new(),
             rounds: 0,
@@ -70,7 +68,7 @@ pub struct Tuned {
 pub struct TrialSetup {
     pub cores: usize,
     pub fixed: Fixed,
-    pub budget: Duration,
+    /// What the trial feeds, and its budget.
     pub load: Load,
 }
 
@@ -92,20 +90,12 @@ pub fn tune(
         BatchSize::Fixed(n) => BatchSize::Fixed(n),
         BatchSize::Auto { .. } => BatchSize::Auto { limit: 1 },
     };
-    let probe = Engine::load(
-        env,
-        &EngineConfig {
-            intra_threads: first.threads,
-            intra_op_spinning: first.spinning,
-            batch_size: probe_size,
-            ..base.clone()
-        },
-    )?;
+    let probe = Engine::load(env, &with_layout(base, first, probe_size))?;
     let (mut info, row_len) = (probe.info().clone(), probe.row_len());
-    let (sizes, limit) = match (info.batching.mode, base.batch_size) {
-        (batch_tuning::Mode::Model, _) => (vec![info.batching.max_batch_size], base.batch_size),
-        (_, BatchSize::Fixed(n)) => (vec![n], BatchSize::Fixed(n)),
-        (_, BatchSize::Auto { limit }) => (batch_tuning::candidates(limit), base.batch_size),
+    let sizes = match (info.batching.mode, base.batch_size) {
+        (batch_tuning::Mode::Model, _) => vec![info.batching.max_batch_size],
+        (_, BatchSize::Fixed(n)) => vec![n],
+        (_, BatchSize::Auto { limit }) => batch_tuning::candidates(limit),
     };
     let largest = sizes.iter().copied().max().unwrap_or(1);
     let mut loaded = Vec::new();
@@ -115,7 +105,7 @@ pub fn tune(
         if layout == first
             && let Some(engine) = probe.take()
         {
-            sessions.push(Shared(std::sync::Arc::new(std::sync::Mutex::new(engine))));
+            sessions.push(Shared::new(engine));
         }
         let more = layout.instances.saturating_sub(sessions.len());
         if more > 0 {
@@ -134,14 +124,10 @@ pub fn tune(
         .iter()
         .flat_map(|s| sizes.iter().map(move |&rows| (s, rows)))
         .collect();
-    let load = Load {
-        budget: trial.budget,
-        ..trial.load
-    };
-    let (trials, rounds) = load_shape::run(&candidates, row_len, &load)?;
+    let (trials, rounds) = load_shape::run(&candidates, row_len, &trial.load)?;
     let chosen = layout_tuning::choose(&trials)
         .ok_or_else(|| LoadError::Warmup("the warm-up trial measured nothing".into()))?;
-    info.batching = batching_of(&info.batching, limit, &trials, chosen);
+    info.batching = batching_of(&info.batching, base.batch_size, &trials, chosen);
     let pick = |layout: Layout| loaded.iter().position(|s| s.layout == layout);
     let wide = Layout::wide(trial.cores);
     let lone = if layout_tuning::wants_lone(chosen.layout, trial.cores) {
@@ -157,14 +143,12 @@ pub fn tune(
         .unwrap_or_default();
     let layout = LayoutTuning {
         mode: LayoutMode::Auto,
-        instances: chosen.layout.instances,
-        threads: chosen.layout.threads,
-        spinning: chosen.layout.spinning,
+        layout: chosen.layout,
         lone_threads: lone.as_ref().map(|_| wide.threads),
         trials,
         rounds,
         seconds: started.elapsed().as_secs_f64(),
-        budget_seconds: trial.budget.as_secs_f64(),
+        budget_seconds: trial.load.budget.as_secs_f64(),
     };
     info.load_seconds += started.elapsed().as_secs_f64();
     Ok(Tuned {
@@ -176,23 +160,25 @@ pub fn tune(
     })
 }
 
-/// The batch size's own account: the chosen layout's figure at every size.
-fn batching_of(probe: &Tuning, limit: BatchSize, trials: &[Trial], chosen: Trial) -> Tuning {
-    let measured: Vec<Measured> = trials
-        .iter()
-        .filter(|t| t.layout == chosen.layout)
-        .map(|t| Measured {
-            rows: t.rows,
-            images_per_second: t.images_per_second,
-        })
-        .collect();
-    match (probe.mode, limit) {
-        (batch_tuning::Mode::Model, _) => probe.clone(),
-        (_, BatchSize::Fixed(n)) => Tuning::fixed(n),
-        (_, BatchSize::Auto { limit }) => Tuning {
-            max_batch_size: chosen.rows,
-            ..Tuning::auto(limit, measured)
-        },
+/// The batch size's own account: the chosen layout's figure at every size when `auto`
+/// tried them; otherwise what the first session decided (a fixed size, or the model's).
+fn batching_of(probe: &Tuning, wanted: BatchSize, trials: &[Trial], chosen: Trial) -> Tuning {
+    match (probe.mode, wanted) {
+        (batch_tuning::Mode::Model, _) | (_, BatchSize::Fixed(_)) => probe.clone(),
+        (_, BatchSize::Auto { limit }) => {
+            let measured: Vec<Measured> = trials
+                .iter()
+                .filter(|t| t.layout == chosen.layout)
+                .map(|t| Measured {
+                    rows: t.rows,
+                    images_per_second: t.images_per_second,
+                })
+                .collect();
+            Tuning {
+                max_batch_size: chosen.rows,
+                ..Tuning::auto(limit, measured)
+            }
+        }
     }
 }
 
@@ -203,11 +189,7 @@ pub fn fixed(
     base: &EngineConfig,
     layout: Layout,
 ) -> Result<Tuned, LoadError> {
-    let cfg = EngineConfig {
-        intra_threads: layout.threads,
-        intra_op_spinning: layout.spinning,
-        ..base.clone()
-    };
+    let cfg = with_layout(base, layout, base.batch_size);
     let first = Engine::load(env, &cfg)?;
     let (info, row_len) = (first.info().clone(), first.row_len());
     // More instances: the same model, each its own session, at the size the first chose.
@@ -220,10 +202,7 @@ pub fn fixed(
         engines.push(Engine::load(env, &same_size)?);
     }
     Ok(Tuned {
-        engines: engines
-            .into_iter()
-            .map(|e| Shared(std::sync::Arc::new(std::sync::Mutex::new(e))))
-            .collect(),
+        engines: engines.into_iter().map(Shared::new).collect(),
         lone: None,
         info,
         row_len,

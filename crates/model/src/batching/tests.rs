@@ -281,7 +281,10 @@ async fn a_lone_request_runs_on_the_lone_runner_and_load_on_the_instances() {
 #[test]
 fn a_plain_thread_can_wait_for_its_rows() {
     let b = batcher(BatchConfig::default(), Duration::ZERO);
-    let out = b.infer_blocking(vec![1.0; 4], 1).expect("inference");
+    let wait = b
+        .submit_incoming_blocking(None, vec![1.0; 4], 1)
+        .expect("queued");
+    let out = wait().expect("inference");
     assert_eq!(out, vec![4.0, 1.0]);
 }
 
