@@ -265,12 +265,8 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
             &args,
             scratch.path(),
         )?;
-        let layout = client.block_on(async {
-            let ready: serde_json::Value =
-                http.get(server.url("/readyz")).send().await?.json().await?;
-            anyhow::Ok(ready["model"].clone())
-        })?;
-        servers.push((name, server, layout));
+        let note = crate::batching_note(name, &server.url(""))?;
+        servers.push((name, server, note));
     }
 
     let mut bounds = Vec::new();
@@ -367,21 +363,8 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
         }
     }
     table.push('\n');
-    for (name, _, model) in &servers {
-        let layout = &model["layout"];
-        let trials = layout["trials"].as_array().cloned().unwrap_or_default();
-        table.push_str(&format!(
-            "- {name}: {} instance(s) × {} thread(s), spinning {}, lone session threads {}, \
-             batches up to {}; trial {} round(s) in {:.1} s over {} candidates\n",
-            layout["instances"],
-            layout["threads"],
-            layout["spinning"],
-            layout["lone_threads"],
-            model["batching"]["max_batch_size"],
-            layout["rounds"],
-            layout["seconds"].as_f64().unwrap_or(0.0),
-            trials.len(),
-        ));
+    for (_, _, note) in &servers {
+        table.push_str(&format!("- {note}\n"));
     }
     Ok(table)
 }

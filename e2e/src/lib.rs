@@ -96,7 +96,7 @@ pub fn batching_note(model: &str, base: &str) -> anyhow::Result<String> {
     Ok(format!(
         "{model}: server batch size {} ({}; images/s per batch size at warm-up: {}); \
          {} instance(s) × {} intra-op thread(s), spinning {}, lone session threads {} \
-         (layout {})",
+         (layout {}; trial {} round(s) over {} candidates in {:.1} s)",
         b["max_batch_size"],
         b["mode"].as_str().unwrap_or("?"),
         if measured.is_empty() {
@@ -109,6 +109,9 @@ pub fn batching_note(model: &str, base: &str) -> anyhow::Result<String> {
         l["spinning"],
         l["lone_threads"],
         l["mode"].as_str().unwrap_or("?"),
+        l["rounds"],
+        l["trials"].as_array().map_or(0, Vec::len),
+        l["seconds"].as_f64().unwrap_or(0.0),
     ))
 }
 
