@@ -1,17 +1,14 @@
 //! `sightline-bench --cpu`: the server's throughput against what the cores allow, with the
 //! result cache off, per concurrency — the way issue 22 measures it.
 //!
-//! What the cores allow: the raw ONNX Runtime session at its best (one session with a
-//! thread per core, spinning on and off, and one one-thread session per core side by
-//! side; batches of 1, 2, 4 and 8: the most images per second, wall time), plus the
-//! server's own decode + resize + normalise of the photo (CPU time per image, one thread,
-//! shared over the cores): `1 ÷ (1 ÷ raw + decode ÷ cores)` images per second.
-//!
-//! Then, in alternating pairs: the raw session again at the sweep's three best settings,
-//! the most of them (so each pair has its own bound, never an unlucky draw) and each server setting at each concurrency (`c` clients POSTing the
-//! photo in a closed loop, on the same cores, as a user's load test would). Each cell's
-//! figure is the median over the pairs of its throughput ÷ that pair's bound; the server's
-//! CPU time per request (utime + stime of every thread, `/proc/<pid>/stat`) beside it.
+//! What the cores allow: [`crate::raw_bound`] (the raw session at its best by wall time,
+//! plus the server's own decode shared over the cores). Then, in alternating pairs: the
+//! bound again (the sweep's three best re-measured, the most of them: each pair has its
+//! own bound, never an unlucky draw) and each server setting at each concurrency (`c`
+//! clients POSTing the photo in a closed loop, on the same cores, as a user's load test
+//! would). Each cell's figure is the median over the pairs of its throughput ÷ that
+//! pair's bound; the server's CPU time per request (utime + stime of every thread,
+//! `/proc/<pid>/stat`) beside it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,6 +22,7 @@ use crate::mirror_bench::{cpu_model, send};
 use crate::models;
 use crate::proc_stat::process_cpu_seconds;
 use crate::process::{ScratchDir, ServerProcess, free_port, require_server_binary};
+use crate::raw_bound::{RawModel, Sweep, allowed};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -48,84 +46,6 @@ const SETTINGS: [(&str, &[&str]); 2] = [
         &["--tune-budget-seconds", "0"],
     ),
 ];
-
-/// One way to run the raw session: `instances` sessions side by side, `threads` each.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct RawLayout {
-    instances: usize,
-    threads: usize,
-    spinning: bool,
-}
-
-impl std::fmt::Display for RawLayout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} × {} thread{}{}",
-            self.instances,
-            self.threads,
-            if self.threads == 1 { "" } else { "s" },
-            match (self.threads, self.spinning) {
-                (1, _) => "",
-                (_, true) => ", spinning",
-                (_, false) => ", not spinning",
-            }
-        )
-    }
-}
-
-/// Images per second of the raw session(s) at batch `rows` over about `images` images:
-/// each session on its own thread, wall time from the first run to the last.
-fn raw_images_per_second(
-    bench: &CpuBench,
-    tensor: &[f32],
-    p: &sightline_server::model_config::Preprocess,
-    layout: RawLayout,
-    rows: usize,
-    images: usize,
-) -> anyhow::Result<f64> {
-    let env = sightline_server::ort_runtime::init(&bench.ort_lib)?;
-    let mut sessions = (0..layout.instances)
-        .map(|_| -> anyhow::Result<Session> {
-            Ok(Session::builder(env)?
-                .with_optimization_level(GraphOptimizationLevel::Level3)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .with_intra_threads(layout.threads)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .with_intra_op_spinning(layout.spinning)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .commit_from_file(models().join(format!("{}.onnx", bench.model)))?)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let input: Vec<f32> = std::iter::repeat_n(tensor, rows)
-        .flatten()
-        .copied()
-        .collect();
-    let shape = p.batch_shape(rows).map(|d| d as i64);
-    let run = |session: &mut Session| -> anyhow::Result<()> {
-        let value = ort::value::TensorRef::from_array_view((shape, input.as_slice()))?;
-        let outputs = session.run(ort::inputs![value])?;
-        std::hint::black_box(outputs[0].try_extract_tensor::<f32>()?);
-        Ok(())
-    };
-    for session in &mut sessions {
-        run(session)?;
-        run(session)?;
-    }
-    let runs = images.div_ceil(rows * layout.instances).max(2);
-    let started = Instant::now();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = sessions
-            .iter_mut()
-            .map(|session| scope.spawn(move || (0..runs).try_for_each(|_| run(session))))
-            .collect();
-        handles.into_iter().try_for_each(|h| {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("a raw thread panicked"))?
-        })
-    })?;
-    Ok((runs * rows * layout.instances) as f64 / started.elapsed().as_secs_f64())
-}
 
 /// CPU milliseconds per call of `f`, run `n` times in this process (after 10 untimed).
 pub fn cpu_ms_per_call(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
@@ -201,40 +121,14 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
         Ok(())
     })?;
 
-    // The raw session's best: every layout and batch size once.
-    let mut layouts = vec![
-        RawLayout {
-            instances: 1,
-            threads: cores,
-            spinning: true,
-        },
-        RawLayout {
-            instances: 1,
-            threads: cores,
-            spinning: false,
-        },
-    ];
-    if cores > 1 {
-        layouts.push(RawLayout {
-            instances: cores,
-            threads: 1,
-            spinning: false,
-        });
-    }
-    let mut sweep = Vec::new();
-    for &layout in &layouts {
-        for rows in [1, 2, 4, 8] {
-            let ips = raw_images_per_second(bench, &tensor, &p, layout, rows, bench.requests)?;
-            eprintln!("cpu: raw {layout}, batch {rows}: {ips:.1} images/s");
-            sweep.push((layout, rows, ips));
-        }
-    }
-    // One sweep is noisy: each pair re-measures the three best settings and takes the
-    // most, so that the bound is never an unlucky draw of the best setting.
-    let mut ranked = sweep.clone();
-    ranked.sort_by(|a, b| b.2.total_cmp(&a.2));
-    ranked.truncate(3);
-    let &(best_layout, best_rows, _) = ranked.first().context("no raw measurement")?;
+    let raw = RawModel {
+        ort_lib: &bench.ort_lib,
+        model: &bench.model,
+        tensor: &tensor,
+        preprocess: &p,
+    };
+    let sweep = Sweep::measure(&raw, cores, bench.requests, "cpu")?;
+    let (best_layout, best_rows, _) = sweep.top[0];
 
     let binary = require_server_binary().context("the server runs as its own process")?;
     let scratch = ScratchDir::new("cpu-bench")?;
@@ -274,18 +168,7 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
     let mut cells: Vec<Vec<Vec<Cell>>> =
         vec![vec![Vec::new(); bench.concurrency.len()]; servers.len()];
     for pair in 0..bench.pairs {
-        let mut raw = 0.0f64;
-        for &(layout, rows, _) in &ranked {
-            raw = raw.max(raw_images_per_second(
-                bench,
-                &tensor,
-                &p,
-                layout,
-                rows,
-                bench.requests,
-            )?);
-        }
-        let allowed = 1.0 / (1.0 / raw + decode_ms / 1000.0 / cores as f64);
+        let allowed = allowed(sweep.best_now(&raw, bench.requests)?, decode_ms, cores);
         bounds.push(allowed);
         for (s, (name, server, _)) in servers.iter().enumerate() {
             let pid = server.pid().context("the server's pid")?;
@@ -339,10 +222,7 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
         bounds.iter().copied().fold(f64::INFINITY, f64::min),
         bounds.iter().copied().fold(0.0, f64::max),
     );
-    table.push_str("| raw layout | batch | images/s |\n|---|---:|---:|\n");
-    for (layout, rows, ips) in &sweep {
-        table.push_str(&format!("| {layout} | {rows} | {ips:.1} |\n"));
-    }
+    table.push_str(&sweep.table());
     table.push_str(
         "\n| server setting | concurrency | req/s | ÷ allowed (median) | min–max | p50 ms | \
          server CPU ms / request |\n|---|---:|---:|---:|---|---:|---:|\n",

@@ -11,6 +11,7 @@ pub mod peers_bench;
 pub mod proc_stat;
 pub mod process;
 pub mod prometheus;
+pub mod raw_bound;
 pub mod split;
 
 use std::net::SocketAddr;

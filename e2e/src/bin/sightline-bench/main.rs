@@ -94,7 +94,7 @@ struct Args {
         default_value = "kserve,bentoml,litserve,pytriton"
     )]
     peers_list: Vec<String>,
-    /// With --mirror, --cache or --cpu: rounds of each setting.
+    /// With --mirror, --cache, --cpu or --batch: rounds of each setting.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Measure the result cache (first model of --models, the last --concurrency for the
@@ -221,6 +221,7 @@ fn main() -> anyhow::Result<()> {
             image: image_path.clone(),
             images: args.batch_images,
             ort_lib: lib.clone(),
+            rounds: args.rounds.max(1),
         };
         let table = sightline_e2e::batch_bench::run(&bench)?;
         return emit(&table, args.out.as_deref());
