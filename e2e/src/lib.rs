@@ -96,8 +96,9 @@ pub fn batching_note(model: &str, base: &str) -> anyhow::Result<String> {
     let l = &body["model"]["layout"];
     Ok(format!(
         "{model}: server batch size {} ({}; images/s per batch size at warm-up: {}); \
-         {} instance(s) × {} intra-op thread(s), spinning {}, lone session threads {} \
-         (layout {}; trial {} round(s) over {} candidates in {:.1} s)",
+         {} instance(s) × {} intra-op thread(s), spinning {}, lone session threads {}, \
+         spinning {} (lone trial, p50 ms: {}) (layout {}; trial {} round(s) over {} \
+         candidates in {:.1} s)",
         b["max_batch_size"],
         b["mode"].as_str().unwrap_or("?"),
         if measured.is_empty() {
@@ -109,6 +110,18 @@ pub fn batching_note(model: &str, base: &str) -> anyhow::Result<String> {
         l["threads"],
         l["spinning"],
         l["lone_threads"],
+        l["lone_spinning"],
+        l["lone_trials"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| format!(
+                "spinning {}: {:.2}",
+                t["spinning"],
+                t["p50_ms"].as_f64().unwrap_or(f64::NAN)
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
         l["mode"].as_str().unwrap_or("?"),
         l["rounds"],
         l["trials"].as_array().map_or(0, Vec::len),

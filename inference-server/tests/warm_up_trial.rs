@@ -11,6 +11,7 @@ use image::ImageFormat;
 use serde_json::Value;
 use sightline_server::cli::ServeArgs;
 use sightline_server::layout_tuning::{self, Fixed, Layout, Trial};
+use sightline_server::lone_trial::{self, LoneTrial};
 use support::*;
 
 const MODEL: &str = "test-classifier.onnx";
@@ -35,6 +36,20 @@ fn flags(extra: &[&str]) -> ServeArgs {
         .expect("a serving subcommand")
 }
 
+/// Two one-thread instances fixed, a one-second trial, and `extra`.
+fn two_one_thread_instances(extra: &[&str]) -> ServeArgs {
+    let mut all = vec![
+        "--tune-budget-seconds",
+        "1",
+        "--instances",
+        "2",
+        "--intra-threads",
+        "1",
+    ];
+    all.extend_from_slice(extra);
+    flags(&all)
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -54,6 +69,34 @@ fn trials(layout: &Value) -> Vec<Trial> {
             images_per_second: t["images_per_second"].as_f64().expect("figure"),
         })
         .collect()
+}
+
+/// The lone session's spinning is its own trial's choice from the figures `/readyz`
+/// shows (both spinning and sleeping threads timed: spinning not pinned), and the metrics
+/// say the same.
+fn assert_lone_trial(layout: &Value, metrics: &str) {
+    let lone_trials: Vec<LoneTrial> = layout["lone_trials"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the lone trial's figures: {layout}"))
+        .iter()
+        .map(|t| LoneTrial {
+            spinning: t["spinning"].as_bool().expect("spinning"),
+            p50_ms: t["p50_ms"].as_f64().expect("p50_ms"),
+        })
+        .collect();
+    assert_eq!(
+        lone_trials.iter().map(|t| t.spinning).collect::<Vec<_>>(),
+        [false, true],
+        "{layout}"
+    );
+    assert!(lone_trials.iter().all(|t| t.p50_ms > 0.0), "{layout}");
+    let chosen = lone_trial::choose(&lone_trials).expect("a lone choice");
+    assert_eq!(layout["lone_spinning"].as_bool(), Some(chosen.spinning));
+    let series = format!(
+        "sightline_inference_lone_spinning{{model=\"test-classifier\"}} {}",
+        u8::from(chosen.spinning)
+    );
+    assert!(metrics.contains(&series), "{series}");
 }
 
 async fn answers_by_colour(app: &axum::Router) {
@@ -128,6 +171,11 @@ async fn the_trial_tries_every_layout_under_load_and_serves_the_best() {
         layout["lone_threads"].as_u64(),
         lone.then_some(cores() as u64)
     );
+    if lone {
+        assert_lone_trial(layout, &state.metrics.encode());
+    } else {
+        assert_eq!(layout["lone_spinning"], Value::Null);
+    }
     let model = state.model.ready().expect("model ready");
     assert_eq!(model.batch_config().max_batch_size, chosen.rows);
 
@@ -160,15 +208,7 @@ async fn fixed_flags_pin_their_part_and_a_zero_budget_turns_the_trial_off() {
     }
     // Instances and threads fixed: only spinning (none to try on one thread) and the
     // batch size are left; one layout, four sizes.
-    let (app, _) = loaded_app(&flags(&[
-        "--tune-budget-seconds",
-        "1",
-        "--instances",
-        "2",
-        "--intra-threads",
-        "1",
-    ]))
-    .await;
+    let (app, state) = loaded_app(&two_one_thread_instances(&[])).await;
     let body = body_json(send(&app, get("/readyz")).await.1).await;
     let layout = &body["model"]["layout"];
     let tried = trials(layout);
@@ -183,7 +223,22 @@ async fn fixed_flags_pin_their_part_and_a_zero_budget_turns_the_trial_off() {
         "{layout}"
     );
     assert_eq!(body["model"]["instances"], 2);
+    // Two one-thread instances on more cores: a lone session beside them, its spinning
+    // timed (the trial had no session that wide: both are loaded for it).
+    if cores() > 1 {
+        assert_eq!(layout["lone_threads"].as_u64(), Some(cores() as u64));
+        assert_lone_trial(layout, &state.metrics.encode());
+    }
     answers_by_colour(&app).await;
+
+    // Spinning pinned: the lone session keeps it, with nothing to time.
+    let (app, _) = loaded_app(&two_one_thread_instances(&["--intra-op-spinning", "false"])).await;
+    let body = body_json(send(&app, get("/readyz")).await.1).await;
+    let layout = &body["model"]["layout"];
+    if cores() > 1 {
+        assert_eq!(layout["lone_spinning"], false, "{layout}");
+        assert_eq!(layout.get("lone_trials"), None, "{layout}");
+    }
 
     // Everything fixed: nothing to try.
     let (app, _) = loaded_app(&flags(&[

@@ -45,6 +45,9 @@ pub struct ServedRuntime {
     /// Threads of the lone session that takes a request arriving alone, if there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lone_threads: Option<u64>,
+    /// Whether the lone session's threads spin between operators (its own trial chose).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lone_spinning: Option<bool>,
     /// Most images in one model run.
     pub max_batch_size: u64,
     /// How long the trial took.
@@ -93,6 +96,7 @@ fn runtime_of(m: &readiness::ReadyModel) -> Option<ServedRuntime> {
         threads: number(&l["threads"])?,
         spinning: l["spinning"].as_bool()?,
         lone_threads: number(&l["lone_threads"]),
+        lone_spinning: l["lone_spinning"].as_bool(),
         max_batch_size: number(&m.batching["max_batch_size"]).unwrap_or(1),
         trial_seconds: (l["seconds"].as_f64().unwrap_or(0.0) * 10.0).round() / 10.0,
         trials,
@@ -177,7 +181,7 @@ mod tests {
         let tuned = parse_readyz(
             200,
             r#"{"status":"ready","model":{"sha256":"ab","device":"cpu","batching":{"max_batch_size":2},
-                "layout":{"mode":"auto","instances":2,"threads":1,"spinning":false,"lone_threads":2,
+                "layout":{"mode":"auto","instances":2,"threads":1,"spinning":false,"lone_threads":2,"lone_spinning":true,
                 "trials":[{"instances":2,"threads":1,"spinning":false,"rows":2,"images_per_second":123.456}],
                 "rounds":3,"seconds":20.04,"budget_seconds":20.0}}}"#,
         );
@@ -193,6 +197,7 @@ mod tests {
             ("auto", 2, 1)
         );
         assert_eq!((runtime.lone_threads, runtime.max_batch_size), (Some(2), 2));
+        assert_eq!(runtime.lone_spinning, Some(true));
         assert_eq!(runtime.trial_seconds, 20.0);
         assert_eq!(runtime.trials[0].images_per_second, 123.5);
         assert_eq!(

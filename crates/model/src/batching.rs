@@ -10,8 +10,9 @@
 //! A *lone* session (more intra-op threads than each instance has) may stand beside the
 //! instances: a batch goes to it only when no other batch is running and no other request
 //! is queued or being decoded ([`to_lone`]), so a request that arrives alone gets every
-//! core, while under load the instances — cheaper
-//! per image, one thread each — take all the work.
+//! core, while under load the instances — cheaper per image, one thread each — take all
+//! the work. Whether the lone session's threads spin is measured at warm-up
+//! (lone_trial.rs).
 //!
 //! The queue is bounded (`queue_capacity` jobs); a full queue is an immediate
 //! [`InferError::QueueFull`] (HTTP 503 with `Retry-After`), never unbounded memory. The

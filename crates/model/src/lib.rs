@@ -24,6 +24,7 @@ pub mod engine;
 pub mod labels;
 pub mod layout_tuning;
 pub mod load_shape;
+pub mod lone_trial;
 pub mod metrics;
 pub mod model_config;
 pub mod ort_runtime;

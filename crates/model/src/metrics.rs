@@ -103,6 +103,7 @@ pub struct InferenceMetrics {
     batch_throughput: Family<ModelRowsLabels, F64Gauge>,
     layout: Family<LayoutLabels, Gauge>,
     lone_threads: Family<ModelLabels, Gauge>,
+    lone_spinning: Family<ModelLabels, Gauge>,
     trial_throughput: Family<TrialLabels, F64Gauge>,
     trial_seconds: Family<ModelLabels, F64Gauge>,
     ready: Family<ModelLabels, Gauge>,
@@ -135,6 +136,7 @@ impl InferenceMetrics {
             batch_throughput: Family::default(),
             layout: Family::default(),
             lone_threads: Family::default(),
+            lone_spinning: Family::default(),
             trial_throughput: Family::default(),
             trial_seconds: Family::default(),
             ready: Family::default(),
@@ -223,6 +225,12 @@ impl InferenceMetrics {
             "Intra-op threads of the lone session that takes a batch when nothing else runs \
              (0: none)",
             m.lone_threads.clone(),
+        );
+        registry.register(
+            "inference_lone_spinning",
+            "1 when the lone session's intra-op threads spin between operators (the lone \
+             trial chose it), 0 when they sleep or there is no lone session",
+            m.lone_spinning.clone(),
         );
         registry.register(
             "inference_trial_throughput",
@@ -378,7 +386,7 @@ impl InferenceMetrics {
     pub fn layout_tuned(
         &self,
         layout: crate::layout_tuning::Layout,
-        lone_threads: Option<usize>,
+        (lone_threads, lone_spinning): (Option<usize>, Option<bool>),
         trials: &[crate::layout_tuning::Trial],
         seconds: f64,
     ) {
@@ -395,6 +403,9 @@ impl InferenceMetrics {
         self.lone_threads
             .get_or_create(&self.model)
             .set(lone_threads.unwrap_or(0) as i64);
+        self.lone_spinning
+            .get_or_create(&self.model)
+            .set(i64::from(lone_spinning.unwrap_or(false)));
         self.trial_throughput.clear();
         for t in trials {
             let labels = TrialLabels {

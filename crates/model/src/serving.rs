@@ -350,7 +350,7 @@ fn load(
     metrics.batch_tuned(&info.batching);
     metrics.layout_tuned(
         layout.layout,
-        layout.lone_threads,
+        (layout.lone_threads, layout.lone_spinning),
         &layout.trials,
         layout.seconds,
     );

@@ -11,6 +11,7 @@ use crate::batch_tuning::{self, BatchSize, Measured, Tuning};
 use crate::engine::{Engine, EngineConfig, LoadError, ModelInfo};
 use crate::layout_tuning::{self, Fixed, Layout, Trial};
 use crate::load_shape::{self, Load, Sessions, Shared, with_layout};
+use crate::lone_trial::{self, LoneTrial};
 
 /// How the layout was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,6 +34,12 @@ pub struct LayoutTuning {
     /// Intra-op threads of the lone session (taking a batch only when nothing else
     /// runs), when one stands beside the instances.
     pub lone_threads: Option<usize>,
+    /// Whether the lone session's threads spin between operators.
+    pub lone_spinning: Option<bool>,
+    /// The lone session's own trial (lone_trial.rs): each candidate's median for a
+    /// request alone; empty when there was one candidate or none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lone_trials: Vec<LoneTrial>,
     /// Every candidate's images per second under load (empty unless `auto`).
     pub trials: Vec<Trial>,
     pub rounds: usize,
@@ -47,6 +54,8 @@ impl LayoutTuning {
             mode: LayoutMode::Fixed,
             layout,
             lone_threads: None,
+            lone_spinning: None,
+            lone_trials: Vec::new(),
             trials: Vec::new(),
             rounds: 0,
             seconds: 0.0,
@@ -128,23 +137,26 @@ pub fn tune(
     let chosen = layout_tuning::choose(&trials)
         .ok_or_else(|| LoadError::Warmup("the warm-up trial measured nothing".into()))?;
     info.batching = batching_of(&info.batching, base.batch_size, &trials, chosen);
-    let pick = |layout: Layout| loaded.iter().position(|s| s.layout == layout);
-    let wide = Layout::wide(trial.cores);
     let lone = if layout_tuning::wants_lone(chosen.layout, trial.cores) {
-        Some(match pick(wide) {
-            Some(i) => loaded[i].engines[0].clone(),
-            None => Sessions::load(env, base, wide, largest)?.engines.remove(0),
-        })
+        Some(lone_session(env, base, &loaded, &trial, largest)?)
     } else {
         None
     };
-    let engines = pick(chosen.layout)
+    let engines = loaded
+        .iter()
+        .position(|s| s.layout == chosen.layout)
         .map(|i| loaded.swap_remove(i).engines)
         .unwrap_or_default();
+    let (lone, lone_spinning, lone_trials) = match lone {
+        Some((session, spinning, trials)) => (Some(session), Some(spinning), trials),
+        None => (None, None, Vec::new()),
+    };
     let layout = LayoutTuning {
         mode: LayoutMode::Auto,
         layout: chosen.layout,
-        lone_threads: lone.as_ref().map(|_| wide.threads),
+        lone_threads: lone.as_ref().map(|_| trial.cores.max(1)),
+        lone_spinning,
+        lone_trials,
         trials,
         rounds,
         seconds: started.elapsed().as_secs_f64(),
@@ -158,6 +170,52 @@ pub fn tune(
         row_len,
         layout,
     })
+}
+
+/// The lone session, its spinning, and the lone trial that chose it: a session with a
+/// thread per core, spinning or not as [`lone_trial`] measured (unless the flags pin
+/// spinning). The trial's own sessions of that layout are reused; missing ones are loaded.
+fn lone_session(
+    env: &ort::environment::Environment,
+    base: &EngineConfig,
+    loaded: &[Sessions],
+    trial: &TrialSetup,
+    largest: usize,
+) -> Result<(Shared, bool, Vec<LoneTrial>), LoadError> {
+    let spinnings = match trial.fixed.spinning {
+        Some(spinning) => vec![spinning],
+        None => vec![false, true],
+    };
+    let mut candidates: Vec<(bool, Shared)> = Vec::new();
+    for spinning in spinnings {
+        let layout = Layout {
+            spinning,
+            ..Layout::wide(trial.cores)
+        };
+        let session = match loaded
+            .iter()
+            .find(|s| s.layout == layout)
+            .and_then(|s| s.engines.first())
+        {
+            Some(session) => session.clone(),
+            None => Sessions::load(env, base, layout, largest)?
+                .engines
+                .remove(0),
+        };
+        candidates.push((spinning, session));
+    }
+    if let [(spinning, session)] = candidates.as_slice() {
+        return Ok((session.clone(), *spinning, Vec::new()));
+    }
+    let trials = lone_trial::run(&candidates, &trial.load)?;
+    let chosen = lone_trial::choose(&trials)
+        .ok_or_else(|| LoadError::Warmup("the lone trial measured nothing".into()))?;
+    let session = candidates
+        .into_iter()
+        .find(|(spinning, _)| *spinning == chosen.spinning)
+        .map(|(_, session)| session)
+        .ok_or_else(|| LoadError::Warmup("the lone trial chose no session".into()))?;
+    Ok((session, chosen.spinning, trials))
 }
 
 /// The batch size's own account: the chosen layout's figure at every size when `auto`
