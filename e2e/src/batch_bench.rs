@@ -101,6 +101,8 @@ fn raw_cpu_ms_per_image(
 /// One run of the command: seconds to its first line, seconds from the first line to
 /// the last, images/s over them and CPU ms per image over them.
 struct CommandRun {
+    /// The layout the command served with, as it printed it.
+    layout: String,
     load: f64,
     recognizing: f64,
     rate: f64,
@@ -114,6 +116,8 @@ fn run_command(
     out: &Path,
     flags: &[String],
 ) -> anyhow::Result<CommandRun> {
+    // Its stderr in a file, read once it ended (a pipe nobody reads could fill and stop it).
+    let log = out.with_extension("log");
     let started = Instant::now();
     let mut child = Command::new(binary)
         .arg("batch")
@@ -128,7 +132,9 @@ fn run_command(
         .args(["--no-progress", "--cache-bytes", "0"])
         .args(flags)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?,
+        ))
         .spawn()
         .context("start sightline-server batch")?;
     let pid = child.id();
@@ -145,10 +151,18 @@ fn run_command(
     }
     let ended = Instant::now();
     let status = child.wait()?;
+    let stderr =
+        std::fs::read_to_string(&log).with_context(|| format!("read {}", log.display()))?;
     ensure!(
         status.success(),
-        "sightline-server batch {flags:?} failed: {status}"
+        "sightline-server batch {flags:?} failed: {status}\n{stderr}"
     );
+    // The layout line (`batch: <model> (<sha256>): <layout>`).
+    let layout = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("batch: ")?.split_once("): ").map(|(_, l)| l))
+        .unwrap_or("?")
+        .to_string();
     let lines = std::fs::read_to_string(out)?.lines().count();
     ensure!(lines == bench.images, "{lines} lines of {}", bench.images);
     std::fs::remove_file(out).with_context(|| format!("remove {}", out.display()))?;
@@ -156,6 +170,7 @@ fn run_command(
     let recognizing = ended.duration_since(first).as_secs_f64();
     let ticks_per_second = crate::proc_stat::clock_ticks_per_second() as f64;
     Ok(CommandRun {
+        layout,
         load: first.duration_since(started).as_secs_f64(),
         recognizing,
         rate: (bench.images - 1) as f64 / recognizing,
@@ -233,9 +248,10 @@ pub fn run(bench: &BatchBench) -> anyhow::Result<String> {
             let out = scratch.path().join(format!("results-{round}-{s}.jsonl"));
             let run = run_command(bench, &binary, &folder, &out, &flags)?;
             eprintln!(
-                "batch: round {round}, {name}: {:.1} images/s, {:.3} of {bound:.1}",
+                "batch: round {round}, {name}: {:.1} images/s, {:.3} of {bound:.1} ({})",
                 run.rate,
-                run.rate / bound
+                run.rate / bound,
+                run.layout
             );
             runs[s].push((bound, run));
         }
@@ -291,6 +307,16 @@ pub fn run(bench: &BatchBench) -> anyhow::Result<String> {
             ratios.iter().copied().fold(0.0, f64::max),
             rate / solo_allowed,
         ));
+    }
+    text.push_str("\nWhat each run served with:\n\n");
+    for ((name, _), runs) in SETTINGS.iter().zip(&runs) {
+        for (round, (bound, run)) in runs.iter().enumerate() {
+            text.push_str(&format!(
+                "- {name}, round {round}: {:.3} of {bound:.1} — {}\n",
+                run.rate / bound,
+                run.layout
+            ));
+        }
     }
     Ok(text)
 }

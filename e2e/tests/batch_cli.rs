@@ -19,6 +19,16 @@ fn batch(binary: &Path, input: &Path, out: &Path) -> Command {
     sightline_e2e::process::batch_command(binary, input, out)
 }
 
+/// The images a summary names as errors.
+fn summary_errors(summary: &serde_json::Value) -> Vec<String> {
+    summary["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["image"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 fn lines(out: &Path) -> usize {
     std::fs::read(out)
         .map(|b| b.iter().filter(|c| **c == b'\n').count())
@@ -221,7 +231,10 @@ fn an_indexed_job_shard_takes_its_index_reports_its_summary_and_exits_by_kind_of
     );
     assert_eq!(lines(&out) as u64, in_shard);
 
-    // Run again (a restarted pod): everything is skipped, nothing is written twice.
+    let first_errors = summary_errors(&summary);
+    assert!(failed > 0, "the shard has a broken file: {summary}");
+
+    // Run again (a restarted pod): nothing is recognized again, nothing written twice.
     let mut again = batch(&binary, &input, &out);
     shard(&mut again);
     let again = again
@@ -229,9 +242,13 @@ fn an_indexed_job_shard_takes_its_index_reports_its_summary_and_exits_by_kind_of
         .output()
         .expect("run");
     assert!(again.status.success());
+    // The first run's bad images are still errors, named as before (a pod killed after
+    // them would otherwise take them out of the job's status).
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&summary_path).expect("summary")).expect("JSON");
-    assert_eq!(summary["skipped"], in_shard, "{summary}");
+    assert_eq!(summary["skipped"], in_shard - failed, "{summary}");
+    assert_eq!(summary["failed"], failed, "{summary}");
+    assert_eq!(summary_errors(&summary), first_errors, "{summary}");
     assert_eq!(summary["recognized"], 0, "{summary}");
     assert_eq!(lines(&out) as u64, in_shard);
 

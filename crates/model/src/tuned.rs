@@ -49,6 +49,33 @@ pub struct LayoutTuning {
 }
 
 impl LayoutTuning {
+    /// One line for a terminal: the sessions, the batch size and how they were chosen.
+    pub fn summary(&self, max_batch_size: usize) -> String {
+        let on_off = |spinning: bool| if spinning { "spinning" } else { "sleeping" };
+        let mut text = format!(
+            "{} instance(s) × {} thread(s), {}, batches of up to {max_batch_size}",
+            self.layout.instances,
+            self.layout.threads,
+            on_off(self.layout.spinning)
+        );
+        if let (Some(threads), Some(spinning)) = (self.lone_threads, self.lone_spinning) {
+            text.push_str(&format!(
+                "; lone session {threads} thread(s), {}",
+                on_off(spinning)
+            ));
+        }
+        text.push_str(&match self.mode {
+            LayoutMode::Auto => format!(
+                " (warm-up trial: {} candidates, {} round(s), {:.1} s)",
+                self.trials.len(),
+                self.rounds,
+                self.seconds
+            ),
+            LayoutMode::Fixed => " (fixed)".to_string(),
+        });
+        text
+    }
+
     pub fn fixed(layout: Layout) -> LayoutTuning {
         LayoutTuning {
             mode: LayoutMode::Fixed,

@@ -180,6 +180,12 @@ async fn run_shard(
     let (mut journal, done) = Journal::open(&args.out, args.resume)?;
     let model = crate::eval::command::load_model(&args.serve).await?;
     account.model_sha256 = model.info.sha256.clone();
+    eprintln!(
+        "batch: {} ({}): {}",
+        model.name,
+        model.info.sha256,
+        model.layout.summary(model.batch_config().max_batch_size)
+    );
     let sink = match &args.serve.store_url {
         Some(url) => Some(
             store_sink::StoreSink::new(url, &args.job, &model.name, args.store_api_key.clone())
@@ -200,8 +206,20 @@ async fn run_shard(
         .filter(|i| !known.contains(i.name.as_str()))
         .cloned()
         .collect();
-    account.skipped = (items.len() - todo.len()) as u64;
+    // Lines already in --out (a resumed run): an error stays an error, in the counts and
+    // the first errors, so that a killed attempt's bad images are not lost to the summary.
+    let in_shard: HashSet<&str> = items.iter().map(|i| i.name.as_str()).collect();
+    let earlier_errors: Vec<&Line> = done
+        .iter()
+        .filter(|l| l.error.is_some() && in_shard.contains(l.image.as_str()))
+        .collect();
+    for line in &earlier_errors {
+        account.bad_image(&line.image, line.error.as_deref().unwrap_or_default());
+    }
+    account.failed = earlier_errors.len() as u64;
+    account.skipped = ((items.len() - todo.len()) as u64).saturating_sub(account.failed);
     metrics.add("skipped", account.skipped);
+    metrics.add("failed", account.failed);
     let total = todo.len() as u64;
     let started = Instant::now();
     let bar = Progress::new(total, !args.no_progress);
@@ -239,7 +257,7 @@ async fn run_shard(
     account.recognized = counts.recognized;
     account.known = counts.known;
     account.skipped += counts.known;
-    account.failed = counts.failed;
+    account.failed += counts.failed;
     account.seconds = seconds;
     account.images_per_second = rate;
     account.complete = true;

@@ -15,7 +15,8 @@ pub const MAX_ERRORS: usize = 5;
 const MAX_ERROR_CHARS: usize = 200;
 
 /// One shard's account. `recognized`, `skipped` and `failed` cover the whole shard:
-/// `skipped` counts images already in `--out` when the run started (a resumed run).
+/// `skipped` counts images already in `--out` with a result when the run started (a
+/// resumed run), `failed` every image whose line is an error, by this run or an earlier.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShardSummary {
     pub shard: usize,
@@ -24,15 +25,16 @@ pub struct ShardSummary {
     pub total: u64,
     /// Images recognized by this run.
     pub recognized: u64,
-    /// Images not recognized by this run because they were done already: in `--out` when
-    /// it started, or in the results store (`known`).
+    /// Images not recognized by this run because they were done already: in `--out` with
+    /// a result when it started, or in the results store (`known`).
     pub skipped: u64,
     /// Of `skipped`, the images the results store (`--store-url`) had a result for.
     #[serde(default)]
     pub known: u64,
-    /// Images recorded as errors by this run (not an image, too large, unreadable).
+    /// Images recorded as errors (not an image, too large, unreadable): by this run, or
+    /// by an earlier attempt whose lines a resumed run found in `--out`.
     pub failed: u64,
-    /// The first bad images, with why.
+    /// The first bad images, with why (an earlier attempt's first).
     pub errors: Vec<ImageError>,
     pub seconds: f64,
     pub images_per_second: f64,

@@ -378,7 +378,7 @@ fn pipeline_controller(
         .watches(
             api::<ImageModel>(client, scope),
             watcher::Config::default(),
-            move |m: ImageModel| pipelines_using(&users, &m),
+            move |m: ImageModel| using_model(&users, &m, |p| &p.spec.model_ref.name),
         )
         .graceful_shutdown_on(stopped(stop))
         .run(pipeline::reconcile, error_policy, ctx.clone());
@@ -416,23 +416,31 @@ fn model_controller(
     (logged(running, "model controller"), store)
 }
 
-/// The RecognitionJob controller of `scope`: its Jobs (their status moves it).
+/// The RecognitionJob controller of `scope`: its Jobs (their status moves it) and the
+/// ImageModels the jobs name (one created or changed starts a job waiting for it at once).
 fn job_controller(
     client: &Client,
     scope: Option<&str>,
     ctx: &Arc<Context>,
     stop: watch::Receiver<bool>,
 ) -> Running {
-    let running = Controller::new(
+    let controller = Controller::new(
         api::<RecognitionJob>(client, scope),
         watcher::Config::default(),
-    )
-    .owns(
-        api::<k8s_openapi::api::batch::v1::Job>(client, scope),
-        owned_children(),
-    )
-    .graceful_shutdown_on(stopped(stop))
-    .run(recognition_job::reconcile, error_policy, ctx.clone());
+    );
+    let users = controller.store();
+    let running = controller
+        .owns(
+            api::<k8s_openapi::api::batch::v1::Job>(client, scope),
+            owned_children(),
+        )
+        .watches(
+            api::<ImageModel>(client, scope),
+            watcher::Config::default(),
+            move |m: ImageModel| using_model(&users, &m, |j| &j.spec.model_ref.name),
+        )
+        .graceful_shutdown_on(stopped(stop))
+        .run(recognition_job::reconcile, error_policy, ctx.clone());
     logged(running, "recognition job controller")
 }
 
@@ -443,16 +451,21 @@ async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow:
         .context("the metrics server")
 }
 
-/// The pipelines that reference `m` (a model change re-reconciles them).
-pub fn pipelines_using(
-    store: &Store<RecognitionPipeline>,
+/// The objects in `store` whose model reference (`model_of`) names `m`, in its namespace:
+/// a model created or changed re-reconciles them (pipelines, recognition jobs).
+pub fn using_model<K>(
+    store: &Store<K>,
     m: &ImageModel,
-) -> Vec<ObjectRef<RecognitionPipeline>> {
+    model_of: fn(&K) -> &str,
+) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
     store
         .state()
         .into_iter()
-        .filter(|p| p.spec.model_ref.name == m.name_any() && p.namespace() == m.namespace())
-        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .filter(|o| model_of(o) == m.name_any() && o.namespace() == m.namespace())
+        .map(|o| ObjectRef::from_obj(o.as_ref()))
         .collect()
 }
 
@@ -481,4 +494,57 @@ pub fn watched() -> Vec<(String, String)> {
     all.sort();
     all.dedup();
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector;
+
+    /// The sample RecognitionJob, renamed, in `namespace`, naming `model`.
+    fn job(namespace: &str, name: &str, model: &str) -> RecognitionJob {
+        use serde::Deserialize;
+        let sample = include_str!("../../../manifests/samples/recognitionjob.yaml");
+        let doc = serde_yaml::Deserializer::from_str(sample)
+            .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+            .find(|d| d["kind"].as_str() == Some("RecognitionJob"))
+            .expect("the sample has a RecognitionJob");
+        let mut j: RecognitionJob = serde_yaml::from_value(doc).expect("the sample RecognitionJob");
+        j.metadata.name = Some(name.into());
+        j.metadata.namespace = Some(namespace.into());
+        j.spec.model_ref.name = model.into();
+        j
+    }
+
+    /// The sample CPU ImageModel, renamed, in `namespace`.
+    fn model(namespace: &str, name: &str) -> ImageModel {
+        let mut m: ImageModel = serde_yaml::from_str(include_str!(
+            "../../../manifests/samples/imagemodel-cpu.yaml"
+        ))
+        .expect("the sample ImageModel");
+        m.metadata.name = Some(name.into());
+        m.metadata.namespace = Some(namespace.into());
+        m
+    }
+
+    #[test]
+    fn a_model_change_reaches_the_jobs_that_name_it_in_its_namespace() {
+        let (store, mut writer) = reflector::store::<RecognitionJob>();
+        for j in [
+            job("a", "uses-it", "resnet"),
+            job("a", "other-model", "mobilenet"),
+            job("b", "other-namespace", "resnet"),
+            job("a", "uses-it-too", "resnet"),
+        ] {
+            writer.apply_watcher_event(&watcher::Event::Apply(j));
+        }
+        let mut names: Vec<String> =
+            using_model(&store, &model("a", "resnet"), |j| &j.spec.model_ref.name)
+                .into_iter()
+                .map(|r| r.name)
+                .collect();
+        names.sort();
+        assert_eq!(names, ["uses-it", "uses-it-too"]);
+        assert!(using_model(&store, &model("c", "resnet"), |j| &j.spec.model_ref.name).is_empty());
+    }
 }
