@@ -92,6 +92,7 @@ pub fn model_setup(args: &ServeArgs) -> Result<ModelSetup, SetupError> {
                 m.intra_threads
             },
             intra_op_spinning: m.intra_op_spinning.unwrap_or(false),
+            stop_spinning_after_run: false,
             batch_size: m.max_batch_size,
         },
         batching: BatchConfig {

@@ -53,6 +53,9 @@ pub struct EngineConfig {
     pub intra_threads: usize,
     /// Whether the intra-op threads busy-wait between operators (ONNX Runtime's default).
     pub intra_op_spinning: bool,
+    /// With spinning: the threads stop spinning the moment a run ends (ONNX Runtime's
+    /// `session.force_spinning_stop`), so that no core is kept busy between requests.
+    pub stop_spinning_after_run: bool,
     /// `auto` (measured at warm-up), `auto:<limit>` or a fixed size.
     pub batch_size: BatchSize,
 }
@@ -315,6 +318,11 @@ fn build_session(
             .with_intra_threads(cfg.intra_threads.max(1))
             .map_err(|e| LoadError::Session(e.to_string()))?
             .with_intra_op_spinning(cfg.intra_op_spinning)
+            .map_err(|e| LoadError::Session(e.to_string()))?
+            .with_config_entry(
+                "session.force_spinning_stop",
+                if cfg.stop_spinning_after_run { "1" } else { "0" },
+            )
             .map_err(|e| LoadError::Session(e.to_string()))
     };
     let commit = |builder: ort::session::builder::SessionBuilder| {

@@ -221,13 +221,20 @@ fn lone_session(
         };
         let session = match loaded
             .iter()
-            .find(|s| s.layout == layout)
+            .find(|s| s.layout == layout && !spinning)
             .and_then(|s| s.engines.first())
         {
             Some(session) => session.clone(),
-            None => Sessions::load(env, base, layout, largest)?
-                .engines
-                .remove(0),
+            // Spinning between operators, asleep the moment a run ends: a lone request
+            // gets the spin's speed without a core kept busy after it, which the
+            // instances would pay for when the load comes back.
+            None => {
+                let cfg = EngineConfig {
+                    stop_spinning_after_run: spinning,
+                    ..base.clone()
+                };
+                Sessions::load(env, &cfg, layout, largest)?.engines.remove(0)
+            }
         };
         candidates.push((spinning, session));
     }
