@@ -321,7 +321,11 @@ fn build_session(
             .map_err(|e| LoadError::Session(e.to_string()))?
             .with_config_entry(
                 "session.force_spinning_stop",
-                if cfg.stop_spinning_after_run { "1" } else { "0" },
+                if cfg.stop_spinning_after_run {
+                    "1"
+                } else {
+                    "0"
+                },
             )
             .map_err(|e| LoadError::Session(e.to_string()))
     };

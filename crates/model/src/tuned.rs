@@ -233,7 +233,9 @@ fn lone_session(
                     stop_spinning_after_run: spinning,
                     ..base.clone()
                 };
-                Sessions::load(env, &cfg, layout, largest)?.engines.remove(0)
+                Sessions::load(env, &cfg, layout, largest)?
+                    .engines
+                    .remove(0)
             }
         };
         candidates.push((spinning, session));

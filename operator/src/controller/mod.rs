@@ -21,6 +21,7 @@ pub mod canary;
 pub mod job_progress;
 pub mod model;
 pub mod model_status;
+pub mod model_users;
 pub mod observe;
 pub mod pipeline;
 pub mod pods;
