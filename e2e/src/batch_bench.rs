@@ -23,7 +23,7 @@ use crate::mirror_bench::cpu_model;
 use crate::models;
 use crate::proc_stat::process_tree_ticks;
 use crate::process::{ScratchDir, require_server_binary};
-use crate::raw_bound::{RawModel, Sweep, allowed};
+use crate::raw_bound::{RawModel, Sweep, allowed, median, spread};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -179,11 +179,6 @@ fn run_command(
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 /// Runs the measurement; the Markdown text.
 pub fn run(bench: &BatchBench) -> anyhow::Result<String> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -257,6 +252,7 @@ pub fn run(bench: &BatchBench) -> anyhow::Result<String> {
         }
     }
     let bounds: Vec<f64> = runs.iter().flatten().map(|(b, _)| *b).collect();
+    let bound = spread(&bounds);
     let solo_cells: Vec<String> = solo
         .iter()
         .map(|(t, r, ms)| format!("{t} thread(s) × batch {r}: {ms:.2}"))
@@ -287,24 +283,22 @@ pub fn run(bench: &BatchBench) -> anyhow::Result<String> {
             .unwrap_or_default(),
         photos[0].len(),
         bench.rounds,
-        median(bounds.clone()),
-        bounds.iter().copied().fold(f64::INFINITY, f64::min),
-        bounds.iter().copied().fold(0.0, f64::max),
+        bound.0,
+        bound.1,
+        bound.2,
         solo_cells.join("; "),
         sweep.table(),
     );
     for ((name, _), runs) in SETTINGS.iter().zip(&runs) {
         let of = |f: &dyn Fn(&(f64, CommandRun)) -> f64| runs.iter().map(f).collect::<Vec<_>>();
-        let ratios = of(&|(b, r)| r.rate / b);
-        let rate = median(of(&|(_, r)| r.rate));
+        let (ratio, least, most) = spread(&of(&|(b, r)| r.rate / b));
+        let rate = median(&of(&|(_, r)| r.rate));
         text.push_str(&format!(
-            "| {name} | {:.1} | {:.1} | {rate:.1} | {:.2} | **{:.3}** ({:.3}–{:.3}) | {:.3} |\n",
-            median(of(&|(_, r)| r.load)),
-            median(of(&|(_, r)| r.recognizing)),
-            median(of(&|(_, r)| r.cpu_ms)),
-            median(ratios.clone()),
-            ratios.iter().copied().fold(f64::INFINITY, f64::min),
-            ratios.iter().copied().fold(0.0, f64::max),
+            "| {name} | {:.1} | {:.1} | {rate:.1} | {:.2} | **{ratio:.3}** ({least:.3}–{most:.3}) \
+             | {:.3} |\n",
+            median(&of(&|(_, r)| r.load)),
+            median(&of(&|(_, r)| r.recognizing)),
+            median(&of(&|(_, r)| r.cpu_ms)),
             rate / solo_allowed,
         ));
     }

@@ -22,7 +22,7 @@ use crate::mirror_bench::{cpu_model, send};
 use crate::models;
 use crate::proc_stat::process_cpu_seconds;
 use crate::process::{ScratchDir, ServerProcess, free_port, require_server_binary};
-use crate::raw_bound::{RawModel, Sweep, allowed};
+use crate::raw_bound::{RawModel, Sweep, allowed, median, spread};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -95,11 +95,6 @@ struct Cell {
     rps: f64,
     p50_ms: f64,
     cpu_ms: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Runs the measurement; the Markdown table.
@@ -201,6 +196,7 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
         }
     }
 
+    let bound = spread(&bounds);
     let mut table = format!(
         "Machine: {} ({cores} cores). {}, photo {} ({} bytes), result cache off, {} requests \
          per cell, {} alternating pairs.\n\n\
@@ -218,9 +214,9 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
         jpeg.len(),
         bench.requests,
         bench.pairs,
-        median(bounds.clone()),
-        bounds.iter().copied().fold(f64::INFINITY, f64::min),
-        bounds.iter().copied().fold(0.0, f64::max),
+        bound.0,
+        bound.1,
+        bound.2,
     );
     table.push_str(&sweep.table());
     table.push_str(
@@ -230,15 +226,12 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
     for (s, (name, _, _)) in servers.iter().enumerate() {
         for (i, &c) in bench.concurrency.iter().enumerate() {
             let of = |f: fn(&Cell) -> f64| cells[s][i].iter().map(f).collect::<Vec<_>>();
-            let ratios = of(|c| c.ratio);
+            let (ratio, least, most) = spread(&of(|c| c.ratio));
             table.push_str(&format!(
-                "| {name} | {c} | {:.1} | **{:.3}** | {:.3}–{:.3} | {:.2} | {:.2} |\n",
-                median(of(|c| c.rps)),
-                median(ratios.clone()),
-                ratios.iter().copied().fold(f64::INFINITY, f64::min),
-                ratios.iter().copied().fold(0.0, f64::max),
-                median(of(|c| c.p50_ms)),
-                median(of(|c| c.cpu_ms)),
+                "| {name} | {c} | {:.1} | **{ratio:.3}** | {least:.3}–{most:.3} | {:.2} | {:.2} |\n",
+                median(&of(|c| c.rps)),
+                median(&of(|c| c.p50_ms)),
+                median(&of(|c| c.cpu_ms)),
             ));
         }
     }

@@ -59,6 +59,23 @@ pub fn allowed(raw_images_per_second: f64, decode_ms: f64, cores: usize) -> f64 
     1.0 / (1.0 / raw_images_per_second + decode_ms / 1000.0 / cores as f64)
 }
 
+/// The median of `values` (the upper one of an even count), the least and the most: how
+/// the benchmarks sum up their pairs or rounds.
+pub fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    (
+        sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN),
+        sorted.first().copied().unwrap_or(f64::NAN),
+        sorted.last().copied().unwrap_or(f64::NAN),
+    )
+}
+
+/// The median of `values` ([`spread`]).
+pub fn median(values: &[f64]) -> f64 {
+    spread(values).0
+}
+
 /// Every layout and batch size, measured once.
 pub struct Sweep {
     pub cells: Vec<(RawLayout, usize, f64)>,
@@ -181,4 +198,17 @@ pub fn images_per_second(
         })
     })?;
     Ok((runs * rows * layout.instances) as f64 / started.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_the_median_the_least_and_the_most() {
+        assert_eq!(spread(&[0.93, 0.81, 0.97]), (0.93, 0.81, 0.97));
+        // An even count takes the upper of the two middle values.
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert!(median(&[]).is_nan());
+    }
 }

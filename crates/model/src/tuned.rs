@@ -219,15 +219,16 @@ fn lone_session(
             spinning,
             ..Layout::wide(trial.cores)
         };
+        // The trial's sleeping session of this layout serves as it is. A spinning one is
+        // loaded anew, to spin between operators and sleep the moment a run ends: a lone
+        // request gets the spin's speed without a core kept busy after it, which the
+        // instances would pay for when the load comes back.
         let session = match loaded
             .iter()
             .find(|s| s.layout == layout && !spinning)
             .and_then(|s| s.engines.first())
         {
             Some(session) => session.clone(),
-            // Spinning between operators, asleep the moment a run ends: a lone request
-            // gets the spin's speed without a core kept busy after it, which the
-            // instances would pay for when the load comes back.
             None => {
                 let cfg = EngineConfig {
                     stop_spinning_after_run: spinning,
