@@ -241,17 +241,17 @@ async fn history_labels_and_gauges(backend: Backend) {
     let live = &quality["digests"][0];
     assert_eq!(live["samples"], 5, "{quality}");
     let accuracy = live["accuracy"].as_f64().expect("accuracy");
+    // One refresh reads the hour, then the day: wait for both, or a scrape between the
+    // two reads sees the new hour beside the old day.
     let samples = series("samples", "1h", None);
-    let text = metrics_until(&app, "the samples", |t| {
-        t.contains(&format!("{samples}5\n"))
+    let hour = format!("{samples}5\n");
+    let day = format!("{}5\n", series("samples", "24h", None));
+    let text = metrics_until(&app, "the samples of both windows", |t| {
+        t.contains(&hour) && t.contains(&day)
     })
     .await;
     assert!(
         text.contains(&format!("{}{accuracy}\n", series("accuracy", "1h", None))),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("{}5\n", series("samples", "24h", None))),
         "{text}"
     );
     // blue (tp 1, fp 1, fn 1) and red (tp 2, fp 1) have 3 answers each, green 1: the tie
