@@ -36,6 +36,24 @@ pub struct CpuBench {
     /// Alternating pairs (raw, then every server cell).
     pub pairs: usize,
     pub ort_lib: PathBuf,
+    /// Server settings measured after [`SETTINGS`]: a name and the flags it adds.
+    pub extra: Vec<(String, Vec<String>)>,
+}
+
+/// A `--cpu-setting` argument, `NAME=FLAGS` (the flags split on whitespace): the name
+/// the tables show, and the flags added to the server's command line.
+pub fn parse_setting(text: &str) -> Result<(String, Vec<String>), String> {
+    let (name, flags) = text.split_once('=').ok_or_else(|| {
+        format!("{text:?}: expected NAME=FLAGS, e.g. 'spinning=--intra-op-spinning true'")
+    })?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("{text:?}: the setting has no name"));
+    }
+    Ok((
+        name.to_string(),
+        flags.split_whitespace().map(str::to_string).collect(),
+    ))
 }
 
 /// The server settings compared: a name and its flags. The first is what a user gets.
@@ -132,7 +150,14 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
         .build()?;
     let lib = bench.ort_lib.display().to_string();
     let mut servers = Vec::new();
-    for (name, flags) in SETTINGS {
+    let settings = SETTINGS
+        .iter()
+        .map(|(name, flags)| {
+            let flags = flags.iter().map(|f| f.to_string()).collect::<Vec<_>>();
+            (name.to_string(), flags)
+        })
+        .chain(bench.extra.iter().cloned());
+    for (name, flags) in settings {
         // No `--intra-threads`: the server's own defaults.
         let model = models().join(format!("{}.onnx", bench.model));
         let mut args: Vec<String> = vec![
@@ -145,7 +170,7 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
             "--queue-capacity".into(),
             "256".into(),
         ];
-        args.extend(flags.iter().map(|f| f.to_string()));
+        args.extend(flags);
         let server = ServerProcess::start_named(
             &binary,
             "recognize",
@@ -154,7 +179,7 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
             &args,
             scratch.path(),
         )?;
-        let note = crate::batching_note(name, &server.url(""))?;
+        let note = crate::batching_note(&name, &server.url(""))?;
         servers.push((name, server, note));
     }
 
@@ -240,4 +265,27 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
         table.push_str(&format!("- {note}\n"));
     }
     Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_setting_is_a_name_and_the_flags_after_the_first_equals_sign() {
+        assert_eq!(
+            parse_setting("spin, batch 4=--intra-op-spinning true  --max-batch-size=4"),
+            Ok((
+                "spin, batch 4".to_string(),
+                vec![
+                    "--intra-op-spinning".to_string(),
+                    "true".to_string(),
+                    "--max-batch-size=4".to_string()
+                ]
+            ))
+        );
+        assert!(parse_setting("no flags at all").is_err());
+        assert!(parse_setting(" =--instances 2").is_err());
+        assert_eq!(parse_setting("plain="), Ok(("plain".to_string(), vec![])));
+    }
 }

@@ -77,6 +77,11 @@ struct Args {
     /// result cache off, in --rounds alternating pairs; the first of --models, --image.
     #[arg(long)]
     cpu: bool,
+    /// With --cpu: also measure the server with these flags added, `NAME=FLAGS`
+    /// (repeatable), e.g. `--cpu-setting 'spinning=--tune-budget-seconds 0
+    /// --intra-op-spinning true'`.
+    #[arg(long = "cpu-setting", value_parser = sightline_e2e::cpu_bench::parse_setting)]
+    cpu_settings: Vec<(String, Vec<String>)>,
     /// With --mirror: this process on CPU 0 and the candidates on CPU 1, as if the
     /// candidate ran on its own node (it does, in a cluster).
     #[arg(long)]
@@ -211,6 +216,7 @@ fn main() -> anyhow::Result<()> {
             requests: args.requests,
             pairs: args.rounds,
             ort_lib: lib.clone(),
+            extra: args.cpu_settings.clone(),
         };
         let table = sightline_e2e::cpu_bench::run(&bench, &client_rt)?;
         return emit(&table, args.out.as_deref());
