@@ -97,8 +97,8 @@ pub fn batching_note(model: &str, base: &str) -> anyhow::Result<String> {
     Ok(format!(
         "{model}: server batch size {} ({}; images/s per batch size at warm-up: {}); \
          {} instance(s) × {} intra-op thread(s), spinning {}, lone session threads {}, \
-         spinning {} (lone trial, p50 ms: {}) (layout {}; trial {} round(s) over {} \
-         candidates in {:.1} s)",
+         spinning {} (lone trial, p50 ms: {}); images decoded on the {} (decode trial, \
+         images/s: {}) (layout {}; trial {} round(s) over {} candidates in {:.1} s)",
         b["max_batch_size"],
         b["mode"].as_str().unwrap_or("?"),
         if measured.is_empty() {
@@ -119,6 +119,18 @@ pub fn batching_note(model: &str, base: &str) -> anyhow::Result<String> {
                 "spinning {}: {:.2}",
                 t["spinning"],
                 t["p50_ms"].as_f64().unwrap_or(f64::NAN)
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
+        l["decode"].as_str().unwrap_or("?"),
+        l["decode_trials"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| format!(
+                "{}: {:.1}",
+                t["decode"].as_str().unwrap_or("?"),
+                t["images_per_second"].as_f64().unwrap_or(f64::NAN)
             ))
             .collect::<Vec<_>>()
             .join(", "),

@@ -32,7 +32,7 @@ pub mod upload;
 
 // The model and the shared formats, under the paths the roles have always used.
 pub use sightline_model::{
-    batch_tuning, batching, blocking, cache, engine, labels, layout_tuning, lone_trial,
-    model_config, ort_runtime, postprocess, preprocess, serving,
+    batch_tuning, batching, blocking, cache, decode_at, decode_trial, engine, labels,
+    layout_tuning, lone_trial, model_config, ort_runtime, postprocess, preprocess, serving,
 };
 pub use sightline_telemetry::exposition;

@@ -112,6 +112,7 @@ pub fn model_setup(args: &ServeArgs) -> Result<ModelSetup, SetupError> {
             instances: m.instances.map(usize::from),
             threads: (m.intra_threads > 0).then_some(m.intra_threads),
             spinning: m.intra_op_spinning,
+            decode: m.decode_at,
         },
         cores,
         // Checked by the flag's parser: finite, from 0 to 600.

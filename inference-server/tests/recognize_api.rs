@@ -232,10 +232,28 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
 
 #[tokio::test]
 async fn bad_input_gets_a_4xx_json_error_and_the_server_stays_up() {
+    bad_input_with(&[]).await;
+}
+
+/// The same bad images queued undecoded: the instance's worker decodes them, and each
+/// still gets its own 4xx (batching.rs, decode_trial.rs).
+#[tokio::test]
+async fn bad_input_decoded_by_the_worker_gets_the_same_4xx() {
+    bad_input_with(&["--decode-at", "worker", "--instances", "2"]).await;
+}
+
+async fn bad_input_with(extra: &[&str]) {
     if !test_classifier_ready() {
         return;
     }
-    let (app, _) = loaded_app(&args(MODEL, &["--max-upload-bytes", "1000000"])).await;
+    let mut flags = vec!["--max-upload-bytes", "1000000"];
+    flags.extend_from_slice(extra);
+    let (app, state) = loaded_app(&args(MODEL, &flags)).await;
+    let decode = state.model.ready().expect("ready").layout.decode;
+    assert_eq!(
+        decode.as_str(),
+        if extra.is_empty() { "pool" } else { "worker" }
+    );
     let jpeg = solid(64, 64, [1, 2, 3], ImageFormat::Jpeg);
     let truncated = jpeg[..jpeg.len() / 2].to_vec();
     let (mp_type, mp_wrong_field) = multipart("file", "a.png", &png([1, 2, 3]));

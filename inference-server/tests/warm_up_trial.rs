@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use image::ImageFormat;
 use serde_json::Value;
 use sightline_server::cli::ServeArgs;
+use sightline_server::decode_trial::{self, DecodeAt, DecodeTrial};
 use sightline_server::layout_tuning::{self, Fixed, Layout, Trial};
 use sightline_server::lone_trial::{self, LoneTrial};
 use support::*;
@@ -99,6 +100,59 @@ fn assert_lone_trial(layout: &Value, metrics: &str) {
     assert!(metrics.contains(&series), "{series}");
 }
 
+/// Where images are decoded: the decode trial's choice from the figures `/readyz` shows
+/// when the served layout tries it (one-thread instances, one per core), else the pool;
+/// the layout series says the same.
+fn assert_decode_trial(layout: &Value, metrics: &str) -> DecodeAt {
+    let served = Layout {
+        instances: layout["instances"].as_u64().expect("instances") as usize,
+        threads: layout["threads"].as_u64().expect("threads") as usize,
+        spinning: layout["spinning"].as_bool().expect("spinning"),
+    };
+    let figures: Vec<DecodeTrial> = layout["decode_trials"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| DecodeTrial {
+            decode: t["decode"]
+                .as_str()
+                .expect("decode")
+                .parse()
+                .expect("pool or worker"),
+            images_per_second: t["images_per_second"].as_f64().expect("figure"),
+        })
+        .collect();
+    let expected = if decode_trial::worth_trying(served, cores()) {
+        assert_eq!(
+            figures.iter().map(|t| t.decode).collect::<Vec<_>>(),
+            [DecodeAt::Pool, DecodeAt::Worker],
+            "{layout}"
+        );
+        assert!(
+            figures.iter().all(|t| t.images_per_second > 0.0),
+            "{layout}"
+        );
+        decode_trial::choose(&figures).expect("a decode choice")
+    } else {
+        assert!(figures.is_empty(), "{layout}");
+        DecodeAt::Pool
+    };
+    assert_eq!(
+        layout["decode"].as_str(),
+        Some(expected.as_str()),
+        "{layout}"
+    );
+    let series = format!(
+        "sightline_inference_layout{{model=\"test-classifier\",instances=\"{}\",threads=\"{}\",spinning=\"{}\",decode=\"{}\"}} 1",
+        served.instances,
+        served.threads,
+        served.spinning,
+        expected.as_str()
+    );
+    assert!(metrics.contains(&series), "{series} in {metrics}");
+    expected
+}
+
 async fn answers_by_colour(app: &axum::Router) {
     let tasks: Vec<_> = (0..12)
         .map(|i| {
@@ -179,16 +233,9 @@ async fn the_trial_tries_every_layout_under_load_and_serves_the_best() {
     let model = state.model.ready().expect("model ready");
     assert_eq!(model.batch_config().max_batch_size, chosen.rows);
 
-    // The metrics say the same.
+    // The metrics say the same, and where images are decoded is the decode trial's.
     let metrics = state.metrics.encode();
-    let layout_series = format!(
-        "sightline_inference_layout{{model=\"test-classifier\",instances=\"{}\",threads=\"{}\",spinning=\"{}\"}} 1",
-        chosen.layout.instances, chosen.layout.threads, chosen.layout.spinning
-    );
-    assert!(
-        metrics.contains(&layout_series),
-        "{layout_series} in {metrics}"
-    );
+    assert_decode_trial(layout, &metrics);
     let trial_lines = metrics
         .lines()
         .filter(|l| l.starts_with("sightline_inference_trial_throughput{"))
@@ -229,6 +276,20 @@ async fn fixed_flags_pin_their_part_and_a_zero_budget_turns_the_trial_off() {
         assert_eq!(layout["lone_threads"].as_u64(), Some(cores() as u64));
         assert_lone_trial(layout, &state.metrics.encode());
     }
+    // Two one-thread instances: on two cores, the decode trial times both placements.
+    assert_decode_trial(layout, &state.metrics.encode());
+    answers_by_colour(&app).await;
+
+    // Where images are decoded, pinned: kept, with nothing to time.
+    let (app, state) = loaded_app(&two_one_thread_instances(&["--decode-at", "worker"])).await;
+    let body = body_json(send(&app, get("/readyz")).await.1).await;
+    let layout = &body["model"]["layout"];
+    assert_eq!(layout["decode"], "worker", "{layout}");
+    assert_eq!(layout.get("decode_trials"), None, "{layout}");
+    assert_eq!(
+        state.model.ready().expect("ready").layout.decode,
+        DecodeAt::Worker
+    );
     answers_by_colour(&app).await;
 
     // Spinning pinned: the lone session keeps it, with nothing to time.

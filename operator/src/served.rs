@@ -48,6 +48,10 @@ pub struct ServedRuntime {
     /// Whether the lone session's threads spin between operators (its own trial chose).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lone_spinning: Option<bool>,
+    /// Where a request's image is decoded: `pool` (beside the instances) or `worker` (by
+    /// the instance that runs it; the decode trial chose it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode: Option<String>,
     /// Most images in one model run.
     pub max_batch_size: u64,
     /// How long the trial took.
@@ -97,6 +101,7 @@ fn runtime_of(m: &readiness::ReadyModel) -> Option<ServedRuntime> {
         spinning: l["spinning"].as_bool()?,
         lone_threads: number(&l["lone_threads"]),
         lone_spinning: l["lone_spinning"].as_bool(),
+        decode: l["decode"].as_str().map(str::to_string),
         max_batch_size: number(&m.batching["max_batch_size"]).unwrap_or(1),
         trial_seconds: (l["seconds"].as_f64().unwrap_or(0.0) * 10.0).round() / 10.0,
         trials,
@@ -181,7 +186,7 @@ mod tests {
         let tuned = parse_readyz(
             200,
             r#"{"status":"ready","model":{"sha256":"ab","device":"cpu","batching":{"max_batch_size":2},
-                "layout":{"mode":"auto","instances":2,"threads":1,"spinning":false,"lone_threads":2,"lone_spinning":true,
+                "layout":{"mode":"auto","instances":2,"threads":1,"spinning":false,"lone_threads":2,"lone_spinning":true,"decode":"worker",
                 "trials":[{"instances":2,"threads":1,"spinning":false,"rows":2,"images_per_second":123.456}],
                 "rounds":3,"seconds":20.04,"budget_seconds":20.0}}}"#,
         );
@@ -198,6 +203,7 @@ mod tests {
         );
         assert_eq!((runtime.lone_threads, runtime.max_batch_size), (Some(2), 2));
         assert_eq!(runtime.lone_spinning, Some(true));
+        assert_eq!(runtime.decode.as_deref(), Some("worker"));
         assert_eq!(runtime.trial_seconds, 20.0);
         assert_eq!(runtime.trials[0].images_per_second, 123.5);
         assert_eq!(

@@ -14,6 +14,12 @@
 //! the work. Whether the lone session's threads spin is measured at warm-up
 //! (lone_trial.rs).
 //!
+//! A job's image may also come undecoded ([`Batcher::submit_encoded`]): the worker that
+//! takes it decodes it just before the run, on the thread and core the run then uses. With
+//! one-thread instances, one per core, that keeps decoding from preempting a run and saves
+//! the hand-offs between a decoding thread and the worker; the warm-up measures both ways
+//! (decode_trial.rs).
+//!
 //! The queue is bounded (`queue_capacity` jobs); a full queue is an immediate
 //! [`InferError::QueueFull`] (HTTP 503 with `Retry-After`), never unbounded memory. The
 //! workers are dedicated OS threads, not tasks on the async reactor.
@@ -26,6 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::metrics::InferenceMetrics;
+use crate::preprocess::PreprocessError;
 use lone::{Handed, LoneHandle};
 use run::run_batch;
 
@@ -124,10 +131,22 @@ pub enum InferError {
     Stopped,
     #[error("inference failed: {0}")]
     Failed(String),
+    /// An image submitted undecoded ([`Batcher::submit_encoded`]) that did not decode.
+    #[error(transparent)]
+    Image(PreprocessError),
+}
+
+/// Decodes and preprocesses one image into its row, on the worker that runs it.
+pub type Decode = Box<dyn FnOnce() -> Result<Vec<f32>, PreprocessError> + Send>;
+
+/// A job's rows: ready, or an image its worker decodes first.
+enum Input {
+    Rows(Vec<f32>),
+    Encoded(Decode),
 }
 
 struct Job {
-    input: Vec<f32>,
+    input: Input,
     rows: usize,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Vec<f32>, InferError>>,
@@ -230,8 +249,32 @@ impl Batcher {
         rows: usize,
     ) -> Result<impl FnOnce() -> Result<Vec<f32>, InferError> + use<>, InferError> {
         let (reply, answer) = oneshot::channel();
-        self.enqueue(input, rows, reply, incoming)?;
+        self.enqueue(Input::Rows(input), rows, reply, incoming)?;
         Ok(move || answer.blocking_recv().unwrap_or(Err(InferError::Stopped)))
+    }
+
+    /// [`Batcher::submit_encoded`] for a plain thread: queues now; calling the result
+    /// blocks until the row is back.
+    pub fn submit_encoded_blocking(
+        &self,
+        decode: Decode,
+    ) -> Result<impl FnOnce() -> Result<Vec<f32>, InferError> + use<>, InferError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Input::Encoded(decode), 1, reply, None)?;
+        Ok(move || answer.blocking_recv().unwrap_or(Err(InferError::Stopped)))
+    }
+
+    /// Queues one image undecoded: the worker that takes it runs `decode` just before the
+    /// batch runs, and a failed decode is that request's [`InferError::Image`]. The queue
+    /// then holds the image's bytes, not its row; at most one decode per worker runs at
+    /// once.
+    pub fn submit_encoded(
+        &self,
+        decode: Decode,
+    ) -> Result<impl Future<Output = Result<Vec<f32>, InferError>> + use<>, InferError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Input::Encoded(decode), 1, reply, None)?;
+        Ok(async move { answer.await.unwrap_or(Err(InferError::Stopped)) })
     }
 
     pub fn config(&self) -> BatchConfig {
@@ -274,13 +317,13 @@ impl Batcher {
         rows: usize,
     ) -> Result<impl Future<Output = Result<Vec<f32>, InferError>> + use<>, InferError> {
         let (reply, answer) = oneshot::channel();
-        self.enqueue(input, rows, reply, incoming)?;
+        self.enqueue(Input::Rows(input), rows, reply, incoming)?;
         Ok(async move { answer.await.unwrap_or(Err(InferError::Stopped)) })
     }
 
     fn enqueue(
         &self,
-        input: Vec<f32>,
+        input: Input,
         rows: usize,
         reply: oneshot::Sender<Result<Vec<f32>, InferError>>,
         incoming: Option<Incoming>,

@@ -46,6 +46,8 @@ pub struct Fixed {
     pub instances: Option<usize>,
     pub threads: Option<usize>,
     pub spinning: Option<bool>,
+    /// Where images are decoded (`--decode-at`; decode_trial.rs).
+    pub decode: Option<crate::decode_at::DecodeAt>,
 }
 
 impl Fixed {
@@ -181,6 +183,7 @@ mod tests {
             instances: Some(3),
             threads: Some(1),
             spinning: Some(true),
+            decode: None,
         };
         assert!(all.all());
         assert_eq!(layouts(2, all), vec![l(3, 1, true)]);

@@ -19,6 +19,8 @@ pub mod batch_tuning;
 pub mod batching;
 pub mod blocking;
 pub mod cache;
+pub mod decode_at;
+pub mod decode_trial;
 pub mod drift;
 pub mod engine;
 pub mod labels;

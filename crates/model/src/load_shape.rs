@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::batch_tuning::BatchSize;
 use crate::batching::{BatchConfig, BatchRunner, Batcher};
+use crate::decode_at::DecodeAt;
 use crate::engine::{Engine, EngineConfig, LoadError};
 use crate::layout_tuning::{Layout, Trial};
 use crate::metrics::InferenceMetrics;
@@ -23,7 +24,7 @@ use crate::preprocess::{DecodeLimits, preprocess};
 /// Rounds over every candidate, at most.
 pub const MAX_ROUNDS: usize = 3;
 /// One candidate's timed window: at least this long, and at least [`MIN_IMAGES`].
-const MIN_WINDOW: Duration = Duration::from_millis(400);
+pub const MIN_WINDOW: Duration = Duration::from_millis(400);
 const MIN_IMAGES: usize = 40;
 
 /// An engine that several batchers take turns with (one at a time: each trial's batcher
@@ -80,6 +81,7 @@ pub fn with_layout(base: &EngineConfig, layout: Layout, batch_size: BatchSize) -
 }
 
 /// What the trial feeds and how long it may take.
+#[derive(Clone)]
 pub struct Load {
     pub photo: Vec<u8>,
     pub limits: DecodeLimits,
@@ -103,7 +105,13 @@ pub fn run(
     while rounds == 0 || (rounds < MAX_ROUNDS && started.elapsed() + last_round <= load.budget) {
         let round = Instant::now();
         for (i, (sessions, rows)) in candidates.iter().enumerate() {
-            per_candidate[i].push(images_per_second(sessions, *rows, row_len, load)?);
+            per_candidate[i].push(images_per_second(
+                sessions,
+                *rows,
+                row_len,
+                load,
+                DecodeAt::Pool,
+            )?);
         }
         last_round = round.elapsed();
         rounds += 1;
@@ -120,13 +128,18 @@ pub fn run(
     Ok((trials, rounds))
 }
 
+/// A submitted request's answer, waited for.
+type Wait = Box<dyn FnOnce() -> Result<Vec<f32>, crate::batching::InferError>>;
+
 /// Images per second of one candidate: its batcher over its sessions, fed by
-/// `load.feeders` threads that each decode the photo and wait for its answer.
-fn images_per_second(
+/// `load.feeders` threads that each submit the photo and wait for its answer — decoded
+/// first (`pool`), or undecoded for the worker to decode (`worker`).
+pub fn images_per_second(
     sessions: &Sessions,
     rows: usize,
     row_len: usize,
     load: &Load,
+    decode: DecodeAt,
 ) -> Result<f64, LoadError> {
     let cfg = BatchConfig {
         max_batch_size: rows,
@@ -143,6 +156,7 @@ fn images_per_second(
         InferenceMetrics::unregistered(),
     )
     .map_err(|e| LoadError::Warmup(format!("cannot start a trial's inference thread: {e}")))?;
+    let photo: Arc<[u8]> = load.photo.as_slice().into();
     let done = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let failure: Mutex<Option<String>> = Mutex::new(None);
@@ -150,14 +164,29 @@ fn images_per_second(
         for _ in 0..load.feeders.max(1) {
             scope.spawn(|| {
                 while !stop.load(Ordering::SeqCst) {
-                    let incoming = batcher.incoming();
-                    let answer = preprocess(&load.photo, &load.limits, &load.preprocess)
-                        .map_err(|e| e.to_string())
-                        .and_then(|input| {
-                            batcher
-                                .submit_incoming_blocking(Some(incoming), input, 1)
+                    let answer = match decode {
+                        DecodeAt::Pool => {
+                            let incoming = batcher.incoming();
+                            preprocess(&photo, &load.limits, &load.preprocess)
                                 .map_err(|e| e.to_string())
-                        });
+                                .and_then(|input| {
+                                    batcher
+                                        .submit_incoming_blocking(Some(incoming), input, 1)
+                                        .map(|wait| Box::new(wait) as Wait)
+                                        .map_err(|e| e.to_string())
+                                })
+                        }
+                        DecodeAt::Worker => {
+                            let (photo, limits) = (photo.clone(), load.limits);
+                            let p = load.preprocess.clone();
+                            batcher
+                                .submit_encoded_blocking(Box::new(move || {
+                                    preprocess(&photo, &limits, &p)
+                                }))
+                                .map(|wait| Box::new(wait) as Wait)
+                                .map_err(|e| e.to_string())
+                        }
+                    };
                     match answer.and_then(|wait| wait().map_err(|e| e.to_string())) {
                         Ok(_) => {
                             done.fetch_add(1, Ordering::SeqCst);

@@ -48,6 +48,8 @@ pub struct LayoutLabels {
     pub instances: String,
     pub threads: String,
     pub spinning: String,
+    /// Where images are decoded: `pool` or `worker` (decode_trial.rs).
+    pub decode: String,
 }
 
 /// A layout tried at one batch size.
@@ -217,7 +219,8 @@ impl InferenceMetrics {
         registry.register(
             "inference_layout",
             "How the model's sessions run: instances side by side, intra-op threads each, \
-             spinning or not (value is always 1); chosen by the warm-up trial unless fixed",
+             spinning or not, images decoded on the pool or by the worker that runs them \
+             (value is always 1); chosen by the warm-up trial unless fixed",
             m.layout.clone(),
         );
         registry.register(
@@ -381,11 +384,11 @@ impl InferenceMetrics {
         }
     }
 
-    /// The layout served (`lone_threads`: the lone session's, if any) and the warm-up
-    /// trial it came from (`trials` over `seconds`; none without a trial).
+    /// The layout served and where it decodes (`lone_threads`: the lone session's, if
+    /// any), and the warm-up trial it came from (`trials` over `seconds`; none without a trial).
     pub fn layout_tuned(
         &self,
-        layout: crate::layout_tuning::Layout,
+        (layout, decode): (crate::layout_tuning::Layout, crate::decode_at::DecodeAt),
         (lone_threads, lone_spinning): (Option<usize>, Option<bool>),
         trials: &[crate::layout_tuning::Trial],
         seconds: f64,
@@ -398,6 +401,7 @@ impl InferenceMetrics {
                 instances: layout.instances.to_string(),
                 threads: layout.threads.to_string(),
                 spinning: layout.spinning.to_string(),
+                decode: decode.as_str().to_string(),
             })
             .set(1);
         self.lone_threads

@@ -11,8 +11,9 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::batch_tuning::BatchSize;
-use crate::batching::{BatchConfig, Batcher, InferError};
+use crate::batching::{BatchConfig, Batcher, Decode, InferError};
 use crate::cache::{KeyPrefix, ResultCache, Scores};
+use crate::decode_at::DecodeAt;
 use crate::drift::{Drift, DriftConfig, SLOTS};
 use crate::engine::{EngineConfig, LoadError, ModelInfo};
 use crate::layout_tuning::{Fixed, Layout};
@@ -67,7 +68,7 @@ impl crate::cache::Shareable for RecognizeError {
     fn is_shareable(&self) -> bool {
         match self {
             RecognizeError::Image(_) => true,
-            RecognizeError::Infer(InferError::TooManyRows { .. }) => true,
+            RecognizeError::Infer(InferError::TooManyRows { .. } | InferError::Image(_)) => true,
             RecognizeError::Infer(
                 InferError::QueueFull { .. } | InferError::Stopped | InferError::Failed(_),
             ) => false,
@@ -141,16 +142,44 @@ impl ServingModel {
         self.cache.as_ref()
     }
 
-    /// The model's output row for one image: decode, queue, run.
+    /// The model's output row for one image: decode, queue, run — or, where the warm-up
+    /// chose it (decode_trial.rs), queue the image undecoded for the worker that runs it.
     async fn scores(&self, bytes: bytes::Bytes) -> Result<Scores, RecognizeError> {
-        let incoming = self.batcher.incoming();
-        let tensor = self.preprocess_bytes(bytes).await?;
-        // Queued: the batcher no longer waits for it.
-        let answer = self.batcher.submit_incoming(Some(incoming), tensor, 1)?;
-        let row = answer
-            .instrument(tracing::debug_span!("queue_wait_and_inference"))
-            .await?;
+        let span = || tracing::debug_span!("queue_wait_and_inference");
+        let row = if self.layout.decode == DecodeAt::Worker {
+            let answer = self.batcher.submit_encoded(self.decode_job(bytes))?;
+            answer.instrument(span()).await
+        } else {
+            let incoming = self.batcher.incoming();
+            let tensor = self.preprocess_bytes(bytes).await?;
+            // Queued: the batcher no longer waits for it.
+            let answer = self.batcher.submit_incoming(Some(incoming), tensor, 1)?;
+            answer.instrument(span()).await
+        };
+        let row = row.map_err(|e| match e {
+            InferError::Image(e) => RecognizeError::Image(e),
+            e => RecognizeError::Infer(e),
+        })?;
         Ok(row.into())
+    }
+
+    /// Decodes and preprocesses `bytes` where it is called, counted in the metrics.
+    fn decode_job(&self, bytes: bytes::Bytes) -> Decode {
+        let p = self.preprocess.clone();
+        let limits = self.limits;
+        let metrics = self.metrics.clone();
+        // The thread that decodes does not inherit the caller's span: carry it over.
+        let span = tracing::debug_span!("preprocess", bytes = bytes.len());
+        Box::new(move || {
+            let _decoding = metrics.decoding();
+            let started = Instant::now();
+            let result = span.in_scope(|| preprocess(&bytes, &limits, &p));
+            match &result {
+                Ok(_) => metrics.preprocessed(started.elapsed()),
+                Err(e) => metrics.rejected(e.reason()),
+            }
+            result
+        })
     }
 
     /// Runs already-preprocessed rows (the Open Inference Protocol path).
@@ -168,23 +197,9 @@ impl ServingModel {
             .acquire_owned()
             .await
             .map_err(|_| InferError::Stopped)?;
-        let p = self.preprocess.clone();
-        let limits = self.limits;
-        let metrics = self.metrics.clone();
-        // The blocking pool does not inherit the caller's span: carry it over.
-        let span = tracing::debug_span!("preprocess", bytes = bytes.len());
-        let result = crate::blocking::run_holding(permit, move || {
-            let _decoding = metrics.decoding();
-            let started = Instant::now();
-            let result = span.in_scope(|| preprocess(&bytes, &limits, &p));
-            match &result {
-                Ok(_) => metrics.preprocessed(started.elapsed()),
-                Err(e) => metrics.rejected(e.reason()),
-            }
-            result
-        })
-        .await
-        .map_err(|_| InferError::Failed("image worker panicked".into()))?;
+        let result = crate::blocking::run_holding(permit, self.decode_job(bytes))
+            .await
+            .map_err(|_| InferError::Failed("image worker panicked".into()))?;
         Ok(result?)
     }
 }
@@ -343,13 +358,16 @@ fn load(
         lone,
         info,
         row_len,
-        layout,
+        mut layout,
     } = tuned;
+    if let Some(at) = setup.layout.decode {
+        layout.decode = at;
+    }
     let instances = engines.len();
     metrics.queue_capacity(setup.batching.queue_capacity);
     metrics.batch_tuned(&info.batching);
     metrics.layout_tuned(
-        layout.layout,
+        (layout.layout, layout.decode),
         (layout.lone_threads, layout.lone_spinning),
         &layout.trials,
         layout.seconds,

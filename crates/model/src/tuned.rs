@@ -8,6 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::batch_tuning::{self, BatchSize, Measured, Tuning};
+use crate::decode_trial::{self, DecodeAt, DecodeTrial};
 use crate::engine::{Engine, EngineConfig, LoadError, ModelInfo};
 use crate::layout_tuning::{self, Fixed, Layout, Trial};
 use crate::load_shape::{self, Load, Sessions, Shared, with_layout};
@@ -40,6 +41,12 @@ pub struct LayoutTuning {
     /// request alone; empty when there was one candidate or none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub lone_trials: Vec<LoneTrial>,
+    /// Where a request's image is decoded (decode_trial.rs).
+    pub decode: DecodeAt,
+    /// The decode trial's figures: empty when the layout does not try it, or the flag
+    /// pins it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub decode_trials: Vec<DecodeTrial>,
     /// Every candidate's images per second under load (empty unless `auto`).
     pub trials: Vec<Trial>,
     pub rounds: usize,
@@ -58,6 +65,9 @@ impl LayoutTuning {
             self.layout.threads,
             on_off(self.layout.spinning)
         );
+        if self.decode == DecodeAt::Worker {
+            text.push_str(", each image decoded by the instance that runs it");
+        }
         if let (Some(threads), Some(spinning)) = (self.lone_threads, self.lone_spinning) {
             text.push_str(&format!(
                 "; lone session {threads} thread(s), {}",
@@ -83,6 +93,8 @@ impl LayoutTuning {
             lone_threads: None,
             lone_spinning: None,
             lone_trials: Vec::new(),
+            decode: DecodeAt::Pool,
+            decode_trials: Vec::new(),
             trials: Vec::new(),
             rounds: 0,
             seconds: 0.0,
@@ -160,9 +172,35 @@ pub fn tune(
         .iter()
         .flat_map(|s| sizes.iter().map(move |&rows| (s, rows)))
         .collect();
-    let (trials, rounds) = load_shape::run(&candidates, row_len, &trial.load)?;
+    let might_try_decode = trial.fixed.decode.is_none()
+        && loaded
+            .iter()
+            .any(|s| decode_trial::worth_trying(s.layout, trial.cores));
+    let layout_load = Load {
+        budget: match might_try_decode {
+            true => trial.load.budget.saturating_sub(decode_trial::reserve()),
+            false => trial.load.budget,
+        },
+        ..trial.load.clone()
+    };
+    let (trials, rounds) = load_shape::run(&candidates, row_len, &layout_load)?;
     let chosen = layout_tuning::choose(&trials)
         .ok_or_else(|| LoadError::Warmup("the warm-up trial measured nothing".into()))?;
+    let (decode, decode_trials) = match trial.fixed.decode {
+        Some(at) => (at, Vec::new()),
+        None if decode_trial::worth_trying(chosen.layout, trial.cores) => {
+            let sessions = loaded
+                .iter()
+                .find(|s| s.layout == chosen.layout)
+                .ok_or_else(|| LoadError::Warmup("the chosen layout has no sessions".into()))?;
+            let figures = decode_trial::run(sessions, chosen.rows, row_len, &trial.load)?;
+            (
+                decode_trial::choose(&figures).unwrap_or(DecodeAt::Pool),
+                figures,
+            )
+        }
+        None => (DecodeAt::Pool, Vec::new()),
+    };
     info.batching = batching_of(&info.batching, base.batch_size, &trials, chosen);
     let lone = if layout_tuning::wants_lone(chosen.layout, trial.cores) {
         Some(lone_session(env, base, &loaded, &trial, largest)?)
@@ -184,6 +222,8 @@ pub fn tune(
         lone_threads: lone.as_ref().map(|_| trial.cores.max(1)),
         lone_spinning,
         lone_trials,
+        decode,
+        decode_trials,
         trials,
         rounds,
         seconds: started.elapsed().as_secs_f64(),

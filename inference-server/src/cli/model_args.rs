@@ -104,9 +104,17 @@ pub struct ModelArgs {
     #[arg(long, env = "SIGHTLINE_TUNE_BUDGET_SECONDS", default_value_t = 15.0, value_parser = parse_budget)]
     pub tune_budget_seconds: f64,
 
-    /// Images decoded and preprocessed at once (0 = one per CPU core).
+    /// Images decoded and preprocessed at once on the blocking pool (0 = one per CPU
+    /// core).
     #[arg(long, env = "SIGHTLINE_DECODE_THREADS", default_value_t = 0)]
     pub decode_threads: usize,
+
+    /// Where a request's image is decoded: `pool` (the blocking pool, --decode-threads at
+    /// once, then queued) or `worker` (queued undecoded; the instance that runs it decodes
+    /// it first, one at a time each). Unset, the warm-up trial tries both when the
+    /// instances are one-thread, one per core; otherwise `pool`.
+    #[arg(long, env = "SIGHTLINE_DECODE_AT")]
+    pub decode_at: Option<sightline_model::decode_at::DecodeAt>,
 
     /// Most images in one model run: `auto` measures batch sizes 1, 2, 4, 8 with the
     /// model at warm-up and keeps the largest within 2 % of the fastest, never one slower

@@ -118,6 +118,7 @@ impl From<InferError> for AppError {
             InferError::TooManyRows { .. } => AppError::BadRequest(e.to_string()),
             InferError::Stopped => AppError::unavailable(e.to_string()),
             InferError::Failed(detail) => AppError::Internal(detail),
+            InferError::Image(e) => e.into(),
         }
     }
 }

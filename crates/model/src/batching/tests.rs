@@ -326,3 +326,116 @@ fn a_request_decoded_alone_reaches_the_lone_runner_even_at_batches_of_one() {
     }
     assert_eq!(b.lone_batches(), 20);
 }
+
+/// Images queued undecoded: each is decoded on the worker that runs it, in the batch it
+/// joins; one that fails to decode gets its own error and the rest of its batch runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecoded_images_are_decoded_by_the_worker_and_a_bad_one_fails_alone() {
+    let b = batcher(
+        BatchConfig {
+            max_batch_size: 4,
+            max_request_rows: 4,
+            max_delay: Duration::from_millis(50),
+            queue_capacity: 8,
+            fixed_shape: false,
+        },
+        Duration::from_millis(30),
+    );
+    // Keep the worker busy so that the next three queue and form one batch.
+    let busy = b.submit(vec![0.0; 4], 1).expect("queued");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let decoded_on = Arc::new(Mutex::new(Vec::new()));
+    let decode = |value: f32, bad: bool| -> Decode {
+        let decoded_on = decoded_on.clone();
+        Box::new(move || {
+            let thread = std::thread::current().name().unwrap_or("").to_string();
+            decoded_on.lock().expect("lock").push(thread);
+            if bad {
+                Err(PreprocessError::Decode("not an image".into()))
+            } else {
+                Ok(vec![value; 4])
+            }
+        })
+    };
+    let good = b.submit_encoded(decode(1.0, false)).expect("queued");
+    let bad = b.submit_encoded(decode(0.0, true)).expect("queued");
+    let also = b.submit_encoded(decode(2.0, false)).expect("queued");
+    let (busy, good, bad, also) = tokio::join!(busy, good, bad, also);
+    assert_eq!(busy.expect("busy"), vec![0.0, 1.0]);
+    assert_eq!(
+        good.expect("good"),
+        vec![4.0, 2.0],
+        "its row, in a batch of the two good ones"
+    );
+    assert_eq!(also.expect("also"), vec![8.0, 2.0]);
+    assert_eq!(
+        bad,
+        Err(InferError::Image(PreprocessError::Decode(
+            "not an image".into()
+        )))
+    );
+    let threads = decoded_on.lock().expect("lock").clone();
+    assert_eq!(threads.len(), 3);
+    assert!(
+        threads.iter().all(|t| t == "sightline-batcher-0"),
+        "decoded where the model runs: {threads:?}"
+    );
+}
+
+/// A decode that gives a row of the wrong length, or panics, fails that request only; the
+/// worker goes on serving.
+#[tokio::test]
+async fn a_decode_that_panics_or_gives_the_wrong_length_fails_that_request_only() {
+    let b = batcher(
+        BatchConfig {
+            max_delay: Duration::ZERO,
+            ..BatchConfig::default()
+        },
+        Duration::ZERO,
+    );
+    let short = b
+        .submit_encoded(Box::new(|| Ok(vec![1.0; 3])))
+        .expect("queued")
+        .await;
+    assert!(matches!(short, Err(InferError::Failed(_))), "{short:?}");
+    let panics = b
+        .submit_encoded(Box::new(|| panic!("a decoder bug")))
+        .expect("queued")
+        .await;
+    assert!(matches!(panics, Err(InferError::Image(_))), "{panics:?}");
+    let fine = b
+        .submit_encoded(Box::new(|| Ok(vec![1.0; 4])))
+        .expect("queued")
+        .await;
+    assert_eq!(fine, Ok(vec![4.0, 1.0]));
+}
+
+/// A caller that went away while its image was queued undecoded costs no decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_whose_caller_went_away_is_not_decoded() {
+    let b = batcher(
+        BatchConfig {
+            max_delay: Duration::ZERO,
+            ..BatchConfig::default()
+        },
+        Duration::from_millis(50),
+    );
+    let busy = b.submit(vec![0.0; 4], 1).expect("queued");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let decoded = Arc::new(AtomicUsize::new(0));
+    let counted = decoded.clone();
+    let gone = b
+        .submit_encoded(Box::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![1.0; 4])
+        }))
+        .expect("queued");
+    drop(gone);
+    busy.await.expect("busy");
+    let after = b
+        .submit_encoded(Box::new(|| Ok(vec![2.0; 4])))
+        .expect("queued")
+        .await;
+    assert_eq!(after, Ok(vec![8.0, 1.0]), "the worker goes on");
+    assert_eq!(decoded.load(Ordering::SeqCst), 0, "decoded for no one");
+}
