@@ -113,6 +113,9 @@ struct Cell {
     rps: f64,
     p50_ms: f64,
     cpu_ms: f64,
+    /// This process's (the load generator's) CPU milliseconds per request: it shares the
+    /// cores with the server, which the bound does not count.
+    client_ms: f64,
 }
 
 /// Runs the measurement; the Markdown table.
@@ -196,11 +199,14 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
             for (i, &c) in bench.concurrency.iter().enumerate() {
                 client.block_on(send(&http, &url, vec![jpeg.clone(); 2 * c], c))?;
                 let before = process_cpu_seconds(pid)?;
+                let client_before = process_cpu_seconds(std::process::id())?;
                 let started = Instant::now();
                 let mut latencies =
                     client.block_on(send(&http, &url, vec![jpeg.clone(); bench.requests], c))?;
                 let wall = started.elapsed().as_secs_f64();
                 let cpu_ms = (process_cpu_seconds(pid)? - before) * 1000.0 / bench.requests as f64;
+                let client_ms = (process_cpu_seconds(std::process::id())? - client_before) * 1000.0
+                    / bench.requests as f64;
                 latencies.sort();
                 let p50_ms = latencies
                     .get(latencies.len() / 2)
@@ -216,6 +222,7 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
                     rps,
                     p50_ms,
                     cpu_ms,
+                    client_ms,
                 });
             }
         }
@@ -246,17 +253,19 @@ pub fn run(bench: &CpuBench, client: &tokio::runtime::Runtime) -> anyhow::Result
     table.push_str(&sweep.table());
     table.push_str(
         "\n| server setting | concurrency | req/s | ÷ allowed (median) | min–max | p50 ms | \
-         server CPU ms / request |\n|---|---:|---:|---:|---|---:|---:|\n",
+         server CPU ms / request | load generator CPU ms / request |\n\
+         |---|---:|---:|---:|---|---:|---:|---:|\n",
     );
     for (s, (name, _, _)) in servers.iter().enumerate() {
         for (i, &c) in bench.concurrency.iter().enumerate() {
             let of = |f: fn(&Cell) -> f64| cells[s][i].iter().map(f).collect::<Vec<_>>();
             let (ratio, least, most) = spread(&of(|c| c.ratio));
             table.push_str(&format!(
-                "| {name} | {c} | {:.1} | **{ratio:.3}** | {least:.3}–{most:.3} | {:.2} | {:.2} |\n",
+                "| {name} | {c} | {:.1} | **{ratio:.3}** | {least:.3}–{most:.3} | {:.2} | {:.2} | {:.2} |\n",
                 median(&of(|c| c.rps)),
                 median(&of(|c| c.p50_ms)),
                 median(&of(|c| c.cpu_ms)),
+                median(&of(|c| c.client_ms)),
             ));
         }
     }
