@@ -412,6 +412,11 @@ pub struct ServeArgs {
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, env = "SIGHTLINE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Threads of the async runtime that answers HTTP (0 = one per CPU core; Triton's
+    /// `--http-thread-count`). Decoding and inference run on threads of their own.
+    #[arg(long, env = "SIGHTLINE_HTTP_THREADS", default_value_t = 0)]
+    pub http_threads: usize,
 }
 
 mod config_file;

@@ -12,7 +12,7 @@ fn main() -> anyhow::Result<()> {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let runtime = async_runtime(0)?;
     if let Command::Eval(eval) = cli.command {
         // The table goes to stdout.
         init_command_logging();
@@ -47,6 +47,13 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("not a serving subcommand");
     };
     init_logging(args.log_format);
+    let runtime = match args.http_threads {
+        0 => runtime,
+        threads => {
+            drop(runtime);
+            async_runtime(threads)?
+        }
+    };
     runtime.block_on(async move {
         let server = Server::bind(&args).await?;
         if let Some(addr) = server.local_addr() {
@@ -55,6 +62,16 @@ fn main() -> anyhow::Result<()> {
         server.serve(shutdown_signal()).await?;
         anyhow::Ok(())
     })
+}
+
+/// The async runtime, with `threads` workers (0: one per core, tokio's default).
+fn async_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    builder.build().context("cannot start the async runtime")
 }
 
 /// A command's logs (warnings and up unless `RUST_LOG` says otherwise) to stderr, so that

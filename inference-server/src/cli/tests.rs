@@ -156,3 +156,15 @@ fn every_subcommand_is_well_formed() {
     use clap::CommandFactory;
     super::Cli::command().debug_assert();
 }
+
+#[test]
+fn http_threads_default_to_one_per_core_and_take_a_number() {
+    let default = serve(Cli::try_parse_from(args(&["s", "recognize"])).expect("parses"));
+    assert_eq!(default.http_threads, 0, "0: tokio's one per core");
+    let one = serve(
+        Cli::try_parse_from(args(&["s", "recognize", "--http-threads", "1"])).expect("parses"),
+    );
+    assert_eq!(one.http_threads, 1);
+    assert!(Cli::try_parse_from(args(&["s", "recognize", "--http-threads", "-1"])).is_err());
+    assert!(Cli::try_parse_from(args(&["s", "recognize", "--http-threads", "many"])).is_err());
+}
