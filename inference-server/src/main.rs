@@ -12,17 +12,16 @@ fn main() -> anyhow::Result<()> {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let runtime = async_runtime(0)?;
     if let Command::Eval(eval) = cli.command {
         // The table goes to stdout.
         init_command_logging();
-        runtime.block_on(sightline_server::eval::run_cli(eval))?;
+        async_runtime(0)?.block_on(sightline_server::eval::run_cli(eval))?;
         return Ok(());
     }
     if let Command::Batch(batch) = cli.command {
         // Results go to --out, the summary to stdout, progress to stderr.
         init_command_logging();
-        if let Err(e) = runtime.block_on(sightline_server::batch::run_cli(batch)) {
+        if let Err(e) = async_runtime(0)?.block_on(sightline_server::batch::run_cli(batch)) {
             eprintln!("Error: {e}");
             // A pod failure policy fails the index on this status instead of retrying.
             let status = if e.is_permanent() {
@@ -37,7 +36,7 @@ fn main() -> anyhow::Result<()> {
     let args = match cli.command {
         Command::Fetch(fetch) => {
             init_logging(LogFormat::Text);
-            return runtime
+            return async_runtime(0)?
                 .block_on(sightline_server::fetch::run(fetch))
                 .map_err(Into::into);
         }
@@ -47,14 +46,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("not a serving subcommand");
     };
     init_logging(args.log_format);
-    let runtime = match args.http_threads {
-        0 => runtime,
-        threads => {
-            drop(runtime);
-            async_runtime(threads)?
-        }
-    };
-    runtime.block_on(async move {
+    async_runtime(args.http_threads)?.block_on(async move {
         let server = Server::bind(&args).await?;
         if let Some(addr) = server.local_addr() {
             tracing::info!(%addr, role = args.role.as_str(), "listening (see /readyz)");

@@ -248,8 +248,7 @@ impl Batcher {
         input: Vec<f32>,
         rows: usize,
     ) -> Result<impl FnOnce() -> Result<Vec<f32>, InferError> + use<>, InferError> {
-        let (reply, answer) = oneshot::channel();
-        self.enqueue(Input::Rows(input), rows, reply, incoming)?;
+        let answer = self.enqueue(Input::Rows(input), rows, incoming)?;
         Ok(move || answer.blocking_recv().unwrap_or(Err(InferError::Stopped)))
     }
 
@@ -259,8 +258,7 @@ impl Batcher {
         &self,
         decode: Decode,
     ) -> Result<impl FnOnce() -> Result<Vec<f32>, InferError> + use<>, InferError> {
-        let (reply, answer) = oneshot::channel();
-        self.enqueue(Input::Encoded(decode), 1, reply, None)?;
+        let answer = self.enqueue(Input::Encoded(decode), 1, None)?;
         Ok(move || answer.blocking_recv().unwrap_or(Err(InferError::Stopped)))
     }
 
@@ -272,8 +270,7 @@ impl Batcher {
         &self,
         decode: Decode,
     ) -> Result<impl Future<Output = Result<Vec<f32>, InferError>> + use<>, InferError> {
-        let (reply, answer) = oneshot::channel();
-        self.enqueue(Input::Encoded(decode), 1, reply, None)?;
+        let answer = self.enqueue(Input::Encoded(decode), 1, None)?;
         Ok(async move { answer.await.unwrap_or(Err(InferError::Stopped)) })
     }
 
@@ -316,24 +313,24 @@ impl Batcher {
         input: Vec<f32>,
         rows: usize,
     ) -> Result<impl Future<Output = Result<Vec<f32>, InferError>> + use<>, InferError> {
-        let (reply, answer) = oneshot::channel();
-        self.enqueue(Input::Rows(input), rows, reply, incoming)?;
+        let answer = self.enqueue(Input::Rows(input), rows, incoming)?;
         Ok(async move { answer.await.unwrap_or(Err(InferError::Stopped)) })
     }
 
+    /// Queues a job; the receiver its answer comes on.
     fn enqueue(
         &self,
         input: Input,
         rows: usize,
-        reply: oneshot::Sender<Result<Vec<f32>, InferError>>,
         incoming: Option<Incoming>,
-    ) -> Result<(), InferError> {
+    ) -> Result<oneshot::Receiver<Result<Vec<f32>, InferError>>, InferError> {
         if rows == 0 || rows > self.cfg.max_request_rows {
             return Err(InferError::TooManyRows {
                 rows,
                 max: self.cfg.max_request_rows,
             });
         }
+        let (reply, answer) = oneshot::channel();
         let job = Job {
             input,
             rows,
@@ -358,7 +355,7 @@ impl Batcher {
             }
         }
         self.metrics.queue_depth(self.depth());
-        Ok(())
+        Ok(answer)
     }
 }
 

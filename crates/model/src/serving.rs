@@ -350,7 +350,8 @@ fn load(
         };
         crate::tuned::tune(env, &setup.engine, trial)
     } else {
-        crate::tuned::fixed(env, &setup.engine, setup.fixed_layout())
+        let decode = setup.layout.decode.unwrap_or(DecodeAt::Pool);
+        crate::tuned::fixed(env, &setup.engine, setup.fixed_layout(), decode)
     }
     .map_err(load_err)?;
     let Tuned {
@@ -358,11 +359,8 @@ fn load(
         lone,
         info,
         row_len,
-        mut layout,
+        layout,
     } = tuned;
-    if let Some(at) = setup.layout.decode {
-        layout.decode = at;
-    }
     let instances = engines.len();
     metrics.queue_capacity(setup.batching.queue_capacity);
     metrics.batch_tuned(&info.batching);

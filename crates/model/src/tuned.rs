@@ -86,14 +86,14 @@ impl LayoutTuning {
         text
     }
 
-    pub fn fixed(layout: Layout) -> LayoutTuning {
+    pub fn fixed(layout: Layout, decode: DecodeAt) -> LayoutTuning {
         LayoutTuning {
             mode: LayoutMode::Fixed,
             layout,
             lone_threads: None,
             lone_spinning: None,
             lone_trials: Vec::new(),
-            decode: DecodeAt::Pool,
+            decode,
             decode_trials: Vec::new(),
             trials: Vec::new(),
             rounds: 0,
@@ -177,9 +177,10 @@ pub fn tune(
             .iter()
             .any(|s| decode_trial::worth_trying(s.layout, trial.cores));
     let layout_load = Load {
-        budget: match might_try_decode {
-            true => trial.load.budget.saturating_sub(decode_trial::reserve()),
-            false => trial.load.budget,
+        budget: if might_try_decode {
+            trial.load.budget.saturating_sub(decode_trial::reserve())
+        } else {
+            trial.load.budget
         },
         ..trial.load.clone()
     };
@@ -318,11 +319,13 @@ fn batching_of(probe: &Tuning, wanted: BatchSize, trials: &[Trial], chosen: Tria
 }
 
 /// The sessions of one layout, no trial: the flags' (or one session as wide as the cores),
-/// the batch size as the first session decided it (measured alone for `auto`).
+/// the batch size as the first session decided it (measured alone for `auto`), images
+/// decoded at `decode` (the flag's, or the pool).
 pub fn fixed(
     env: &ort::environment::Environment,
     base: &EngineConfig,
     layout: Layout,
+    decode: DecodeAt,
 ) -> Result<Tuned, LoadError> {
     let cfg = with_layout(base, layout, base.batch_size);
     let first = Engine::load(env, &cfg)?;
@@ -341,6 +344,6 @@ pub fn fixed(
         lone: None,
         info,
         row_len,
-        layout: LayoutTuning::fixed(layout),
+        layout: LayoutTuning::fixed(layout, decode),
     })
 }
