@@ -18,12 +18,14 @@ mod loopback;
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indexed_job::IndexedJob;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use loopback::LoopbackPods;
@@ -32,7 +34,8 @@ use sha2::{Digest, Sha256};
 use sightline_e2e::process::{ScratchDir, require_server_binary};
 use sightline_e2e::split::unique_png;
 use sightline_e2e::{models, ort_lib, require};
-use sightline_operator::crd::{ImageModel, RecognitionJob};
+use sightline_operator::controller::Context;
+use sightline_operator::crd::{ImageModel, RecognitionJob, RecognitionPipeline};
 use support::{Cluster, NS};
 
 const JOB: &str = "archive";
@@ -92,9 +95,40 @@ fn recognition_job() -> RecognitionJob {
     .expect("recognition job")
 }
 
+/// The operator's context, its `pods/proxy` reaching the simulated pods, and the
+/// simulated Job controller of RecognitionJob `name` (pod folders under `scratch/pods`).
+fn simulation(
+    cluster: &Cluster,
+    name: &str,
+    binary: PathBuf,
+    scratch: &Path,
+) -> (Arc<Context>, IndexedJob) {
+    let pods = Arc::new(LoopbackPods::new(reqwest::Client::new()));
+    let ctx = loopback::context(cluster.client.clone(), pods.clone());
+    // The server image's ONNX Runtime is this machine's.
+    let image = vec![(
+        "/opt/onnxruntime/lib/libonnxruntime.so".to_string(),
+        ort_lib(),
+    )];
+    let sim = IndexedJob::new(
+        cluster.admin.clone(),
+        NS,
+        name,
+        binary,
+        image,
+        scratch.join("pods"),
+        pods,
+    );
+    (ctx, sim)
+}
+
 async fn status(cluster: &Cluster) -> Value {
+    status_of(cluster, JOB).await
+}
+
+async fn status_of(cluster: &Cluster, name: &str) -> Value {
     let j = Api::<RecognitionJob>::namespaced(cluster.admin.clone(), NS)
-        .get(JOB)
+        .get(name)
         .await
         .expect("recognition job");
     serde_json::to_value(j.status).expect("json")
@@ -144,22 +178,7 @@ async fn an_indexed_job_of_real_shards_survives_a_kill_and_a_restart_without_dup
         .create(&post, &recognition_job())
         .await
         .expect("recognition job");
-    let pods = Arc::new(LoopbackPods::new(reqwest::Client::new()));
-    let ctx = loopback::context(cluster.client.clone(), pods.clone());
-    // The server image's ONNX Runtime is this machine's.
-    let image = vec![(
-        "/opt/onnxruntime/lib/libonnxruntime.so".to_string(),
-        ort_lib(),
-    )];
-    let mut sim = IndexedJob::new(
-        cluster.admin.clone(),
-        NS,
-        JOB,
-        binary,
-        image,
-        scratch.path().join("pods"),
-        pods,
-    );
+    let (ctx, mut sim) = simulation(&cluster, JOB, binary, scratch.path());
 
     let started = Instant::now();
     let mut killed_at = None;
@@ -286,4 +305,174 @@ async fn an_indexed_job_of_real_shards_survives_a_kill_and_a_restart_without_dup
         "{mid:#}"
     );
     assert!(mid["eta"].is_string(), "{mid:#}");
+}
+
+const INTO_STORE: &str = "tagging";
+const STORE_KEY: &str = "batch-store-key-0001";
+
+/// A job whose results go only into pipeline `photos`'s store: no output claim.
+fn job_into_store() -> RecognitionJob {
+    serde_json::from_value(json!({
+        "apiVersion": "sightline.io/v1alpha1", "kind": "RecognitionJob",
+        "metadata": {"name": INTO_STORE, "namespace": NS},
+        "spec": {"modelRef": {"name": "test-classifier"},
+            "input": {"pvc": {"claimName": "photos", "path": "2025"}},
+            "output": {"pipeline": {"name": "photos",
+                "apiKeySecret": {"name": "tagging-store-key", "key": "key"}}},
+            "shards": 2, "parallelism": 2, "backoffLimitPerIndex": 2}
+    }))
+    .expect("recognition job")
+}
+
+/// `output.pipeline`: the shards write every result into a real store process standing
+/// for the pipeline's store Service (its API key from the Secret the job names), with no
+/// output claim. One shard is killed half-way; its replacement starts with an empty
+/// `emptyDir` and learns from the store what is done: at the end the store holds every
+/// image once, named by the job, and the status counts the stored ones as skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_into_a_pipelines_store_resumes_from_the_store_after_a_kill() {
+    const COUNT: u64 = 600;
+    let classifier = models().join("test-classifier.onnx");
+    if !require(&[ort_lib(), classifier.clone()]) {
+        return;
+    }
+    let Some(binary) = require_server_binary() else {
+        return;
+    };
+    let scratch = ScratchDir::new("rjob-store").expect("scratch dir");
+    let claims = scratch.path().join("claims");
+    let input = claims.join("photos/2025");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    for n in 0..COUNT {
+        std::fs::write(input.join(format!("{n:04}.png")), unique_png(n)).expect("write");
+    }
+    std::fs::write(input.join("broken.png"), b"not an image").expect("write");
+    std::os::unix::fs::symlink(models(), claims.join("models")).expect("model claim");
+    let store = sightline_e2e::process::ServerProcess::start(
+        &binary,
+        "store",
+        &[
+            "--data-dir".to_string(),
+            scratch.path().join("store").display().to_string(),
+            "--api-keys".to_string(),
+            STORE_KEY.to_string(),
+        ],
+        scratch.path(),
+    )
+    .expect("the store starts");
+
+    let cluster = Cluster::new().await;
+    let sha = hex::encode(Sha256::digest(std::fs::read(&classifier).expect("model")));
+    let post = PostParams::default();
+    Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
+        .create(&post, &model(&sha))
+        .await
+        .expect("model");
+    // The pipeline checks keys; the job's Secret holds one of them, as `kubectl create
+    // secret generic --from-file` stores it (a newline at the end), in `data`.
+    Api::<RecognitionPipeline>::namespaced(cluster.admin.clone(), NS)
+        .create(&post, &support::sample_pipeline())
+        .await
+        .expect("pipeline");
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("tagging-store-key".into()),
+            namespace: Some(NS.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "key".to_string(),
+            ByteString(format!("{STORE_KEY}\n").into_bytes()),
+        )])),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(cluster.admin.clone(), NS)
+        .create(&post, &secret)
+        .await
+        .expect("secret");
+    Api::<RecognitionJob>::namespaced(cluster.admin.clone(), NS)
+        .create(&post, &job_into_store())
+        .await
+        .expect("recognition job");
+    let (ctx, mut sim) = simulation(&cluster, INTO_STORE, binary, scratch.path());
+    sim.serve(
+        &format!("http://photos-store.{NS}.svc:8080"),
+        &store.url(""),
+    );
+
+    let started = Instant::now();
+    let mut killed_at = None;
+    loop {
+        support::drive::reconcile_job(&cluster, &ctx, INTO_STORE)
+            .await
+            .expect("reconcile");
+        let now = status_of(&cluster, INTO_STORE).await;
+        if condition(&now, "Complete").is_some_and(|c| c["status"] == "True") {
+            break;
+        }
+        assert!(
+            condition(&now, "Failed").is_none_or(|c| c["status"] != "True")
+                && condition(&now, "Stalled").is_none_or(|c| c["status"] != "True"),
+            "{now:#}\n{}\n{}",
+            pod_logs(&scratch.path().join("pods")),
+            store.log_tail()
+        );
+        assert!(
+            started.elapsed() < LIMIT,
+            "not complete in {LIMIT:?}: {now:#}"
+        );
+        sim.step(&claims).await;
+        if killed_at.is_none()
+            && let Some(pod) = sim.pod_dir(0)
+        {
+            let written = lines(&pod.join("volumes/scratch/shard-0.jsonl"));
+            if written >= 60 {
+                assert!(sim.kill(0), "shard 0 runs");
+                killed_at = Some(written);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at_kill = killed_at.expect("shard 0 was killed");
+    assert!(at_kill < (COUNT / 2) as usize, "half-way: {at_kill}");
+    assert!(
+        sim.attempts.get(&0).copied() >= Some(2),
+        "{:?}",
+        sim.attempts
+    );
+
+    // The store holds every image once, as this job's.
+    let response = reqwest::Client::new()
+        .get(store.url(&format!("/api/v1/results?limit=1000&job={INTO_STORE}")))
+        .header("x-api-key", STORE_KEY)
+        .send()
+        .await
+        .expect("GET results");
+    assert!(response.status().is_success(), "{}", response.status());
+    let stored: Value = response.json().await.expect("JSON");
+    let items = stored["items"].as_array().expect("items");
+    let images: std::collections::BTreeSet<&str> = items
+        .iter()
+        .map(|i| {
+            i["image_id"]
+                .as_str()
+                .expect("image_id: the image's SHA-256")
+        })
+        .collect();
+    assert_eq!(items.len() as u64, COUNT, "one result per image: {stored}");
+    assert_eq!(images.len() as u64, COUNT, "every image: {stored}");
+    assert!(items.iter().all(|i| i["job"] == INTO_STORE));
+
+    // The retried shard skipped what its killed attempt had stored.
+    let done = status_of(&cluster, INTO_STORE).await;
+    assert_eq!(done["total"], COUNT + 1, "{done:#}");
+    assert!(
+        done["skipped"].as_u64() >= Some(at_kill as u64 - 1),
+        "the killed attempt's stored results were skipped: {done:#}"
+    );
+    let counted = done["recognized"].as_u64().unwrap_or(0)
+        + done["skipped"].as_u64().unwrap_or(0)
+        + done["failed"].as_u64().unwrap_or(0);
+    assert_eq!(counted, COUNT + 1, "{done:#}");
+    assert_eq!(done["failed"], 1, "broken.png: {done:#}");
 }

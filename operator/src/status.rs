@@ -72,6 +72,10 @@ pub mod reasons {
     pub const FETCHING: &str = "Fetching";
     pub const FETCH_FAILED: &str = "FetchFailed";
     pub const MODEL_NOT_FOUND: &str = "ModelNotFound";
+    /// RecognitionJob: `output.pipeline` names no RecognitionPipeline.
+    pub const PIPELINE_NOT_FOUND: &str = "PipelineNotFound";
+    /// RecognitionJob: the output pipeline checks API keys and the job gives none.
+    pub const STORE_KEY_MISSING: &str = "StoreKeyMissing";
     /// Pipeline: no revision of the model serves.
     pub const MODEL_UNAVAILABLE: &str = "ModelUnavailable";
     pub const MODEL_AVAILABLE: &str = "ModelAvailable";

@@ -208,7 +208,7 @@ fn ingress_peers(objects: &[Value], name: &str) -> Vec<Value> {
 }
 
 #[test]
-fn model_and_store_pods_admit_only_the_front_door_and_the_scraper() {
+fn model_and_store_pods_admit_only_the_front_door_the_jobs_writing_to_it_and_the_scraper() {
     let objects = render_with(vec![sample_model()], vec![sample_pipeline()]);
     let scraper = json!({"namespaceSelector": {"matchLabels":
         {"kubernetes.io/metadata.name": "monitoring"}}});
@@ -227,6 +227,9 @@ fn model_and_store_pods_admit_only_the_front_door_and_the_scraper() {
         vec![
             json!({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "sightline",
                 "app.kubernetes.io/instance": "photos", "app.kubernetes.io/component": "upload"}}}),
+            json!({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "sightline",
+                "app.kubernetes.io/component": "recognition-job",
+                "sightline.io/results-for": "photos"}}}),
             scraper
         ]
     );

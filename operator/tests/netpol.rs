@@ -14,7 +14,7 @@ use sightline_operator::build::pod::{ApiServerSource, Platform};
 use sightline_operator::crd::{ImageModel, RecognitionPipeline};
 use sightline_operator::render::{self, Inputs};
 use support::netpol::{Endpoint, Labels, Port, matrix, tcp};
-use support::{sample_model, sample_pipeline};
+use support::{sample_job, sample_model, sample_pipeline};
 
 const NS: &str = "sightline-demo";
 
@@ -36,10 +36,15 @@ fn inputs() -> Inputs {
     let photos = sample_pipeline();
     let mut other: RecognitionPipeline = sample_pipeline();
     other.metadata.name = Some("other".into());
+    // Two RecognitionJobs: one writes into `photos`'s store, one only to its claim.
+    let mut into_photos = sample_job();
+    into_photos.metadata.name = Some("into-photos".into());
+    into_photos.spec.output.pipeline =
+        Some(serde_json::from_value(json!({"name": "photos"})).expect("pipeline"));
     Inputs {
         models: vec![model],
         pipelines: vec![photos, other],
-        jobs: Vec::new(),
+        jobs: vec![into_photos, sample_job()],
     }
 }
 
@@ -60,9 +65,14 @@ fn platform() -> Platform {
 
 /// A pod of each rendered Deployment, with its template's labels and ports.
 fn pods_of(objects: &[Value]) -> Vec<Endpoint> {
+    pods_of_kind(objects, "Deployment")
+}
+
+/// A pod of each rendered object of `kind` (Deployment, Job).
+fn pods_of_kind(objects: &[Value], kind: &str) -> Vec<Endpoint> {
     objects
         .iter()
-        .filter(|o| o["kind"] == "Deployment")
+        .filter(|o| o["kind"] == kind)
         .map(|d| {
             let template = &d["spec"]["template"];
             let labels: Labels =
@@ -119,6 +129,14 @@ fn the_policies_admit_exactly_the_flows_a_canary_needs() {
         tcp(53),
     ];
     let mut endpoints = ours.clone();
+    // The RecognitionJobs' shards: no policy of ours selects them (their egress is the
+    // cluster's default); only what they may reach of ours is checked.
+    let shards = pods_of_kind(&objects, "Job");
+    assert_eq!(
+        shards.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["into-photos", "archive-2024"]
+    );
+    endpoints.extend(shards);
     endpoints.extend([
         Endpoint::pod(
             "gateway",
@@ -185,6 +203,8 @@ fn the_policies_admit_exactly_the_flows_a_canary_needs() {
             "apiserver",
             "elsewhere",
             "internet",
+            "into-photos",
+            "archive-2024",
         ] {
             allow(from, door, "8080/TCP");
         }
@@ -216,6 +236,9 @@ fn the_policies_admit_exactly_the_flows_a_canary_needs() {
         allow("prometheus", store, "8080/TCP");
         allow(store, "internet", "5432/TCP");
     }
+    // A RecognitionJob that writes into a pipeline reaches that pipeline's store, and
+    // no other (the job writing only to its claim reaches none).
+    allow("into-photos", "photos-store", "8080/TCP");
     // Everyone of ours resolves names.
     for name in &names {
         allow(name, "kube-dns", "53/UDP");

@@ -19,19 +19,24 @@ use support::{Cluster, NS, full_apis, sample_job, sample_model};
 
 const JOB: &str = "archive-2024";
 
-async fn setup() -> (
-    Cluster,
-    std::sync::Arc<sightline_operator::controller::Context>,
-) {
+type Ctx = std::sync::Arc<sightline_operator::controller::Context>;
+
+/// The in-memory cluster with the sample model, and the operator's context.
+async fn with_model() -> (Cluster, Ctx) {
     let cluster = Cluster::new().await;
     let ctx = cluster.context(full_apis());
-    let post = PostParams::default();
     Api::<ImageModel>::namespaced(cluster.admin.clone(), NS)
-        .create(&post, &sample_model())
+        .create(&PostParams::default(), &sample_model())
         .await
         .expect("model");
+    (cluster, ctx)
+}
+
+/// [`with_model`] and the sample job.
+async fn setup() -> (Cluster, Ctx) {
+    let (cluster, ctx) = with_model().await;
     Api::<RecognitionJob>::namespaced(cluster.admin.clone(), NS)
-        .create(&post, &sample_job())
+        .create(&PostParams::default(), &sample_job())
         .await
         .expect("job");
     (cluster, ctx)
@@ -310,4 +315,95 @@ async fn a_changed_model_leaves_the_running_job_alone_and_a_finished_job_is_not_
         condition(&status(&cluster).await, "Complete")["status"],
         "True"
     );
+}
+
+/// The sample job renamed `name`, writing into pipeline `photos`'s store with `key`.
+fn job_into_photos(name: &str, key: Option<Value>) -> RecognitionJob {
+    let mut job = sample_job();
+    job.metadata.name = Some(name.into());
+    let mut pipeline = json!({"name": "photos"});
+    if let Some(key) = key {
+        pipeline["apiKeySecret"] = key;
+    }
+    job.spec.output.pipeline = Some(serde_json::from_value(pipeline).expect("pipeline"));
+    job
+}
+
+async fn stalled_reason(cluster: &Cluster, name: &str) -> (Value, bool) {
+    let j = Api::<RecognitionJob>::namespaced(cluster.admin.clone(), NS)
+        .get(name)
+        .await
+        .expect("job");
+    let status = serde_json::to_value(j.status).expect("json");
+    let stalled = condition(&status, "Stalled");
+    let job = Api::<Job>::namespaced(cluster.admin.clone(), NS)
+        .get_opt(name)
+        .await
+        .expect("get");
+    (stalled, job.is_some())
+}
+
+/// `output.pipeline`: the Job starts only once the pipeline exists and the shards can
+/// present a key its store accepts; until then `Stalled` says which is missing.
+#[tokio::test]
+async fn a_job_into_a_pipeline_waits_for_the_pipeline_and_for_its_key() {
+    let (cluster, ctx) = with_model().await;
+    let post = PostParams::default();
+    let jobs = Api::<RecognitionJob>::namespaced(cluster.admin.clone(), NS);
+    jobs.create(&post, &job_into_photos("no-key", None))
+        .await
+        .expect("job");
+    reconcile_job(&cluster, &ctx, "no-key")
+        .await
+        .expect("reconcile");
+    let (stalled, started) = stalled_reason(&cluster, "no-key").await;
+    assert_eq!(stalled["status"], "True");
+    assert_eq!(stalled["reason"], "PipelineNotFound", "{stalled}");
+    assert!(!started, "no Job before the pipeline exists");
+
+    // The sample pipeline checks API keys: a job that gives none cannot write.
+    Api::<sightline_operator::crd::RecognitionPipeline>::namespaced(cluster.admin.clone(), NS)
+        .create(&post, &support::sample_pipeline())
+        .await
+        .expect("pipeline");
+    reconcile_job(&cluster, &ctx, "no-key")
+        .await
+        .expect("reconcile");
+    let (stalled, started) = stalled_reason(&cluster, "no-key").await;
+    assert_eq!(stalled["reason"], "StoreKeyMissing", "{stalled}");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("apiKeySecret")),
+        "{stalled}"
+    );
+    assert!(!started);
+
+    // A job that names a Secret that is not there yet waits for it, then starts.
+    let key = json!({"name": "tagging-key", "key": "key"});
+    jobs.create(&post, &job_into_photos("with-key", Some(key)))
+        .await
+        .expect("job");
+    reconcile_job(&cluster, &ctx, "with-key")
+        .await
+        .expect("reconcile");
+    let (stalled, started) = stalled_reason(&cluster, "with-key").await;
+    assert_eq!(stalled["reason"], "SecretNotFound", "{stalled}");
+    assert!(!started);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "tagging-key", "namespace": NS},
+        "data": {"key": "Y2hhbmdlLW1lLWV4YW1wbGUta2V5"}
+    }))
+    .expect("secret");
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(cluster.admin.clone(), NS)
+        .create(&post, &secret)
+        .await
+        .expect("secret");
+    reconcile_job(&cluster, &ctx, "with-key")
+        .await
+        .expect("reconcile");
+    let (stalled, started) = stalled_reason(&cluster, "with-key").await;
+    assert_eq!(stalled["status"], "False", "{stalled}");
+    assert!(started, "the Job runs once the key is there");
 }

@@ -402,8 +402,8 @@ fn every_pod_meets_the_restricted_pod_security_profile() {
     let pods = pod_specs(&rendered());
     assert_eq!(
         pods.len(),
-        5,
-        "four Deployments and the RecognitionJob's Job"
+        6,
+        "four Deployments and the two RecognitionJobs' Jobs"
     );
     for (name, pod) in pods {
         assert_restricted(&name, &pod);
@@ -859,7 +859,7 @@ fn the_samples_kustomization_builds_and_validates_with_the_crds() {
         .collect();
     let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "Namespace").count(), 1);
-    assert_eq!(kinds.iter().filter(|k| **k == "Secret").count(), 2);
+    assert_eq!(kinds.iter().filter(|k| **k == "Secret").count(), 3);
     assert_eq!(kinds.iter().filter(|k| **k == "ImageModel").count(), 2);
     assert_eq!(
         kinds
@@ -890,7 +890,7 @@ fn the_samples_kustomization_builds_and_validates_with_the_crds() {
             inputs.pipelines.len(),
             inputs.jobs.len()
         ),
-        (2, 1, 1)
+        (2, 1, 2)
     );
     render::children(&inputs, &Platform::default()).expect("and render");
 }

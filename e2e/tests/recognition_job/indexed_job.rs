@@ -21,8 +21,18 @@
 //!   4096 bytes) becomes `state.terminated.message`
 //!   (kubernetes.io/docs/tasks/debug/debug-application/determine-reason-pod-failure); a
 //!   process killed by a signal exits `128 + signal` (137 for SIGKILL).
+//!   An `emptyDir` volume is a folder of the pod's own, empty when the pod starts and gone
+//!   with it (kubernetes.io/docs/concepts/storage/volumes/#emptydir): a replacement pod
+//!   gets a new one. An environment variable from `valueFrom.secretKeyRef` is the
+//!   Secret's value as stored (`data`, which the API server makes of `stringData`); a
+//!   missing one would hold the container in `CreateContainerConfigError`, which this
+//!   simulation does not model (it stops the test).
 //! - Each pod has its own network namespace: its `--metrics-listen 0.0.0.0:8080` is given a
 //!   loopback port of its own here, which `pods/proxy` reaches ([`LoopbackPods`]).
+//! - Cluster DNS: a Service is reached by `<service>.<namespace>.svc`
+//!   (kubernetes.io/docs/concepts/services-networking/dns-pod-service); here a URL of a
+//!   Service registered with [`IndexedJob::serve`] is rewritten to the real process
+//!   standing for it.
 //! - The garbage collector: deleting the Job deletes its pods; their processes get
 //!   SIGKILL at once (the kubelet's SIGTERM then SIGKILL after the grace period, with no
 //!   grace: the harsher case).
@@ -33,7 +43,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -72,6 +82,8 @@ pub struct IndexedJob {
     /// Pods created, per index (over every Job of this name).
     pub attempts: BTreeMap<i32, u32>,
     created: u32,
+    /// In-cluster Service URL (`http://name.ns.svc:port`) → the process standing for it.
+    services: Vec<(String, String)>,
 }
 
 fn claim_dir(claims: &Path, claim: &str) -> PathBuf {
@@ -105,7 +117,21 @@ impl IndexedJob {
             counted: BTreeMap::new(),
             attempts: BTreeMap::new(),
             created: 0,
+            services: Vec::new(),
         }
+    }
+
+    /// The Service whose in-cluster URL is `cluster_url` is served by `real_url`.
+    pub fn serve(&mut self, cluster_url: &str, real_url: &str) {
+        self.services
+            .push((cluster_url.to_string(), real_url.to_string()));
+    }
+
+    /// The folder of the pod running index `index` now (its `emptyDir` volumes are under
+    /// `volumes/<name>`).
+    pub fn pod_dir(&self, index: i32) -> Option<PathBuf> {
+        let r = self.running.iter().find(|r| r.index == index)?;
+        Some(self.scratch.join(&r.pod))
     }
 
     fn pod_api(&self) -> Api<Pod> {
@@ -196,6 +222,33 @@ impl IndexedJob {
         arg.to_string()
     }
 
+    /// The container's `env`: plain values, and Secrets' values as the kubelet reads them.
+    async fn container_env(&self, container: &Value) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        for var in container["env"].as_array().into_iter().flatten() {
+            let name = var["name"].as_str().expect("env name").to_string();
+            if let Some(value) = var["value"].as_str() {
+                env.insert(name, value.to_string());
+                continue;
+            }
+            let from = &var["valueFrom"]["secretKeyRef"];
+            let (Some(secret), Some(key)) = (from["name"].as_str(), from["key"].as_str()) else {
+                panic!("this simulation reads env values and Secret keys only: {var}");
+            };
+            let stored = Api::<Secret>::namespaced(self.admin.clone(), &self.ns)
+                .get(secret)
+                .await
+                .unwrap_or_else(|e| panic!("Secret {secret} (CreateContainerConfigError): {e}"));
+            let value = stored
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .unwrap_or_else(|| panic!("Secret {secret} has no data key {key}"));
+            env.insert(name, String::from_utf8_lossy(&value.0).into_owned());
+        }
+        env
+    }
+
     async fn start(&mut self, job: &Job, spec: &Value, index: i32, claims: &Path) {
         let template = &spec["template"];
         assert!(
@@ -210,14 +263,21 @@ impl IndexedJob {
         std::fs::create_dir_all(&dir).expect("pod dir");
         let termination_log = dir.join("termination-log");
         std::fs::write(&termination_log, b"").expect("termination log");
-        // The pod's volumes, by mount path.
-        let volumes: BTreeMap<String, String> = template["spec"]["volumes"]
+        // The pod's volumes, by name: a claim's folder, or a new empty one of this pod.
+        let volumes: BTreeMap<String, PathBuf> = template["spec"]["volumes"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|v| {
-                let claim = v["persistentVolumeClaim"]["claimName"].as_str()?;
-                Some((v["name"].as_str()?.to_string(), claim.to_string()))
+                let name = v["name"].as_str()?.to_string();
+                if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
+                    return Some((name, claim_dir(claims, claim)));
+                }
+                v["emptyDir"].is_object().then(|| {
+                    let empty = dir.join("volumes").join(&name);
+                    std::fs::create_dir_all(&empty).expect("emptyDir");
+                    (name, empty)
+                })
             })
             .collect();
         let mut pod_mounts: Vec<(String, PathBuf)> = container["volumeMounts"]
@@ -225,11 +285,8 @@ impl IndexedJob {
             .into_iter()
             .flatten()
             .filter_map(|m| {
-                let claim = volumes.get(m["name"].as_str()?)?;
-                Some((
-                    m["mountPath"].as_str()?.to_string(),
-                    claim_dir(claims, claim),
-                ))
+                let host = volumes.get(m["name"].as_str()?)?;
+                Some((m["mountPath"].as_str()?.to_string(), host.clone()))
             })
             .collect();
         let message_path = container["terminationMessagePath"]
@@ -237,7 +294,8 @@ impl IndexedJob {
             .unwrap_or("/dev/termination-log");
         pod_mounts.push((message_path.to_string(), termination_log.clone()));
         let port = sightline_e2e::process::free_port().expect("a port");
-        let env = BTreeMap::from([("JOB_COMPLETION_INDEX".to_string(), index.to_string())]);
+        let mut env = self.container_env(container).await;
+        env.insert("JOB_COMPLETION_INDEX".to_string(), index.to_string());
         let args: Vec<String> = container["args"]
             .as_array()
             .expect("args")
@@ -249,6 +307,11 @@ impl IndexedJob {
                 }
                 if a == "0.0.0.0:8080" {
                     a = format!("127.0.0.1:{port}");
+                }
+                for (cluster_url, real_url) in &self.services {
+                    if let Some(rest) = a.strip_prefix(cluster_url.as_str()) {
+                        a = format!("{real_url}{rest}");
+                    }
                 }
                 self.host_path(&a, &pod_mounts)
             })

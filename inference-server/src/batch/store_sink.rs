@@ -40,7 +40,10 @@ impl StoreSink {
             base: base.trim_end_matches('/').to_string(),
             job: job.to_string(),
             model: model.to_string(),
-            api_key,
+            // As a Secret's value usually arrives (a file's content): ends in a newline.
+            api_key: api_key
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty()),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,

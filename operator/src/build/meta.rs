@@ -13,6 +13,11 @@ pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The component of a RecognitionJob's shard pods.
+pub const JOB_COMPONENT: &str = "recognition-job";
+/// On a RecognitionJob's shard pod: the pipeline whose store it writes to (that store's
+/// NetworkPolicy admits the pods that carry it).
+pub const LABEL_RESULTS_FOR: &str = "sightline.io/results-for";
 
 /// Owner uid used when rendering objects with no cluster (`sightline-operator render`).
 pub const RENDER_UID: &str = "00000000-0000-0000-0000-000000000000";

@@ -1,6 +1,7 @@
 //! NetworkPolicies: the pods of a pipeline deny everything by default, then get only the
 //! flows the pipeline needs — clients (through any gateway) to the upload pods (the front
-//! door, which checks keys), upload to the model and the store, the metrics scraper's
+//! door, which checks keys), upload to the model and the store, the shards of a
+//! RecognitionJob that writes to the pipeline to its store, the metrics scraper's
 //! namespace to the model and the store, DNS, and the database or object store when one is
 //! external.
 //!
@@ -30,7 +31,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::meta::{
-    LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME, NAME, object_meta, selector_labels,
+    JOB_COMPONENT, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME, LABEL_RESULTS_FOR, NAME,
+    object_meta, selector_labels,
 };
 use super::pod::{ApiServerSource, PORT, Platform};
 use crate::crd::{DatabaseKind, ImageModel, RecognitionPipeline};
@@ -153,6 +155,16 @@ fn front_doors() -> NetworkPolicyPeer {
     ]))
 }
 
+/// The shard pods of every RecognitionJob in the namespace whose results go to pipeline
+/// `pipeline`'s store (they present one of its keys, like any client).
+fn job_shards_for(pipeline: &str) -> NetworkPolicyPeer {
+    pods(BTreeMap::from([
+        (LABEL_NAME.to_string(), NAME.to_string()),
+        (LABEL_COMPONENT.to_string(), JOB_COMPONENT.to_string()),
+        (LABEL_RESULTS_FOR.to_string(), pipeline.to_string()),
+    ]))
+}
+
 fn policy<K: kube::Resource<DynamicType = ()>>(
     owner: &K,
     name: String,
@@ -229,13 +241,17 @@ pub fn pipeline_policies(
             vec![serve()],
             upload_egress,
         ),
-        // The store answers only its pipeline's front door (and the scraper).
+        // The store answers only its pipeline's front door, the shards of the
+        // RecognitionJobs that write to it (and the scraper).
         policy(
             p,
             format!("{instance}-store"),
             super::pipeline::identity::STORE,
             store_pods,
-            vec![serve_only(vec![pods(upload_pods_of_this)], platform)],
+            vec![serve_only(
+                vec![pods(upload_pods_of_this), job_shards_for(&instance)],
+                platform,
+            )],
             store_egress,
         ),
     ]

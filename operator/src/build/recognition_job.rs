@@ -23,7 +23,10 @@ use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
     PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
-use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource,
+    SecretKeySelector, Volume, VolumeMount,
+};
 use kube::ResourceExt;
 
 use super::meta::{object_meta, selector_labels};
@@ -32,7 +35,7 @@ use super::pod::{PORT, Platform, pod_template, server_container, with_overrides}
 use crate::crd::{Device, ImageModel, RecognitionJob};
 use crate::validate::Invalid;
 
-pub const COMPONENT: &str = "recognition-job";
+pub use super::meta::{JOB_COMPONENT as COMPONENT, LABEL_RESULTS_FOR as RESULTS_FOR_LABEL};
 /// The shard container's name (the pod failure policy's rules name it).
 pub const CONTAINER: &str = "batch";
 /// Where the Job controller puts a pod's index (and the kubelet expands `$(…)` of it in
@@ -50,6 +53,12 @@ pub const EXIT_PERMANENT: i32 = 2;
 pub const EXIT_OOM: i32 = 137;
 /// Where the input and output claims are mounted, each at `/data/<claim>`.
 pub const DATA_DIR: &str = "/data";
+/// Where a shard writes its lines when the job has no output claim (its results go to a
+/// pipeline's store only): an `emptyDir`, gone with the pod. A retried shard starts it
+/// empty and learns from the store what is done.
+pub const SCRATCH_DIR: &str = "/scratch";
+/// The environment variable the shard reads the store's API key from.
+pub const STORE_KEY_ENV: &str = "SIGHTLINE_BATCH_STORE_API_KEY";
 /// Attempts per shard by default.
 pub const DEFAULT_BACKOFF_PER_INDEX: i32 = 3;
 /// The Job annotation holding a digest of its pod template: a Job's template cannot
@@ -96,7 +105,10 @@ fn input_location(job: &RecognitionJob) -> String {
 pub fn batch_args(job: &RecognitionJob) -> Vec<String> {
     let spec = &job.spec;
     let input = input_location(job);
-    let folder = in_claim(&spec.output.pvc.claim_name, &spec.output.pvc.path);
+    let folder = match &spec.output.pvc {
+        Some(pvc) => in_claim(&pvc.claim_name, &pvc.path),
+        None => SCRATCH_DIR.to_string(),
+    };
     let out = format!("{folder}/shard-$({INDEX_ENV}).jsonl");
     let mut args: Vec<String> = vec![
         "batch".into(),
@@ -116,7 +128,14 @@ pub fn batch_args(job: &RecognitionJob) -> Vec<String> {
         "--out".into(),
         out,
     ];
-    if spec.output.csv {
+    if let Some(pipeline) = &spec.output.pipeline {
+        let ns = job.namespace().unwrap_or_else(|| "default".into());
+        args.extend([
+            "--store-url".to_string(),
+            super::pipeline::identity::store_url(&pipeline.name, &ns),
+        ]);
+    }
+    if spec.output.csv && spec.output.pvc.is_some() {
         args.extend([
             "--csv".to_string(),
             format!("{folder}/shard-$({INDEX_ENV}).csv"),
@@ -139,17 +158,30 @@ pub fn batch_args(job: &RecognitionJob) -> Vec<String> {
     args
 }
 
-/// The input and output claims, each mounted once (read-only when only read).
+/// The input and output claims, each mounted once (read-only when only read), or the
+/// scratch folder when there is no output claim.
 fn data_volumes(job: &RecognitionJob) -> (Vec<Volume>, Vec<VolumeMount>) {
-    let output = &job.spec.output.pvc.claim_name;
-    let mut claims = vec![(output.clone(), false)];
+    let output = job.spec.output.pvc.as_ref().map(|p| &p.claim_name);
+    let mut claims: Vec<(String, bool)> = output.map(|o| (o.clone(), false)).into_iter().collect();
     if let Some(input) = job.spec.input.pvc.as_ref().map(|p| &p.claim_name)
-        && input != output
+        && Some(input) != output
     {
         claims.push((input.clone(), true));
     }
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
+    if output.is_none() {
+        volumes.push(Volume {
+            name: "scratch".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "scratch".into(),
+            mount_path: SCRATCH_DIR.into(),
+            ..VolumeMount::default()
+        });
+    }
     for (i, (claim, read_only)) in claims.into_iter().enumerate() {
         let name = format!("data-{i}");
         volumes.push(Volume {
@@ -220,11 +252,22 @@ pub fn validate(job: &RecognitionJob) -> Result<(), Invalid> {
             "needs input.pvc: the CSV is read from the input claim",
         );
     }
+    let output = &spec.output;
+    if output.pvc.is_none() && output.pipeline.is_none() {
+        return invalid("spec.output", "needs pvc, pipeline or both");
+    }
+    if output.csv && output.pvc.is_none() {
+        return invalid(
+            "spec.output.csv",
+            "needs output.pvc: the CSV is written beside the JSON lines",
+        );
+    }
     let empty = String::new();
     let input_path = spec.input.pvc.as_ref().map(|p| &p.path).unwrap_or(&empty);
+    let output_path = output.pvc.as_ref().map(|p| &p.path).unwrap_or(&empty);
     for (field, path) in [
         ("spec.input.pvc.path", input_path),
-        ("spec.output.pvc.path", &spec.output.pvc.path),
+        ("spec.output.pvc.path", output_path),
     ] {
         if path.starts_with('/') || path.contains("..") {
             return invalid(field, "is relative to the claim's root and has no '..'");
@@ -309,6 +352,25 @@ pub fn job(job: &RecognitionJob, model: &ImageModel, platform: &Platform) -> Job
         .map(super::model::credentials_env);
     let mut container = server_container(platform, CONTAINER, args, resources, env_from, mounts);
     container.image = Some(server_image(model, platform, gpu));
+    if let Some(secret) = spec
+        .output
+        .pipeline
+        .as_ref()
+        .and_then(|p| p.api_key_secret.as_ref())
+    {
+        container.env.get_or_insert_with(Vec::new).push(EnvVar {
+            name: STORE_KEY_ENV.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.name.clone(),
+                    key: secret.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+    }
     // A shard serves `/metrics` only, never `/readyz`: no probes (a Job's pod is done when
     // its process exits).
     container.readiness_probe = None;
@@ -319,7 +381,10 @@ pub fn job(job: &RecognitionJob, model: &ImageModel, platform: &Platform) -> Job
     });
     container.termination_message_path = Some(TERMINATION_LOG.into());
     container.termination_message_policy = Some("File".into());
-    let labels = selector_labels(&instance, COMPONENT);
+    let mut labels = selector_labels(&instance, COMPONENT);
+    if let Some(pipeline) = &spec.output.pipeline {
+        labels.insert(RESULTS_FOR_LABEL.into(), pipeline.name.clone());
+    }
     let mut template = pod_template(
         platform,
         labels.clone(),

@@ -246,3 +246,114 @@ fn a_csv_beside_each_shards_lines_when_asked() {
     );
     assert!(flag(&args(&built(json!({}))), "--csv").is_none());
 }
+
+#[test]
+fn into_a_pipelines_store_with_its_key_and_the_label_its_store_admits() {
+    let j = built(json!({"output": {"pipeline": {"name": "shop",
+        "apiKeySecret": {"name": "shop-batch-key", "key": "key"}}}}));
+    let container = &j["spec"]["template"]["spec"]["containers"][0];
+    let a = args(&j);
+    assert_eq!(
+        flag(&a, "--store-url").as_deref(),
+        Some("http://shop-store.demo.svc:8080"),
+        "the pipeline's store Service"
+    );
+    assert_eq!(flag(&a, "--job").as_deref(), Some("tag-2024"));
+    let env = container["env"].as_array().expect("env");
+    let key = env
+        .iter()
+        .find(|e| e["name"] == STORE_KEY_ENV)
+        .expect("the key's variable");
+    assert_eq!(
+        key["valueFrom"]["secretKeyRef"],
+        json!({"name": "shop-batch-key", "key": "key", "optional": false})
+    );
+    assert!(
+        !a.iter().any(|x| x.contains("shop-batch-key")),
+        "the key is never an argument"
+    );
+    let labels = &j["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(labels[RESULTS_FOR_LABEL], "shop");
+    // No output claim: the lines go to a scratch emptyDir, gone with the pod; the store
+    // is what a retried shard resumes from.
+    assert_eq!(
+        flag(&a, "--out").as_deref(),
+        Some("/scratch/shard-$(JOB_COMPLETION_INDEX).jsonl")
+    );
+    let volumes = j["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes");
+    let scratch = volumes
+        .iter()
+        .find(|v| v["name"] == "scratch")
+        .expect("scratch volume");
+    assert!(scratch["emptyDir"].is_object());
+    assert!(
+        !volumes
+            .iter()
+            .any(|v| v["persistentVolumeClaim"]["claimName"] == "results"),
+        "no output claim"
+    );
+    let mounts = container["volumeMounts"].as_array().expect("mounts");
+    assert!(mounts.iter().any(|m| m["mountPath"] == SCRATCH_DIR));
+    assert!(validate(&rjob(json!({"output": {"pipeline": {"name": "shop"}}}))).is_ok());
+}
+
+#[test]
+fn a_job_with_an_output_claim_keeps_it_beside_the_store_and_has_no_scratch() {
+    let j = built(
+        json!({"output": {"pvc": {"claimName": "results", "path": "lite0"},
+        "pipeline": {"name": "shop"}}}),
+    );
+    let a = args(&j);
+    assert_eq!(
+        flag(&a, "--out").as_deref(),
+        Some("/data/results/lite0/shard-$(JOB_COMPLETION_INDEX).jsonl")
+    );
+    assert!(flag(&a, "--store-url").is_some());
+    let container = &j["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        container["env"]
+            .as_array()
+            .is_none_or(|e| !e.iter().any(|v| v["name"] == STORE_KEY_ENV)),
+        "no key asked for, none given"
+    );
+    let volumes = j["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("volumes");
+    assert!(!volumes.iter().any(|v| v["name"] == "scratch"));
+    // Without a pipeline: no store, no label.
+    let plain = built(json!({}));
+    assert!(flag(&args(&plain), "--store-url").is_none());
+    assert!(plain["spec"]["template"]["metadata"]["labels"][RESULTS_FOR_LABEL].is_null());
+}
+
+#[test]
+fn an_output_needs_a_claim_or_a_pipeline_and_a_csv_needs_the_claim() {
+    let none = validate(&rjob(json!({"output": {}}))).expect_err("nowhere");
+    assert_eq!(none.field, "spec.output");
+    let csv = validate(&rjob(
+        json!({"output": {"csv": true, "pipeline": {"name": "shop"}}}),
+    ))
+    .expect_err("csv without a claim");
+    assert_eq!(csv.field, "spec.output.csv");
+}
+
+#[test]
+fn the_crds_rules_refuse_an_output_to_nowhere_and_a_csv_without_a_claim() {
+    use crate::crd::JobOutput;
+    let claim = json!({"claimName": "results"});
+    let pipeline = json!({"name": "shop"});
+    for ok in [
+        json!({"pvc": claim}),
+        json!({"pipeline": pipeline}),
+        json!({"pvc": claim, "pipeline": pipeline, "csv": true}),
+    ] {
+        assert!(JobOutput::validate_cel(&ok, None).is_ok(), "{ok}");
+    }
+    let nowhere = JobOutput::validate_cel(&json!({}), None).expect_err("nowhere");
+    assert!(format!("{nowhere:?}").contains("output needs pvc, pipeline or both"));
+    let csv = JobOutput::validate_cel(&json!({"pipeline": pipeline, "csv": true}), None)
+        .expect_err("csv without a claim");
+    assert!(format!("{csv:?}").contains("csv needs pvc"), "{csv:?}");
+}

@@ -1,5 +1,7 @@
 //! Reconciling a `RecognitionJob`: the referenced `ImageModel` (missing: `Failed` stays
-//! false, `Stalled` says `ModelNotFound` until it appears) → the Indexed Job (server-side
+//! false, `Stalled` says `ModelNotFound` until it appears) and, with `output.pipeline`,
+//! the pipeline and the key its store wants (`PipelineNotFound`, `StoreKeyMissing`,
+//! `SecretNotFound` until they are there) → the Indexed Job (server-side
 //! apply; created once, and not re-created once the job finished) → its shards' own words
 //! ([`super::job_progress`]): finished shards' summaries, running shards' `/metrics`
 //! through the pods reader ([`super::pods`]) → status, conditions and events at start and
@@ -10,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -20,7 +22,7 @@ use super::job_progress::{self as progress, Counts, Totals};
 use super::{Context, Error, RESYNC, instrumented, label_selector};
 use crate::build::meta::selector_labels;
 use crate::build::recognition_job::{self as build, COMPONENT, TEMPLATE_ANNOTATION};
-use crate::crd::{ImageModel, RecognitionJob, RecognitionJobStatus};
+use crate::crd::{ImageModel, RecognitionJob, RecognitionJobStatus, RecognitionPipeline};
 use crate::status::{Cond, merge, reasons, types};
 
 /// Condition types and reasons of a RecognitionJob.
@@ -38,7 +40,8 @@ use conditions::*;
 
 /// How often a running job's progress is read.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-/// How often a job whose ImageModel does not exist looks again.
+/// How often a job whose ImageModel, output pipeline or store key does not exist looks
+/// again.
 const MODEL_WAIT: Duration = Duration::from_secs(30);
 
 pub async fn reconcile(job: Arc<RecognitionJob>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -95,6 +98,10 @@ async fn reconcile_job(rjob: &RecognitionJob, ctx: &Context) -> Result<Action, E
         // RecognitionJob to run again: finished shards are not redone).
         None if finished => None,
         None => {
+            if let Some(stalled) = output_problem(rjob, ctx, &ns).await? {
+                write_status(rjob, ctx, not_started(stalled), None).await?;
+                return Ok(Action::requeue(MODEL_WAIT));
+            }
             let mut changes = Vec::new();
             let created = ctx.apply(&desired, &mut changes).await?;
             let shards = rjob.spec.shards;
@@ -127,6 +134,87 @@ async fn reconcile_job(rjob: &RecognitionJob, ctx: &Context) -> Result<Action, E
         }
     };
     observe(rjob, ctx, &ns, live, note).await
+}
+
+/// Why the results cannot reach `output.pipeline`'s store yet, checked before the Job
+/// starts (a shard would otherwise fail on its first image, or wait in
+/// `CreateContainerConfigError`): the pipeline does not exist, it checks API keys and the
+/// job gives none, or the key's Secret (or its key) is missing. `None`: nothing stands in
+/// the way (or the job writes to no pipeline).
+async fn output_problem(
+    rjob: &RecognitionJob,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Option<Cond>, Error> {
+    let Some(out) = &rjob.spec.output.pipeline else {
+        return Ok(None);
+    };
+    let pipeline = Api::<RecognitionPipeline>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&out.name)
+        .await
+        .map_err(|source| Error::Fetch {
+            what: "RecognitionPipeline",
+            source,
+        })?;
+    let Some(pipeline) = pipeline else {
+        return Ok(Some(Cond::yes(
+            types::STALLED,
+            reasons::PIPELINE_NOT_FOUND,
+            format!(
+                "RecognitionPipeline {:?} (output.pipeline) does not exist in namespace {ns:?}",
+                out.name
+            ),
+        )));
+    };
+    let Some(secret) = &out.api_key_secret else {
+        return Ok(pipeline.spec.gateway.api_keys_secret.as_ref().map(|_| {
+            Cond::yes(
+                types::STALLED,
+                reasons::STORE_KEY_MISSING,
+                format!(
+                    "RecognitionPipeline {:?} checks API keys: set output.pipeline.apiKeySecret \
+                     to a Secret key holding one of them",
+                    out.name
+                ),
+            )
+        }));
+    };
+    let found = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&secret.name)
+        .await
+        .map_err(|source| Error::Fetch {
+            what: "Secret",
+            source,
+        })?;
+    let has_key = found
+        .as_ref()
+        .is_some_and(|s| has_secret_key(s, &secret.key));
+    Ok((!has_key).then(|| {
+        Cond::yes(
+            types::STALLED,
+            reasons::SECRET_NOT_FOUND,
+            match found {
+                None => format!(
+                    "Secret {:?} (output.pipeline.apiKeySecret) does not exist in namespace {ns:?}",
+                    secret.name
+                ),
+                Some(_) => format!(
+                    "Secret {:?} (output.pipeline.apiKeySecret) has no key {:?}",
+                    secret.name, secret.key
+                ),
+            },
+        )
+    }))
+}
+
+/// Whether `secret` holds `key`, in `data` or (as written, before the API server folds
+/// it into `data`) `stringData`.
+fn has_secret_key(secret: &Secret, key: &str) -> bool {
+    secret.data.as_ref().is_some_and(|d| d.contains_key(key))
+        || secret
+            .string_data
+            .as_ref()
+            .is_some_and(|d| d.contains_key(key))
 }
 
 fn digest(job: &Job) -> Option<&String> {

@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::pipeline::ModelRef;
+use super::pipeline::{ModelRef, SecretKeyRef};
 
 /// A whole folder of images recognized once by an `ImageModel`'s model, in `shards`
 /// pieces, `parallelism` at a time; resumable, with progress in `status`.
@@ -55,7 +55,8 @@ pub struct RecognitionJobSpec {
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("input is fixed once the job exists"))]
     pub input: JobInput,
     /// Where the results go: shard `I` writes `shard-<I>.jsonl` (one JSON line per image)
-    /// into this folder. Fixed once the job exists.
+    /// into a claim's folder, and/or every result goes into a pipeline's store. Fixed once
+    /// the job exists.
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("output is fixed once the job exists"))]
     pub output: JobOutput,
     /// Pieces the listing is cut into (the Job's `completions`): shard `I` takes every
@@ -144,17 +145,42 @@ pub struct S3Input {
     pub region: Option<String>,
 }
 
-/// Where the results go.
+/// Where the results go: a claim's folder, a pipeline's store, or both.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = kube::core::Rule::new("has(self.pvc) || has(self.pipeline)").message("output needs pvc, pipeline or both"),
+    validation = kube::core::Rule::new("!has(self.csv) || !self.csv || has(self.pvc)").message("csv needs pvc: the CSV is written beside the JSON lines")
+)]
 pub struct JobOutput {
     /// A folder on a PersistentVolumeClaim, mounted read-write (ReadWriteMany when shards
-    /// run on several nodes).
-    pub pvc: ClaimPath,
+    /// run on several nodes): shard `I` writes `shard-<I>.jsonl` there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<ClaimPath>,
     /// Also `shard-<I>.csv` beside each shard's JSON lines, written when the shard ends
     /// (`image, sha256, label, probability, known, error`; the top class only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub csv: bool,
+    /// A `RecognitionPipeline` (same namespace) whose store keeps every result, named by
+    /// this job (`GET /api/v1/results?job=<name>`); an image its store already has a
+    /// result for, with the same model digest, is not recognized again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineOutput>,
+}
+
+/// The pipeline whose store receives a job's results.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PipelineOutput {
+    /// Name of the `RecognitionPipeline`.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// A Secret key holding one of the pipeline's API keys (the key itself, without its
+    /// `name:`), which the shards present to its store. Needed when the pipeline has
+    /// `gateway.apiKeysSecret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret: Option<SecretKeyRef>,
 }
 
 /// The true labels of the images.
@@ -206,7 +232,8 @@ pub struct RecognitionJobStatus {
     pub total: Option<u64>,
     /// Images recognized by this job's shards.
     pub recognized: u64,
-    /// Images already in the output when a shard (re)started: not done again.
+    /// Images already in the output when a shard (re)started, or already in the output
+    /// pipeline's store with this model: not done again.
     pub skipped: u64,
     /// Images that could not be recognized (not an image, too large, unreadable): a
     /// line with the error in the output, never a failed shard.

@@ -20,7 +20,18 @@ pub fn upload_name(p: &RecognitionPipeline) -> String {
 }
 
 pub fn store_name(p: &RecognitionPipeline) -> String {
-    format!("{}-store", p.name_any())
+    store_service(&p.name_any())
+}
+
+/// The store Service of the pipeline named `pipeline`.
+fn store_service(pipeline: &str) -> String {
+    format!("{pipeline}-store")
+}
+
+/// The in-cluster URL of the store of pipeline `pipeline` in namespace `ns`: what a
+/// RecognitionJob's shards write to (the pipeline's own pods read it from the ConfigMap).
+pub fn store_url(pipeline: &str, ns: &str) -> String {
+    format!("http://{}.{ns}.svc:{PORT}", store_service(pipeline))
 }
 
 pub fn config_name(p: &RecognitionPipeline) -> String {
