@@ -397,3 +397,76 @@ fn results_go_to_the_pipelines_store_and_a_second_job_recognizes_nothing_again()
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("results store"));
 }
+
+/// `--truth` with shards: each shard evaluates its own images of the CSV (and shard 0 a
+/// row naming no image, as failed), and the shards' summary counts add up to the
+/// unsharded run's report — the figures the operator sums into a RecognitionJob's
+/// `status.evaluation`.
+#[test]
+fn sharded_evaluations_add_up_to_the_whole_sets_report() {
+    if !require(&[ort_lib(), models().join("test-classifier.onnx")]) {
+        return;
+    }
+    let Some(binary) = require_server_binary() else {
+        return;
+    };
+    const COUNT: u64 = 90;
+    const SHARDS: usize = 3;
+    let dir = ScratchDir::new("batch-truth-shards").expect("scratch dir");
+    let input = dir.path().join("photos");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    // Every fifth image labelled with the next colour: those are wrong at top-1.
+    let mut truth = String::from("path,label\n");
+    for n in 0..COUNT {
+        let name = format!("{n:03}.png");
+        std::fs::write(input.join(&name), unique_png(n)).expect("write");
+        let label = LABELS[((n + u64::from(n % 5 == 0)) % 3) as usize];
+        truth.push_str(&format!("{name},{label}\n"));
+    }
+    truth.push_str("missing.png,red\n");
+    std::fs::write(input.join("truth.csv"), truth).expect("write truth");
+    let run = |out: &str, shard: Option<usize>| -> serde_json::Value {
+        let summary = dir.path().join(format!("{out}.summary.json"));
+        let mut command = batch(&binary, &input, &dir.path().join(out));
+        command
+            .arg("--truth")
+            .arg(input.join("truth.csv"))
+            .arg("--summary")
+            .arg(&summary);
+        if let Some(i) = shard {
+            command.arg("--shard").arg(format!("{i}/{SHARDS}"));
+        }
+        let output = command.output().expect("run");
+        assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("accuracy (top-1)"), "{stdout}");
+        let text = std::fs::read(&summary).expect("summary");
+        serde_json::from_slice::<serde_json::Value>(&text).expect("JSON")["evaluation"].clone()
+    };
+    let whole = run("all.jsonl", None);
+    // 90 images and the missing row; 18 of the 90 labelled wrong.
+    assert_eq!(
+        whole,
+        serde_json::json!({"images": COUNT + 1, "evaluated": COUNT, "top1": COUNT - 18,
+            "top5": COUNT}),
+        "the unsharded run"
+    );
+    let parts: Vec<serde_json::Value> = (0..SHARDS)
+        .map(|i| run(&format!("{i}.jsonl"), Some(i)))
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        let expected = (COUNT as usize / SHARDS) as u64 + u64::from(i == 0);
+        assert_eq!(
+            part["images"], expected,
+            "shard {i}: its own images only: {part}"
+        );
+    }
+    for field in ["images", "evaluated", "top1", "top5"] {
+        let sum: u64 = parts.iter().map(|p| p[field].as_u64().unwrap_or(0)).sum();
+        assert_eq!(
+            sum,
+            whole[field].as_u64().unwrap_or(0),
+            "{field}: {parts:?}"
+        );
+    }
+}

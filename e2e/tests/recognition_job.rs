@@ -7,7 +7,8 @@
 //! retried and resumes), the whole Job is deleted while shards run (the operator creates
 //! it again and every shard resumes), and at the end every image is in the shards'
 //! outputs exactly once, and the RecognitionJob's status says the total, the counts and
-//! `Complete` — having shown progress while it ran.
+//! `Complete` — having shown progress while it ran — and, the job having true labels,
+//! the evaluation summed over the shards.
 //!
 //! Needs `target/debug/sightline-server` (`make test` builds it first) and `make models`.
 
@@ -90,6 +91,7 @@ fn recognition_job() -> RecognitionJob {
             "input": {"pvc": {"claimName": "photos", "path": "2024"}},
             "output": {"pvc": {"claimName": "results", "path": "test-classifier"},
                 "csv": true},
+            "labels": {"csv": "truth.csv"},
             "shards": SHARDS, "parallelism": 2, "backoffLimitPerIndex": 2}
     }))
     .expect("recognition job")
@@ -155,11 +157,18 @@ async fn an_indexed_job_of_real_shards_survives_a_kill_and_a_restart_without_dup
     // The claims: `photos` with the archive, `results` empty, `models` the model store.
     let claims = scratch.path().join("claims");
     let input = claims.join("photos/2024");
+    // The true labels: the test classifier's class of each image, except every fifth,
+    // labelled with the next colour (wrong at top-1, in its top five).
+    let mut truth = String::from("path,label\n");
     for n in 0..IMAGES {
-        let path = input.join(format!("{:02}/{n:05}.png", n % 13));
+        let name = format!("{:02}/{n:05}.png", n % 13);
+        let path = input.join(&name);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(&path, unique_png(n)).expect("write image");
+        let label = ["red", "green", "blue"][((n + u64::from(n % 5 == 0)) % 3) as usize];
+        truth.push_str(&format!("{name},{label}\n"));
     }
+    std::fs::write(input.join("truth.csv"), truth).expect("write truth");
     std::fs::write(input.join("broken.png"), b"not an image").expect("write");
     let total = IMAGES + 1;
     std::fs::create_dir_all(claims.join("results/test-classifier")).expect("results");
@@ -288,6 +297,15 @@ async fn an_indexed_job_of_real_shards_survives_a_kill_and_a_restart_without_dup
     );
     assert_eq!(done["shards"]["succeeded"], SHARDS, "{done:#}");
     assert_eq!(done["modelSha256"], sha, "{done:#}");
+    // The evaluation: every shard's own images of the CSV, summed over the three.
+    let wrong = IMAGES.div_ceil(5);
+    assert_eq!(
+        done["evaluation"],
+        json!({"images": IMAGES, "evaluated": IMAGES,
+            "accuracy": (IMAGES - wrong) as f64 / IMAGES as f64, "top5Accuracy": 1.0,
+            "shards": SHARDS}),
+        "{done:#}"
+    );
     assert_eq!(
         condition(&done, "Stalled").expect("Stalled")["status"],
         "False"

@@ -143,7 +143,8 @@ pub struct BatchArgs {
     pub store_api_key: Option<String>,
 
     /// The true labels, a CSV of `path,label` (paths relative to the CSV file): the
-    /// evaluation report over the images it names is printed at the end.
+    /// evaluation report over the images it names (with a shard: its own of them) is
+    /// printed at the end, and its counts go into --summary.
     #[arg(long)]
     pub truth: Option<PathBuf>,
 

@@ -195,8 +195,14 @@ fn cel_rules_reject_what_cannot_be_honoured() {
     let mut evaluation = job.clone();
     evaluation["labels"] = json!({"csv": "truth.csv"});
     assert!(
-        RecognitionJobSpec::validate_cel(&evaluation, None).is_err(),
-        "an evaluation across shards would count the other shards' images as failed"
+        RecognitionJobSpec::validate_cel(&evaluation, None).is_ok(),
+        "each shard evaluates its own images of the CSV"
+    );
+    let mut from_bucket = evaluation.clone();
+    from_bucket["input"] = json!({"s3": {"uri": "s3://photos"}});
+    assert!(
+        RecognitionJobSpec::validate_cel(&from_bucket, None).is_err(),
+        "the CSV is read from the input claim"
     );
     let mut both = job.clone();
     both["input"]["s3"] = json!({"uri": "s3://photos"});

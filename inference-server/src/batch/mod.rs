@@ -168,6 +168,12 @@ async fn run_shard(
     let input = input::Input::of(args)?;
     let listed = input.list().await?;
     let reader = input.reader();
+    // With --truth: every name of the listing, to tell a CSV row of another shard from
+    // one naming no image at all.
+    let everything: HashSet<String> = match &args.truth {
+        Some(_) => listed.iter().map(|i| i.name.clone()).collect(),
+        None => HashSet::new(),
+    };
     let items = listing::shard(listed, index, count)?;
     account.total = items.len() as u64;
     metrics.shard_images(account.total);
@@ -281,7 +287,26 @@ async fn run_shard(
         Some(folder) if !input.is_local() => folder,
         _ => args.input.as_path(),
     };
-    let report = truth::evaluate(truth, root, &model.name, &model.labels, &lines, seconds)?;
+    // This shard's images of the CSV, and (shard 0) those naming no image of the listing.
+    let mine = |name: Option<&str>| match name {
+        Some(n) if everything.contains(n) => in_shard.contains(n),
+        _ => index == 0,
+    };
+    let (report, counts) = truth::evaluate(
+        truth,
+        root,
+        (&model.name, &model.labels),
+        &lines,
+        mine,
+        seconds,
+    )?;
+    account.evaluation = Some(counts);
+    if count > 1 {
+        println!(
+            "batch: the evaluation below covers shard {index}/{count}'s images of {}",
+            truth.display()
+        );
+    }
     print!("{}", report.table());
     Ok(Some(report))
 }

@@ -45,6 +45,9 @@ pub struct ShardSummary {
     /// Why the run stopped early (absent when it did not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With `--truth`: the evaluation's counts over this shard's images of the CSV.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<super::truth::EvalCounts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,35 +2,45 @@
 //! lines (resumed ones included). For a folder the CSV's paths name files in it; for a
 //! bucket (`--input s3://…`) they are the images' names under the prefix, relative to the
 //! CSV's folder.
+//!
+//! A shard evaluates the images of the CSV that are in its part of the listing (and shard
+//! 0 those the CSV names that are in no part: they count as failed once). Its counts
+//! ([`EvalCounts`]) add up over the shards to the whole set's.
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
 use sightline_batch::journal::Line;
 use sightline_batch::listing;
 use sightline_eval::report::{Answer, Report};
 use sightline_eval::{EvalError, dataset};
+use sightline_quality::formulas::in_top_k;
 
-/// The evaluation report of `lines` against the truth CSV (the images it names; one with
-/// no line in the output counts as failed).
+/// The evaluation report of `lines` against the truth CSV — the images it names that
+/// `mine` takes (by their name in the listing, `None` for one not in it); one with no line
+/// in the output counts as failed — and its counts.
 pub fn evaluate(
     truth: &Path,
     input: &Path,
-    model: &str,
-    labels: &[String],
+    (model, labels): (&str, &[String]),
     lines: &[Line],
+    mine: impl Fn(Option<&str>) -> bool,
     seconds: f64,
-) -> Result<Report, EvalError> {
+) -> Result<(Report, EvalCounts), EvalError> {
     let samples = dataset::load(truth, labels)?;
     let classes = dataset::Resolver::new(labels);
     let by_name: HashMap<&str, &Line> = lines.iter().map(|l| (l.image.as_str(), l)).collect();
     let root = input.canonicalize().unwrap_or_else(|_| input.to_path_buf());
     let answers: Vec<Answer> = samples
         .into_iter()
-        .map(|s| {
+        .filter_map(|s| {
             let path = s.path.canonicalize().unwrap_or_else(|_| s.path.clone());
             // A bucket's images are named relative to the CSV's folder as given.
             let name = listing::name_in(&root, &path).or_else(|| listing::name_in(input, &s.path));
+            if !mine(name.as_deref()) {
+                return None;
+            }
             let ranked = match name.as_deref().and_then(|n| by_name.get(n)) {
                 None => Err("not in the batch's output".to_string()),
                 Some(line) => match &line.error {
@@ -42,18 +52,50 @@ pub fn evaluate(
                         .collect()),
                 },
             };
-            Answer {
+            Some(Answer {
                 path: s.path,
                 truth: s.class,
                 ranked,
-            }
+            })
         })
         .collect();
-    Ok(Report::build(
+    let report = Report::build(
         model,
         &truth.display().to_string(),
         labels,
         &answers,
         seconds,
-    ))
+    );
+    Ok((report, EvalCounts::of(&answers)))
+}
+
+/// An evaluation's counts, which add up over shards (the summary carries them; the
+/// operator sums the shards' into the RecognitionJob's `status.evaluation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalCounts {
+    /// Images the CSV names (of this shard).
+    pub images: u64,
+    /// Of those, classified (a failed one is not).
+    pub evaluated: u64,
+    /// Classified with the true class first.
+    pub top1: u64,
+    /// Classified with the true class among the first five.
+    pub top5: u64,
+}
+
+impl EvalCounts {
+    /// The counts of `answers`, by the report's rules ([`Report::build`]).
+    fn of(answers: &[Answer]) -> EvalCounts {
+        let mut c = EvalCounts {
+            images: answers.len() as u64,
+            ..EvalCounts::default()
+        };
+        for a in answers {
+            let Ok(ranked) = &a.ranked else { continue };
+            c.evaluated += 1;
+            c.top1 += u64::from(ranked.first() == Some(&a.truth));
+            c.top5 += u64::from(in_top_k(ranked, a.truth, 5));
+        }
+        c
+    }
 }

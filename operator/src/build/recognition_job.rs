@@ -218,12 +218,6 @@ pub fn validate(job: &RecognitionJob) -> Result<(), Invalid> {
     if spec.parallelism.is_some_and(|p| p < 1 || p > spec.shards) {
         return invalid("spec.parallelism", "must be 1 to spec.shards");
     }
-    if spec.labels.is_some() && spec.shards != 1 {
-        return invalid(
-            "spec.labels",
-            "an evaluation needs shards: 1: each shard would count the images of the others as failed",
-        );
-    }
     let input = &spec.input;
     let given = [
         input.pvc.is_some(),

@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use serde::Deserialize;
 
 use crate::build::recognition_job::{CONTAINER, INDEX_ANNOTATION};
-use crate::crd::{ImageError, ShardCounts};
+use crate::crd::{ImageError, JobEvaluation, ShardCounts};
 use crate::rollout::{PodFailure, pod_failure};
 
 /// Errors kept in `status.firstErrors`.
@@ -41,6 +41,18 @@ pub struct Summary {
     pub complete: bool,
     /// Why the run stopped early, when it did.
     pub error: Option<String>,
+    /// With `--truth`: the evaluation's counts over the shard's images of the CSV.
+    pub evaluation: Option<EvalCounts>,
+}
+
+/// A shard's evaluation counts, as its summary says them (they add up over shards).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Default)]
+#[serde(default)]
+pub struct EvalCounts {
+    pub images: u64,
+    pub evaluated: u64,
+    pub top1: u64,
+    pub top5: u64,
 }
 
 /// What one shard has done so far.
@@ -55,6 +67,8 @@ pub struct Counts {
     pub rate: Option<f64>,
     pub errors: Vec<ImageError>,
     pub model_sha256: Option<String>,
+    /// A finished shard's evaluation.
+    pub evaluation: Option<EvalCounts>,
 }
 
 impl Counts {
@@ -73,6 +87,7 @@ impl From<Summary> for Counts {
             rate: None,
             errors: s.errors,
             model_sha256: Some(s.model_sha256).filter(|d| !d.is_empty()),
+            evaluation: s.evaluation,
         }
     }
 }
@@ -179,6 +194,8 @@ pub struct Totals {
     /// Seconds left at that rate.
     pub eta_seconds: Option<u64>,
     pub model_sha256: Option<String>,
+    /// The finished shards' evaluations, summed.
+    pub evaluation: Option<JobEvaluation>,
 }
 
 impl Totals {
@@ -204,6 +221,7 @@ pub fn totals(shards: i32, counts: &BTreeMap<i32, Counts>) -> Totals {
     let mut sized = 0;
     let mut rate = 0.0;
     let mut rated = false;
+    let mut evaluated = Vec::new();
     for c in counts.values() {
         t.recognized += c.recognized;
         t.skipped += c.skipped;
@@ -224,8 +242,12 @@ pub fn totals(shards: i32, counts: &BTreeMap<i32, Counts>) -> Totals {
         if t.model_sha256.is_none() {
             t.model_sha256 = c.model_sha256.clone();
         }
+        if let Some(e) = &c.evaluation {
+            evaluated.push(*e);
+        }
     }
     t.total = (sized == shards.max(0) as usize).then_some(total);
+    t.evaluation = evaluation(&evaluated);
     if rated {
         t.images_per_second = Some((rate * 10.0).round() / 10.0);
         if let Some(total) = t.total
@@ -236,6 +258,33 @@ pub fn totals(shards: i32, counts: &BTreeMap<i32, Counts>) -> Totals {
         }
     }
     t
+}
+
+/// The shards' evaluation counts summed, and the accuracies of the sum (each image of
+/// the CSV is in exactly one shard's counts, so the sum is the whole set's once every
+/// shard is in it). `None` when no shard has reported one.
+pub fn evaluation(shards: &[EvalCounts]) -> Option<JobEvaluation> {
+    if shards.is_empty() {
+        return None;
+    }
+    let mut sum = EvalCounts::default();
+    for e in shards {
+        sum.images += e.images;
+        sum.evaluated += e.evaluated;
+        sum.top1 += e.top1;
+        sum.top5 += e.top5;
+    }
+    let of = |n: u64| match sum.evaluated {
+        0 => 0.0,
+        d => n as f64 / d as f64,
+    };
+    Some(JobEvaluation {
+        images: sum.images,
+        evaluated: sum.evaluated,
+        accuracy: of(sum.top1),
+        top5_accuracy: of(sum.top5),
+        shards: shards.len() as i32,
+    })
 }
 
 /// `1h2m3s`.

@@ -108,6 +108,7 @@ fn totals_know_the_size_only_once_every_shard_said_it() {
         rate,
         errors: vec![],
         model_sha256: None,
+        evaluation: None,
     };
     let partial = BTreeMap::from([(0, shard(Some(100), 40, 0, Some(10.0)))]);
     let t = totals(2, &partial);
@@ -163,5 +164,58 @@ fn failed_attempts_say_which_shard_and_why() {
         said[0].starts_with("shard 3 (pod j-3-a, exit code 2): error: the model"),
         "{}",
         said[0]
+    );
+}
+
+#[test]
+fn the_shards_evaluations_add_up_to_the_whole_sets() {
+    const T: &str = "2026-12-07T10:00:00Z";
+    // As two shards' summaries say them: the images of the CSV split between them.
+    let text = |images: u64, evaluated: u64, top1: u64, top5: u64| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&summary_text(10, 10, 0, 0)).expect("json");
+        v["evaluation"] = json!({"images": images, "evaluated": evaluated, "top1": top1,
+            "top5": top5});
+        v.to_string()
+    };
+    let a = summary(&pod(
+        "j-0",
+        0,
+        "Succeeded",
+        terminated(0, &text(6, 5, 4, 5)),
+        T,
+    ))
+    .expect("a");
+    let b = summary(&pod(
+        "j-1",
+        1,
+        "Succeeded",
+        terminated(0, &text(4, 4, 2, 3)),
+        T,
+    ))
+    .expect("b");
+    let one = BTreeMap::from([(0, Counts::from(a.clone()))]);
+    let e = totals(2, &one).evaluation.expect("one shard's");
+    assert_eq!((e.images, e.evaluated, e.shards), (6, 5, 1));
+    assert_eq!(e.accuracy, 0.8);
+    let both = BTreeMap::from([(0, Counts::from(a)), (1, Counts::from(b))]);
+    let e = totals(2, &both).evaluation.expect("both");
+    // 6 of the 9 classified first, 8 of 9 in the top five — not the mean of 0.8 and 0.5.
+    assert_eq!((e.images, e.evaluated, e.shards), (10, 9, 2));
+    assert_eq!(e.accuracy, 6.0 / 9.0);
+    assert_eq!(e.top5_accuracy, 8.0 / 9.0);
+    // Without labels no shard says one, and there is none.
+    let plain = summary(&pod(
+        "j-0",
+        0,
+        "Succeeded",
+        terminated(0, &summary_text(1, 1, 0, 0)),
+        T,
+    ));
+    let none = BTreeMap::from([(0, Counts::from(plain.expect("plain")))]);
+    assert_eq!(totals(1, &none).evaluation, None);
+    assert_eq!(
+        evaluation(&[EvalCounts::default()]).map(|e| e.accuracy),
+        Some(0.0)
     );
 }

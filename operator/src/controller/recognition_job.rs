@@ -450,6 +450,7 @@ async fn write_status(
                     .map(progress::duration_text),
                 shards: progress::shard_counts(job),
                 model_sha256: t.model_sha256.clone().or(previous.model_sha256.clone()),
+                evaluation: t.evaluation.clone(),
             }
         }
     };

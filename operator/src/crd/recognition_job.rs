@@ -32,6 +32,12 @@ use super::pipeline::{ModelRef, SecretKeyRef};
     ),
     printcolumn(name = "ETA", type_ = "string", json_path = ".status.eta"),
     printcolumn(
+        name = "Accuracy",
+        type_ = "number",
+        json_path = ".status.evaluation.accuracy",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -40,7 +46,6 @@ use super::pipeline::{ModelRef, SecretKeyRef};
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
-    validation = kube::core::Rule::new("!has(self.labels) || self.shards == 1").message("labels (an evaluation) needs shards: 1: each shard would count the images of the others as failed"),
     validation = kube::core::Rule::new("!has(self.parallelism) || self.parallelism <= self.shards").message("parallelism cannot exceed shards"),
     validation = kube::core::Rule::new("!has(self.labels) || has(self.input.pvc)").message("labels needs input.pvc: the CSV is read from the input claim")
 )]
@@ -74,8 +79,9 @@ pub struct RecognitionJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub backoff_limit_per_index: Option<i32>,
-    /// The true labels, which turn the run into an evaluation (the report is in the
-    /// shard's log). Only with `shards: 1`. Fixed once the job exists.
+    /// The true labels, which turn the run into an evaluation: each shard evaluates its
+    /// own images of the CSV (its report is in its log) and `status.evaluation` sums the
+    /// shards' counts. Fixed once the job exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("labels is fixed once the job exists"))]
     pub labels: Option<JobLabels>,
@@ -256,4 +262,24 @@ pub struct RecognitionJobStatus {
     /// SHA-256 of the model the shards ran (as they report it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_sha256: Option<String>,
+    /// With `labels`: the evaluation over the finished shards' images of the CSV.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<JobEvaluation>,
+}
+
+/// A RecognitionJob's evaluation: the shards' counts summed, and the figures of the sum.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct JobEvaluation {
+    /// Images the labels CSV names, over the shards counted.
+    pub images: u64,
+    /// Of those, classified (the denominator of both accuracies).
+    pub evaluated: u64,
+    /// Top-1 accuracy: classified with the true class first, of `evaluated`.
+    pub accuracy: f64,
+    /// Top-5 accuracy.
+    pub top5_accuracy: f64,
+    /// Shards whose evaluation is counted (finished ones), of `spec.shards`: the figures
+    /// are the whole set's once it equals them.
+    pub shards: i32,
 }
