@@ -150,10 +150,12 @@ pub fn batch_args(job: &RecognitionJob) -> Vec<String> {
         }
     }
     if let Some(labels) = &spec.labels {
-        args.extend([
-            "--truth".to_string(),
-            format!("{input}/{}", labels.csv.trim_start_matches('/')),
-        ]);
+        let truth = match &labels.csv {
+            Some(csv) => format!("{input}/{}", csv.trim_start_matches('/')),
+            // The input folder itself: its sub-folders are the classes.
+            None => input.clone(),
+        };
+        args.extend(["--truth".to_string(), truth]);
     }
     args
 }
@@ -268,7 +270,15 @@ pub fn validate(job: &RecognitionJob) -> Result<(), Invalid> {
         }
     }
     if let Some(labels) = &spec.labels
-        && (labels.csv.is_empty() || labels.csv.starts_with('/') || labels.csv.contains(".."))
+        && labels.csv.is_some() == labels.class_folders
+    {
+        return invalid(
+            "spec.labels",
+            "is exactly one of csv and classFolders: true",
+        );
+    }
+    if let Some(csv) = spec.labels.as_ref().and_then(|l| l.csv.as_ref())
+        && (csv.is_empty() || csv.starts_with('/') || csv.contains(".."))
     {
         return invalid(
             "spec.labels.csv",

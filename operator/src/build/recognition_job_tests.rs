@@ -162,12 +162,36 @@ fn input_is_mounted_read_only_and_output_read_write() {
 }
 
 #[test]
-fn labels_become_the_truth_csv_beside_the_input() {
+fn labels_become_the_truth_csv_beside_the_input_or_the_class_folders() {
     let j = built(json!({"shards": 1, "parallelism": 1, "labels": {"csv": "truth.csv"}}));
     assert_eq!(
         flag(&args(&j), "--truth").as_deref(),
         Some("/data/photos/archive/2024/truth.csv")
     );
+    // Class folders: the input folder is the labelled set.
+    let j = built(json!({"labels": {"classFolders": true}}));
+    assert_eq!(
+        flag(&args(&j), "--truth").as_deref(),
+        Some("/data/photos/archive/2024")
+    );
+    for (labels, ok) in [
+        (json!({"classFolders": true}), true),
+        (json!({"csv": "truth.csv"}), true),
+        (json!({}), false),
+        (json!({"csv": "truth.csv", "classFolders": true}), false),
+        (json!({"classFolders": false}), false),
+    ] {
+        assert_eq!(
+            validate(&rjob(json!({"labels": labels}))).is_ok(),
+            ok,
+            "{labels}"
+        );
+        assert_eq!(
+            crate::crd::JobLabels::validate_cel(&labels, None).is_ok(),
+            ok,
+            "CEL: {labels}"
+        );
+    }
 }
 
 #[test]

@@ -189,15 +189,21 @@ pub struct PipelineOutput {
     pub api_key_secret: Option<SecretKeyRef>,
 }
 
-/// The true labels of the images.
+/// The true labels of the images: a CSV, or the class folders they are in.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(cel, validation = kube::core::Rule::new("(has(self.csv) ? 1 : 0) + ((has(self.classFolders) && self.classFolders) ? 1 : 0) == 1").message("labels is exactly one of csv and classFolders: true"))]
 pub struct JobLabels {
     /// A CSV of `path,label` rows on the input claim, relative to `input.pvc.path` (its
     /// paths relative to the CSV file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     #[x_kube(validation = kube::core::Rule::new("!self.startsWith('/') && !self.contains('..')").message("csv is relative to input.pvc.path and has no '..'"))]
-    pub csv: String,
+    pub csv: Option<String>,
+    /// Each image's class is the folder it is in, under `input.pvc.path`
+    /// (`<class>/<image>`, the ImageFolder layout; `_` in a folder name reads as a space).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub class_folders: bool,
 }
 
 /// An image that could not be recognized, and why.
