@@ -5,8 +5,11 @@
 //!
 //! The photo decoded is [`sample_photo`], a 640×480 JPEG made here (a cluster model has no
 //! bundled photo). The candidates take turns, round after round, so that a change in the
-//! machine's load hits them alike; each one's figure is the mean of its rounds. A round
-//! starts only when it fits in what is left of the budget, as long as the last one took
+//! machine's load hits them alike; each one's figure is the mean of its rounds. After each
+//! round the slower half of the candidates still running drops out ([`faster_half`]), so
+//! the contenders get more rounds — more samples against a machine whose speed moves by a
+//! tenth from second to second — in the same budget. A round starts only when it fits in
+//! what is left of the budget, as long as the last one took scaled to the candidates left
 //! (at least one round, at most [`MAX_ROUNDS`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,8 +24,11 @@ use crate::layout_tuning::{Layout, Trial};
 use crate::metrics::InferenceMetrics;
 use crate::preprocess::{DecodeLimits, preprocess};
 
-/// Rounds over every candidate, at most.
-pub const MAX_ROUNDS: usize = 3;
+/// Rounds, at most (the first over every candidate, then over the faster half of the
+/// last round's).
+pub const MAX_ROUNDS: usize = 6;
+/// Candidates left running in every round once the halving reaches them.
+pub const FINALISTS: usize = 2;
 /// One candidate's timed window: at least this long, and at least [`MIN_IMAGES`].
 pub const MIN_WINDOW: Duration = Duration::from_millis(400);
 const MIN_IMAGES: usize = 40;
@@ -101,20 +107,25 @@ pub fn run(
     let started = Instant::now();
     let mut per_candidate: Vec<Vec<f64>> = vec![Vec::new(); candidates.len()];
     let mut rounds = 0;
-    let mut last_round = Duration::ZERO;
-    while rounds == 0 || (rounds < MAX_ROUNDS && started.elapsed() + last_round <= load.budget) {
+    let mut active: Vec<usize> = (0..candidates.len()).collect();
+    let mut next_round = Duration::ZERO;
+    while rounds == 0 || (rounds < MAX_ROUNDS && started.elapsed() + next_round <= load.budget) {
         let round = Instant::now();
-        for (i, (sessions, rows)) in candidates.iter().enumerate() {
+        for &i in &active {
+            let (sessions, rows) = candidates[i];
             per_candidate[i].push(images_per_second(
                 sessions,
-                *rows,
+                rows,
                 row_len,
                 load,
                 DecodeAt::Pool,
             )?);
         }
-        last_round = round.elapsed();
+        let took = round.elapsed();
         rounds += 1;
+        let ran = active.len();
+        active = faster_half(&per_candidate, &active);
+        next_round = took.mul_f64(active.len() as f64 / ran.max(1) as f64);
     }
     let trials = candidates
         .iter()
@@ -126,6 +137,24 @@ pub fn run(
         })
         .collect();
     Ok((trials, rounds))
+}
+
+/// The faster half of the candidates `active` (by the mean of each one's figures so far;
+/// at least [`FINALISTS`], all of them when fewer), in their order. A candidate that drops
+/// out keeps its figure, and the choice is made over every candidate's figure
+/// (`layout_tuning::choose`): one that dropped out wins only if it measured faster than
+/// every finalist's mean.
+pub fn faster_half(figures: &[Vec<f64>], active: &[usize]) -> Vec<usize> {
+    let keep = active.len().div_ceil(2).max(FINALISTS).min(active.len());
+    let mean = |i: usize| {
+        let f = &figures[i];
+        f.iter().sum::<f64>() / f.len().max(1) as f64
+    };
+    let mut ranked = active.to_vec();
+    ranked.sort_by(|a, b| mean(*b).total_cmp(&mean(*a)));
+    ranked.truncate(keep);
+    ranked.sort_unstable();
+    ranked
 }
 
 /// A submitted request's answer, waited for.
@@ -246,6 +275,23 @@ pub fn sample_photo() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_round_keeps_the_faster_half_down_to_the_finalists() {
+        let figures = |means: &[f64]| -> Vec<Vec<f64>> { means.iter().map(|m| vec![*m]).collect() };
+        let twelve = figures(&[
+            150.0, 160.0, 140.0, 180.0, 175.0, 120.0, 130.0, 165.0, 110.0, 170.0, 100.0, 90.0,
+        ]);
+        let all: Vec<usize> = (0..12).collect();
+        assert_eq!(faster_half(&twelve, &all), [0, 1, 3, 4, 7, 9]);
+        assert_eq!(faster_half(&twelve, &[0, 1, 3, 4, 7, 9]), [3, 4, 9]);
+        assert_eq!(faster_half(&twelve, &[3, 4, 9]), [3, 4]);
+        assert_eq!(faster_half(&twelve, &[3, 4]), [3, 4], "the finalists stay");
+        assert_eq!(faster_half(&twelve, &[5]), [5]);
+        // By the mean of every round so far, not the last round alone.
+        let noisy = vec![vec![200.0, 140.0], vec![150.0, 160.0], vec![100.0, 200.0]];
+        assert_eq!(faster_half(&noisy, &[0, 1, 2]), [0, 1]);
+    }
 
     #[test]
     fn the_sample_photo_is_a_jpeg_of_640_by_480() {
