@@ -168,11 +168,11 @@ async fn run_shard(
     let input = input::Input::of(args)?;
     let listed = input.list().await?;
     let reader = input.reader();
-    // With --truth: every name of the listing, to tell a CSV row of another shard from
-    // one naming no image at all.
+    // With --truth and shards: every name of the listing, to tell a CSV row of another
+    // shard from one naming no image at all.
     let everything: HashSet<String> = match &args.truth {
-        Some(_) => listed.iter().map(|i| i.name.clone()).collect(),
-        None => HashSet::new(),
+        Some(_) if count > 1 => listed.iter().map(|i| i.name.clone()).collect(),
+        _ => HashSet::new(),
     };
     let items = listing::shard(listed, index, count)?;
     account.total = items.len() as u64;
@@ -289,7 +289,8 @@ async fn run_shard(
     };
     // This shard's images of the CSV, and (shard 0) those naming no image of the listing.
     let mine = |name: Option<&str>| match name {
-        Some(n) if everything.contains(n) => in_shard.contains(n),
+        Some(n) if in_shard.contains(n) => true,
+        Some(n) if everything.contains(n) => false,
         _ => index == 0,
     };
     let (report, counts) = truth::evaluate(
