@@ -133,7 +133,7 @@ pub fn run(
         .map(|((sessions, rows), figures)| Trial {
             layout: sessions.layout,
             rows: *rows,
-            images_per_second: figures.iter().sum::<f64>() / figures.len().max(1) as f64,
+            images_per_second: mean(&figures),
         })
         .collect();
     Ok((trials, rounds))
@@ -146,15 +146,16 @@ pub fn run(
 /// every finalist's mean.
 pub fn faster_half(figures: &[Vec<f64>], active: &[usize]) -> Vec<usize> {
     let keep = active.len().div_ceil(2).max(FINALISTS).min(active.len());
-    let mean = |i: usize| {
-        let f = &figures[i];
-        f.iter().sum::<f64>() / f.len().max(1) as f64
-    };
     let mut ranked = active.to_vec();
-    ranked.sort_by(|a, b| mean(*b).total_cmp(&mean(*a)));
+    ranked.sort_by(|&a, &b| mean(&figures[b]).total_cmp(&mean(&figures[a])));
     ranked.truncate(keep);
     ranked.sort_unstable();
     ranked
+}
+
+/// A candidate's figure: the mean of its rounds (0 for none).
+fn mean(figures: &[f64]) -> f64 {
+    figures.iter().sum::<f64>() / figures.len().max(1) as f64
 }
 
 /// A submitted request's answer, waited for.

@@ -37,6 +37,17 @@ pub async fn rollout(
     Ok(rollout::assess(d, &replica_sets.items, &pods.items))
 }
 
+/// The Secret `name` in `ns`, if it exists.
+pub async fn secret(client: &Client, ns: &str, name: &str) -> Result<Option<Secret>, Error> {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Fetch {
+            what: "Secret",
+            source,
+        })
+}
+
 /// What the Secrets `rolling` hold, as one digest (a change of any of them changes it),
 /// and the names among `rolling` and `present` (Secrets that need only exist) that do not
 /// exist.
@@ -46,7 +57,6 @@ pub async fn secrets_digest(
     rolling: &[String],
     present: &[String],
 ) -> Result<(String, Vec<String>), Error> {
-    let api = Api::<Secret>::namespaced(client.clone(), ns);
     let mut names = rolling.to_vec();
     names.extend(present.iter().cloned());
     names.sort();
@@ -54,10 +64,7 @@ pub async fn secrets_digest(
     let mut hasher = Sha256::new();
     let mut missing = Vec::new();
     for name in &names {
-        let secret = api.get_opt(name).await.map_err(|source| Error::Fetch {
-            what: "Secret",
-            source,
-        })?;
+        let secret = secret(client, ns, name).await?;
         if secret.is_none() {
             missing.push(name.clone());
         }

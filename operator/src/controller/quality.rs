@@ -5,8 +5,8 @@
 //! the API key and forwards it to its store (the store's NetworkPolicy admits only its
 //! front doors, never the API server's proxy). A canary's live checks read the same.
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::{Api, ResourceExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 
 use super::canary::read;
 use super::pods::Ask;
@@ -157,13 +157,7 @@ async fn key_for(
     let Some(keys) = &p.spec.gateway.api_keys_secret else {
         return Ok(Ok(None));
     };
-    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
-        .get_opt(&keys.name)
-        .await
-        .map_err(|source| Error::Fetch {
-            what: "Secret",
-            source,
-        })?;
+    let secret = super::observe::secret(&ctx.client, ns, &keys.name).await?;
     let text = secret.and_then(|s| s.data).and_then(|d| {
         d.get(&keys.key)
             .map(|b| String::from_utf8_lossy(&b.0).into_owned())

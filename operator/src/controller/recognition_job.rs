@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -179,42 +179,23 @@ async fn output_problem(
             )
         }));
     };
-    let found = Api::<Secret>::namespaced(ctx.client.clone(), ns)
-        .get_opt(&secret.name)
-        .await
-        .map_err(|source| Error::Fetch {
-            what: "Secret",
-            source,
-        })?;
-    let has_key = found
-        .as_ref()
-        .is_some_and(|s| has_secret_key(s, &secret.key));
-    Ok((!has_key).then(|| {
-        Cond::yes(
-            types::STALLED,
-            reasons::SECRET_NOT_FOUND,
-            match found {
-                None => format!(
-                    "Secret {:?} (output.pipeline.apiKeySecret) does not exist in namespace {ns:?}",
-                    secret.name
-                ),
-                Some(_) => format!(
-                    "Secret {:?} (output.pipeline.apiKeySecret) has no key {:?}",
-                    secret.name, secret.key
-                ),
-            },
-        )
-    }))
-}
-
-/// Whether `secret` holds `key`, in `data` or (as written, before the API server folds
-/// it into `data`) `stringData`.
-fn has_secret_key(secret: &Secret, key: &str) -> bool {
-    secret.data.as_ref().is_some_and(|d| d.contains_key(key))
-        || secret
-            .string_data
-            .as_ref()
-            .is_some_and(|d| d.contains_key(key))
+    // As the API server returns a Secret: its keys in `data` (it folds `stringData` in).
+    let message = match super::observe::secret(&ctx.client, ns, &secret.name).await? {
+        None => format!(
+            "Secret {:?} (output.pipeline.apiKeySecret) does not exist in namespace {ns:?}",
+            secret.name
+        ),
+        Some(s) if s.data.as_ref().is_some_and(|d| d.contains_key(&secret.key)) => return Ok(None),
+        Some(_) => format!(
+            "Secret {:?} (output.pipeline.apiKeySecret) has no key {:?}",
+            secret.name, secret.key
+        ),
+    };
+    Ok(Some(Cond::yes(
+        types::STALLED,
+        reasons::SECRET_NOT_FOUND,
+        message,
+    )))
 }
 
 fn digest(job: &Job) -> Option<&String> {
