@@ -285,13 +285,29 @@ fn an_indexed_job_shard_takes_its_index_reports_its_summary_and_exits_by_kind_of
         .output()
         .expect("run");
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not of this one"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not of this model"));
+
+    // The same model with other preprocessing: the lines are not its answers, so retrying
+    // cannot help either (status 2), and the output is left as it was.
+    let before = std::fs::read(&out).expect("output");
+    let mut other = batch(&binary, &input, &out);
+    shard(&mut other);
+    let output = other
+        .env("JOB_COMPLETION_INDEX", "1")
+        .args(["--resize", "shorter-side-crop"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("with preprocessing"), "{stderr}");
+    assert_eq!(std::fs::read(&out).expect("output"), before);
 }
 
 /// `--store-url`: the results go to a real store role too (its SQLite database), named by
-/// the job; a second job over the same folder with the same model finds every image known
-/// and recognizes none, and the store keeps one result per image; a store that does not
-/// answer stops the run with status 1 (it may answer when the pod is retried).
+/// the job; a second job over the same folder with the same model and preprocessing finds
+/// every image known and recognizes none, and the store keeps one result per image; a job
+/// with other preprocessing recognizes every image again; a store that does not answer
+/// stops the run with status 1 (it may answer when the pod is retried).
 #[test]
 fn results_go_to_the_pipelines_store_and_a_second_job_recognizes_nothing_again() {
     if !require(&[ort_lib(), models().join("test-classifier.onnx")]) {
@@ -320,8 +336,9 @@ fn results_go_to_the_pipelines_store_and_a_second_job_recognizes_nothing_again()
         dir.path(),
     )
     .expect("the store starts");
-    let run = |job: &str, out: &str| {
+    let run = |job: &str, out: &str, flags: &[&str]| {
         let output = batch(&binary, &input, &dir.path().join(out))
+            .args(flags)
             .arg("--store-url")
             .arg(store.url(""))
             .arg("--job")
@@ -352,14 +369,18 @@ fn results_go_to_the_pipelines_store_and_a_second_job_recognizes_nothing_again()
         })
     };
 
-    let (output, summary) = run("archive-a", "a.jsonl");
+    let (output, summary) = run("archive-a", "a.jsonl", &[]);
     assert!(output.status.success(), "{output:?}");
     assert_eq!(summary["recognized"], images, "{summary}");
     let stored = results("archive-a");
     let items = stored["items"].as_array().expect("items");
     assert_eq!(items.len() as u64, images, "{stored}");
+    let preprocessing = items[0]["model"]["preprocess_sha256"].clone();
+    let model_digest = items[0]["model"]["sha256"].clone();
+    assert_eq!(preprocessing.as_str().map(str::len), Some(64), "{stored}");
     for item in items {
         assert_eq!(item["job"], "archive-a", "{item}");
+        assert_eq!(item["model"]["preprocess_sha256"], preprocessing, "{item}");
         assert_eq!(item["provenance"], "server", "{item}");
         assert!(
             item["image_url"]
@@ -368,7 +389,7 @@ fn results_go_to_the_pipelines_store_and_a_second_job_recognizes_nothing_again()
         );
     }
 
-    let (output, summary) = run("archive-b", "b.jsonl");
+    let (output, summary) = run("archive-b", "b.jsonl", &[]);
     assert!(output.status.success(), "{output:?}");
     assert_eq!(summary["recognized"], 0, "{summary}");
     assert_eq!(summary["known"], images, "{summary}");
@@ -384,6 +405,20 @@ fn results_go_to_the_pipelines_store_and_a_second_job_recognizes_nothing_again()
         results("archive-a")["items"].as_array().map(Vec::len),
         Some(images as usize),
         "one result per image"
+    );
+
+    // The same model resized another way (its centre square, not stretched): other answers, so every image again.
+    let (output, summary) = run("archive-p", "p.jsonl", &["--resize", "shorter-side-crop"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(summary["recognized"], images, "{summary}");
+    assert_eq!(summary["known"], 0, "{summary}");
+    let stored = results("archive-p");
+    let items = stored["items"].as_array().expect("items");
+    assert_eq!(items.len() as u64, images, "{stored}");
+    assert!(
+        items.iter().all(|i| i["model"]["sha256"] == model_digest
+            && i["model"]["preprocess_sha256"] != preprocessing),
+        "{stored}"
     );
 
     // A store that does not answer: the run stops, status 1, and says why.

@@ -41,6 +41,7 @@ fn result(provenance: Provenance, label: &str) -> NewResult {
         model: ModelRef {
             name: "m".into(),
             sha256: "d".repeat(64),
+            preprocess_sha256: String::new(),
         },
         predictions: vec![Prediction {
             label: label.into(),
@@ -106,6 +107,10 @@ async fn migrates_an_old_database_and_keeps_the_two_apart(backend: Backend) {
         .expect("list");
     assert_eq!(page.items.len(), 1, "{backend:?}");
     assert_eq!(page.items[0].provenance, Provenance::Client, "{backend:?}");
+    assert_eq!(
+        page.items[0].model.preprocess_sha256, "",
+        "{backend:?}: unknown"
+    );
 
     // The pipeline's save of the same image and model: its own record, not the old one.
     let (server, created) = store
@@ -154,6 +159,36 @@ async fn migrates_an_old_database_and_keeps_the_two_apart(backend: Backend) {
         servers.items[0].job, None,
         "{backend:?}: the pipeline's names none"
     );
+
+    // The same image and model digest with other preprocessing is another answer, a record
+    // of its own; the same preprocessing again is the record made before (the column the
+    // migration added keeps the digest).
+    let with_preprocessing = |digest: &str, label: &str| {
+        let mut new = result(Provenance::Server, label);
+        new.model.preprocess_sha256 = digest.repeat(64);
+        new
+    };
+    let (first, created) = store
+        .save(&with_preprocessing("1", "tabby"))
+        .await
+        .expect("save");
+    assert!(
+        created,
+        "{backend:?}: the digest-less record is not this one"
+    );
+    assert_eq!(first.model.preprocess_sha256, "1".repeat(64), "{backend:?}");
+    let (again, created) = store
+        .save(&with_preprocessing("1", "other"))
+        .await
+        .expect("save");
+    assert!(!created, "{backend:?}");
+    assert_eq!(again.id, first.id);
+    let (other, created) = store
+        .save(&with_preprocessing("2", "tiger cat"))
+        .await
+        .expect("save");
+    assert!(created, "{backend:?}: other preprocessing, another record");
+    assert_eq!(other.predictions[0].label, "tiger cat");
     store.close().await;
     db.cleanup().await;
 }

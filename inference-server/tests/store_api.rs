@@ -152,6 +152,9 @@ async fn bad_inputs(app: &Router) {
         ("/api/v1/results", "application/json", json!({"image_url": "", "model": {"name": "m"}, "predictions": []}).to_string(), StatusCode::BAD_REQUEST),
         ("/api/v1/results", "application/json", json!({"image_url": "x", "image_id": "../../etc", "model": {"name": "m"}, "predictions": []}).to_string(), StatusCode::BAD_REQUEST),
         ("/api/v1/results", "application/json", json!({"image_url": "x", "model": {"name": "m"}, "predictions": [], "latency_ms": "fast"}).to_string(), StatusCode::BAD_REQUEST),
+        ("/api/v1/results", "application/json", json!({"image_url": "x", "model": {"name": "m", "preprocess_sha256": "a".repeat(65)}, "predictions": []}).to_string(), StatusCode::BAD_REQUEST),
+        ("/api/v1/results", "application/json", json!({"image_url": "x", "model": {"name": "m", "preprocess_sha256": "../../etc/passwd"}, "predictions": []}).to_string(), StatusCode::BAD_REQUEST),
+        ("/api/v1/results", "application/json", json!({"image_url": "x", "model": {"name": "m", "preprocess_sha256": 7}, "predictions": []}).to_string(), StatusCode::BAD_REQUEST),
     ];
     for (uri, content_type, body, expected) in cases {
         let (status, response) = send(app, post(uri, content_type, body.clone())).await;

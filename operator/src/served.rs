@@ -12,6 +12,11 @@ use sightline_api::readiness::{self, Readiness};
 pub struct Served {
     /// SHA-256 of the model file the pods loaded.
     pub digest: String,
+    /// SHA-256 of the preprocessing the pods apply (`spec.preprocess` with its defaults
+    /// filled in, and the decoder's version): with `digest`, what a stored result's
+    /// `model.preprocess_sha256` must match to be this model's answer.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub preprocess_digest: String,
     /// `cpu` or `gpu`: where inference actually runs (a GPU model that fell back to the
     /// CPU says `cpu`).
     pub device: String,
@@ -144,6 +149,7 @@ pub fn parse_readyz(code: u16, body: &str) -> Readyz {
             Readyz::Ready(Served {
                 runtime: runtime_of(&m),
                 digest: m.sha256,
+                preprocess_digest: m.preprocess_sha256,
                 device: m.device,
                 input_shape: m.input_shape,
                 classes: m.classes,
@@ -167,11 +173,12 @@ mod tests {
     fn readiness_answers_are_read_strictly() {
         let ready = parse_readyz(
             200,
-            r#"{"status":"ready","model":{"name":"m","sha256":"ab","device":"gpu","classes":1000,"input_shape":[-1,3,224,224]}}"#,
+            r#"{"status":"ready","model":{"name":"m","sha256":"ab","preprocess_sha256":"cd","device":"gpu","classes":1000,"input_shape":[-1,3,224,224]}}"#,
         );
         let Readyz::Ready(served) = ready else {
             panic!("{ready:?}")
         };
+        assert_eq!(served.preprocess_digest, "cd");
         assert_eq!(
             (
                 served.digest.as_str(),

@@ -66,6 +66,9 @@ pub struct ReadyModel {
     pub name: String,
     /// SHA-256 of the model file loaded.
     pub sha256: String,
+    /// SHA-256 of its preprocessing settings (`sightline_model::model_config::Preprocess::digest`):
+    /// with `sha256`, what a kept answer must match to be this model's.
+    pub preprocess_sha256: String,
     /// `cpu` or `gpu`: where inference really runs (a GPU model that fell back says `cpu`).
     pub device: String,
     /// Output classes.
@@ -93,6 +96,7 @@ mod tests {
             model: Some(ReadyModel {
                 name: "m".into(),
                 sha256: "ab".into(),
+                preprocess_sha256: "cd".into(),
                 device: "gpu".into(),
                 classes: 1000,
                 input_shape: vec![-1, 3, 224, 224],

@@ -22,6 +22,11 @@ pub struct Line {
     pub sha256: Option<String>,
     pub model: String,
     pub model_sha256: String,
+    /// SHA-256 of the preprocessing settings it was recognized with
+    /// (`sightline_model::model_config::Preprocess::digest`); empty in an older release's
+    /// lines.
+    #[serde(default)]
+    pub preprocess_sha256: String,
     /// Best first; empty when the image failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub predictions: Vec<Prediction>,
@@ -114,6 +119,7 @@ mod tests {
             sha256: Some("ab".into()),
             model: "m".into(),
             model_sha256: "cd".into(),
+            preprocess_sha256: "ef".into(),
             predictions: vec![Prediction {
                 label: "cat".into(),
                 probability: 0.5,

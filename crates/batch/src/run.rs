@@ -52,14 +52,15 @@ impl Reader for Files {
 }
 
 /// Where results are kept besides the output file (a pipeline's results database), and
-/// what it already knows: an image it has a result for, for this model digest, is not
-/// recognized again.
+/// what it already knows: an image it has a result for, for this model digest and this
+/// preprocessing, is not recognized again.
 pub trait Sink: Send + Sync {
-    /// The stored predictions of image `sha256` by model digest `model_sha256`, if any.
+    /// The stored predictions of image `line.sha256` by model digest `line.model_sha256`
+    /// with preprocessing `line.preprocess_sha256`, if any.
     fn known<'a>(
         &'a self,
         sha256: &'a str,
-        model_sha256: &'a str,
+        line: &'a Line,
     ) -> BoxFuture<'a, Result<Option<Vec<Prediction>>, String>>;
     /// Keeps one image's result (idempotently: saving it twice keeps one).
     fn save<'a>(&'a self, image_url: String, line: &'a Line) -> BoxFuture<'a, Result<(), String>>;
@@ -115,6 +116,7 @@ async fn recognize(
         sha256: None,
         model: model.name.clone(),
         model_sha256: model.info.sha256.clone(),
+        preprocess_sha256: model.preprocess_sha256.clone(),
         predictions: Vec::new(),
         known: false,
         error: None,
@@ -129,10 +131,7 @@ async fn recognize(
     let sha256 = hex::encode(Sha256::digest(&bytes));
     line.sha256 = Some(sha256.clone());
     if let Some(sink) = sink
-        && let Some(stored) = sink
-            .known(&sha256, &line.model_sha256)
-            .await
-            .map_err(BatchError::Sink)?
+        && let Some(stored) = sink.known(&sha256, &line).await.map_err(BatchError::Sink)?
     {
         line.predictions = stored;
         line.known = true;

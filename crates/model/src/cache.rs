@@ -28,7 +28,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::metrics::InferenceMetrics;
-use crate::model_config::Preprocess;
 
 /// `--cache-bytes` by default: 64 MiB, some 16 000 answers of a 1000-class model.
 pub const DEFAULT_BYTES: usize = 64 * 1024 * 1024;
@@ -37,9 +36,9 @@ pub const DEFAULT_BYTES: usize = 64 * 1024 * 1024;
 /// the map's slots, the shared row's header.
 pub const ENTRY_OVERHEAD: usize = 128;
 
-/// Changes whenever the same bytes, model and settings would give other scores (the
-/// reduced-scale JPEG decode is part of how an image becomes a tensor).
-const KEY_VERSION: &[u8] = b"sightline-result-cache-v1 jpeg-dct-scaling\0";
+/// Changes whenever the same bytes, model and settings would give other scores (how an
+/// image becomes a tensor is versioned in [`crate::model_config::Preprocess::digest`]).
+const KEY_VERSION: &[u8] = b"sightline-result-cache-v2\0";
 
 /// One model output row, shared between the cache and the answers made from it.
 pub type Scores = Arc<[f32]>;
@@ -53,14 +52,14 @@ pub struct CacheKey([u8; 32]);
 pub struct KeyPrefix(Sha256);
 
 impl KeyPrefix {
-    pub fn new(model_sha256: &str, preprocess: &Preprocess) -> KeyPrefix {
+    /// `preprocess_sha256` is [`crate::model_config::Preprocess::digest`] of the model's settings.
+    pub fn new(model_sha256: &str, preprocess_sha256: &str) -> KeyPrefix {
         let mut hasher = Sha256::new();
         hasher.update(KEY_VERSION);
-        hasher.update(model_sha256.as_bytes());
-        hasher.update(b"\0");
-        // Every field, floats in their shortest exact form: equal settings, equal text.
-        hasher.update(format!("{preprocess:?}").as_bytes());
-        hasher.update(b"\0");
+        for part in [model_sha256, preprocess_sha256] {
+            hasher.update(part.as_bytes());
+            hasher.update(b"\0");
+        }
         KeyPrefix(hasher)
     }
 

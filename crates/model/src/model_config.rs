@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// Memory layout of the input tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,7 +149,22 @@ impl ModelSidecar {
     }
 }
 
+/// Changes whenever the same settings would turn the same bytes into another tensor (the
+/// reduced-scale JPEG decode is part of how an image becomes a tensor).
+const DIGEST_VERSION: &[u8] = b"sightline-preprocess-v1 jpeg-dct-scaling\0";
+
 impl Preprocess {
+    /// SHA-256 (hex) of these settings and of how an image becomes a tensor. With the
+    /// model's digest it says whether a kept answer is this model's answer for the same
+    /// bytes: the result cache's keys, the store's records and a batch run's lines carry it.
+    pub fn digest(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(DIGEST_VERSION);
+        // Every field, floats in their shortest exact form: equal settings, equal text.
+        hasher.update(format!("{self:?}").as_bytes());
+        hex::encode(hasher.finalize())
+    }
+
     /// Rejects values that would make preprocessing meaningless or unbounded.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
@@ -245,6 +261,51 @@ mod tests {
             ..Preprocess::default()
         };
         assert!(p.validate().is_err());
+    }
+
+    #[test]
+    fn the_digest_changes_with_every_setting_and_only_with_them() {
+        let p = Preprocess::default();
+        assert_eq!(p.digest(), Preprocess::default().digest());
+        assert_eq!(p.digest().len(), 64);
+        let others = [
+            Preprocess {
+                size: 225,
+                ..p.clone()
+            },
+            Preprocess {
+                layout: Layout::Nhwc,
+                ..p.clone()
+            },
+            Preprocess {
+                resize: ResizePolicy::Stretch,
+                ..p.clone()
+            },
+            Preprocess {
+                crop_fraction: 0.9,
+                ..p.clone()
+            },
+            Preprocess {
+                channels: Channels::Bgr,
+                ..p.clone()
+            },
+            Preprocess {
+                scale: 1.0,
+                ..p.clone()
+            },
+            Preprocess {
+                mean: [0.5, 0.456, 0.406],
+                ..p.clone()
+            },
+            Preprocess {
+                std: [0.229, 0.224, 0.226],
+                ..p.clone()
+            },
+        ];
+        let mut seen = std::collections::HashSet::from([p.digest()]);
+        for other in others {
+            assert!(seen.insert(other.digest()), "{other:?}");
+        }
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct ServingModel {
     pub info: ModelInfo,
     pub labels: Arc<Vec<String>>,
     pub preprocess: Preprocess,
+    /// [`Preprocess::digest`] of `preprocess`: with `info.sha256`, what a kept answer (the
+    /// cache's, the store's, a batch run's) must match to be this model's answer.
+    pub preprocess_sha256: String,
     pub limits: DecodeLimits,
     /// Sessions of the model running side by side (`--instances`, or the warm-up's choice).
     pub instances: usize,
@@ -385,12 +388,14 @@ fn load(
                 format!("cannot start the inference thread: {e}"),
             )
         })?;
-    let key_prefix = KeyPrefix::new(&info.sha256, &setup.engine.preprocess);
+    let preprocess_sha256 = setup.engine.preprocess.digest();
+    let key_prefix = KeyPrefix::new(&info.sha256, &preprocess_sha256);
     Ok(ServingModel {
         name: setup.name,
         info,
         labels: Arc::new(setup.engine.labels),
         preprocess: setup.engine.preprocess,
+        preprocess_sha256,
         limits: setup.limits,
         instances,
         layout,

@@ -69,7 +69,7 @@ pub struct ResultStore {
 }
 
 const COLUMNS: &str = "id, image_id, image_url, model, model_sha256, top_label, predictions, \
-     latency_ms, created_ms, provenance, job";
+     latency_ms, created_ms, provenance, job, preprocess_sha256";
 
 impl ResultStore {
     /// The default: SQLite at `<data_dir>/sightline.db` (created when missing).
@@ -206,9 +206,9 @@ impl ResultStore {
             })?;
         let top_label = new.predictions.first().map(|p| p.label.clone());
         let d = self.dialect;
-        let values = (1..=12).map(|n| d.ph(n)).collect::<Vec<_>>().join(", ");
+        let values = (1..=13).map(|n| d.ph(n)).collect::<Vec<_>>().join(", ");
         let columns = "id, idem_key, image_id, image_url, model, model_sha256, top_label, \
-                       predictions, latency_ms, created_ms, provenance, job";
+                       predictions, latency_ms, created_ms, provenance, job, preprocess_sha256";
         let sql = match d {
             Dialect::MySql => format!(
                 "INSERT INTO {TABLE} ({columns}) VALUES ({values}) ON DUPLICATE KEY UPDATE idem_key = idem_key"
@@ -236,6 +236,7 @@ impl ResultStore {
             .bind(now)
             .bind(new.provenance.as_str())
             .bind(new.job.clone())
+            .bind(new.model.preprocess_sha256.clone())
             .execute(&self.pool)
             .await
             .map_err(|source| StoreError::Query {
@@ -381,6 +382,7 @@ fn record(row: &AnyRow) -> Result<ResultRecord, StoreError> {
         model: ModelRef {
             name: row.try_get("model").map_err(get_err)?,
             sha256: row.try_get("model_sha256").map_err(get_err)?,
+            preprocess_sha256: text_column(row, "preprocess_sha256", &id)?,
         },
         top_label: row.try_get("top_label").map_err(get_err)?,
         predictions,

@@ -30,6 +30,11 @@ pub struct ModelRef {
     pub name: String,
     #[serde(default)]
     pub sha256: String,
+    /// SHA-256 of the preprocessing settings the answer was made with
+    /// (`sightline_model::model_config::Preprocess::digest`); empty when unknown (a
+    /// caller's record, or one stored before the digest was kept).
+    #[serde(default)]
+    pub preprocess_sha256: String,
 }
 
 /// A result to save.
@@ -55,8 +60,11 @@ pub struct NewResult {
 
 impl NewResult {
     /// The idempotency key: one record per (image, model name, model digest) for a
-    /// client's results (as before provenance existed); a server's adds its provenance and
-    /// its number of predictions, so the two never meet and each `top_k` has its record.
+    /// client's results (as before provenance existed); a server's adds its provenance, its
+    /// number of predictions and its preprocessing digest, so the two never meet, each
+    /// `top_k` has its record, and an answer made with other preprocessing is never
+    /// returned for this one's. (A server record without the digest, from a recognize
+    /// service of an older release, keeps the key it had.)
     pub fn idempotency_key(&self) -> String {
         let image = self.image_id.as_deref().unwrap_or(&self.image_url);
         let mut hasher = Sha256::new();
@@ -67,6 +75,10 @@ impl NewResult {
         if self.provenance == Provenance::Server {
             hasher.update(b"server\0");
             hasher.update((self.predictions.len() as u64).to_le_bytes());
+            if !self.model.preprocess_sha256.is_empty() {
+                hasher.update(b"preprocess\0");
+                hasher.update(self.model.preprocess_sha256.as_bytes());
+            }
         }
         hex::encode(hasher.finalize())
     }

@@ -35,16 +35,13 @@ impl Dialect {
             .into_iter()
             .map(|(v, sql)| (v, Step::Sql(sql)))
             .collect();
-        let provenance = match self {
-            Dialect::Sqlite => "TEXT NOT NULL DEFAULT 'client'",
-            Dialect::Postgres | Dialect::MySql => "VARCHAR(16) NOT NULL DEFAULT 'client'",
-        };
         steps.push((
             10,
-            Step::AddColumn {
-                column: "provenance",
-                definition: provenance,
-            },
+            self.add_column(
+                "provenance",
+                "TEXT NOT NULL DEFAULT 'client'",
+                "VARCHAR(16) NOT NULL DEFAULT 'client'",
+            ),
         ));
         steps.push((11, Step::Sql(super::evaluations::table(self))));
         steps.extend(
@@ -69,17 +66,7 @@ impl Dialect {
                 columns: "created_ms",
             },
         ));
-        let job = match self {
-            Dialect::Sqlite => "TEXT NULL",
-            Dialect::Postgres | Dialect::MySql => "VARCHAR(253) NULL",
-        };
-        steps.push((
-            20,
-            Step::AddColumn {
-                column: "job",
-                definition: job,
-            },
-        ));
+        steps.push((20, self.add_column("job", "TEXT NULL", "VARCHAR(253) NULL")));
         // A job's results, listed by `?job=`.
         steps.push((
             21,
@@ -89,7 +76,26 @@ impl Dialect {
                 columns: "job",
             },
         ));
+        // The preprocessing an answer was made with; '' for the records before it.
+        steps.push((
+            22,
+            self.add_column(
+                "preprocess_sha256",
+                "TEXT NOT NULL DEFAULT ''",
+                "VARCHAR(64) NOT NULL DEFAULT ''",
+            ),
+        ));
         steps
+    }
+
+    /// A column added to the results table: its definition on SQLite, and on PostgreSQL
+    /// and MySQL.
+    fn add_column(self, column: &'static str, sqlite: &'static str, others: &'static str) -> Step {
+        let definition = match self {
+            Dialect::Sqlite => sqlite,
+            Dialect::Postgres | Dialect::MySql => others,
+        };
+        Step::AddColumn { column, definition }
     }
 
     /// The tables and indexes, by version.

@@ -34,6 +34,7 @@ fn ids_sort_by_time_and_keys_by_image_and_model() {
         model: ModelRef {
             name: "m".into(),
             sha256: "d".into(),
+            preprocess_sha256: String::new(),
         },
         predictions: vec![],
         latency_ms: None,
@@ -58,6 +59,17 @@ fn ids_sort_by_time_and_keys_by_image_and_model() {
         probability: 0.5,
     });
     assert_ne!(server.idempotency_key(), more.idempotency_key());
+    // A server's answer made with other preprocessing is another record; a client's
+    // record is keyed as before, whatever it says of preprocessing.
+    let mut preprocessed = server.clone();
+    preprocessed.model.preprocess_sha256 = "p".into();
+    assert_ne!(server.idempotency_key(), preprocessed.idempotency_key());
+    let mut other = preprocessed.clone();
+    other.model.preprocess_sha256 = "q".into();
+    assert_ne!(preprocessed.idempotency_key(), other.idempotency_key());
+    let mut client = base.clone();
+    client.model.preprocess_sha256 = "p".into();
+    assert_eq!(base.idempotency_key(), client.idempotency_key());
 }
 
 #[test]

@@ -98,6 +98,7 @@ mod tests {
             sha256: Some("ab".into()),
             model: "m".into(),
             model_sha256: "d".into(),
+            preprocess_sha256: "e".into(),
             predictions: vec![Prediction {
                 label: "=HYPERLINK(\"x\")".into(),
                 probability: 0.5,

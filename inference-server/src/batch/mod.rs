@@ -46,7 +46,10 @@ pub enum BatchCommandError {
     Batch(#[from] BatchError),
     #[error(transparent)]
     Model(#[from] EvalError),
-    #[error("{out} holds results of model {theirs}, not of this one ({ours}): give another --out")]
+    #[error(
+        "{out} holds results of model {theirs}, not of this model and preprocessing ({ours}): \
+         give another --out"
+    )]
     OtherModel {
         out: PathBuf,
         theirs: String,
@@ -199,11 +202,18 @@ async fn run_shard(
         ),
         None => None,
     };
-    if let Some(other) = done.iter().find(|l| l.model_sha256 != model.info.sha256) {
+    // A line is this run's answer only for the same model digest and preprocessing.
+    let answer_of = |sha256: &str, preprocess: &str| match preprocess {
+        "" => format!("{sha256} with unrecorded preprocessing"),
+        p => format!("{sha256} with preprocessing {p}"),
+    };
+    if let Some(other) = done.iter().find(|l| {
+        l.model_sha256 != model.info.sha256 || l.preprocess_sha256 != model.preprocess_sha256
+    }) {
         return Err(BatchCommandError::OtherModel {
             out: args.out.clone(),
-            theirs: other.model_sha256.clone(),
-            ours: model.info.sha256.clone(),
+            theirs: answer_of(&other.model_sha256, &other.preprocess_sha256),
+            ours: answer_of(&model.info.sha256, &model.preprocess_sha256),
         });
     }
     let known: HashSet<&str> = done.iter().map(|l| l.image.as_str()).collect();

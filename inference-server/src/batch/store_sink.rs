@@ -1,7 +1,8 @@
 //! `--store-url URL`: a batch run's results kept in a pipeline's results database too (the
 //! store role), named by the run's `--job`, so that they appear in `/api/v1/results?job=…`;
-//! and an image the store already has a result for, for this model digest, is not
-//! recognized again.
+//! and an image the store already has a result for, for this model digest and this
+//! preprocessing, is not recognized again (a record without a preprocessing digest, from
+//! an older release, is not taken for this run's: its image is recognized again).
 //!
 //! Asks `GET /api/v1/images/{sha256}/results?provenance=server&model=…`; saves through
 //! `POST /internal/v1/results` (the route the pipeline saves its own results through:
@@ -90,7 +91,7 @@ impl Sink for StoreSink {
     fn known<'a>(
         &'a self,
         sha256: &'a str,
-        model_sha256: &'a str,
+        line: &'a Line,
     ) -> BoxFuture<'a, Result<Option<Vec<Prediction>>, String>> {
         Box::pin(async move {
             let url = format!("{}/api/v1/images/{sha256}/results", self.base);
@@ -111,7 +112,10 @@ impl Sink for StoreSink {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .find(|r| r["model"]["sha256"] == model_sha256)
+                .find(|r| {
+                    r["model"]["sha256"] == line.model_sha256.as_str()
+                        && r["model"]["preprocess_sha256"] == line.preprocess_sha256.as_str()
+                })
                 .map(|r| serde_json::from_value(r["predictions"].clone()))
                 .transpose()
                 .map_err(|e| format!("{what}: a result without predictions: {e}"))?;
@@ -126,7 +130,11 @@ impl Sink for StoreSink {
             let body = json!({
                 "image_id": line.sha256,
                 "image_url": image_url,
-                "model": {"name": line.model, "sha256": line.model_sha256},
+                "model": {
+                    "name": line.model,
+                    "sha256": line.model_sha256,
+                    "preprocess_sha256": line.preprocess_sha256,
+                },
                 "predictions": line.predictions,
                 "job": self.job,
             });

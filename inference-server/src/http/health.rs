@@ -95,6 +95,7 @@ async fn readyz(State(state): State<HealthState>) -> Response {
             model: Some(ReadyModel {
                 name: model.name.clone(),
                 sha256: model.info.sha256.clone(),
+                preprocess_sha256: model.preprocess_sha256.clone(),
                 device: model.info.device.as_str().to_string(),
                 classes: model.info.classes as u64,
                 input_shape: model.info.input_shape.clone(),

@@ -99,10 +99,24 @@ pub struct Recognition {
     pub latency_ms: f64,
 }
 
+/// The model that answered: its digest and its preprocessing's, which together say whose
+/// answer it is (a recognize service of an older release sends no `preprocess_sha256`).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ModelRef {
     pub name: String,
     pub sha256: String,
+    #[serde(default)]
+    pub preprocess_sha256: String,
+}
+
+impl ModelRef {
+    pub fn of(model: &ServingModel) -> ModelRef {
+        ModelRef {
+            name: model.name.clone(),
+            sha256: model.info.sha256.clone(),
+            preprocess_sha256: model.preprocess_sha256.clone(),
+        }
+    }
 }
 
 /// Checks `top_k` against the label count; absent means 5.
@@ -127,10 +141,7 @@ async fn recognize_bytes(
     let bytes = image_from_body(&state, request).await?;
     let predictions = model.classify(bytes, k).await?;
     Ok(Json(Recognition {
-        model: ModelRef {
-            name: model.name.clone(),
-            sha256: model.info.sha256.clone(),
-        },
+        model: ModelRef::of(&model),
         predictions,
         latency_ms: started.elapsed().as_secs_f64() * 1000.0,
     }))

@@ -158,6 +158,7 @@ async fn run(
         model: ModelRef {
             name: recognition.model.name,
             sha256: recognition.model.sha256,
+            preprocess_sha256: recognition.model.preprocess_sha256,
         },
         predictions: recognition.predictions,
         latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
@@ -205,10 +206,7 @@ async fn recognize(
             }
         })?;
         return Ok(Recognition {
-            model: crate::http::recognize::ModelRef {
-                name: model.name.clone(),
-                sha256: model.info.sha256.clone(),
-            },
+            model: crate::http::recognize::ModelRef::of(&model),
             predictions,
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,
         });

@@ -33,6 +33,13 @@ pub fn check(new: &NewResult) -> Result<(), AppError> {
             "model name must be at most 255 bytes and its sha256 at most 64",
         ));
     }
+    // A SHA-256 in the image ids' form (64 lowercase hex digits), or nothing.
+    let digest = &new.model.preprocess_sha256;
+    if !digest.is_empty() && !crate::upload::is_image_id(digest) {
+        return Err(AppError::bad_request(
+            "model.preprocess_sha256 must be empty or a SHA-256 (64 lowercase hex digits)",
+        ));
+    }
     if new.predictions.len() > MAX_PREDICTIONS {
         return Err(AppError::bad_request(format!(
             "at most {MAX_PREDICTIONS} predictions"

@@ -292,6 +292,7 @@ async fn seed_save(
         model: ModelRef {
             name: String::new(),
             sha256: String::new(),
+            preprocess_sha256: String::new(),
         },
         predictions,
         latency_ms: None,

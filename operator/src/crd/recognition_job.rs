@@ -170,7 +170,7 @@ pub struct JobOutput {
     pub csv: bool,
     /// A `RecognitionPipeline` (same namespace) whose store keeps every result, named by
     /// this job (`GET /api/v1/results?job=<name>`); an image its store already has a
-    /// result for, with the same model digest, is not recognized again.
+    /// result for, with the same model digest and preprocessing, is not recognized again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<PipelineOutput>,
 }
