@@ -21,12 +21,12 @@ pub mod canary;
 pub mod job_progress;
 pub mod model;
 pub mod model_status;
-pub mod model_users;
 pub mod observe;
 pub mod pipeline;
 pub mod pods;
 pub mod quality;
 pub mod recognition_job;
+pub mod referrers;
 pub mod run;
 
 use std::collections::HashMap;

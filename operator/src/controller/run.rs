@@ -28,7 +28,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::model_users::using_model;
+use super::referrers::referring_to;
 use super::{ClusterApis, Context, error_policy, model, pipeline, recognition_job};
 use crate::build::meta::{LABEL_MANAGED_BY, MANAGED_BY};
 use crate::build::monitoring::ServiceMonitor;
@@ -379,7 +379,11 @@ fn pipeline_controller(
         .watches(
             api::<ImageModel>(client, scope),
             watcher::Config::default(),
-            move |m: ImageModel| using_model(&users, &m, |p| &p.spec.model_ref.name),
+            move |m: ImageModel| {
+                referring_to(&users, &m, |p: &RecognitionPipeline| {
+                    Some(p.spec.model_ref.name.as_str())
+                })
+            },
         )
         .graceful_shutdown_on(stopped(stop))
         .run(pipeline::reconcile, error_policy, ctx.clone());
@@ -417,8 +421,10 @@ fn model_controller(
     (logged(running, "model controller"), store)
 }
 
-/// The RecognitionJob controller of `scope`: its Jobs (their status moves it) and the
-/// ImageModels the jobs name (one created or changed starts a job waiting for it at once).
+/// The RecognitionJob controller of `scope`: its Jobs (their status moves it), the
+/// ImageModels the jobs name and the RecognitionPipelines they write into (one created or
+/// changed starts a job waiting for it at once; a job waiting for a key's Secret looks
+/// again every 30 s).
 fn job_controller(
     client: &Client,
     scope: Option<&str>,
@@ -429,7 +435,7 @@ fn job_controller(
         api::<RecognitionJob>(client, scope),
         watcher::Config::default(),
     );
-    let users = controller.store();
+    let (users, writers) = (controller.store(), controller.store());
     let running = controller
         .owns(
             api::<k8s_openapi::api::batch::v1::Job>(client, scope),
@@ -438,7 +444,20 @@ fn job_controller(
         .watches(
             api::<ImageModel>(client, scope),
             watcher::Config::default(),
-            move |m: ImageModel| using_model(&users, &m, |j| &j.spec.model_ref.name),
+            move |m: ImageModel| {
+                referring_to(&users, &m, |j: &RecognitionJob| {
+                    Some(j.spec.model_ref.name.as_str())
+                })
+            },
+        )
+        .watches(
+            api::<RecognitionPipeline>(client, scope),
+            watcher::Config::default(),
+            move |p: RecognitionPipeline| {
+                referring_to(&writers, &p, |j: &RecognitionJob| {
+                    j.spec.output.pipeline.as_ref().map(|o| o.name.as_str())
+                })
+            },
         )
         .graceful_shutdown_on(stopped(stop))
         .run(recognition_job::reconcile, error_policy, ctx.clone());
