@@ -414,10 +414,31 @@ pub struct ServeArgs {
     #[arg(long, env = "SIGHTLINE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
-    /// Threads of the async runtime that answers HTTP (0 = one per CPU core; Triton's
-    /// `--http-thread-count`). Decoding and inference run on threads of their own.
+    /// Threads of the async runtime that answers HTTP (Triton's `--http-thread-count`);
+    /// 0 = by role: a quarter of the cores (at least one) where a model runs on the CPU,
+    /// one per core otherwise ([`ServeArgs::http_runtime_threads`]). Decoding and inference
+    /// run on threads of their own.
     #[arg(long, env = "SIGHTLINE_HTTP_THREADS", default_value_t = 0)]
     pub http_threads: usize,
+}
+
+impl ServeArgs {
+    /// The HTTP runtime's threads on a machine of `cores`: `--http-threads` when given.
+    /// Otherwise a role that runs a model on the CPU (`all`, `recognize`) takes a quarter
+    /// of the cores, at least one: its inference sessions and decoders keep the cores
+    /// busy, and more HTTP threads only take turns with them (on two 2-core CPUs, one HTTP
+    /// thread served 1-5 % more at concurrency 4 and 16 with less CPU a request:
+    /// BENCHMARKS.md, "Speed on every CPU"). A role without a model, or with its model on
+    /// a GPU, has one per core, where its HTTP work is most of its work.
+    pub fn http_runtime_threads(&self, cores: usize) -> usize {
+        match self.http_threads {
+            0 if self.role.recognizes() && self.model.device == crate::engine::Device::Cpu => {
+                (cores / 4).max(1)
+            }
+            0 => cores.max(1),
+            fixed => fixed,
+        }
+    }
 }
 
 mod config_file;

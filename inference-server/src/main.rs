@@ -46,7 +46,8 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("not a serving subcommand");
     };
     init_logging(args.log_format);
-    async_runtime(args.http_threads)?.block_on(async move {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    async_runtime(args.http_runtime_threads(cores))?.block_on(async move {
         let server = Server::bind(&args).await?;
         if let Some(addr) = server.local_addr() {
             tracing::info!(%addr, role = args.role.as_str(), "listening (see /readyz)");

@@ -158,9 +158,31 @@ fn every_subcommand_is_well_formed() {
 }
 
 #[test]
-fn http_threads_default_to_one_per_core_and_take_a_number() {
+fn http_threads_default_by_role_and_take_a_number() {
     let default = serve(Cli::try_parse_from(args(&["s", "recognize"])).expect("parses"));
-    assert_eq!(default.http_threads, 0, "0: tokio's one per core");
+    assert_eq!(default.http_threads, 0, "0: by role");
+    // A model on the CPU: a quarter of the cores, at least one.
+    for (cores, threads) in [(1, 1), (2, 1), (4, 1), (8, 2), (16, 4)] {
+        assert_eq!(
+            default.http_runtime_threads(cores),
+            threads,
+            "{cores} cores"
+        );
+    }
+    let all = serve(Cli::try_parse_from(args(&["s", "all"])).expect("parses"));
+    assert_eq!(all.http_runtime_threads(8), 2);
+    // No model, or the model on a GPU: one per core.
+    for role in ["upload", "store"] {
+        let no_model = serve(Cli::try_parse_from(args(&["s", role])).expect("parses"));
+        assert_eq!(no_model.http_runtime_threads(8), 8, "{role}");
+    }
+    let gpu =
+        serve(Cli::try_parse_from(args(&["s", "recognize", "--device", "gpu"])).expect("parses"));
+    assert_eq!(gpu.http_runtime_threads(8), 8);
+    let fixed = serve(
+        Cli::try_parse_from(args(&["s", "recognize", "--http-threads", "3"])).expect("parses"),
+    );
+    assert_eq!(fixed.http_runtime_threads(16), 3);
     let one = serve(
         Cli::try_parse_from(args(&["s", "recognize", "--http-threads", "1"])).expect("parses"),
     );
