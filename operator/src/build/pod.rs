@@ -5,16 +5,16 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource,
-    HTTPGetAction, LocalObjectReference, PodAffinity, PodAffinityTerm, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
-    TopologySpreadConstraint, Volume, VolumeMount,
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
+    EnvVarSource, HTTPGetAction, LocalObjectReference, PodAffinity, PodAffinityTerm,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::crd::PodOverrides;
+use crate::crd::{PodOverrides, SecretKeyRef};
 
 /// The port every role listens on.
 pub const PORT: i32 = 8080;
@@ -198,6 +198,24 @@ pub fn default_resources(cpu: &str, memory: &str) -> ResourceRequirements {
             ("memory".to_string(), Quantity(memory.into())),
         ])),
         ..ResourceRequirements::default()
+    }
+}
+
+/// The environment variable `name` read from a Secret's key, which must exist (the pod
+/// waits in `CreateContainerConfigError` until it does): how a secret value reaches a
+/// process without appearing in its arguments.
+pub fn secret_env(name: &str, secret: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
     }
 }
 

@@ -24,14 +24,13 @@ use k8s_openapi::api::batch::v1::{
     PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    EmptyDirVolumeSource, EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource,
-    SecretKeySelector, Volume, VolumeMount,
+    EmptyDirVolumeSource, PersistentVolumeClaimVolumeSource, Volume, VolumeMount,
 };
 use kube::ResourceExt;
 
 use super::meta::{object_meta, selector_labels};
 use super::model::{model_files, model_flags, server_image, server_resources};
-use super::pod::{PORT, Platform, pod_template, server_container, with_overrides};
+use super::pod::{PORT, Platform, pod_template, secret_env, server_container, with_overrides};
 use crate::crd::{Device, ImageModel, RecognitionJob};
 use crate::validate::Invalid;
 
@@ -362,18 +361,10 @@ pub fn job(job: &RecognitionJob, model: &ImageModel, platform: &Platform) -> Job
         .as_ref()
         .and_then(|p| p.api_key_secret.as_ref())
     {
-        container.env.get_or_insert_with(Vec::new).push(EnvVar {
-            name: STORE_KEY_ENV.into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.name.clone(),
-                    key: secret.key.clone(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        });
+        container
+            .env
+            .get_or_insert_with(Vec::new)
+            .push(secret_env(STORE_KEY_ENV, secret));
     }
     // A shard serves `/metrics` only, never `/readyz`: no probes (a Job's pod is done when
     // its process exits).

@@ -5,8 +5,8 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, EnvFromSource, EnvVar, EnvVarSource, SecretEnvSource, SecretKeySelector,
-    SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMapVolumeSource, EnvFromSource, SecretEnvSource, SecretVolumeSource, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -19,7 +19,8 @@ use super::identity::{
 use super::storage::data_volume;
 use crate::build::meta::{object_meta, selector_labels};
 use crate::build::pod::{
-    PORT, PORT_NAME, Platform, beside_own_pods, default_resources, pod_template, server_container,
+    PORT, PORT_NAME, Platform, beside_own_pods, default_resources, pod_template, secret_env,
+    server_container,
 };
 use crate::crd::{DatabaseKind, RecognitionPipeline};
 
@@ -195,18 +196,7 @@ pub fn store_deployment(p: &RecognitionPipeline, platform: &Platform) -> Deploym
         mounts,
     );
     if let Some(url) = &spec.url_secret {
-        container.env = Some(vec![EnvVar {
-            name: "SIGHTLINE_DATABASE_URL".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: url.name.clone(),
-                    key: url.key.clone(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }]);
+        container.env = Some(vec![secret_env("SIGHTLINE_DATABASE_URL", url)]);
     }
     let template = pod_template(
         platform,
