@@ -172,6 +172,19 @@ impl ServerProcess {
         Self::start_on(binary, role, free_port()?, args, log_dir)
     }
 
+    /// A `store` role keeping its SQLite database under `dir/store` and asking for the API
+    /// key `key` (a batch run's or a RecognitionJob's results store), logging into `dir`.
+    pub fn keyed_store(binary: &Path, dir: &Path, key: &str) -> anyhow::Result<ServerProcess> {
+        let data = dir.join("store").display().to_string();
+        let args = [
+            "--data-dir".to_string(),
+            data,
+            "--api-keys".to_string(),
+            key.to_string(),
+        ];
+        Self::start(binary, "store", &args, dir)
+    }
+
     /// Like [`ServerProcess::start`] on a given port (to know the URLs of services that
     /// call each other before they run).
     pub fn start_on(

@@ -324,18 +324,8 @@ fn results_go_to_the_pipelines_store_and_a_second_job_recognizes_nothing_again()
     for n in 0..images {
         std::fs::write(input.join(format!("{n:03}.png")), unique_png(n)).expect("write");
     }
-    let store = sightline_e2e::process::ServerProcess::start(
-        &binary,
-        "store",
-        &[
-            "--data-dir".to_string(),
-            dir.path().join("store").display().to_string(),
-            "--api-keys".to_string(),
-            KEY.to_string(),
-        ],
-        dir.path(),
-    )
-    .expect("the store starts");
+    let store = sightline_e2e::process::ServerProcess::keyed_store(&binary, dir.path(), KEY)
+        .expect("the store starts");
     let run = |job: &str, out: &str, flags: &[&str]| {
         let output = batch(&binary, &input, &dir.path().join(out))
             .args(flags)

@@ -369,18 +369,9 @@ async fn a_job_into_a_pipelines_store_resumes_from_the_store_after_a_kill() {
     }
     std::fs::write(input.join("broken.png"), b"not an image").expect("write");
     std::os::unix::fs::symlink(models(), claims.join("models")).expect("model claim");
-    let store = sightline_e2e::process::ServerProcess::start(
-        &binary,
-        "store",
-        &[
-            "--data-dir".to_string(),
-            scratch.path().join("store").display().to_string(),
-            "--api-keys".to_string(),
-            STORE_KEY.to_string(),
-        ],
-        scratch.path(),
-    )
-    .expect("the store starts");
+    let store =
+        sightline_e2e::process::ServerProcess::keyed_store(&binary, scratch.path(), STORE_KEY)
+            .expect("the store starts");
 
     let cluster = Cluster::new().await;
     let sha = hex::encode(Sha256::digest(std::fs::read(&classifier).expect("model")));
