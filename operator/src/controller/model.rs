@@ -32,7 +32,6 @@ use crate::status::{Cond, kstatus, merge, reasons, types};
 use crate::validate;
 use crate::verdict::{missing_secrets, verdict};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::Api;
 
 /// Requeue while something is still rolling out (pod changes also arrive by watch).
 const PENDING: Duration = Duration::from_secs(15);
@@ -102,13 +101,9 @@ async fn reconcile_model(m: &ImageModel, ctx: &Context) -> Result<Action, Error>
 
     // A canary holds the stable Deployment at its revision while the candidate runs.
     let rev = build_canary::revision(&children.deployment);
-    let stable_live = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&model::name(m))
-        .await
-        .map_err(|source| Error::Fetch {
-            what: "Deployment",
-            source,
-        })?;
+    let stable_live =
+        super::observe::named::<Deployment>(&ctx.client, &ns, &model::name(m), "Deployment")
+            .await?;
     // Autoscaling turned on: the Deployment's replicas stay as they are until the HPA
     // scales (instead of server-side apply dropping them to one).
     let unmanaged = children

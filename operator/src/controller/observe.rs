@@ -6,7 +6,9 @@
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::ListParams;
-use kube::{Api, Client};
+use kube::core::NamespaceResourceScope;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::{Error, label_selector};
@@ -37,15 +39,28 @@ pub async fn rollout(
     Ok(rollout::assess(d, &replica_sets.items, &pods.items))
 }
 
-/// The Secret `name` in `ns`, if it exists.
-pub async fn secret(client: &Client, ns: &str, name: &str) -> Result<Option<Secret>, Error> {
-    Api::<Secret>::namespaced(client.clone(), ns)
+/// The object of kind `K` (`what`, for the error) called `name` in `ns`, if it exists.
+pub async fn named<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &'static str,
+) -> Result<Option<K>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns)
         .get_opt(name)
         .await
-        .map_err(|source| Error::Fetch {
-            what: "Secret",
-            source,
-        })
+        .map_err(|source| Error::Fetch { what, source })
+}
+
+/// The Secret `name` in `ns`, if it exists.
+pub async fn secret(client: &Client, ns: &str, name: &str) -> Result<Option<Secret>, Error> {
+    named(client, ns, name, "Secret").await
 }
 
 /// What the Secrets `rolling` hold, as one digest (a change of any of them changes it),

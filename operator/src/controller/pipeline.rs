@@ -11,7 +11,7 @@ use gateway_api::apis::standard::httproutes::HttpRoute;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 
 use k8s_openapi::api::apps::v1::Deployment;
 
@@ -44,14 +44,8 @@ async fn reconcile_pipeline(p: &RecognitionPipeline, ctx: &Context) -> Result<Ac
     }
 
     let model_name = &p.spec.model_ref.name;
-    let models: Api<ImageModel> = Api::namespaced(ctx.client.clone(), &ns);
-    let model = models
-        .get_opt(model_name)
-        .await
-        .map_err(|source| Error::Fetch {
-            what: "ImageModel",
-            source,
-        })?;
+    let model =
+        super::observe::named::<ImageModel>(&ctx.client, &ns, model_name, "ImageModel").await?;
     let Some(model) = model else {
         let missing = Cond::no(
             types::MODEL_AVAILABLE,

@@ -60,21 +60,10 @@ async fn reconcile_job(rjob: &RecognitionJob, ctx: &Context) -> Result<Action, E
         return Err(invalid.into());
     }
     let model_name = &rjob.spec.model_ref.name;
-    let model = Api::<ImageModel>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(model_name)
-        .await
-        .map_err(|source| Error::Fetch {
-            what: "ImageModel",
-            source,
-        })?;
-    let jobs = Api::<Job>::namespaced(ctx.client.clone(), &ns);
-    let live = jobs
-        .get_opt(&build::job_name(rjob))
-        .await
-        .map_err(|source| Error::Fetch {
-            what: "Job",
-            source,
-        })?;
+    let model =
+        super::observe::named::<ImageModel>(&ctx.client, &ns, model_name, "ImageModel").await?;
+    let live =
+        super::observe::named::<Job>(&ctx.client, &ns, &build::job_name(rjob), "Job").await?;
     let previous = rjob.status.clone().unwrap_or_default();
     let finished = crate::status::is_true(&previous.conditions, COMPLETE)
         || crate::status::is_true(&previous.conditions, FAILED);
@@ -149,13 +138,13 @@ async fn output_problem(
     let Some(out) = &rjob.spec.output.pipeline else {
         return Ok(None);
     };
-    let pipeline = Api::<RecognitionPipeline>::namespaced(ctx.client.clone(), ns)
-        .get_opt(&out.name)
-        .await
-        .map_err(|source| Error::Fetch {
-            what: "RecognitionPipeline",
-            source,
-        })?;
+    let pipeline = super::observe::named::<RecognitionPipeline>(
+        &ctx.client,
+        ns,
+        &out.name,
+        "RecognitionPipeline",
+    )
+    .await?;
     let Some(pipeline) = pipeline else {
         return Ok(Some(Cond::yes(
             types::STALLED,

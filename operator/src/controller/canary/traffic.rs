@@ -5,8 +5,8 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::ResourceExt;
 use kube::runtime::events::EventType;
-use kube::{Api, ResourceExt};
 
 use super::super::{Context, Error};
 use crate::apply::ApplyError;
@@ -23,13 +23,13 @@ pub const REMOVAL_LIMIT_SECONDS: u64 = 300;
 
 /// The routing in the live traffic ConfigMap, when there is one.
 async fn live_traffic(ctx: &Context, ns: &str, m: &ImageModel) -> Result<Option<Traffic>, Error> {
-    let live = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
-        .get_opt(&build::traffic_name(m))
-        .await
-        .map_err(|source| Error::Fetch {
-            what: "ConfigMap",
-            source,
-        })?;
+    let live = crate::controller::observe::named::<ConfigMap>(
+        &ctx.client,
+        ns,
+        &build::traffic_name(m),
+        "ConfigMap",
+    )
+    .await?;
     Ok(live.as_ref().and_then(build::traffic_of))
 }
 
