@@ -47,7 +47,7 @@ pub struct ShardSummary {
     pub error: Option<String>,
     /// With `--truth`: the evaluation's counts over this shard's images of the CSV.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub evaluation: Option<super::truth::EvalCounts>,
+    pub evaluation: Option<sightline_api::EvalCounts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

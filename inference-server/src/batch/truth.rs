@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use sightline_api::EvalCounts;
 use sightline_batch::journal::Line;
 use sightline_batch::listing;
 use sightline_eval::report::{Answer, Report};
@@ -66,36 +66,20 @@ pub fn evaluate(
         &answers,
         seconds,
     );
-    Ok((report, EvalCounts::of(&answers)))
+    Ok((report, counts_of(&answers)))
 }
 
-/// An evaluation's counts, which add up over shards (the summary carries them; the
-/// operator sums the shards' into the RecognitionJob's `status.evaluation`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct EvalCounts {
-    /// Images the CSV names (of this shard).
-    pub images: u64,
-    /// Of those, classified (a failed one is not).
-    pub evaluated: u64,
-    /// Classified with the true class first.
-    pub top1: u64,
-    /// Classified with the true class among the first five.
-    pub top5: u64,
-}
-
-impl EvalCounts {
-    /// The counts of `answers`, by the report's rules ([`Report::build`]).
-    fn of(answers: &[Answer]) -> EvalCounts {
-        let mut c = EvalCounts {
-            images: answers.len() as u64,
-            ..EvalCounts::default()
-        };
-        for a in answers {
-            let Ok(ranked) = &a.ranked else { continue };
-            c.evaluated += 1;
-            c.top1 += u64::from(ranked.first() == Some(&a.truth));
-            c.top5 += u64::from(in_top_k(ranked, a.truth, 5));
-        }
-        c
+/// The counts of `answers`, by the report's rules ([`Report::build`]).
+fn counts_of(answers: &[Answer]) -> EvalCounts {
+    let mut c = EvalCounts {
+        images: answers.len() as u64,
+        ..EvalCounts::default()
+    };
+    for a in answers {
+        let Ok(ranked) = &a.ranked else { continue };
+        c.evaluated += 1;
+        c.top1 += u64::from(ranked.first() == Some(&a.truth));
+        c.top5 += u64::from(in_top_k(ranked, a.truth, 5));
     }
+    c
 }

@@ -12,6 +12,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde::Deserialize;
+use sightline_api::EvalCounts;
 
 use crate::build::recognition_job::{CONTAINER, INDEX_ANNOTATION};
 use crate::crd::{ImageError, JobEvaluation, ShardCounts};
@@ -43,16 +44,6 @@ pub struct Summary {
     pub error: Option<String>,
     /// With `--truth`: the evaluation's counts over the shard's images of the CSV.
     pub evaluation: Option<EvalCounts>,
-}
-
-/// A shard's evaluation counts, as its summary says them (they add up over shards).
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Default)]
-#[serde(default)]
-pub struct EvalCounts {
-    pub images: u64,
-    pub evaluated: u64,
-    pub top1: u64,
-    pub top5: u64,
 }
 
 /// What one shard has done so far.
